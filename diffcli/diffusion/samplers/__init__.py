@@ -1,0 +1,7 @@
+"""Samplers: one interface (:class:`Sampler`), one algorithm a file."""
+
+from diffcli.diffusion.samplers.base import Denoiser, Sampler, SamplerStep, timestep_sequence
+from diffcli.diffusion.samplers.ddim import DDIM
+from diffcli.diffusion.samplers.ddpm import DDPM
+
+__all__ = ["DDIM", "DDPM", "Denoiser", "Sampler", "SamplerStep", "timestep_sequence"]

@@ -1,0 +1,19 @@
+"""Errors that the command line reports as one clear line (no traceback)."""
+
+from __future__ import annotations
+
+
+class DiffcliError(Exception):
+    """A user-facing error: bad input, missing data, a missing or corrupt checkpoint.
+
+    The CLI prints ``error: <message>`` on one line and exits non-zero;
+    set ``DIFFCLI_DEBUG=1`` (or pass ``--debug``) to see the traceback.
+    """
+
+
+class DatasetNotFoundError(DiffcliError):
+    """A dataset's files are not where the config says they are."""
+
+
+class CheckpointError(DiffcliError):
+    """A checkpoint is missing, unreadable, or was not written by diffcli."""

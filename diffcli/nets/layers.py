@@ -1,0 +1,229 @@
+"""Building blocks shared by the denoising networks.
+
+The layout follows the DDPM U-Net (Ho et al. 2020, Appendix B, itself based on the
+PixelCNN++ / Wide-ResNet U-Net) with the conventions later used by Improved DDPM / ADM
+(Nichol & Dhariwal 2021; Dhariwal & Nichol 2021): a sinusoidal timestep embedding fed
+through a small MLP, pre-activation residual blocks that add a projection of that
+embedding, and zero-initialised output convolutions so every residual block starts as
+the identity.
+
+Blocks whose ``forward`` needs the embedding derive from :class:`TimestepBlock`;
+:class:`EmbedSequential` chains such blocks with plain modules (future attention
+blocks, up/down-sampling) and hands the embedding only to the blocks that take it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Downsample",
+    "EmbedSequential",
+    "ResBlock",
+    "TimeEmbedding",
+    "TimestepBlock",
+    "Upsample",
+    "count_parameters",
+    "norm",
+    "timestep_embedding",
+    "zero_module",
+]
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps.
+
+    The Transformer position encoding (Vaswani et al. 2017, Sec. 3.5) as used for the
+    diffusion step in DDPM (Ho et al. 2020, Appendix B): ``dim // 2`` frequencies
+    spaced geometrically from 1 down to ``1 / max_period``; the output is
+    ``[cos(t * f), sin(t * f)]``, with one zero column appended when ``dim`` is odd.
+    It is meant for raw step indices (0..T-1); continuous times in [0, 1] should be
+    scaled up (e.g. by 1000) first, or the low frequencies barely change.
+
+    Args:
+        t: timesteps, shape ``(B,)`` (a 0-d tensor counts as ``B = 1``); any real
+            values, integer or float dtype.
+        dim: embedding width, at least 1.
+        max_period: the longest period, which sets the lowest frequency.
+
+    Returns:
+        Float32 tensor of shape ``(B, dim)``.
+    """
+    if dim < 1:
+        raise ValueError(f"timestep embedding dim must be >= 1, got {dim}")
+    t = t.reshape(-1).to(torch.float32)  # (B,)
+    half = dim // 2
+    exponents = torch.arange(half, dtype=torch.float32, device=t.device) / max(half, 1)
+    freqs = torch.exp(-math.log(max_period) * exponents)  # (half,)
+    args = t[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))  # (B, dim)
+    return emb
+
+
+def norm(ch: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm over ``ch`` channels (Wu & He 2018), as in DDPM (Ho et al. 2020, App. B).
+
+    Uses the largest group count ``<= groups`` that divides ``ch``, so narrow layers
+    (e.g. 8 or 12 channels) still work with the default of 32 groups.
+    """
+    g = max(d for d in range(1, min(groups, ch) + 1) if ch % d == 0)
+    return nn.GroupNorm(g, ch)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero and return it.
+
+    Zero-initialising the last layer of each residual branch and the output layer
+    makes the network start as (residual) identity maps with a zero output
+    (DDPM reference code; Nichol & Dhariwal 2021).
+    """
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters in ``module`` (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal timestep features -> Linear -> SiLU -> Linear (Ho et al. 2020, App. B).
+
+    Args:
+        freq_dim: width of the sinusoidal features (DDPM uses the base channel count).
+        emb_dim: output width (DDPM uses ``4 * base_channels``).
+        max_period: passed to :func:`timestep_embedding`.
+    """
+
+    def __init__(self, freq_dim: int, emb_dim: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Map timesteps ``(B,)`` to embeddings ``(B, emb_dim)``."""
+        feats = timestep_embedding(t, self.freq_dim, self.max_period)  # (B, freq_dim)
+        weight = self.mlp[0].weight
+        return self.mlp(feats.to(weight.dtype))  # (B, emb_dim)
+
+
+class TimestepBlock(nn.Module, ABC):
+    """A module whose forward takes the conditioning embedding as a second argument.
+
+    :class:`EmbedSequential` passes ``emb`` to instances of this class and calls every
+    other module with ``x`` alone (the ``TimestepBlock`` pattern of Nichol & Dhariwal
+    2021's U-Net).
+    """
+
+    @abstractmethod
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """Transform ``x`` ``(B, C, H, W)`` conditioned on ``emb`` ``(B, E)``."""
+
+
+class EmbedSequential(nn.Sequential):
+    """``nn.Sequential`` that also gives the embedding to each :class:`TimestepBlock`."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+        """Run the children in order; ``x`` is ``(B, C, H, W)``, ``emb`` is ``(B, E)``."""
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+        return x
+
+
+class ResBlock(TimestepBlock):
+    """Pre-activation residual block conditioned on the timestep embedding.
+
+    ``GroupNorm -> SiLU -> Conv3x3 -> (+ Linear(SiLU(emb)) per channel) -> GroupNorm ->
+    SiLU -> Dropout -> Conv3x3 (zero-init)``, plus a skip path that is the identity, or
+    a 1x1 conv when the channel count changes (Ho et al. 2020, Appendix B; Wide ResNet).
+
+    The embedding is applied in :meth:`apply_embedding`, the single place where
+    scale-shift norm (Nichol & Dhariwal 2021) can replace the additive bias.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        emb_dim: width of the conditioning embedding.
+        dropout: dropout probability before the second convolution.
+        groups: maximum GroupNorm group count (see :func:`norm`).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        dropout: float = 0.0,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.in_ch = in_ch
+        self.out_ch = out_ch
+        self.in_layers = nn.Sequential(
+            norm(in_ch, groups),
+            nn.SiLU(),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        )
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.out_layers = nn.Sequential(
+            norm(out_ch, groups),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
+        )
+        self.skip: nn.Module = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def apply_embedding(self, h: Tensor, emb: Tensor) -> Tensor:
+        """Add the projected embedding ``(B, out_ch)`` to ``h`` ``(B, out_ch, H, W)``."""
+        bias = self.emb_proj(emb).to(h.dtype)  # (B, out_ch)
+        return h + bias[:, :, None, None]
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """``x``: ``(B, in_ch, H, W)``, ``emb``: ``(B, emb_dim)`` -> ``(B, out_ch, H, W)``."""
+        h = self.in_layers(x)  # (B, out_ch, H, W)
+        h = self.apply_embedding(h, emb)
+        h = self.out_layers(h)  # (B, out_ch, H, W)
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve the spatial size with a 3x3 convolution of stride 2 (Ho et al. 2020, App. B).
+
+    ``(B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))``.
+    """
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Downsample ``x`` ``(B, C, H, W)``."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the spatial size: nearest-neighbour x2 then a 3x3 conv (Ho et al. 2020, App. B).
+
+    ``(B, C, H, W) -> (B, C, 2H, 2W)``.
+    """
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Upsample ``x`` ``(B, C, H, W)``."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

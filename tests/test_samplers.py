@@ -1,0 +1,155 @@
+"""Samplers against exact references: Gaussian data has a closed-form ideal denoiser, and the
+samplers' output distribution is Gaussian with moments computable by an independent recursion."""
+
+import math
+
+import pytest
+import torch
+
+from diffcli.diffusion.forward import Parameterization
+from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
+from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, timestep_sequence
+from diffcli.diffusion.samplers.ddpm import Variance
+from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
+
+F64 = torch.float64
+DATA = GaussianData(torch.tensor([1.0, -0.5, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 1.5], dtype=F64))
+KINDS = list(Parameterization)
+
+
+def _denoiser(sched, kind, data=DATA):
+    return Denoiser(IdealNetwork(data, sched, kind), sched, kind)
+
+
+def ddim_reference(sched, ts, data):
+    """Exact output mean/std of deterministic DDIM for Gaussian data, by a separate derivation:
+    DDIM is Euler's method in xbar = x/sqrt(abar) against sigma = sqrt((1-abar)/abar)
+    (Song et al. 2021, eq. 14), where eps_hat = sigma (xbar - mu)/(s^2 + sigma^2).
+    The map from x_T ~ N(0, 1) is affine: xbar = A z + c. Returns (mean, std) per dimension."""
+    ab = sched.alphas_cumprod
+    mu, s2 = data.mean, data.std**2
+    sig = [math.sqrt((1 - ab[t].item()) / ab[t].item()) for t in ts] + [0.0]
+    A = torch.full_like(mu, 1 / math.sqrt(ab[ts[0]].item()))
+    c = torch.zeros_like(mu)
+    for i in range(len(ts)):
+        k = (sig[i + 1] - sig[i]) * sig[i] / (s2 + sig[i] ** 2)
+        A, c = A * (1 + k), c * (1 + k) - k * mu
+    return c, A.abs()
+
+
+def ancestral_reference(sched, ts, data, variance):
+    """Exact output mean/std of ancestral sampling for Gaussian data, with the posterior written in
+    precision form (product of q(x_s|x_0) and q(x_t|x_s)) rather than Ho et al.'s eq. 7."""
+    ab = sched.alphas_cumprod
+    mu, s2 = data.mean, data.std**2
+    m, v = torch.zeros_like(mu), torch.ones_like(mu)
+    for i, t in enumerate(ts):
+        a_t = ab[t].item()
+        g = math.sqrt(a_t) * s2 / (a_t * s2 + 1 - a_t)  # x0_hat = mu + g (x_t - sqrt(a_t) mu)
+        if i + 1 == len(ts):
+            return mu + g * (m - math.sqrt(a_t) * mu), g * v.sqrt()
+        a_s = ab[ts[i + 1]].item()
+        alpha = a_t / a_s
+        prec = 1 / (1 - a_s) + alpha / (1 - alpha)
+        c0, ct = math.sqrt(a_s) / ((1 - a_s) * prec), math.sqrt(alpha) / ((1 - alpha) * prec)
+        var = 1 / prec if variance is Variance.BETA_TILDE else 1 - alpha
+        m = (c0 * g + ct) * m + c0 * (mu - g * math.sqrt(a_t) * mu)
+        v = (c0 * g + ct) ** 2 * v + var
+
+
+def _mc(sampler, den, n=10_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = sampler.sample(den, torch.randn(n, 3, generator=g, dtype=F64), generator=g)
+    return x.mean(0), x.std(0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variance", list(Variance))
+def test_ddpm_1000_steps_reproduces_the_data(kind, variance):
+    sched = linear_schedule()
+    mean, std = _mc(DDPM(variance=variance), _denoiser(sched, kind))
+    se = DATA.std / math.sqrt(10_000)
+    assert ((mean - DATA.mean).abs() < 4 * se + 0.01).all(), mean
+    assert ((std / DATA.std - 1).abs() < 0.03).all(), std
+    ref_mean, ref_std = ancestral_reference(sched, DDPM().timesteps(sched), DATA, variance)
+    assert ((mean - ref_mean).abs() < 4 * se).all()
+    assert ((std / ref_std - 1).abs() < 0.03).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("steps", [50, 100])
+@pytest.mark.parametrize("make_schedule", [linear_schedule, cosine_schedule])
+def test_ddim_matches_exact_reference_and_the_data(kind, steps, make_schedule):
+    sched = make_schedule()
+    sampler = DDIM(steps=steps)
+    den = _denoiser(sched, kind)
+    # DDIM (eta=0) is affine in x_T: probe it with z = 0 and z = 1 to read off its exact moments.
+    out = sampler.sample(den, torch.stack([torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64)]))
+    ref_mean, ref_std = ddim_reference(sched, sampler.timesteps(sched), DATA)
+    torch.testing.assert_close(out[0], ref_mean, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close((out[1] - out[0]).abs(), ref_std, rtol=1e-7, atol=1e-7)
+    # ...and that distribution is the data's, up to DDIM's first-order discretization error,
+    # which shrinks the spread (Euler on a convex solution) and halves as steps double.
+    assert ((ref_mean - DATA.mean).abs() < 0.01).all()
+    tol = {50: 0.07, 100: 0.04}[steps]
+    assert ((ref_std / DATA.std - 1).abs() < tol).all(), ref_std / DATA.std
+
+
+def test_ddim_converges_as_steps_grow():
+    sched = linear_schedule()
+    errs = []
+    for steps in (10, 50, 100, 1000):
+        ts = DDIM(steps=steps).timesteps(sched)
+        _, std = ddim_reference(sched, ts, DATA)
+        errs.append((std / DATA.std - 1).abs().max().item())
+    assert errs == sorted(errs, reverse=True) and errs[-1] < 0.01, errs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ddim_eta_one_and_respaced_ddpm_match_their_references(kind):
+    sched = cosine_schedule()
+    den = _denoiser(sched, kind)
+    for sampler in (DDIM(steps=100, eta=1.0), DDPM(steps=100)):
+        mean, std = _mc(sampler, den, n=20_000, seed=1)
+        ref_mean, ref_std = ancestral_reference(sched, sampler.timesteps(sched), DATA,
+                                                Variance.BETA_TILDE)
+        assert ((mean - ref_mean).abs() < 4 * DATA.std / math.sqrt(20_000)).all()
+        assert ((std / ref_std - 1).abs() < 0.025).all()
+
+
+def test_parameterizations_give_the_same_samples():
+    sched = linear_schedule()
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    outs = [DDIM(steps=20).sample(_denoiser(sched, k), noise) for k in KINDS]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_clip_denoised_keeps_samples_in_range():
+    sched = linear_schedule(100)
+    wide = GaussianData(torch.zeros(3, dtype=F64), torch.full((3,), 3.0, dtype=F64))
+    noise = torch.randn(256, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for sampler in (DDIM(steps=10, clip_denoised=True), DDPM(clip_denoised=True)):
+        x = sampler.sample(_denoiser(sched, "eps", wide), noise,
+                           generator=torch.Generator().manual_seed(1))
+        assert x.abs().max().item() <= 1.0 + 1e-9
+    assert DDIM(steps=10).sample(_denoiser(sched, "eps", wide), noise).abs().max() > 1.5
+
+
+def test_callback_sees_every_step():
+    sched = linear_schedule(100)
+    seen = []
+    DDIM(steps=7).sample(_denoiser(sched, "v"), torch.zeros(2, 3, dtype=F64),
+                         callback=lambda s: seen.append((s.index, s.total, s.t)))
+    assert [s[0] for s in seen] == list(range(7)) and seen[0][2] == 99 and seen[0][1] == 7
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timestep_sequences(spacing):
+    ts = timestep_sequence(1000, 50, spacing)
+    assert len(ts) == 50 and ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] <= 999
+    assert timestep_sequence(1000, 1000, spacing) == list(range(999, -1, -1))
+    with pytest.raises(ValueError):
+        timestep_sequence(1000, 1001, spacing)
+    expected_first = {"leading": 980, "trailing": 999, "linspace": 999}[spacing]
+    assert ts[0] == expected_first
