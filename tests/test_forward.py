@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from diffcli.diffusion.forward import (
-    Parameterization, extract, q_mean_variance, q_posterior, q_sample, target_for, to_x0_eps,
+    Parameterization,
+    extract,
+    q_mean_variance,
+    q_posterior,
+    q_sample,
+    target_for,
+    to_x0_eps,
 )
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
 from diffcli.diffusion.losses import diffusion_loss, min_snr_weight
@@ -54,7 +60,7 @@ def test_parameterizations_round_trip(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ideal_network_attains_the_minimum_loss(kind):
-    """For Gaussian data the eps-loss minimum at fixed t is E Var(eps|x_t) = a^2 s^2/(a^2 s^2+b^2)."""
+    """Gaussian data: the eps-loss minimum at fixed t is E Var(eps|x_t) = a^2s^2/(a^2s^2+b^2)."""
     sched = linear_schedule()
     data = GaussianData(torch.tensor([0.5, -1.0], dtype=torch.float64),
                         torch.tensor([0.4, 1.0], dtype=torch.float64))

@@ -13,7 +13,8 @@ from diffcli.diffusion.samplers.ddpm import Variance
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
 F64 = torch.float64
-DATA = GaussianData(torch.tensor([1.0, -0.5, 0.0], dtype=F64), torch.tensor([0.5, 1.0, 1.5], dtype=F64))
+DATA = GaussianData(torch.tensor([1.0, -0.5, 0.0], dtype=F64),
+                    torch.tensor([0.5, 1.0, 1.5], dtype=F64))
 KINDS = list(Parameterization)
 
 

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from diffcli.diffusion.schedules import (
-    NoiseSchedule, cosine_schedule, linear_schedule, make_schedule, sigmoid_schedule,
+    NoiseSchedule,
+    cosine_schedule,
+    linear_schedule,
+    make_schedule,
+    sigmoid_schedule,
 )
 
 

@@ -44,9 +44,10 @@ def q_mean_variance(schedule: NoiseSchedule, x0: Tensor, t: Tensor) -> tuple[Ten
 def posterior_coefficients(abar_t: Tensor, abar_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Coefficients of q(x_s | x_t, x_0) for any s < t with alpha-bars ``abar_prev``, ``abar_t``.
 
-    With beta = 1 - abar_t/abar_prev (one step of the respaced chain, Nichol & Dhariwal 2021, Sec. 4):
-    mean = c0 * x0 + ct * x_t, c0 = sqrt(abar_prev) beta / (1 - abar_t),
-    ct = sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t), variance = (1 - abar_prev)/(1 - abar_t) beta
+    With beta = 1 - abar_t/abar_prev (one step of the respaced chain, Nichol & Dhariwal 2021,
+    Sec. 4): mean = c0 * x0 + ct * x_t, c0 = sqrt(abar_prev) beta / (1 - abar_t),
+    ct = sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t),
+    variance = (1 - abar_prev)/(1 - abar_t) beta
     (Ho et al. 2020, eqs. 6-7). Returns (c0, ct, variance), each shaped like the inputs.
     """
     beta = 1 - abar_t / abar_prev

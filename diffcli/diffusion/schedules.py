@@ -1,7 +1,8 @@
 """Discrete-time noise schedules (variance-preserving), computed in float64.
 
-A schedule is the sequence beta_1..beta_T of DDPM (Ho et al. 2020, eq. 2). Everything else is derived:
-alpha_t = 1 - beta_t, alpha-bar_t = prod_{s<=t} alpha_s (eq. 4), SNR_t = alpha-bar_t / (1 - alpha-bar_t).
+A schedule is the sequence beta_1..beta_T of DDPM (Ho et al. 2020, eq. 2). The rest is derived:
+alpha_t = 1 - beta_t, alpha-bar_t = prod_{s<=t} alpha_s (eq. 4),
+SNR_t = alpha-bar_t / (1 - alpha-bar_t).
 Index ``t`` in code runs 0..T-1 and stands for the paper's timestep t+1.
 """
 

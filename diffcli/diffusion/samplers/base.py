@@ -118,7 +118,7 @@ def batch_t(t: int, x: Tensor) -> Tensor:
 
 
 def abar_pair(schedule: NoiseSchedule, ts: list[int], i: int) -> tuple[float, float]:
-    """(alpha-bar at ts[i], alpha-bar at the next visited step), with alpha-bar = 1 after the last."""
+    """(alpha-bar at ts[i], alpha-bar at the next visited step); alpha-bar = 1 after the last."""
     ab = schedule.alphas_cumprod
     nxt = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
     return float(ab[ts[i]]), nxt

@@ -11,7 +11,14 @@ from torch import Tensor
 
 from diffcli.diffusion.forward import posterior_coefficients
 from diffcli.diffusion.samplers.base import (
-    Denoiser, Generator, Sampler, SamplerStep, StepCallback, abar_pair, batch_t, clip_x0,
+    Denoiser,
+    Generator,
+    Sampler,
+    SamplerStep,
+    StepCallback,
+    abar_pair,
+    batch_t,
+    clip_x0,
     randn_like,
 )
 

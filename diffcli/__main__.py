@@ -1,0 +1,3 @@
+from diffcli.cli import main
+
+main()

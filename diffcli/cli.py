@@ -1,0 +1,181 @@
+"""The `diffcli` command line: each command turns Hydra overrides into one workflow call.
+
+Trailing arguments are Hydra overrides (``key=value``, ``group=option``); ``-m`` runs a Hydra
+multirun sweep; Hydra's own flags (``--cfg job``, ``--info``, ...) pass through.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+# Torch's OpenMP threads spin-wait by default; on a small shared CPU that stalls badly.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+if not CONF_DIR.is_dir():  # editable install: the tree lives at the repository root
+    CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
+               "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Train, sample, evaluate and visualize denoising diffusion models.")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
+                "help_option_names": ["-h", "--help"]}
+
+
+def config_groups(config_name: str) -> str:
+    """A help paragraph listing the config groups a command uses and their options."""
+    import yaml
+
+    defaults = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()).get("defaults", [])
+    lines = []
+    for entry in defaults:
+        if not isinstance(entry, dict):
+            continue
+        group, default = next(iter(entry.items()))
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"  {group}=  {' | '.join(options)}   (default: {default})")
+    return "\n".join(lines)
+
+
+def _help(config_name: str, intro: str, example: str) -> str:
+    return (f"{intro}\n\nOverrides are Hydra's: key=value, group=option, -m for a sweep "
+            f"(a=1,2), --cfg job to print the config.\n\nConfig groups:\n\n"
+            f"\b\n{config_groups(config_name)}\n\nExample: {example}")
+
+
+def _split_args(args: list[str]) -> list[str]:
+    """The override arguments among ``args`` (Hydra flags and their values left out)."""
+    overrides, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = a in VALUE_FLAGS
+        else:
+            overrides.append(a)
+    return overrides
+
+
+def _first_of_sweeps(overrides: list[str]) -> list[str]:
+    """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    concrete = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if key.startswith(("hydra.", "hydra/", "+hydra")):
+            continue
+        if o.is_sweep_override():
+            concrete.append(f"{key}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            concrete.append(o.input_line)
+    return concrete
+
+
+def _one_line(e: BaseException) -> str:
+    parts = [str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip():
+        parts.append(str(cause).strip().splitlines()[0])
+    return ": ".join(parts)
+
+
+def validate(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once so a bad override fails fast with one line (no traceback)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"bad argument {o!r}: overrides look like key=value or group=option")
+    concrete = _first_of_sweeps(overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=concrete)
+        for key in cfg:  # resolve interpolations too (the logger's need a running Hydra job)
+            value = cfg[key]
+            if key != "logger" and OmegaConf.is_config(value):
+                OmegaConf.to_container(value, resolve=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: bool,
+              debug: bool) -> None:
+    """Validate the overrides, then hand everything to ``hydra.main`` (run dirs, sweeps, ...)."""
+    import hydra
+
+    from diffcli.errors import DiffcliError
+
+    debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
+        try:
+            validate(config_name, _split_args(args))
+        except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
+            if debug:
+                raise
+            fail(f"bad override: {_one_line(e)}", 2)
+
+    def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
+        try:
+            return workflow(cfg)
+        except DiffcliError as e:
+            if debug:
+                raise
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    sys.argv = [f"diffcli {config_name}"] + (["-m"] if multirun else []) + list(args)
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+
+
+def _train(cfg):  # noqa: ANN001, ANN202
+    from diffcli.workflows.train import train
+
+    return train(cfg)
+
+
+def _sample(cfg):  # noqa: ANN001, ANN202
+    from diffcli.workflows.sample import sample
+
+    return sample(cfg)
+
+
+@app.command(context_settings=PASS_THROUGH, help=_help(
+    "train", "Train a diffusion model; the run goes to outputs/<date>/<time>/.",
+    "diffcli train dataset=swiss_roll model=mlp trainer.max_steps=3000"))
+def train(
+    ctx: typer.Context,
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun (sweeps)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or DIFFCLI_DEBUG=1)."),
+) -> None:
+    run_hydra("train", _train, ctx.args, multirun, debug)
+
+
+@app.command(context_settings=PASS_THROUGH, help=_help(
+    "sample", "Sample from a trained run (the newest under outputs/ unless ckpt=...); writes "
+    "<run>/samples/<sampler>-<steps>/.", "diffcli sample sampler=ddim steps=100 n=64 seed=0"))
+def sample(
+    ctx: typer.Context,
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun (sweeps)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or DIFFCLI_DEBUG=1)."),
+) -> None:
+    run_hydra("sample", _sample, ctx.args, multirun, debug)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The command line end to end, as a user runs it, on tiny data (each call is a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+EXE = [shutil.which("diffcli")] if shutil.which("diffcli") else [sys.executable, "-m", "diffcli"]
+TINY_UNET = ["dataset.image_size=8", "model.base_channels=8", "model.groups=4"]
+
+
+def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def points_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("points")
+    run(cwd, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=40",
+        "checkpoint_every=20", "dataset.n_points=2000")
+    return cwd
+
+
+def test_train_then_sample_points(points_run: Path):
+    ckpts = list(points_run.glob("outputs/*/*/checkpoints/*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt", "step-20.ckpt", "step-40.ckpt"}
+    run_dir = ckpts[0].parent.parent
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    proc = run(points_run, "sample", "sampler=ddim", "steps=10", "n=300")
+    assert "last.ckpt" in proc.stderr  # says which checkpoint it picked
+    out = run_dir / "samples" / "ddim-10"
+    assert (out / "scatter.png").stat().st_size > 1000
+    assert np.load(out / "samples.npz")["points"].shape == (300, 2)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["steps"] == 10 and meta["nfe"] == 10 and meta["seeds"] == [0, 299]
+
+
+def test_checkpoint_is_self_describing_and_safe(points_run: Path):
+    ckpt = next(points_run.glob("outputs/*/*/checkpoints/last.ckpt"))
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled code needed
+    assert data["diffcli"]["config"]["model"]["_target_"] == "diffcli.nets.mlp.MLP"
+    data["diffcli"]["config"]["model"]["_target_"] = "os.system"
+    evil = points_run / "evil.ckpt"
+    torch.save(data, evil)
+    assert_one_line_error(run(points_run, "sample", f"ckpt={evil}", ok=False), "refusing")
+
+
+def test_train_and_sample_images(tmp_path: Path):
+    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=4")
+    out = next(tmp_path.glob("outputs/*/*/samples/ddpm-4"))
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+    assert (out / "grid.png").is_file()
+    # Each image depends on its seed only, not on the batch it was drawn in.
+    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6")
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["images"], images)
+
+
+def test_multirun_sweeps(tmp_path: Path):
+    run(tmp_path, "train", "-m", "dataset=moons", "model=mlp", "trainer.max_steps=2",
+        "seed=0,1", "logger=none")
+    assert len(list(tmp_path.glob("multirun/*/*/*/checkpoints/last.ckpt"))) == 2
+
+
+def test_cfg_job_prints_the_config(tmp_path: Path):
+    proc = run(tmp_path, "train", "schedule=cosine", "--cfg", "job")
+    assert "cosine_schedule" in proc.stdout and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "schedule=nope"], "schedule"),
+    (["train", "trainer.max_stepz=3"], "max_stepz"),
+    (["train", "notanoverride"], "notanoverride"),
+    (["sample", "ckpt=missing.ckpt"], "missing.ckpt"),
+    (["train", "dataset=mnist", "dataset.root=/nonexistent"], "/nonexistent"),
+    (["train", "dataset=swiss_roll"], "model=mlp"),
+])
+def test_bad_input_gives_one_line(tmp_path: Path, args, fragment):
+    assert_one_line_error(run(tmp_path, *args, ok=False), fragment)
+
+
+def test_corrupt_and_absent_checkpoints(tmp_path: Path):
+    assert_one_line_error(run(tmp_path, "sample", ok=False), "no trained run")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run(tmp_path, "sample", f"ckpt={bad}", ok=False), "not a readable")
+
+
+def test_help_lists_config_groups(tmp_path: Path):
+    out = run(tmp_path, "train", "--help").stdout
+    assert "schedule=" in out and "cosine" in out and "swiss_roll" in out
