@@ -104,6 +104,17 @@ def validate(config_name: str, overrides: list[str]) -> None:
                 OmegaConf.to_container(value, resolve=True)
 
 
+def _user_error(e: BaseException | None, kind: type) -> BaseException | None:
+    """The first error of ``kind`` in ``e``'s chain (Hydra wraps errors raised in _target_s)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise SystemExit(code)
@@ -128,10 +139,11 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
         try:
             return workflow(cfg)
-        except DiffcliError as e:
-            if debug:
+        except Exception as e:
+            user_error = _user_error(e, DiffcliError)
+            if user_error is None or debug:
                 raise
-            fail(str(e))
+            fail(str(user_error))
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
