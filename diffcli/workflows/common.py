@@ -18,6 +18,11 @@ SAFE_TARGET_PREFIX = "diffcli."
 BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule")  # config groups sampling instantiates
 
 
+def build_datamodule(dataset_cfg: DictConfig) -> Any:
+    """Instantiate the dataset group's datamodule (``train_steps`` is advice for the trainer)."""
+    return instantiate({k: v for k, v in dataset_cfg.items() if k != "train_steps"})
+
+
 def build_net(model_cfg: DictConfig, kind: str, data_shape: tuple[int, ...]) -> nn.Module:
     """Instantiate the network of ``model_cfg`` for data of ``kind`` ("image" or "points")."""
     target = str(model_cfg.get("_target_", ""))

@@ -20,6 +20,7 @@ from diffcli.diffusion.samplers.base import randn_like
 from diffcli.errors import DiffcliError
 from diffcli.workflows.common import (
     LoadedRun,
+    build_datamodule,
     build_net,
     find_latest_checkpoint,
     load_checkpoint,
@@ -44,7 +45,7 @@ class CountingNet:
 def _restore(run: LoadedRun, use_ema: bool, device: torch.device) -> tuple[nn.Module, str, tuple]:
     """Rebuild the trained network from the checkpoint alone; returns (net, kind, data_shape)."""
     cfg = run.config
-    dm = instantiate(cfg.dataset)
+    dm = build_datamodule(cfg.dataset)
     net = build_net(cfg.model, dm.kind, dm.data_shape)
     prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
         else "net."

@@ -16,7 +16,7 @@ from rich.console import Console
 from diffcli.lit.callbacks import StepProgress
 from diffcli.lit.module import DiffusionModule
 from diffcli.nets.layers import count_parameters
-from diffcli.workflows.common import build_net
+from diffcli.workflows.common import build_datamodule, build_net
 
 console = Console(stderr=True)
 
@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> Path:
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, verbose=False)
-    dm = instantiate(cfg.dataset)
+    dm = build_datamodule(cfg.dataset)
     net = build_net(cfg.model, dm.kind, dm.data_shape)
     schedule = instantiate(cfg.schedule)
     module = DiffusionModule(
