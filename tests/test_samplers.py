@@ -8,7 +8,7 @@ import torch
 
 from diffcli.diffusion.forward import Parameterization
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
-from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, timestep_sequence
+from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, DPMSolverPP2M, timestep_sequence
 from diffcli.diffusion.samplers.ddpm import Variance
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
@@ -154,3 +154,30 @@ def test_timestep_sequences(spacing):
         timestep_sequence(1000, 1001, spacing)
     expected_first = {"leading": 980, "trailing": 999, "linspace": 999}[spacing]
     assert ts[0] == expected_first
+
+
+def _affine_moments(sampler, den):
+    """Mean and std of a deterministic sampler's output for x_T ~ N(0, I), read off by probing
+    the (affine, for Gaussian data) map with z = 0 and z = 1."""
+    out = sampler.sample(den, torch.stack([torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64)]))
+    return out[0], (out[1] - out[0]).abs()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("make_schedule", [linear_schedule, cosine_schedule])
+def test_dpm_solver_pp_2m_converges_faster_than_ddim(kind, make_schedule):
+    """Lu et al. 2022: DPM-Solver++ at ~20 NFE is as accurate as DDIM at 50 or more NFE."""
+    sched = make_schedule()
+    den = _denoiser(sched, kind)
+
+    def std_error(sampler):
+        mean, std = _affine_moments(sampler, den)
+        assert ((mean - DATA.mean).abs() < 0.01).all()
+        return (std / DATA.std - 1).abs().max().item()
+
+    dpm = {s: std_error(DPMSolverPP2M(steps=s)) for s in (10, 20, 50)}
+    ddim = {s: std_error(DDIM(steps=s)) for s in (50, 100)}
+    # Measured std errors, linear: DPM++ 20 steps 4.4% vs DDIM 50 5.7% / 100 2.9%;
+    # cosine: DPM++ 20 steps 1.3% vs DDIM 100 1.6%.
+    assert dpm[20] < ddim[50], (dpm, ddim)
+    assert dpm[50] < 0.01 and dpm[50] < dpm[20] < dpm[10], dpm

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
@@ -126,7 +127,7 @@ def sample(cfg: DictConfig) -> Path:
     except ValueError as e:
         raise DiffcliError(str(e)) from None
     n = cfg.n or (64 if dm.kind == "image" else 2000)
-    name = type(sampler).__name__.lower()
+    name = HydraConfig.get().runtime.choices.get("sampler") or type(sampler).__name__.lower()
     out_dir = ckpt.parent.parent / "samples" / f"{name}-{steps}"
     out_dir.mkdir(parents=True, exist_ok=True)
     x = _draw(sampler, den, tuple(dm.data_shape), n, cfg.batch_size, cfg.seed, device)

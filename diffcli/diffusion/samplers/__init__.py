@@ -3,5 +3,8 @@
 from diffcli.diffusion.samplers.base import Denoiser, Sampler, SamplerStep, timestep_sequence
 from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.samplers.ddpm import DDPM
+from diffcli.diffusion.samplers.dpm_solver import DPMSolverPP2M
 
-__all__ = ["DDIM", "DDPM", "Denoiser", "Sampler", "SamplerStep", "timestep_sequence"]
+__all__ = [
+    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Sampler", "SamplerStep", "timestep_sequence",
+]
