@@ -78,6 +78,10 @@ def test_train_and_sample_images(tmp_path: Path):
     # Each image depends on its seed only, not on the batch it was drawn in.
     run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["images"], images)
+    # Karras samplers evaluate between training timesteps; Heun reports 2N - 1 evaluations.
+    run(tmp_path, "sample", "sampler=heun", "steps=2", "n=2")
+    meta = json.loads(next(tmp_path.glob("outputs/*/*/samples/heun-2/meta.json")).read_text())
+    assert meta["nfe"] == 3
 
 
 def test_multirun_sweeps(tmp_path: Path):

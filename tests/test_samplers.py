@@ -8,7 +8,15 @@ import torch
 
 from diffcli.diffusion.forward import Parameterization
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
-from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, DPMSolverPP2M, timestep_sequence
+from diffcli.diffusion.samplers import (
+    DDIM,
+    DDPM,
+    Denoiser,
+    DPMSolverPP2M,
+    Euler,
+    Heun,
+    timestep_sequence,
+)
 from diffcli.diffusion.samplers.ddpm import Variance
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
@@ -181,3 +189,32 @@ def test_dpm_solver_pp_2m_converges_faster_than_ddim(kind, make_schedule):
     # cosine: DPM++ 20 steps 1.3% vs DDIM 100 1.6%.
     assert dpm[20] < ddim[50], (dpm, ddim)
     assert dpm[50] < 0.01 and dpm[50] < dpm[20] < dpm[10], dpm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("make_schedule", [linear_schedule, cosine_schedule])
+def test_karras_euler_and_heun_converge(kind, make_schedule):
+    """Euler (1st order) and Heun (2nd order) on the Karras grid (Karras et al. 2022)."""
+    den = _denoiser(make_schedule(), kind)
+    err = {}
+    for cls in (Euler, Heun):
+        for steps in (10, 20, 50, 100):
+            mean, std = _affine_moments(cls(steps=steps), den)
+            # starting at sigma_max = 80 instead of sigma_T leaves about |mean| / 80 of bias
+            assert ((mean - DATA.mean).abs() < 0.02).all()
+            err[cls.__name__, steps] = (std / DATA.std - 1).abs().max().item()
+    for cls in ("Euler", "Heun"):
+        assert err[cls, 100] < err[cls, 50] < err[cls, 20] < err[cls, 10], err
+    assert err["Heun", 50] < 0.01 and err["Euler", 100] < 0.03, err
+    assert err["Heun", 20] < err["Euler", 50] and err["Heun", 50] < err["Euler", 100], err
+
+
+def test_heun_counts_network_evaluations_and_churn_stays_on_target():
+    sched = cosine_schedule()
+    calls = []
+    ideal = IdealNetwork(DATA, sched, Parameterization.EPS)
+    den = Denoiser(lambda x, t: calls.append(1) or ideal(x, t), sched, Parameterization.EPS)
+    Heun(steps=18).sample(den, torch.zeros(2, 3, dtype=F64))
+    assert len(calls) == 2 * 18 - 1
+    mean, std = _mc(Heun(steps=50, s_churn=20.0), _denoiser(sched, "eps"), n=10_000, seed=3)
+    assert ((mean - DATA.mean).abs() < 0.05).all() and ((std / DATA.std - 1).abs() < 0.05).all()

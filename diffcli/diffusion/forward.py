@@ -29,6 +29,15 @@ def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
 
 
+def alpha_bar(schedule: NoiseSchedule, t: Tensor, like: Tensor) -> Tensor:
+    """alpha-bar_t as (B, 1, ..., 1) in ``like``'s dtype; t: (B,) long, or float for timesteps
+    between grid points (see :meth:`NoiseSchedule.alpha_bar_at`)."""
+    if t.is_floating_point():
+        out = schedule.alpha_bar_at(t).to(like.dtype)
+        return out.reshape(t.shape[0], *([1] * (like.ndim - 1)))
+    return extract(schedule.alphas_cumprod, t, like)
+
+
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. 2020, eq. 4). (B, ...)"""
     abar = extract(schedule.alphas_cumprod, t, x0)

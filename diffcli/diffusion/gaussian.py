@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.forward import Parameterization, eps_from_x0, extract, target_for
+from diffcli.diffusion.forward import Parameterization, alpha_bar, eps_from_x0, target_for
 from diffcli.diffusion.schedules import NoiseSchedule
 
 
@@ -49,6 +49,6 @@ class IdealNetwork:
     prediction: Parameterization = Parameterization.EPS
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        abar = extract(self.schedule.alphas_cumprod, t, x_t)
+        abar = alpha_bar(self.schedule, t, x_t)
         x0 = self.data.posterior_mean(x_t, abar)
         return target_for(self.prediction, x0, eps_from_x0(x_t, x0, abar), abar)

@@ -69,6 +69,32 @@ class NoiseSchedule:
         return torch.log(ab) - torch.log1p(-ab)
 
     @cached_property
+    def sigmas(self) -> Tensor:
+        """sigma_t = sqrt((1 - abar_t) / abar_t), the noise level of x_t / sqrt(abar_t)
+        (Karras et al. 2022, Sec. 2: the VP process in its variance-exploding form). (T,)"""
+        return ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+
+    def alpha_bar_at(self, t: Tensor) -> Tensor:
+        """alpha-bar at real-valued timesteps t in [0, T-1], log sigma linear between grid points
+        (exact at integer t). (B,) float64"""
+        t = t.to(_F64).clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.num_timesteps - 1)
+        log_sig = self.sigmas.to(t.device).log()
+        w = t - lo
+        sigma2 = torch.exp(2 * ((1 - w) * log_sig[lo] + w * log_sig[hi]))
+        return 1.0 / (1.0 + sigma2)
+
+    def sigma_to_t(self, sigma: float) -> float:
+        """The real-valued timestep whose sigma (interpolated as in :meth:`alpha_bar_at`) is
+        ``sigma``, clamped to [0, T-1]."""
+        log_sig = self.sigmas.log()
+        s = torch.tensor(sigma, dtype=_F64).clamp(self.sigmas[0], self.sigmas[-1]).log()
+        hi = int(torch.searchsorted(log_sig, s).clamp(1, self.num_timesteps - 1))
+        w = (s - log_sig[hi - 1]) / (log_sig[hi] - log_sig[hi - 1])
+        return float(hi - 1 + w)
+
+    @cached_property
     def snr(self) -> Tensor:
         """Signal-to-noise ratio alpha-bar_t / (1 - alpha-bar_t). (T,)"""
         return self.alphas_cumprod / (1.0 - self.alphas_cumprod)

@@ -4,7 +4,10 @@ from diffcli.diffusion.samplers.base import Denoiser, Sampler, SamplerStep, time
 from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.samplers.ddpm import DDPM
 from diffcli.diffusion.samplers.dpm_solver import DPMSolverPP2M
+from diffcli.diffusion.samplers.euler import Euler
+from diffcli.diffusion.samplers.heun import Heun
 
 __all__ = [
-    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Sampler", "SamplerStep", "timestep_sequence",
+    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Euler", "Heun", "Sampler", "SamplerStep",
+    "timestep_sequence",
 ]

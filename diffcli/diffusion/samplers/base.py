@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.forward import Parameterization, Prediction, extract, to_x0_eps
+from diffcli.diffusion.forward import Parameterization, Prediction, alpha_bar, to_x0_eps
 from diffcli.diffusion.schedules import NoiseSchedule
 
 Network = Callable[[Tensor, Tensor], Tensor]
@@ -26,7 +26,8 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 class Denoiser:
     """A network of a known parameterization over a known schedule.
 
-    ``denoiser(x_t, t)`` returns the (x0, eps) estimates for x_t: (B, ...) and t: (B,) long.
+    ``denoiser(x_t, t)`` returns the (x0, eps) estimates for x_t: (B, ...) and t: (B,) long
+    (or float, for samplers that evaluate between the training timesteps).
     """
 
     net: Network
@@ -34,7 +35,7 @@ class Denoiser:
     prediction: Parameterization = Parameterization.EPS
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Prediction:
-        abar = extract(self.schedule.alphas_cumprod, t, x_t)
+        abar = alpha_bar(self.schedule, t, x_t)
         return to_x0_eps(self.net(x_t, t), self.prediction, x_t, abar)
 
 
