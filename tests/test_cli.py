@@ -55,7 +55,7 @@ def test_train_then_sample_points(points_run: Path):
     assert (out / "scatter.png").stat().st_size > 1000
     assert np.load(out / "samples.npz")["points"].shape == (300, 2)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["steps"] == 10 and meta["nfe"] == 10 and meta["seeds"] == [0, 299]
+    assert meta["steps"] == 10 and meta["nfe"] == 10 and meta["seeds"] == "0-299"
 
 
 def test_checkpoint_is_self_describing_and_safe(points_run: Path):
@@ -79,9 +79,21 @@ def test_train_and_sample_images(tmp_path: Path):
     run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["images"], images)
     # Karras samplers evaluate between training timesteps; Heun reports 2N - 1 evaluations.
-    run(tmp_path, "sample", "sampler=heun", "steps=2", "n=2")
-    meta = json.loads(next(tmp_path.glob("outputs/*/*/samples/heun-2/meta.json")).read_text())
-    assert meta["nfe"] == 3
+    # Explicit seeds, per-seed PNGs, the trajectory of the first samples.
+    run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=3-8", "batch_size=4",
+        "trajectory=2", "sampler.dynamic_threshold=0.99")
+    heun = next(tmp_path.glob("outputs/*/*/samples/heun-2"))
+    meta = json.loads((heun / "meta.json").read_text())
+    assert meta["nfe"] == 3 and meta["seeds"] == "3-8" and meta["n"] == 6
+    assert sorted(p.name for p in (heun / "images").iterdir())[0] == "000003.png"
+    together = np.load(heun / "samples.npz")["images"]
+    traj = np.load(heun / "trajectory.npz")
+    assert traj["x_t"].shape == (2, 2, 1, 8, 8) and traj["x0"].shape == (2, 2, 1, 8, 8)
+    # seed 5 is the same image whether drawn with seeds 3-8 or on its own
+    run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=5", "sampler.dynamic_threshold=0.99")
+    alone = np.load(heun / "samples.npz")
+    assert list(alone["seeds"]) == [5]
+    np.testing.assert_array_equal(alone["images"][0], together[2])
 
 
 def test_multirun_sweeps(tmp_path: Path):

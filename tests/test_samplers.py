@@ -218,3 +218,21 @@ def test_heun_counts_network_evaluations_and_churn_stays_on_target():
     assert len(calls) == 2 * 18 - 1
     mean, std = _mc(Heun(steps=50, s_churn=20.0), _denoiser(sched, "eps"), n=10_000, seed=3)
     assert ((mean - DATA.mean).abs() < 0.05).all() and ((std / DATA.std - 1).abs() < 0.05).all()
+
+
+def test_dynamic_thresholding_rescales_only_out_of_range_samples():
+    """Saharia et al. 2022: s = max(1, quantile_p |x0|); x0 -> clip(x0, -s, s) / s."""
+    x0 = torch.stack([torch.linspace(-0.5, 0.5, 101), torch.linspace(-4.0, 4.0, 101)])
+    sampler = DDIM(steps=5, dynamic_threshold=0.9)
+    out = sampler.denoised(x0)
+    torch.testing.assert_close(out[0], x0[0])  # already inside [-1, 1]: untouched
+    s = torch.quantile(x0[1].abs(), 0.9)
+    torch.testing.assert_close(out[1], x0[1].clamp(-s, s) / s)
+    assert out.abs().max() <= 1.0
+    wide = GaussianData(torch.zeros(3, dtype=F64), torch.full((3,), 3.0, dtype=F64))
+    for cls in (DDPM, DDIM, DPMSolverPP2M, Euler, Heun):
+        x = cls(steps=10, dynamic_threshold=0.995).sample(
+            _denoiser(linear_schedule(100), "eps", wide),
+            torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=F64),
+            generator=torch.Generator().manual_seed(1))
+        assert x.abs().max().item() <= 1.0 + 1e-6, cls

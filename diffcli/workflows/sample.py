@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
@@ -58,44 +59,87 @@ def _restore(run: LoadedRun, use_ema: bool, device: torch.device) -> tuple[nn.Mo
     return net.to(device).eval(), dm, prefix.rstrip(".")
 
 
-def _draw(sampler: Sampler, den: Denoiser, shape: tuple, n: int, batch: int, seed: int,
-          device: torch.device) -> Tensor:
-    """n samples; sample i uses its own generator seeded ``seed + i`` (batch-size independent)."""
+def parse_seeds(spec: str | int | list | None, n: int, seed: int) -> list[int]:
+    """Seeds from ``seeds=`` ("0-999", "0,5,7", "3-5,9" or a list), else ``seed .. seed+n-1``."""
+    if spec is None:
+        return list(range(seed, seed + n))
+    parts = spec if isinstance(spec, list | tuple) else str(spec).split(",")
+    seeds: list[int] = []
+    try:
+        for part in (str(p).strip() for p in parts):
+            lo, _, hi = part.partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise DiffcliError(f"bad seeds={spec!r}: use a range like 0-999 or a list 1,5,7") from None
+    if not seeds:
+        raise DiffcliError(f"seeds={spec!r} selects no seed")
+    return seeds
+
+
+@dataclass
+class Trajectory:
+    """Records x_t and the predicted x0 at every step for the first ``keep`` samples."""
+
+    keep: int
+    t: list = field(default_factory=list)
+    x_t: list = field(default_factory=list)
+    x0: list = field(default_factory=list)
+
+    def __call__(self, step: SamplerStep) -> None:
+        self.t.append(step.t)
+        self.x_t.append(step.x_t[: self.keep].float().cpu())
+        self.x0.append(step.x0[: self.keep].float().cpu())
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, t=np.array(self.t), x_t=torch.stack(self.x_t).numpy(),
+                            x0=torch.stack(self.x0).numpy())
+
+
+def _draw(sampler: Sampler, den: Denoiser, shape: tuple, seeds: list[int], batch: int,
+          device: torch.device, trajectory: Trajectory | None = None) -> Tensor:
+    """One sample per seed, each from its own generator: batch-size independent. (N, *shape)"""
     steps = len(sampler.timesteps(den.schedule))
     out = []
     cols = [TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*cols, console=console, transient=True) as bar:
-        task = bar.add_task("", total=steps * math.ceil(n / batch))
-        for start in range(0, n, batch):
-            idx = range(start, min(n, start + batch))
-            gens = [torch.Generator().manual_seed(seed + i) for i in idx]
+        task = bar.add_task("", total=steps * math.ceil(len(seeds) / batch))
+        for start in range(0, len(seeds), batch):
+            gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch]]
             noise = randn_like(torch.empty(len(gens), *shape, device=device), gens)
+            record = trajectory if start == 0 else None
 
-            def advance(_: SamplerStep) -> None:
+            def advance(step: SamplerStep, record: Trajectory | None = record) -> None:
                 bar.advance(task)
+                if record is not None:
+                    record(step)
 
-            out.append(sampler.sample(den, noise, generator=gens, callback=advance).cpu())
+            out.append(sampler.sample(den, noise, generator=gens, callback=advance).float().cpu())
     return torch.cat(out)
 
 
-def _save_images(x: Tensor, out_dir: Path) -> None:
+def _save_images(x: Tensor, seeds: list[int], out_dir: Path) -> None:
+    from torchvision.io import write_png
     from torchvision.utils import make_grid, save_image
 
     imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
-    np.savez_compressed(out_dir / "samples.npz", images=imgs.permute(0, 2, 3, 1).numpy())
+    np.savez_compressed(out_dir / "samples.npz", images=imgs.permute(0, 2, 3, 1).numpy(),
+                        seeds=np.array(seeds))
+    (out_dir / "images").mkdir(exist_ok=True)
+    for img, seed in zip(imgs, seeds, strict=True):
+        write_png(img, str(out_dir / "images" / f"{seed:06d}.png"))
     grid = make_grid(imgs.float() / 255, nrow=math.ceil(math.sqrt(len(x))), padding=1, pad_value=1)
     scale = max(1, 256 // max(x.shape[-1], 1) // 2)
     grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
     save_image(grid, out_dir / "grid.png")
 
 
-def _save_points(x: Tensor, data: Tensor, out_dir: Path, title: str) -> None:
+def _save_points(x: Tensor, seeds: list[int], data: Tensor, out_dir: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    np.savez_compressed(out_dir / "samples.npz", points=x.numpy())
+    np.savez_compressed(out_dir / "samples.npz", points=x.numpy(), seeds=np.array(seeds))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.scatter(data[:, 0], data[:, 1], s=2, c="0.75", label="data")
     ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:red", label="samples")
@@ -116,7 +160,7 @@ def sample(cfg: DictConfig) -> Path:
     run = load_checkpoint(ckpt)
     device = pick_device(cfg.device)
     net, dm, weights = _restore(run, cfg.use_ema, device)
-    counter = CountingNet(net)
+    counter = CountingNet(torch.compile(net) if cfg.compile else net)
     schedule = instantiate(run.config.schedule)
     den = Denoiser(counter, schedule, run.config.prediction)
     clip = dm.kind == "image" if cfg.clip_denoised is None else bool(cfg.clip_denoised)
@@ -126,22 +170,49 @@ def sample(cfg: DictConfig) -> Path:
         steps = len(sampler.timesteps(schedule))
     except ValueError as e:
         raise DiffcliError(str(e)) from None
-    n = cfg.n or (64 if dm.kind == "image" else 2000)
+    seeds = parse_seeds(cfg.seeds, cfg.n or (64 if dm.kind == "image" else 2000), cfg.seed)
     name = HydraConfig.get().runtime.choices.get("sampler") or type(sampler).__name__.lower()
     out_dir = ckpt.parent.parent / "samples" / f"{name}-{steps}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    x = _draw(sampler, den, tuple(dm.data_shape), n, cfg.batch_size, cfg.seed, device)
-    title = f"{name}, {steps} steps, seeds {cfg.seed}..{cfg.seed + n - 1}"
+    trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
+    with _precision(str(cfg.precision), device):
+        x = _draw(sampler, den, tuple(dm.data_shape), seeds, cfg.batch_size, device, trajectory)
+    span = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
     if dm.kind == "image":
-        _save_images(x, out_dir)
+        _save_images(x, seeds, out_dir)
     else:
-        _save_points(x, dm.data, out_dir, title)
-    nfe = counter.calls // math.ceil(n / cfg.batch_size)  # network evaluations per sample
-    meta = {"sampler": name, "steps": steps, "nfe": nfe,
-            "n": n, "seeds": [cfg.seed, cfg.seed + n - 1], "checkpoint": str(ckpt),
-            "global_step": run.global_step, "weights": weights, "clip_denoised": clip}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    picture = "grid.png" if dm.kind == "image" else "scatter.png"
-    console.print(f"[green]wrote[/] {n} samples ({name}, {steps} steps, {nfe} NFE per sample, "
-                  f"{weights} weights) to {out_dir}/ : {picture}, samples.npz, meta.json")
+        _save_points(x, seeds, dm.data, out_dir, f"{name}, {steps} steps, {span}")
+    if trajectory is not None:
+        trajectory.save(out_dir / "trajectory.npz")
+    nfe = counter.calls // math.ceil(len(seeds) / cfg.batch_size)  # evaluations per sample
+    meta = {"sampler": name, "sampler_config": OmegaConf.to_container(cfg.sampler),
+            "steps": steps, "nfe": nfe, "n": len(seeds), "seeds": _compact(seeds),
+            "checkpoint": str(ckpt), "global_step": run.global_step, "weights": weights,
+            "clip_denoised": clip, "precision": str(cfg.precision)}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    picture = "grid.png, images/" if dm.kind == "image" else "scatter.png"
+    console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
+                  f"sample, {weights} weights, {span}) to {out_dir}/ : {picture}, samples.npz, "
+                  "meta.json" + (", trajectory.npz" if trajectory else ""))
     return out_dir
+
+
+def _compact(seeds: list[int]) -> str:
+    """"0-999" for a contiguous range, else a comma list."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):  # noqa: ANN202
+    """bf16 autocast on CUDA when asked ("bf16"); fp32 otherwise (bf16 on CPU is very slow)."""
+    if precision == "32":
+        yield
+        return
+    if precision != "bf16":
+        raise DiffcliError(f"precision={precision!r}: use 32 or bf16")
+    if device.type != "cuda":
+        raise DiffcliError("precision=bf16 is for CUDA devices; on CPU use precision=32")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        yield

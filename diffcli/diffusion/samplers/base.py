@@ -94,6 +94,15 @@ def clip_x0(x0: Tensor, enabled: bool, limit: float = 1.0) -> Tensor:
     return x0.clamp(-limit, limit) if enabled else x0
 
 
+def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3): per sample, s = the
+    ``percentile`` quantile of |x0|, s = max(s, 1); x0 -> clamp(x0, -s, s) / s. (B, ...)"""
+    flat = x0.flatten(1).abs()
+    s = torch.quantile(flat.float(), percentile, dim=1).to(x0.dtype).clamp(min=1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
 @dataclass(frozen=True)
 class Sampler(ABC):
     """Base of all samplers: hyperparameters only; history lives in ``sample``'s loop."""
@@ -101,6 +110,13 @@ class Sampler(ABC):
     steps: int | None = None  # None: one step per training timestep
     spacing: Spacing = Spacing.TRAILING
     clip_denoised: bool = False
+    dynamic_threshold: float | None = None  # e.g. 0.995: Imagen's percentile; overrides clipping
+
+    def denoised(self, x0: Tensor) -> Tensor:
+        """The sampler's post-processing of x0_hat: dynamic thresholding or clipping, or none."""
+        if self.dynamic_threshold is not None:
+            return dynamic_threshold(x0, self.dynamic_threshold)
+        return clip_x0(x0, self.clip_denoised)
 
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:
         """The decreasing timestep indices this sampler visits."""

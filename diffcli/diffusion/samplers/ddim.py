@@ -17,7 +17,6 @@ from diffcli.diffusion.samplers.base import (
     StepCallback,
     abar_pair,
     batch_t,
-    clip_x0,
     randn_like,
 )
 
@@ -41,8 +40,8 @@ class DDIM(Sampler):
             abar_t, abar_s = abar_pair(model.schedule, ts, i)
             pred = model(x, batch_t(t, x))
             x0, eps = pred.x0, pred.eps
-            if self.clip_denoised:
-                x0 = clip_x0(x0, True)
+            if self.clip_denoised or self.dynamic_threshold is not None:
+                x0 = self.denoised(x0)
                 eps = eps_from_x0(x, x0, torch.full_like(x0[:1], abar_t))
             if callback is not None:
                 callback(SamplerStep(i, len(ts), t, x, x0))

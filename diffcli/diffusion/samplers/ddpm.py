@@ -18,7 +18,6 @@ from diffcli.diffusion.samplers.base import (
     StepCallback,
     abar_pair,
     batch_t,
-    clip_x0,
     randn_like,
 )
 
@@ -47,7 +46,7 @@ class DDPM(Sampler):
         ts = self.timesteps(model.schedule)
         for i, t in enumerate(ts):
             abar_t, abar_prev = abar_pair(model.schedule, ts, i)
-            x0 = clip_x0(model(x, batch_t(t, x)).x0, self.clip_denoised)
+            x0 = self.denoised(model(x, batch_t(t, x)).x0)
             if callback is not None:
                 callback(SamplerStep(i, len(ts), t, x, x0))
             c0, ct, var = posterior_coefficients(torch.tensor(abar_t, dtype=torch.float64),

@@ -16,7 +16,6 @@ from diffcli.diffusion.samplers.base import (
     StepCallback,
     abar_pair,
     batch_t,
-    clip_x0,
 )
 
 
@@ -45,7 +44,7 @@ class DPMSolverPP2M(Sampler):
         x0_prev, h_prev = None, None
         for i, t in enumerate(ts):
             abar_t, abar_s = abar_pair(model.schedule, ts, i)
-            x0 = clip_x0(model(x, batch_t(t, x)).x0, self.clip_denoised)
+            x0 = self.denoised(model(x, batch_t(t, x)).x0)
             if callback is not None:
                 callback(SamplerStep(i, len(ts), t, x, x0))
             if abar_s >= 1.0:

@@ -28,7 +28,7 @@ class Euler(KarrasSampler):
         x = to_xbar(noise, sigmas[0])
         for i in range(n):
             sigma, nxt = sigmas[i], sigmas[i + 1]
-            x0 = denoise(model, x, sigma, self.clip_denoised)
+            x0 = denoise(model, x, sigma, self.denoised)
             if callback is not None:
                 t = round(model.schedule.sigma_to_t(sigma))
                 callback(SamplerStep(i, n, t, x / math.sqrt(1 + sigma**2), x0))

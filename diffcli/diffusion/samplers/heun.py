@@ -45,14 +45,14 @@ class Heun(KarrasSampler):
             sigma_hat = sigma * (1 + gamma)
             if gamma > 0:
                 x = x + math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * randn_like(x, generator)
-            x0 = denoise(model, x, sigma_hat, self.clip_denoised)
+            x0 = denoise(model, x, sigma_hat, self.denoised)
             if callback is not None:
                 t = round(model.schedule.sigma_to_t(sigma_hat))
                 callback(SamplerStep(i, n, t, x / math.sqrt(1 + sigma_hat**2), x0))
             d = (x - x0) / sigma_hat
             x_next = x + (nxt - sigma_hat) * d
             if nxt > 0:
-                d2 = (x_next - denoise(model, x_next, nxt, self.clip_denoised)) / nxt
+                d2 = (x_next - denoise(model, x_next, nxt, self.denoised)) / nxt
                 x_next = x + (nxt - sigma_hat) * (d + d2) / 2
             x = x_next
         return x

@@ -8,12 +8,13 @@ level is sigma = sqrt((1 - abar)/abar), so that dxbar/dsigma = (xbar - D(xbar; s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.samplers.base import Denoiser, Sampler, clip_x0
+from diffcli.diffusion.samplers.base import Denoiser, Sampler
 from diffcli.diffusion.schedules import NoiseSchedule
 
 
@@ -27,13 +28,15 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return [(a + r * (b - a)) ** rho for r in ramp] + [0.0]
 
 
-def denoise(model: Denoiser, xbar: Tensor, sigma: float, clip: bool) -> Tensor:
-    """D(xbar; sigma): the network's x0 estimate at noise level sigma (between training
-    timesteps the timestep is interpolated in log sigma). xbar: (B, ...) -> (B, ...)"""
+def denoise(model: Denoiser, xbar: Tensor, sigma: float,
+            post: Callable[[Tensor], Tensor]) -> Tensor:
+    """D(xbar; sigma): the network's x0 estimate at noise level sigma, post-processed by
+    ``post`` (clipping, thresholding). Between training timesteps the timestep is interpolated
+    in log sigma. xbar: (B, ...) -> (B, ...)"""
     x_t = xbar / math.sqrt(1 + sigma**2)
     t = torch.full((xbar.shape[0],), model.schedule.sigma_to_t(sigma), dtype=torch.float64,
                    device=xbar.device)
-    return clip_x0(model(x_t, t).x0, clip)
+    return post(model(x_t, t).x0)
 
 
 def to_xbar(noise: Tensor, sigma_max: float) -> Tensor:
