@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,13 +96,40 @@ class Trajectory:
                             x0=torch.stack(self.x0).numpy())
 
 
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size): under ``torchrun`` the seeds are sharded across its processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _gather_shards(x: Tensor, n: int, rank: int, world: int) -> Tensor:
+    """Reassemble on rank 0 the samples that rank r drew for seeds[r::world]. (n, ...)"""
+    import torch.distributed as dist
+
+    parts: list = [None] * world if rank == 0 else None
+    dist.gather_object(x, parts, dst=0)
+    if rank != 0:
+        return x
+    full = torch.empty(n, *x.shape[1:], dtype=x.dtype)
+    for r, part in enumerate(parts):
+        full[r::world] = part
+    return full
+
+
 def _draw(sampler: Sampler, den: Denoiser, shape: tuple, seeds: list[int], batch: int,
-          device: torch.device, trajectory: Trajectory | None = None) -> Tensor:
+          device: torch.device, trajectory: Trajectory | None = None,
+          show: bool = True) -> Tensor:
     """One sample per seed, each from its own generator: batch-size independent. (N, *shape)"""
     steps = len(sampler.timesteps(den.schedule))
     out = []
     cols = [TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=console, transient=True) as bar:
+    with Progress(*cols, console=console, transient=True, disable=not show) as bar:
         task = bar.add_task("", total=steps * math.ceil(len(seeds) / batch))
         for start in range(0, len(seeds), batch):
             gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch]]
@@ -158,7 +186,10 @@ def sample(cfg: DictConfig) -> Path:
     if not cfg.ckpt:
         console.print(f"using the newest run's checkpoint: {ckpt}")
     run = load_checkpoint(ckpt)
+    rank, world = _init_distributed()
     device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     net, dm, weights = _restore(run, cfg.use_ema, device)
     counter = CountingNet(torch.compile(net) if cfg.compile else net)
     schedule = instantiate(run.config.schedule)
@@ -175,8 +206,14 @@ def sample(cfg: DictConfig) -> Path:
     out_dir = ckpt.parent.parent / "samples" / f"{name}-{steps}"
     out_dir.mkdir(parents=True, exist_ok=True)
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
+    mine = seeds[rank::world]  # each process draws every world-th seed
     with _precision(str(cfg.precision), device):
-        x = _draw(sampler, den, tuple(dm.data_shape), seeds, cfg.batch_size, device, trajectory)
+        x = _draw(sampler, den, tuple(dm.data_shape), mine, cfg.batch_size, device,
+                  trajectory, show=rank == 0)
+    if world > 1:
+        x = _gather_shards(x, len(seeds), rank, world)
+        if rank != 0:
+            return out_dir
     span = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
     if dm.kind == "image":
         _save_images(x, seeds, out_dir)
@@ -184,11 +221,11 @@ def sample(cfg: DictConfig) -> Path:
         _save_points(x, seeds, dm.data, out_dir, f"{name}, {steps} steps, {span}")
     if trajectory is not None:
         trajectory.save(out_dir / "trajectory.npz")
-    nfe = counter.calls // math.ceil(len(seeds) / cfg.batch_size)  # evaluations per sample
+    nfe = counter.calls // math.ceil(len(mine) / cfg.batch_size)  # evaluations per sample
     meta = {"sampler": name, "sampler_config": OmegaConf.to_container(cfg.sampler),
             "steps": steps, "nfe": nfe, "n": len(seeds), "seeds": _compact(seeds),
             "checkpoint": str(ckpt), "global_step": run.global_step, "weights": weights,
-            "clip_denoised": clip, "precision": str(cfg.precision)}
+            "clip_denoised": clip, "precision": str(cfg.precision), "processes": world}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     picture = "grid.png, images/" if dm.kind == "image" else "scatter.png"
     console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
