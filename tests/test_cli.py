@@ -58,6 +58,15 @@ def test_train_then_sample_points(points_run: Path):
     assert meta["steps"] == 10 and meta["nfe"] == 10 and meta["seeds"] == "0-299"
 
 
+@pytest.mark.parametrize("sampler, nfe", [("ddpm", 3), ("ddim", 3), ("dpmpp_2m", 3),
+                                          ("euler", 3), ("heun", 5)])
+def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: int):
+    run(points_run, "sample", f"sampler={sampler}", "steps=3", "n=50")
+    out = next(points_run.glob(f"outputs/*/*/samples/{sampler}-3"))
+    assert json.loads((out / "meta.json").read_text())["nfe"] == nfe
+    assert np.isfinite(np.load(out / "samples.npz")["points"]).all()
+
+
 def test_sampling_shards_seeds_across_processes(points_run: Path):
     """Under torchrun (2 CPU processes, gloo) each process draws every 2nd seed; the gathered
     result equals the single-process one (to float rounding)."""
