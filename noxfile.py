@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s tests` (the test suite) and `nox -s lint` (ruff)."""
+"""nox sessions: `nox -s tests` (the test suite), `nox -s lint` (ruff), `nox -s bench`."""
 
 import nox
 
@@ -15,3 +15,11 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (scripts that print tables), with diffusers for the side-by-side columns."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/sampler_nfe.py", *session.posargs)
+    session.run("python", "benchmarks/sample_throughput.py")
