@@ -114,6 +114,8 @@ def _gather_shards(x: Tensor, n: int, rank: int, world: int) -> Tensor:
 
     parts: list = [None] * world if rank == 0 else None
     dist.gather_object(x, parts, dst=0)
+    dist.barrier()
+    dist.destroy_process_group()  # all ranks, before any of them exits (gloo aborts otherwise)
     if rank != 0:
         return x
     full = torch.empty(n, *x.shape[1:], dtype=x.dtype)
