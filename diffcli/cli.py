@@ -151,38 +151,32 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 
 
-def _train(cfg):  # noqa: ANN001, ANN202
-    from diffcli.workflows.train import train
+def hydra_command(config_name: str, intro: str, example: str) -> None:
+    """Register ``diffcli <config_name>``: overrides -> Hydra -> the workflow function of the
+    same name in ``diffcli.workflows.<config_name>`` (imported only when the command runs)."""
 
-    return train(cfg)
+    def workflow(cfg):  # noqa: ANN001, ANN202 - a DictConfig from Hydra
+        import importlib
 
+        module = importlib.import_module(f"diffcli.workflows.{config_name}")
+        return getattr(module, config_name)(cfg)
 
-def _sample(cfg):  # noqa: ANN001, ANN202
-    from diffcli.workflows.sample import sample
+    def command(
+        ctx: typer.Context,
+        multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun (sweeps)."),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or DIFFCLI_DEBUG=1)."),
+    ) -> None:
+        run_hydra(config_name, workflow, ctx.args, multirun, debug)
 
-    return sample(cfg)
-
-
-@app.command(context_settings=PASS_THROUGH, help=_help(
-    "train", "Train a diffusion model; the run goes to outputs/<date>/<time>/.",
-    "diffcli train dataset=swiss_roll model=mlp trainer.max_steps=3000"))
-def train(
-    ctx: typer.Context,
-    multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun (sweeps)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or DIFFCLI_DEBUG=1)."),
-) -> None:
-    run_hydra("train", _train, ctx.args, multirun, debug)
+    app.command(name=config_name.replace("_", "-"), context_settings=PASS_THROUGH,
+                help=_help(config_name, intro, example))(command)
 
 
-@app.command(context_settings=PASS_THROUGH, help=_help(
-    "sample", "Sample from a trained run (the newest under outputs/ unless ckpt=...); writes "
-    "<run>/samples/<sampler>-<steps>/.", "diffcli sample sampler=ddim steps=100 n=64 seed=0"))
-def sample(
-    ctx: typer.Context,
-    multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun (sweeps)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (or DIFFCLI_DEBUG=1)."),
-) -> None:
-    run_hydra("sample", _sample, ctx.args, multirun, debug)
+hydra_command("train", "Train a diffusion model; the run goes to outputs/<date>/<time>/.",
+              "diffcli train dataset=swiss_roll model=mlp trainer.max_steps=3000")
+hydra_command("sample", "Sample from a trained run (the newest under outputs/ unless ckpt=...); "
+              "writes <run>/samples/<sampler>-<steps>/.",
+              "diffcli sample sampler=ddim steps=100 n=64 seed=0")
 
 
 def main() -> None:
