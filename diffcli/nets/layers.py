@@ -8,8 +8,13 @@ embedding, and zero-initialised output convolutions so every residual block star
 the identity.
 
 Blocks whose ``forward`` needs the embedding derive from :class:`TimestepBlock`;
-:class:`EmbedSequential` chains such blocks with plain modules (future attention
-blocks, up/down-sampling) and hands the embedding only to the blocks that take it.
+:class:`EmbedSequential` chains such blocks with plain modules (:class:`AttentionBlock`,
+up/down-sampling) and hands the embedding only to the blocks that take it.
+
+Options from Improved DDPM / ADM: multi-head self-attention (:class:`AttentionBlock`),
+BigGAN-style resampling inside the residual block (``ResBlock(up=True)`` /
+``ResBlock(down=True)``) and scale-shift ("adaptive group") normalisation
+(``ResBlock(use_scale_shift_norm=True)``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "AttentionBlock",
     "Downsample",
     "EmbedSequential",
     "ResBlock",
@@ -150,8 +156,17 @@ class ResBlock(TimestepBlock):
     SiLU -> Dropout -> Conv3x3 (zero-init)``, plus a skip path that is the identity, or
     a 1x1 conv when the channel count changes (Ho et al. 2020, Appendix B; Wide ResNet).
 
-    The embedding is applied in :meth:`apply_embedding`, the single place where
-    scale-shift norm (Nichol & Dhariwal 2021) can replace the additive bias.
+    Options (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021, Sec. 3):
+
+    * ``down`` / ``up``: BigGAN-style resampling inside the block (Brock et al. 2019).
+      Both the residual branch (after its first norm + SiLU, before the first conv) and
+      the skip input are resampled, with a 2x2 average pool (``down``) or nearest x2
+      (``up``) and no convolution in the resampler.
+    * ``use_scale_shift_norm``: the embedding is projected to ``2 * out_ch`` values
+      ``(scale, shift)`` and applied as ``GroupNorm(h) * (1 + scale) + shift`` in place
+      of the second norm's plain output ("AdaGN").
+
+    The embedding is applied in :meth:`apply_embedding`.
 
     Args:
         in_ch: input channels.
@@ -159,6 +174,9 @@ class ResBlock(TimestepBlock):
         emb_dim: width of the conditioning embedding.
         dropout: dropout probability before the second convolution.
         groups: maximum GroupNorm group count (see :func:`norm`).
+        up: double height and width, ``(B, in_ch, H, W) -> (B, out_ch, 2H, 2W)``.
+        down: halve height and width, ``(B, in_ch, H, W) -> (B, out_ch, H // 2, W // 2)``.
+        use_scale_shift_norm: condition through scale and shift of the second norm.
     """
 
     def __init__(
@@ -168,16 +186,27 @@ class ResBlock(TimestepBlock):
         emb_dim: int,
         dropout: float = 0.0,
         groups: int = 32,
+        *,
+        up: bool = False,
+        down: bool = False,
+        use_scale_shift_norm: bool = False,
     ) -> None:
         super().__init__()
+        if up and down:
+            raise ValueError("ResBlock cannot both upsample and downsample")
         self.in_ch = in_ch
         self.out_ch = out_ch
+        self.up = up
+        self.down = down
+        self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
             norm(in_ch, groups),
             nn.SiLU(),
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
         )
-        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.resample = _resampler(up=up, down=down)
+        emb_out = 2 * out_ch if use_scale_shift_norm else out_ch
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, emb_out))
         self.out_layers = nn.Sequential(
             norm(out_ch, groups),
             nn.SiLU(),
@@ -187,16 +216,106 @@ class ResBlock(TimestepBlock):
         self.skip: nn.Module = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def apply_embedding(self, h: Tensor, emb: Tensor) -> Tensor:
-        """Add the projected embedding ``(B, out_ch)`` to ``h`` ``(B, out_ch, H, W)``."""
-        bias = self.emb_proj(emb).to(h.dtype)  # (B, out_ch)
-        return h + bias[:, :, None, None]
+        """Condition ``h`` ``(B, out_ch, H, W)`` on ``emb`` ``(B, E)`` and apply the second norm.
+
+        Additive (DDPM): ``GroupNorm(h + Linear(SiLU(emb)))``. Scale-shift (Nichol &
+        Dhariwal 2021): ``GroupNorm(h) * (1 + scale) + shift``. The result goes on to the
+        rest of ``out_layers`` (SiLU -> Dropout -> Conv).
+        """
+        proj = self.emb_proj(emb)[:, :, None, None]  # (B, out_ch or 2 * out_ch, 1, 1)
+        out_norm = self.out_layers[0]
+        if not self.use_scale_shift_norm:
+            return out_norm(h + proj.to(h.dtype))  # (B, out_ch, H, W)
+        h = out_norm(h)
+        scale, shift = proj.to(h.dtype).chunk(2, dim=1)  # (B, out_ch, 1, 1) each
+        return h * (1 + scale) + shift  # (B, out_ch, H, W)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        """``x``: ``(B, in_ch, H, W)``, ``emb``: ``(B, emb_dim)`` -> ``(B, out_ch, H, W)``."""
-        h = self.in_layers(x)  # (B, out_ch, H, W)
+        """``x``: ``(B, in_ch, H, W)``, ``emb``: ``(B, emb_dim)`` -> ``(B, out_ch, H', W')``.
+
+        ``H' = 2H`` with ``up``, ``H // 2`` with ``down``, else ``H`` (likewise ``W'``).
+        """
+        h = self.in_layers[:-1](x)  # GroupNorm -> SiLU, (B, in_ch, H, W)
+        h = self.resample(h)  # (B, in_ch, H', W')
+        x = self.resample(x)  # (B, in_ch, H', W')
+        h = self.in_layers[-1](h)  # (B, out_ch, H', W')
         h = self.apply_embedding(h, emb)
-        h = self.out_layers(h)  # (B, out_ch, H, W)
+        h = self.out_layers[1:](h)  # SiLU -> Dropout -> Conv, (B, out_ch, H', W')
         return self.skip(x) + h
+
+
+def _resampler(*, up: bool, down: bool) -> nn.Module:
+    """Parameter-free resampling for :class:`ResBlock` (Dhariwal & Nichol 2021, Sec. 3)."""
+    if down:
+        return nn.AvgPool2d(kernel_size=2, stride=2)
+    if up:
+        return nn.Upsample(scale_factor=2.0, mode="nearest")
+    return nn.Identity()
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the spatial positions, with a residual connection.
+
+    DDPM puts a single-head self-attention block at the 16x16 resolution of its U-Net
+    (Ho et al. 2020, Appendix B, after PixelSNAIL / the Transformer); Improved DDPM and
+    ADM use several heads and more resolutions (Nichol & Dhariwal 2021; Dhariwal &
+    Nichol 2021, Sec. 3). With ``L = H * W`` positions and ``d = channels // heads``::
+
+        h = GroupNorm(x)                         # (B, C, H, W)
+        q, k, v = Conv1x1(h).split(C)            # (B, C, H, W) each -> (B, heads, L, d)
+        a = softmax(q k^T / sqrt(d)) v           # (B, heads, L, d)
+        out = x + Conv1x1(a -> (B, C, H, W))     # projection zero-initialised
+
+    The ``3 * C`` output channels of the ``qkv`` conv are laid out as ``[q | k | v]``,
+    each split into ``heads`` groups of ``d`` consecutive channels. The projection starts
+    at zero, so the block is the identity at initialisation. Attention runs through
+    :func:`torch.nn.functional.scaled_dot_product_attention`; ``q``, ``k`` and ``v``
+    are slices of one tensor, so they share a dtype under autocast as SDPA requires.
+
+    Args:
+        channels: input and output channels ``C``.
+        num_heads: number of attention heads; must divide ``channels``.
+        num_head_channels: channels per head; when given it overrides ``num_heads``
+            (``heads = channels // num_head_channels``) and must divide ``channels``.
+        groups: maximum GroupNorm group count (see :func:`norm`).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int | None = None,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if num_head_channels is not None:
+            if num_head_channels < 1 or channels % num_head_channels:
+                raise ValueError(
+                    f"AttentionBlock: num_head_channels={num_head_channels} must be a "
+                    f"positive divisor of channels={channels}"
+                )
+            num_heads = channels // num_head_channels
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(
+                f"AttentionBlock: num_heads={num_heads} must be a positive divisor of "
+                f"channels={channels}"
+            )
+        self.channels = channels
+        self.num_heads = num_heads
+        self.norm = norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Attend over the ``H * W`` positions of ``x`` ``(B, C, H, W)``; same shape out."""
+        b, c, height, width = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        qkv = qkv.reshape(b, 3 * heads, c // heads, height * width)  # (B, 3 heads, d, L)
+        q, k, v = qkv.transpose(-1, -2).chunk(3, dim=1)  # (B, heads, L, d) each
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
+        a = a.transpose(-1, -2).reshape(b, c, height, width)  # (B, C, H, W)
+        return x + self.proj(a)
 
 
 class Downsample(nn.Module):

@@ -1,19 +1,29 @@
-"""The DDPM U-Net noise-prediction network (Ho et al. 2020, Appendix B).
+"""The DDPM / ADM U-Net noise-prediction network (Ho et al. 2020; Nichol & Dhariwal 2021).
 
 Layout (Ho et al. 2020, Appendix B; block lists as in Nichol & Dhariwal 2021):
 
 * ``conv_in``: 3x3 conv to ``base_channels``;
-* encoder: per level ``num_res_blocks`` :class:`ResBlock` s, then a :class:`Downsample`
-  between levels (not after the last); every block's output is kept as a skip;
-* middle: ResBlock -> ResBlock at the lowest resolution;
-* decoder: per level ``num_res_blocks + 1`` ResBlocks, each consuming one skip by
-  channel concatenation, then an :class:`Upsample` between levels;
+* encoder: per level ``num_res_blocks`` :class:`ResBlock` s, each followed by an
+  :class:`AttentionBlock` at attention levels, then a :class:`Downsample` between levels
+  (not after the last); every block's output is kept as a skip;
+* middle: ResBlock -> AttentionBlock -> ResBlock at the lowest resolution (DDPM), or
+  ResBlock -> ResBlock without attention;
+* decoder: per level ``num_res_blocks + 1`` ResBlocks (each followed by an
+  AttentionBlock at attention levels), each consuming one skip by channel
+  concatenation, then an :class:`Upsample` between levels;
 * ``out``: GroupNorm -> SiLU -> 3x3 conv (zero-initialised, so the net outputs 0 at init).
 
-Every stage is an :class:`EmbedSequential`, so a level's block list can later hold
-self-attention blocks, residual up/down-sampling blocks (BigGAN-style) or anything else;
-class conditioning belongs in :meth:`UNet.embed`, which builds the per-sample vector that
-every ResBlock receives.
+ADM options (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021): multi-head attention,
+residual blocks that resample (``resblock_updown``, BigGAN-style) instead of the
+Downsample / Upsample convolutions, scale-shift norm, and a class embedding added to the
+timestep embedding (:meth:`UNet.embed`) with one extra "null" label for classifier-free
+guidance (Ho & Salimans 2022).
+
+With the defaults the network is the small attention-free U-Net of ``model=unet``; the
+DDPM CIFAR-10 model (35.7M parameters) is::
+
+    UNet(in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+         attention_resolutions=(16,), image_size=32, dropout=0.1, groups=32)
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from diffcli.nets.layers import (
+    AttentionBlock,
     Downsample,
     EmbedSequential,
     ResBlock,
@@ -36,8 +47,59 @@ from diffcli.nets.layers import (
 __all__ = ["UNet"]
 
 
+def level_resolutions(image_size: int, num_levels: int) -> list[int]:
+    """Feature-map side length at each level: ``image_size`` halved (rounding up) per level."""
+    sizes = [image_size]
+    for _ in range(num_levels - 1):
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+def attention_level_set(
+    num_levels: int,
+    attention_resolutions: Sequence[int],
+    attention_levels: Sequence[int] | None,
+    image_size: int | None,
+) -> frozenset[int]:
+    """Translate ``attention_resolutions`` (pixels) or ``attention_levels`` to level indices.
+
+    Raises:
+        ValueError: both are given; resolutions without ``image_size``; a resolution the
+            net does not have; a level outside ``0 .. num_levels - 1``.
+    """
+    resolutions = [int(r) for r in attention_resolutions]
+    levels = [int(lv) for lv in attention_levels or ()]
+    if resolutions and levels:
+        raise ValueError(
+            "UNet: give attention_resolutions or attention_levels, not both "
+            f"(got {resolutions} and {levels}); set the other to null / []"
+        )
+    if resolutions:
+        if image_size is None:
+            raise ValueError(
+                f"UNet: attention_resolutions={resolutions} needs image_size (the input "
+                "height in pixels) to find the levels; pass image_size or use "
+                "attention_levels (0 = full resolution)"
+            )
+        sizes = level_resolutions(image_size, num_levels)
+        missing = [r for r in resolutions if r not in sizes]
+        if missing:
+            raise ValueError(
+                f"UNet: attention resolution(s) {missing} not among this net's resolutions "
+                f"{sizes} (image_size={image_size}, {num_levels} levels)"
+            )
+        return frozenset(sizes.index(r) for r in resolutions)
+    bad = [lv for lv in levels if not 0 <= lv < num_levels]
+    if bad:
+        raise ValueError(
+            f"UNet: attention level(s) {bad} out of range for {num_levels} levels "
+            f"(valid: 0..{num_levels - 1}, 0 = full resolution)"
+        )
+    return frozenset(levels)
+
+
 class UNet(nn.Module):
-    """DDPM U-Net mapping ``(x_t, t)`` to a tensor shaped like the output image.
+    """DDPM / ADM U-Net mapping ``(x_t, t[, y])`` to a tensor shaped like the output image.
 
     Args:
         in_channels: image channels.
@@ -52,6 +114,24 @@ class UNet(nn.Module):
         dropout: dropout inside the residual blocks (DDPM: 0.1 on CIFAR-10).
         groups: maximum GroupNorm group count (DDPM: 32; 8 suits narrow nets).
         emb_dim: width of the timestep embedding; defaults to ``4 * base_channels``.
+        attention_resolutions: feature-map sizes (pixels) at which every ResBlock is
+            followed by an :class:`AttentionBlock`, in the encoder and the decoder
+            (DDPM CIFAR-10: ``(16,)``). Needs ``image_size``.
+        image_size: input height in pixels; only used to turn ``attention_resolutions``
+            into levels.
+        attention_levels: alternative to ``attention_resolutions`` that does not depend
+            on the data: level indices (0 = full resolution) that get attention.
+        num_heads: attention heads (DDPM: 1).
+        num_head_channels: channels per head; overrides ``num_heads`` when given (ADM: 64).
+        resblock_updown: resample with ``ResBlock(down=True)`` / ``ResBlock(up=True)``
+            instead of :class:`Downsample` / :class:`Upsample` (BigGAN-style, ADM).
+        use_scale_shift_norm: condition ResBlocks by scale and shift of the second
+            GroupNorm (Nichol & Dhariwal 2021) instead of adding a bias.
+        mid_attention: put an AttentionBlock between the two middle ResBlocks; ``None``
+            means "when any level has attention" (DDPM).
+        num_classes: number of class labels for class conditioning; label
+            ``num_classes`` is the null (unconditional) label for classifier-free
+            guidance. ``None``: unconditional net.
     """
 
     def __init__(
@@ -65,48 +145,93 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         emb_dim: int | None = None,
+        attention_resolutions: Sequence[int] = (),
+        image_size: int | None = None,
+        attention_levels: Sequence[int] | None = None,
+        num_heads: int = 1,
+        num_head_channels: int | None = None,
+        resblock_updown: bool = False,
+        use_scale_shift_norm: bool = False,
+        mid_attention: bool | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not channel_mults:
             raise ValueError("UNet needs at least one entry in channel_mults")
         if num_res_blocks < 1:
             raise ValueError(f"UNet num_res_blocks must be >= 1, got {num_res_blocks}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"UNet num_classes must be >= 1 or None, got {num_classes}")
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
-        self.channel_mults = tuple(channel_mults)
+        self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_res_blocks = num_res_blocks
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.attention_levels = attention_level_set(
+            len(self.channel_mults), attention_resolutions, attention_levels, image_size
+        )
+        if mid_attention is None:
+            mid_attention = bool(self.attention_levels)
         emb_dim = 4 * base_channels if emb_dim is None else emb_dim
         self.emb_dim = emb_dim
 
         self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        # Row ``num_classes`` is the null label (classifier-free guidance).
+        self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout=dropout, groups=groups)
+        def res(cin: int, cout: int, *, up: bool = False, down: bool = False) -> ResBlock:
+            return ResBlock(
+                cin,
+                cout,
+                emb_dim,
+                dropout=dropout,
+                groups=groups,
+                up=up,
+                down=down,
+                use_scale_shift_norm=use_scale_shift_norm,
+            )
 
-        # Encoder: one EmbedSequential per stored skip (ResBlock or Downsample).
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads, num_head_channels, groups)
+
+        def down(ch: int) -> nn.Module:
+            return res(ch, ch, down=True) if resblock_updown else Downsample(ch)
+
+        def up(ch: int) -> nn.Module:
+            return res(ch, ch, up=True) if resblock_updown else Upsample(ch)
+
+        # Encoder: one EmbedSequential per stored skip (ResBlock [+ Attn] or downsampler).
         self.down_blocks = nn.ModuleList()
         skip_chs = [base_channels]  # conv_in output is the first skip
         ch = base_channels
+        last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
             for _ in range(num_res_blocks):
-                self.down_blocks.append(EmbedSequential(res(ch, base_channels * mult)))
+                layers: list[nn.Module] = [res(ch, base_channels * mult)]
                 ch = base_channels * mult
+                if level in self.attention_levels:
+                    layers.append(attn(ch))
+                self.down_blocks.append(EmbedSequential(*layers))
                 skip_chs.append(ch)
-            if level < len(self.channel_mults) - 1:
-                self.down_blocks.append(EmbedSequential(Downsample(ch)))
+            if level < last:
+                self.down_blocks.append(EmbedSequential(down(ch)))
                 skip_chs.append(ch)
 
-        self.mid_block = EmbedSequential(res(ch, ch), res(ch, ch))
+        mid: list[nn.Module] = [res(ch, ch), attn(ch), res(ch, ch)]
+        self.mid_block = EmbedSequential(*(mid if mid_attention else mid[::2]))
 
-        # Decoder: each EmbedSequential consumes one skip; levels end with an Upsample.
+        # Decoder: each EmbedSequential consumes one skip; levels end with an upsampler.
         self.up_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             for i in range(num_res_blocks + 1):
-                layers: list[nn.Module] = [res(ch + skip_chs.pop(), base_channels * mult)]
+                layers = [res(ch + skip_chs.pop(), base_channels * mult)]
                 ch = base_channels * mult
+                if level in self.attention_levels:
+                    layers.append(attn(ch))
                 if level > 0 and i == num_res_blocks:
-                    layers.append(Upsample(ch))
+                    layers.append(up(ch))
                 self.up_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
@@ -134,16 +259,35 @@ class UNet(nn.Module):
                 f"divisible by {m}, got {height}x{width}; use fewer channel_mults"
             )
 
-    def embed(self, t: Tensor) -> Tensor:
+    def embed(self, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Per-sample conditioning vector ``(B, emb_dim)`` given to every ResBlock.
 
-        Extension point: class conditioning (Nichol & Dhariwal 2021) adds a label
-        embedding to this vector.
-        """
-        return self.time_embed(t)
+        The timestep embedding, plus a learned class embedding for class-conditional nets
+        (Nichol & Dhariwal 2021; Dhariwal & Nichol 2021). For those, ``y`` ``(B,)`` holds
+        integer labels in ``0 .. num_classes``, ``num_classes`` being the null label;
+        ``y=None`` means the null label for every sample (classifier-free guidance's
+        unconditional branch, Ho & Salimans 2022).
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        Raises:
+            ValueError: ``y`` given to an unconditional net, or ``y`` not integer ``(B,)``.
+        """
+        emb = self.time_embed(t)  # (B, emb_dim)
+        if self.label_embed is None:
+            if y is not None:
+                raise ValueError("UNet got class labels y but was built with num_classes=None")
+            return emb
+        if y is None:
+            y = torch.full((emb.shape[0],), self.num_classes, dtype=torch.long, device=emb.device)
+        elif y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(
+                f"UNet expects integer class labels of shape (B,), got {y.dtype} {tuple(y.shape)}"
+            )
+        return emb + self.label_embed(y).to(emb.dtype)  # (B, emb_dim)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Predict from noisy images ``x`` ``(B, C, H, W)`` at timesteps ``t`` ``(B,)``.
+
+        ``y`` ``(B,)``: optional class labels (class-conditional nets only, see :meth:`embed`).
 
         Returns:
             Tensor of shape ``(B, out_channels, H, W)``.
@@ -153,7 +297,7 @@ class UNet(nn.Module):
                 f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         self.check_image_size(x.shape[-2], x.shape[-1])
-        emb = self.embed(t)  # (B, emb_dim)
+        emb = self.embed(t, y)  # (B, emb_dim)
         h = self.conv_in(x)  # (B, base, H, W)
         skips = [h]
         for block in self.down_blocks:
