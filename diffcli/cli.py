@@ -38,9 +38,11 @@ def config_groups(config_name: str) -> str:
     for entry in defaults:
         if not isinstance(entry, dict):
             continue
-        group, default = next(iter(entry.items()))
+        key, default = next(iter(entry.items()))
+        group = key.removeprefix("optional ").split("@")[0]
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        lines.append(f"  {group}=  {' | '.join(options)}   (default: {default})")
+        name = key.removeprefix("optional ")
+        lines.append(f"  {name}=  {' | '.join(options)}   (default: {default or 'none'})")
     return "\n".join(lines)
 
 
@@ -147,7 +149,10 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
-    sys.argv = [f"diffcli {config_name}"] + (["-m"] if multirun else []) + list(args)
+    # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
+    os.environ["DIFFCLI_COMMAND"] = config_name.replace("_", "-")
+    relaunch = str(Path(__file__).resolve().parent / "relaunch.py")
+    sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 
 

@@ -1,11 +1,14 @@
-"""Lightning callbacks: a step-based rich progress bar."""
+"""Lightning callbacks: step-based rich progress bar, throughput, EMA sample grids."""
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -55,3 +58,108 @@ class StepProgress(L.Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class Throughput(L.Callback):
+    """Logs ``train/images_per_s``: images (all devices) per second of wall time.
+
+    Counted per optimizer step, so gradient accumulation and the number of processes are
+    included: ``micro_batch x accumulate x world_size / seconds``. Smoothed with an EMA of
+    the step time so the curve is readable.
+    """
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing = smoothing
+        self._images = 0
+        self._t0: float | None = None
+        self._step = -1
+        self.rate: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._step, self._images, self.rate = None, trainer.global_step, 0, None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        self._images += int(x.shape[0]) * trainer.world_size
+        if trainer.global_step == self._step:
+            return  # still accumulating
+        self._step = trainer.global_step
+        now = time.perf_counter()
+        if self._t0 is not None:  # the first step includes start-up costs; skip it
+            rate = self._images / max(now - self._t0, 1e-9)
+            self.rate = rate if self.rate is None else (
+                self.smoothing * self.rate + (1 - self.smoothing) * rate)
+            pl_module.log("train/images_per_s", self.rate, rank_zero_only=True)
+        self._t0, self._images = now, 0
+
+
+class EMASampleGrid(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA network (rank 0).
+
+    The same ``seeds`` every time, so successive grids show the model improving rather than
+    new noise. Written to ``<out_dir>/step-<N>.png`` and sent to the logger when it takes
+    images (wandb, TensorBoard).
+    """
+
+    def __init__(self, out_dir: str | Path, every_n_steps: int, sampler: Any,
+                 num_images: int = 16, seed: int = 0) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.out_dir = Path(out_dir)
+        self.every = every_n_steps
+        self.sampler = sampler
+        self.seeds = list(range(seed, seed + num_images))
+        self.written: list[Path] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every or not trainer.is_global_zero:
+            return
+        if self.written and self.written[-1].stem == f"step-{step:07d}":
+            return  # same optimizer step (gradient accumulation)
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        if x.ndim != 4:
+            return
+        grid = self.sample_grid(pl_module, tuple(x.shape[1:]), x.device)
+        self.written.append(self.save(grid, step))
+        _log_image(trainer, grid, step)
+
+    @torch.no_grad()
+    def sample_grid(self, pl_module: Any, shape: tuple[int, ...], device: torch.device) -> Any:
+        """Sample ``len(seeds)`` images and tile them: (C, H', W') in [0, 1]."""
+        from torchvision.utils import make_grid
+
+        from diffcli.diffusion.samplers import Denoiser
+        from diffcli.diffusion.samplers.base import randn_like
+
+        net = pl_module.ema_net if pl_module.ema_net is not None else pl_module.net
+        was_training = net.training
+        net.eval()
+        gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        noise = randn_like(torch.empty(len(gens), *shape, device=device), gens)
+        den = Denoiser(net, pl_module.schedule, pl_module.prediction)
+        x = self.sampler.sample(den, noise, generator=gens).float().clamp(-1, 1).cpu()
+        net.train(was_training)
+        return make_grid((x + 1) / 2, nrow=math.ceil(math.sqrt(len(x))), padding=1, pad_value=1)
+
+    def save(self, grid: Any, step: int) -> Path:
+        from torchvision.utils import save_image
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"step-{step:07d}.png"
+        scale = max(1, 256 // grid.shape[-1])
+        big = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+        save_image(big, path)
+        return path
+
+
+def _log_image(trainer: L.Trainer, grid: Any, step: int) -> None:
+    """Send a (C, H, W) image in [0, 1] to every logger that accepts images."""
+    for logger in trainer.loggers:
+        name = type(logger).__name__
+        if name == "WandbLogger":
+            logger.log_image(key="samples/ema", images=[grid], step=step)
+        elif name == "TensorBoardLogger":
+            logger.experiment.add_image("samples/ema", grid, global_step=step)

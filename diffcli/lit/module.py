@@ -17,11 +17,34 @@ CHECKPOINT_KEY = "diffcli"  # where the self-description of a checkpoint lives
 CHECKPOINT_FORMAT = 1
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """EMA decay after ``step`` optimizer steps: ``min(decay, (1 + n) / (10 + n))`` with warm-up.
+
+    The warm-up (as in TensorFlow's ExponentialMovingAverage with ``num_updates``) keeps the
+    first EMA weights from being dominated by the random initialisation.
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` with L_simple (Ho et al. 2020, Algorithm 1) and keeps an EMA copy of it.
 
     ``run_config`` (a plain dict: the resolved Hydra config) is written into every checkpoint
     under ``checkpoint["diffcli"]`` so that sampling can rebuild everything from the file alone.
+    The EMA copy (``ema_net``) is a submodule, so it is saved, restored on resume and moved
+    to the device with the rest; the optimizer only sees ``net``.
+
+    Args:
+        net: the denoising network ``(x_t (B, ...), t (B,)) -> (B, ...)``.
+        schedule: the noise schedule.
+        prediction: what ``net`` predicts (eps, x0 or v).
+        lr: peak Adam learning rate, reached linearly after ``warmup_steps`` (Ho et al. 2020).
+        ema_decay: EMA decay; None disables the EMA copy.
+        ema_warmup: use :func:`ema_decay_at`'s warm-up.
+        min_snr_gamma: Min-SNR-gamma loss weighting, None for L_simple.
+        compile: run the training forward pass through ``torch.compile`` (the saved weights
+            keep their plain names).
+        channels_last: feed image batches in channels-last memory format.
     """
 
     def __init__(
@@ -33,8 +56,12 @@ class DiffusionModule(L.LightningModule):
         lr: float = 1e-3,
         warmup_steps: int = 0,
         ema_decay: float | None = 0.999,
+        ema_warmup: bool = True,
         min_snr_gamma: float | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
         run_config: dict[str, Any] | None = None,
+        data_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -42,17 +69,33 @@ class DiffusionModule(L.LightningModule):
         self.schedule = schedule
         self.prediction = Parameterization(prediction)
         self.lr, self.warmup_steps = lr, warmup_steps
-        self.ema_decay, self.min_snr_gamma = ema_decay, min_snr_gamma
+        self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
+        self.min_snr_gamma = min_snr_gamma
+        self.channels_last = channels_last
         self.run_config = run_config or {}
+        self.data_info = data_info  # {"kind": "image", "shape": [C, H, W]}, saved for sampling
+        # Not a registered submodule: the compiled wrapper shares net's parameters.
+        self.__dict__["train_forward"] = torch.compile(net) if compile else net
+        self._ema_step = -1
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x0 = batch  # (B, ...)
+    def training_step(self, batch: Tensor | tuple | list, batch_idx: int) -> Tensor:
+        x0 = batch[0] if isinstance(batch, tuple | list) else batch  # (B, ...)
+        if self.channels_last and x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
         t = randint_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
-        loss = diffusion_loss(self.net, self.schedule, x0, t, torch.randn_like(x0),
+        loss = diffusion_loss(self.train_forward, self.schedule, x0, t, torch.randn_like(x0),
                               self.prediction, self.min_snr_gamma)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the global L2 norm of the (unscaled, not yet clipped) gradients."""
+        grads = [p.grad.detach() for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
+                                                         for g in grads]))
+            self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
@@ -60,17 +103,25 @@ class DiffusionModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        self._ema_step = self.global_step
+        if self.trainer.world_size > 1:  # same seed everywhere, but each rank needs its own noise
+            torch.manual_seed(torch.initial_seed() + 7919 * self.global_rank + self.global_step)
+
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n optimizer steps."""
-        if self.ema_net is None:
+        """One EMA update per optimizer step (not per accumulated micro-batch)."""
+        if self.ema_net is None or self.global_step == self._ema_step:
             return
-        n = self.global_step
-        decay = min(self.ema_decay, (1 + n) / (10 + n))
+        self._ema_step = self.global_step
+        decay = ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup)
         for e, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
             e.lerp_(p.detach(), 1 - decay)
         for e, b in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
             e.copy_(b)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "config": self.run_config}
+        meta = {"format": CHECKPOINT_FORMAT, "config": self.run_config}
+        if self.data_info is not None:
+            meta["data"] = self.data_info
+        checkpoint[CHECKPOINT_KEY] = meta

@@ -31,14 +31,30 @@ def build_net(model_cfg: DictConfig, kind: str, data_shape: tuple[int, ...]) -> 
         raise DiffcliError("2-D point data needs model=mlp (the U-Net is for images)")
     if kind == "image" and is_mlp:
         raise DiffcliError("image data needs an image network, e.g. model=unet")
-    shape_kw = {"dim": data_shape[0]} if is_mlp else {"in_channels": data_shape[0]}
-    net = instantiate(model_cfg, **shape_kw)
+    shape_kw: dict[str, Any] = {"dim": data_shape[0]} if is_mlp else {"in_channels": data_shape[0]}
+    if target.endswith(".UNet") and "image_size" not in model_cfg:
+        shape_kw["image_size"] = data_shape[-2]  # for attention_resolutions given in pixels
+    try:
+        net = instantiate(model_cfg, **shape_kw)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps the network's own ValueError
+        cause = e.__cause__ if isinstance(e.__cause__, ValueError | TypeError) else None
+        if cause is None:
+            raise
+        raise DiffcliError(f"model: {cause}") from None
     if kind == "image" and hasattr(net, "check_image_size"):
         try:
             net.check_image_size(data_shape[-2], data_shape[-1])
         except ValueError as e:
             raise DiffcliError(str(e)) from None
     return net
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a network needs to know about its data: "image" or "points", and one sample's shape."""
+
+    kind: str
+    shape: tuple[int, ...]
 
 
 @dataclass
@@ -49,6 +65,14 @@ class LoadedRun:
     config: DictConfig
     state_dict: dict[str, torch.Tensor]
     global_step: int
+    data: DataInfo | None = None  # None in checkpoints older than the "data" entry
+
+    def data_info(self) -> DataInfo:
+        """Kind and sample shape, from the checkpoint (or by loading the dataset, for old ones)."""
+        if self.data is not None:
+            return self.data
+        dm = build_datamodule(self.config.dataset)
+        return DataInfo(dm.kind, tuple(dm.data_shape))
 
     def weights(self, prefix: str) -> dict[str, torch.Tensor]:
         """The sub-state-dict under ``prefix`` (e.g. "net." or "ema_net."), prefix stripped."""
@@ -81,8 +105,10 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
         raise CheckpointError(f"{path} was not written by `diffcli train` (no diffcli metadata)")
     for key in BUILT_FROM_CHECKPOINT:
         _check_targets(meta["config"].get(key), str(path))
+    data = meta.get("data")
+    info = DataInfo(str(data["kind"]), tuple(int(d) for d in data["shape"])) if data else None
     return LoadedRun(path, OmegaConf.create(meta["config"]), ckpt["state_dict"],
-                     int(ckpt.get("global_step", 0)))
+                     int(ckpt.get("global_step", 0)), info)
 
 
 def find_latest_checkpoint(roots: list[Path]) -> Path:

@@ -22,6 +22,7 @@ from diffcli.diffusion.samplers import Denoiser, Sampler, SamplerStep
 from diffcli.diffusion.samplers.base import randn_like
 from diffcli.errors import DiffcliError
 from diffcli.workflows.common import (
+    DataInfo,
     LoadedRun,
     build_datamodule,
     build_net,
@@ -45,11 +46,11 @@ class CountingNet:
         return self.net(x, t)
 
 
-def _restore(run: LoadedRun, use_ema: bool, device: torch.device) -> tuple[nn.Module, str, tuple]:
-    """Rebuild the trained network from the checkpoint alone; returns (net, kind, data_shape)."""
-    cfg = run.config
-    dm = build_datamodule(cfg.dataset)
-    net = build_net(cfg.model, dm.kind, dm.data_shape)
+def _restore(run: LoadedRun, use_ema: bool,
+             device: torch.device) -> tuple[nn.Module, DataInfo, str]:
+    """Rebuild the trained network from the checkpoint alone; returns (net, data info, weights)."""
+    dm = run.data_info()
+    net = build_net(run.config.model, dm.kind, dm.shape)
     prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
         else "net."
     try:
@@ -210,7 +211,7 @@ def sample(cfg: DictConfig) -> Path:
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
     mine = seeds[rank::world]  # each process draws every world-th seed
     with _precision(str(cfg.precision), device):
-        x = _draw(sampler, den, tuple(dm.data_shape), mine, cfg.batch_size, device,
+        x = _draw(sampler, den, dm.shape, mine, cfg.batch_size, device,
                   trajectory, show=rank == 0)
     if world > 1:
         x = _gather_shards(x, len(seeds), rank, world)
@@ -220,7 +221,8 @@ def sample(cfg: DictConfig) -> Path:
     if dm.kind == "image":
         _save_images(x, seeds, out_dir)
     else:
-        _save_points(x, seeds, dm.data, out_dir, f"{name}, {steps} steps, {span}")
+        data = build_datamodule(run.config.dataset).data  # the training points, drawn behind
+        _save_points(x, seeds, data, out_dir, f"{name}, {steps} steps, {span}")
     if trajectory is not None:
         trajectory.save(out_dir / "trajectory.npz")
     nfe = counter.calls // math.ceil(len(mine) / cfg.batch_size)  # evaluations per sample

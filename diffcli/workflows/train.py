@@ -5,63 +5,184 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from diffcli.lit.callbacks import StepProgress
+from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.lit.callbacks import EMASampleGrid, StepProgress, Throughput
+from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.module import DiffusionModule
 from diffcli.nets.layers import count_parameters
-from diffcli.workflows.common import build_datamodule, build_net
+from diffcli.workflows.common import (
+    build_datamodule,
+    build_net,
+    find_latest_checkpoint,
+    load_checkpoint,
+)
 
 console = Console(stderr=True)
+MUST_MATCH_ON_RESUME = ("model", "schedule", "prediction")
 
 
 def _quiet_lightning() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed",
-                 "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+                 "lightning.pytorch.trainer.connectors.checkpoint_connector",
+                 "lightning.fabric.utilities.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for msg in (".*does not have many workers.*", ".*Checkpoint directory .* exists.*",
-                ".*LeafSpec.*", ".*smaller than the logging interval.*", ".*treespec.*"):
+                ".*LeafSpec.*", ".*smaller than the logging interval.*", ".*treespec.*",
+                ".*resuming from a checkpoint that ended before the epoch ended.*",
+                ".*You're resuming from a checkpoint.*", ".*dirpath has changed.*"):
         warnings.filterwarnings("ignore", message=msg)
+
+
+def _resume_path(cfg: DictConfig) -> Path | None:
+    """``ckpt_path=<file>`` or ``resume=auto`` (the newest run's last checkpoint), else None."""
+    if cfg.ckpt_path:
+        path = Path(str(cfg.ckpt_path))
+        if not path.is_file():
+            raise CheckpointError(f"ckpt_path={path}: no such checkpoint")
+        return path
+    if cfg.resume in (None, False, "never"):
+        return None
+    if cfg.resume != "auto":
+        raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
+    here = Path(HydraConfig.get().runtime.output_dir).resolve()
+    roots = [Path(cfg.runs_root), Path("multirun")]
+    found = [p for r in roots if r.is_dir() for p in r.rglob(f"checkpoints/{LAST}")
+             if here not in p.resolve().parents]
+    if not found:
+        return find_latest_checkpoint([])  # raises the "no trained run" error
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _check_resumable(path: Path, cfg: DictConfig) -> int:
+    """Refuse a checkpoint whose network or schedule differs from this config; return its step."""
+    run = load_checkpoint(path)
+    for key in MUST_MATCH_ON_RESUME:
+        old, new = run.config.get(key), cfg.get(key)
+        old = OmegaConf.to_container(old, resolve=True) if isinstance(old, DictConfig) else old
+        new = OmegaConf.to_container(new, resolve=True) if isinstance(new, DictConfig) else new
+        if old != new:
+            diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
+            raise CheckpointError(f"cannot resume {path}: {diffs} (the checkpoint's value first); "
+                                  f"resume with the same {key} settings")
+    if run.global_step >= cfg.trainer.max_steps > 0:
+        raise CheckpointError(f"{path} is already at step {run.global_step} >= "
+                              f"trainer.max_steps={cfg.trainer.max_steps}; raise trainer.max_steps "
+                              "to train longer")
+    return run.global_step
+
+
+def _differences(prefix: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """Dotted keys where two (nested) config values differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(old.keys() | new.keys(), key=str)
+                for d in _differences(f"{prefix}.{k}", old.get(k), new.get(k))]
+    return [] if old == new else [(prefix, old, new)]
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    ckpt_dir = run_dir / "checkpoints"
+    every = int(cfg.checkpoint_every)
+    if every < 1:
+        raise DiffcliError(f"checkpoint_every must be >= 1, got {every}")
+    callbacks: list[L.Callback] = [
+        # last.ckpt, replaced atomically every `checkpoint_every` steps
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=every,
+                        save_top_k=1, enable_version_counter=False),
+        Throughput(),
+        StepProgress(console),
+    ]
+    if cfg.keep_checkpoint_every:
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.keep_checkpoint_every,
+            save_top_k=-1, auto_insert_metric_name=False))
+    if cfg.sample_every:
+        sampler = instantiate(cfg.preview.sampler)
+        callbacks.append(EMASampleGrid(run_dir / "progress", cfg.sample_every, sampler,
+                                       num_images=cfg.preview.num_images, seed=cfg.seed))
+    return callbacks
+
+
+def _trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    precision = str(trainer_kwargs.get("precision", "32"))
+    if "bf16" in precision and not torch.cuda.is_available() and \
+            trainer_kwargs.get("accelerator") in ("auto", "cpu"):
+        console.print("[yellow]note[/]: bf16 on this CPU may be far slower than fp32")
+    logger = instantiate(cfg.logger) if cfg.logger else False
+    try:
+        return L.Trainer(
+            **trainer_kwargs,
+            logger=logger,
+            callbacks=_callbacks(cfg, run_dir),
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=run_dir,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise DiffcliError(f"trainer: {' '.join(str(e).split())}") from None
+
+
+def _module(cfg: DictConfig, dm: Any) -> DiffusionModule:
+    net = build_net(cfg.model, dm.kind, dm.data_shape)
+    if cfg.channels_last and dm.kind == "image":
+        net = net.to(memory_format=torch.channels_last)
+    return DiffusionModule(
+        net, instantiate(cfg.schedule), prediction=cfg.prediction, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+        min_snr_gamma=cfg.min_snr_gamma, compile=cfg.compile,
+        channels_last=cfg.channels_last and dm.kind == "image",
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        data_info={"kind": dm.kind, "shape": list(dm.data_shape)},
+    )
 
 
 def train(cfg: DictConfig) -> Path:
     """Train a diffusion model as configured; returns the path of the final checkpoint."""
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    L.seed_everything(cfg.seed, verbose=False)
+    resume = _resume_path(cfg)
+    start = _check_resumable(resume, cfg) if resume else 0
+    L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
     dm = build_datamodule(cfg.dataset)
-    net = build_net(cfg.model, dm.kind, dm.data_shape)
-    schedule = instantiate(cfg.schedule)
-    module = DiffusionModule(
-        net, schedule, prediction=cfg.prediction, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        ema_decay=cfg.ema_decay, min_snr_gamma=cfg.min_snr_gamma,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    console.print(f"[bold]diffcli train[/] {cfg.dataset.name} {tuple(dm.data_shape)} x "
-                  f"{dm.num_samples} | {type(net).__name__} {count_parameters(net):,} parameters | "
-                  f"{schedule.name} schedule T={schedule.num_timesteps} | run dir {run_dir}")
-    ckpt_dir = run_dir / "checkpoints"
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=instantiate(cfg.logger) if cfg.logger else False,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every,
-                                   save_top_k=-1, save_last=False, filename="step-{step}",
-                                   auto_insert_metric_name=False),
-                   StepProgress(console)],
-        default_root_dir=run_dir,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
-    trainer.fit(module, datamodule=dm)
-    last = ckpt_dir / "last.ckpt"
+    module = _module(cfg, dm)
+    trainer = _trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        _announce(cfg, dm, module, trainer, run_dir, resume, start)
+        for lg in trainer.loggers:
+            lg.log_hyperparams(module.run_config)
+    if resume:
+        remove_stale_temporaries(resume.parent)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
-    console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
-                  f"next: [bold]diffcli sample[/] (uses this run)")
+    if trainer.is_global_zero:
+        console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
+                      f"next: [bold]diffcli sample[/] (uses this run)")
     return last
+
+
+def _announce(cfg: DictConfig, dm: Any, module: DiffusionModule, trainer: L.Trainer,
+              run_dir: Path, resume: Path | None, start: int) -> None:
+    world = trainer.world_size
+    accum = trainer.accumulate_grad_batches
+    per_device = dm.batch_size
+    console.print(
+        f"[bold]diffcli train[/] {cfg.dataset.name} {tuple(dm.data_shape)} x {dm.num_samples} | "
+        f"{type(module.net).__name__} {count_parameters(module.net):,} parameters | "
+        f"{module.schedule.name} schedule T={module.schedule.num_timesteps} | batch "
+        f"{per_device} per device x {world} device(s) x {accum} accumulation = "
+        f"{per_device * world * accum} | precision {trainer.precision} | run dir {run_dir}")
+    if resume:
+        console.print(f"resuming from step {start} of {resume}")
