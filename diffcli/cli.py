@@ -117,6 +117,15 @@ def _user_error(e: BaseException | None, kind: type) -> BaseException | None:
     return None
 
 
+def _worker_message(message: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker (which appends the
+    worker's traceback): its last line, without the exception's class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if "Error: " in last else last
+
+
 def fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise SystemExit(code)
@@ -145,7 +154,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
             user_error = _user_error(e, DiffcliError)
             if user_error is None or debug:
                 raise
-            fail(str(user_error))
+            fail(_worker_message(str(user_error)))
         except KeyboardInterrupt:
             fail("interrupted", 130)
 

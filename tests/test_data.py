@@ -1,16 +1,34 @@
-"""Data loading: toy distributions, digits, MNIST from the offline folder, the data module."""
+"""Data loading: toy sets, digits, MNIST from the offline folder, synthetic stand-ins for
+Fashion-MNIST, CIFAR-10, CelebA and image folders, the data modules and their Hydra configs."""
 
 from __future__ import annotations
 
+import gzip
+import pickle
 import shutil
+import struct
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+import torchvision.datasets
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
 
-from diffcli.data.datamodule import TensorDataModule, build_dataset, make_datamodule
+from diffcli.data.datamodule import (
+    ImageDataModule,
+    TensorDataModule,
+    build_dataset,
+    build_image_dataset,
+    make_datamodule,
+)
 from diffcli.data.images import load_digits_images, load_mnist_images
+from diffcli.data.sources import celeba_files, load_cifar10_uint8
 from diffcli.data.toy import TOY_DATASETS
+from diffcli.data.vision import ImageFiles, TensorSamples, UInt8Images
 from diffcli.errors import DatasetNotFoundError, DiffcliError
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -135,3 +153,492 @@ def test_unknown_dataset_name() -> None:
         build_dataset("cifar100")
     message = str(info.value)
     assert "\n" not in message and "digits" in message and "moons" in message
+
+
+# --- synthetic stand-ins for the datasets that are not available offline --------------------
+
+CONF_DIR = Path(__file__).parents[1] / "conf"
+CIFAR_PER_BATCH = 10
+CIFAR_TEST_SIZE = 7
+KNOWN_PIXEL = (1, 2, 5)  # (channel, row, column) of image 0 that holds KNOWN_VALUE
+KNOWN_VALUE = 51  # 51 / 255 * 2 - 1 = -0.6
+
+
+def _write_cifar_batch(path: Path, n: int, seed: int) -> np.ndarray:
+    """A CIFAR-10 style pickle of ``n`` random images; returns its data (n, 3072) uint8."""
+    data = np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    batch = {b"batch_label": b"fake", b"labels": [i % 10 for i in range(n)], b"data": data,
+             b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    return data
+
+
+@pytest.fixture()
+def cifar_root(tmp_path: Path) -> Path:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        data = _write_cifar_batch(folder / f"data_batch_{i}", CIFAR_PER_BATCH, seed=i)
+        if i == 1:
+            c, y, x = KNOWN_PIXEL
+            data[0, c * 1024 + y * 32 + x] = KNOWN_VALUE
+            batch = {b"labels": [0] * CIFAR_PER_BATCH, b"data": data}
+            (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    _write_cifar_batch(folder / "test_batch", CIFAR_TEST_SIZE, seed=9)
+    return tmp_path
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    """Write uint8 ``array`` in the idx format (magic 0x0000 08 ndim, big-endian dims)."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _fake_mnist_like(root: Path, folder: str, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """idx files for each split in ``sizes`` under root/folder/raw (train gzipped, test not)."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    images = {}
+    for split, n in sizes.items():
+        prefix = "train" if split == "train" else "t10k"
+        pixels = np.random.default_rng(n).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", pixels, gz=split == "train")
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz=split == "train")
+        images[split] = pixels
+    return images
+
+
+@pytest.fixture()
+def fashion_root(tmp_path: Path) -> Path:
+    _fake_mnist_like(tmp_path, "FashionMNIST", {"train": 12, "test": 5})
+    return tmp_path
+
+
+CELEBA_PARTITION = ["0", "0", "0", "1", "2", "2"]
+
+
+def _face() -> Image.Image:
+    """A 178x218 RGB 'face': (128, 255, 255) inside the 140x140 center crop, black outside."""
+    pixels = np.zeros((218, 178, 3), dtype=np.uint8)
+    pixels[39:179, 19:159] = (128, 255, 255)
+    return Image.fromarray(pixels)
+
+
+def _fake_celeba(folder: Path, partition_name: str = "list_eval_partition.txt") -> Path:
+    images = folder / "img_align_celeba"
+    images.mkdir(parents=True)
+    lines = ["image_id,partition"] if partition_name.endswith(".csv") else []
+    for i, part in enumerate(CELEBA_PARTITION, start=1):
+        _face().save(images / f"{i:06d}.jpg", quality=95)
+        sep = "," if partition_name.endswith(".csv") else " "
+        lines.append(f"{i:06d}.jpg{sep}{part}")
+    (folder / partition_name).write_text("\n".join(lines) + "\n")
+    return images
+
+
+@pytest.fixture()
+def celeba_root(tmp_path: Path) -> Path:
+    _fake_celeba(tmp_path / "celeba")
+    return tmp_path
+
+
+def _half_split(width: int, height: int) -> Image.Image:
+    """Left half black, right half white (or top/bottom when taller than wide)."""
+    pixels = np.zeros((height, width), dtype=np.uint8)
+    if width >= height:
+        pixels[:, width // 2:] = 255
+    else:
+        pixels[height // 2:, :] = 255
+    return Image.fromarray(pixels).convert("RGB")
+
+
+@pytest.fixture()
+def folder_root(tmp_path: Path) -> Path:
+    root = tmp_path / "pictures"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    (root / ".cache").mkdir()
+    _half_split(128, 64).save(root / "a" / "wide.png")
+    _half_split(32, 96).save(root / "a" / "b" / "tall.PNG")
+    Image.new("L", (17, 33), 200).save(root / "c" / "gray.png")
+    Image.new("RGBA", (40, 40), (255, 0, 0, 80)).save(root / "c" / "rgba.png")
+    Image.new("RGB", (50, 45), (0, 0, 255)).save(root / "photo.jpg")
+    Image.new("RGB", (8, 8)).save(root / ".cache" / "hidden.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+# --- CIFAR-10 ----------------------------------------------------------------------------
+
+
+def test_cifar10_train_and_test_splits(cifar_root: Path) -> None:
+    train = build_image_dataset("cifar10", root=cifar_root, split="train")
+    test = build_image_dataset("cifar10", root=cifar_root, split="test")
+    assert len(train) == 5 * CIFAR_PER_BATCH and len(test) == CIFAR_TEST_SIZE
+    x = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert x[KNOWN_PIXEL].item() == pytest.approx(KNOWN_VALUE / 255 * 2 - 1)
+    everything = torch.stack([train[i] for i in range(len(train))])
+    assert everything.min() == -1.0 and everything.max() == 1.0
+
+
+def test_cifar10_row_major_chw_layout(cifar_root: Path) -> None:
+    images, labels = load_cifar10_uint8(cifar_root, split="test")
+    with (cifar_root / "cifar-10-batches-py" / "test_batch").open("rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"]
+    assert images.shape == (CIFAR_TEST_SIZE, 3, 32, 32) and images.dtype == torch.uint8
+    assert images[3, 2, 31, 0].item() == raw[3, 2 * 1024 + 31 * 32 + 0]
+    assert labels.tolist() == [i % 10 for i in range(CIFAR_TEST_SIZE)]
+
+
+def test_cifar10_other_size(cifar_root: Path) -> None:
+    dataset = build_image_dataset("cifar10", root=cifar_root, split="test", image_size=16)
+    assert dataset[0].shape == (3, 16, 16)
+    assert dataset[0].min() >= -1.0 and dataset[0].max() <= 1.0
+
+
+def test_cifar10_refuses_code_in_pickles(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": print}))
+    with pytest.raises(DiffcliError, match="refusing to unpickle builtins.print"):
+        build_image_dataset("cifar10", root=tmp_path, split="test")
+
+
+def test_in_memory_names_only_in_build_dataset(cifar_root: Path) -> None:
+    with pytest.raises(DiffcliError, match="make_datamodule"):
+        build_dataset("cifar10", root=cifar_root)
+
+
+# --- Fashion-MNIST (and MNIST through the same reader) -----------------------------------------
+
+
+@pytest.mark.parametrize("split, size", [("train", 12), ("test", 5)])  # train is .gz, test not
+def test_fashion_mnist_idx_files(fashion_root: Path, split: str, size: int) -> None:
+    dataset = build_image_dataset("fashion_mnist", root=fashion_root, split=split)
+    assert len(dataset) == size and dataset[0].shape == (1, 28, 28)
+    assert dataset[0][0, 0, 0].item() == -1.0 and dataset[0][0, 0, 1].item() == 1.0
+
+
+def test_fashion_mnist_matches_file_bytes(tmp_path: Path) -> None:
+    pixels = _fake_mnist_like(tmp_path, "FashionMNIST", {"test": 4})["test"]
+    dataset = build_image_dataset("fashion_mnist", root=tmp_path, split="test")
+    expected = torch.from_numpy(pixels).float() / 127.5 - 1
+    assert torch.allclose(torch.stack([dataset[i][0] for i in range(4)]), expected, atol=1e-6)
+
+
+def test_fake_mnist_through_datamodule(tmp_path: Path) -> None:
+    _fake_mnist_like(tmp_path, "MNIST", {"test": 6})
+    dm = make_datamodule("mnist", root=tmp_path, split="test", batch_size=4)
+    assert isinstance(dm, ImageDataModule) and not dm.random_flip
+    assert dm.data_shape == (1, 28, 28) and dm.num_samples == 6
+
+
+# --- CelebA --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split, size", [("train", 3), ("valid", 1), ("test", 2), ("all", 6)])
+def test_celeba_splits(celeba_root: Path, split: str, size: int) -> None:
+    dataset = build_image_dataset("celeba", root=celeba_root, split=split, image_size=64)
+    assert len(dataset) == size
+    x = dataset[0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+
+
+def test_celeba_center_crop(celeba_root: Path) -> None:
+    x = build_image_dataset("celeba", root=celeba_root, split="all", image_size=64)[0]
+    # the crop is exactly the white 140x140 window: no black border survives
+    assert x[1:].min() > 0.8, x[1:].min()
+    assert x[0].mean().item() == pytest.approx(128 / 127.5 - 1, abs=0.05)
+
+
+def test_celeba_picks_files_by_partition(celeba_root: Path) -> None:
+    files = celeba_files(celeba_root, split="test")
+    assert [p.name for p in files] == ["000005.jpg", "000006.jpg"]
+    assert files[0].parent == celeba_root / "celeba" / "img_align_celeba"
+
+
+@pytest.mark.parametrize("layout", ["root_is_celeba_folder", "kaggle_csv_nested"])
+def test_celeba_other_layouts(tmp_path: Path, layout: str) -> None:
+    if layout == "root_is_celeba_folder":
+        _fake_celeba(tmp_path)
+    else:
+        images = _fake_celeba(tmp_path / "celeba", "list_eval_partition.csv")
+        nested = images / "img_align_celeba"
+        nested.mkdir()
+        for path in sorted(images.glob("*.jpg")):
+            path.rename(nested / path.name)
+    assert len(build_image_dataset("celeba", root=tmp_path, split="train")) == 3
+
+
+def test_celeba_cache_equals_lazy(celeba_root: Path) -> None:
+    lazy = build_image_dataset("celeba", root=celeba_root, split="all", image_size=16)
+    cached = build_image_dataset("celeba", root=celeba_root, split="all", image_size=16,
+                                 cache=True)
+    assert len(lazy) == len(cached)
+    assert all(torch.equal(lazy[i], cached[i]) for i in range(len(lazy)))
+
+
+# --- any folder of images ----------------------------------------------------------------------
+
+
+def test_imagefolder_finds_nested_images(folder_root: Path) -> None:
+    dataset = build_image_dataset("imagefolder", root=folder_root, image_size=32)
+    names = sorted(p.name for p in dataset.paths)
+    assert names == ["gray.png", "photo.jpg", "rgba.png", "tall.PNG", "wide.png"]
+    for i in range(len(dataset)):
+        x = dataset[i]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert x.min() >= -1.0 and x.max() <= 1.0
+
+
+def _item(dataset: ImageFiles, name: str) -> torch.Tensor:
+    return dataset[[p.name for p in dataset.paths].index(name)]
+
+
+def test_imagefolder_center_crop_keeps_the_middle(folder_root: Path) -> None:
+    dataset = build_image_dataset("imagefolder", root=folder_root, image_size=32)
+    wide = _item(dataset, "wide.png")  # 128x64 -> 64x32 -> columns 16..47: split at column 16
+    assert torch.allclose(wide[:, :, :14], torch.tensor(-1.0), atol=0.02)
+    assert torch.allclose(wide[:, :, 18:], torch.tensor(1.0), atol=0.02)
+    tall = _item(dataset, "tall.PNG")  # 32x96 -> rows 32..63: split at row 16
+    assert torch.allclose(tall[:, :14], torch.tensor(-1.0), atol=0.02)
+    assert torch.allclose(tall[:, 18:], torch.tensor(1.0), atol=0.02)
+
+
+def test_imagefolder_grayscale_and_alpha(folder_root: Path) -> None:
+    rgb = build_image_dataset("imagefolder", root=folder_root, image_size=8)
+    gray_in_rgb = _item(rgb, "gray.png")
+    assert torch.allclose(gray_in_rgb, torch.tensor(200 / 127.5 - 1), atol=1e-5)
+    rgba = _item(rgb, "rgba.png")  # alpha dropped, color kept
+    assert rgba[0].min() == 1.0 and rgba[1:].max() == -1.0
+    gray = build_image_dataset("imagefolder", root=folder_root, image_size=8, channels=1)
+    assert gray[0].shape == (1, 8, 8)
+    assert torch.allclose(_item(gray, "gray.png"), torch.tensor(200 / 127.5 - 1), atol=1e-5)
+
+
+def test_imagefolder_cache(folder_root: Path) -> None:
+    lazy = build_image_dataset("imagefolder", root=folder_root, image_size=8)
+    cached = build_image_dataset("imagefolder", root=folder_root, image_size=8, cache=True)
+    assert isinstance(cached, UInt8Images) and len(cached) == len(lazy) == 5
+    assert all(torch.equal(lazy[i], cached[i]) for i in range(len(lazy)))
+
+
+def test_imagefolder_rejects_bad_channels(folder_root: Path) -> None:
+    with pytest.raises(DiffcliError, match="channels"):
+        build_image_dataset("imagefolder", root=folder_root, channels=4)
+
+
+def test_unreadable_image_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    dataset = build_image_dataset("imagefolder", root=tmp_path, image_size=8)
+    with pytest.raises(DiffcliError) as info:
+        dataset[0]
+    assert "\n" not in str(info.value) and str(tmp_path / "broken.png") in str(info.value)
+
+
+# --- missing data: one clear line -------------------------------------------------------------
+
+
+def _one_line_error(name: str, **kwargs: object) -> str:
+    with pytest.raises(DatasetNotFoundError) as info:
+        build_image_dataset(name, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_cifar10(tmp_path: Path) -> None:
+    message = _one_line_error("cifar10", root=tmp_path, split="train")
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "data_batch_1" in message and "data_batch_5" in message
+    assert "dataset.download=true" in message and "cifar-10-python.tar.gz" in message
+
+
+def test_missing_cifar10_test_split(cifar_root: Path) -> None:
+    (cifar_root / "cifar-10-batches-py" / "test_batch").unlink()
+    message = _one_line_error("cifar10", root=cifar_root, split="test")
+    assert "missing test_batch" in message
+
+
+def test_missing_fashion_mnist(tmp_path: Path) -> None:
+    message = _one_line_error("fashion_mnist", root=tmp_path, split="train")
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "dataset.download=true" in message
+
+
+def test_missing_celeba(tmp_path: Path) -> None:
+    message = _one_line_error("celeba", root=tmp_path)
+    assert str(tmp_path / "celeba" / "img_align_celeba") in message
+    assert "list_eval_partition.txt" in message and "Google Drive" in message
+    assert "dataset.download=true" in message
+
+
+def test_missing_celeba_partition(celeba_root: Path) -> None:
+    (celeba_root / "celeba" / "list_eval_partition.txt").unlink()
+    message = _one_line_error("celeba", root=celeba_root, split="train")
+    assert str(celeba_root / "celeba" / "list_eval_partition.txt") in message
+    assert "dataset.split=all" in message
+    assert len(build_image_dataset("celeba", root=celeba_root, split="all")) == 6
+
+
+def test_missing_celeba_images(celeba_root: Path) -> None:
+    (celeba_root / "celeba" / "img_align_celeba" / "000002.jpg").unlink()
+    message = _one_line_error("celeba", root=celeba_root, split="train")
+    assert "000002.jpg" in message and "1 of 3" in message
+
+
+def test_empty_image_folder(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "readme.txt").write_text("no pictures")
+    message = _one_line_error("imagefolder", root=tmp_path)
+    assert f"no images found under {tmp_path}" in message and "*.png, *.jpg" in message
+
+
+def test_image_folder_does_not_exist(tmp_path: Path) -> None:
+    message = _one_line_error("imagefolder", root=tmp_path / "nope")
+    assert str(tmp_path / "nope") in message
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "celeba", "imagefolder"])
+def test_root_not_set(name: str) -> None:
+    message = _one_line_error(name, root=None)
+    assert "dataset.root=" in message and f"dataset={name}" in message
+
+
+@pytest.mark.parametrize("name, cls", [
+    ("cifar10", "CIFAR10"), ("fashion_mnist", "FashionMNIST"), ("celeba", "CelebA"),
+])
+def test_failed_download_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, cls: str
+) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("<urlopen error [Errno -3]\nTemporary failure in name resolution>")
+
+    monkeypatch.setattr(torchvision.datasets, cls, offline)
+    message = _one_line_error(name, root=tmp_path, download=True)
+    assert message.startswith("could not download") and "name resolution" in message
+    assert str(tmp_path) in message
+
+
+# --- data modules ---------------------------------------------------------------------------
+
+
+def test_cifar10_datamodule_contract(cifar_root: Path) -> None:
+    dm = make_datamodule("cifar10", root=cifar_root, batch_size=8)
+    assert dm.kind == "image" and dm.data_shape == (3, 32, 32)
+    assert dm.num_samples == 50 and dm.batch_size == 8 and dm.random_flip
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 50 // 8
+    for batch in batches:
+        assert isinstance(batch, torch.Tensor) and batch.shape == (8, 3, 32, 32)
+        assert batch.dtype == torch.float32 and batch.min() >= -1 and batch.max() <= 1
+
+
+def test_image_datamodule_clamps_batch_size(folder_root: Path) -> None:
+    dm = make_datamodule("imagefolder", root=folder_root, image_size=8, batch_size=128)
+    assert dm.batch_size == 5 and [b.shape for b in dm.train_dataloader()] == [(5, 3, 8, 8)]
+
+
+def _flipped_and_plain(batches: list[torch.Tensor], originals: torch.Tensor) -> tuple[int, int]:
+    """How many samples equal an original mirrored, and how many equal one as is."""
+    samples = torch.cat(batches).flatten(1)  # (B, C*H*W)
+    plain = (samples[:, None] == originals.flatten(1)[None]).all(-1).any(1)
+    mirrored = (samples[:, None] == originals.flip(-1).flatten(1)[None]).all(-1).any(1)
+    assert (plain | mirrored).all()
+    return int(mirrored.sum()), int(plain.sum())
+
+
+def test_random_flip(cifar_root: Path) -> None:
+    dataset = build_image_dataset("cifar10", root=cifar_root, split="train")
+    originals = torch.stack([dataset[i] for i in range(len(dataset))])
+    flipping = ImageDataModule(dataset, batch_size=10, random_flip=True)
+    L.seed_everything(0, verbose=False)
+    first = list(flipping.train_dataloader())
+    mirrored, plain = _flipped_and_plain(first, originals)
+    assert mirrored > 0 and plain > 0
+    L.seed_everything(0, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(first, flipping.train_dataloader(), strict=True))
+    steady = ImageDataModule(dataset, batch_size=10, random_flip=False)
+    assert _flipped_and_plain(list(steady.train_dataloader()), originals) == (0, 50)
+
+
+def test_flip_defaults() -> None:
+    assert make_datamodule("digits", image_size=8).random_flip is False
+    assert make_datamodule("digits", image_size=8, random_flip=True).random_flip is True
+    with pytest.raises(DiffcliError, match="random_flip"):
+        make_datamodule("moons", n_points=100, random_flip=True)
+
+
+def test_loader_with_worker_processes(folder_root: Path) -> None:
+    dm = make_datamodule("imagefolder", root=folder_root, image_size=8, batch_size=2,
+                         num_workers=2)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    batches = list(loader)
+    assert len(batches) == 2 and all(b.shape == (2, 3, 8, 8) for b in batches)
+
+
+def test_image_datamodule_rejects_bad_arguments(folder_root: Path) -> None:
+    dataset = build_image_dataset("imagefolder", root=folder_root, image_size=8)
+    with pytest.raises(DiffcliError, match="batch_size"):
+        ImageDataModule(dataset, batch_size=0)
+    with pytest.raises(DiffcliError, match="num_workers"):
+        ImageDataModule(dataset, num_workers=-1)
+    with pytest.raises(DiffcliError, match="image samples"):
+        ImageDataModule(TensorSamples(torch.zeros(4, 2)))
+
+
+# --- the Hydra configs ------------------------------------------------------------------------
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("name, fixture, shape, flip", [
+    ("cifar10", "cifar_root", (3, 32, 32), True),
+    ("celeba", "celeba_root", (3, 64, 64), True),
+    ("fashion_mnist", "fashion_root", (1, 28, 28), False),
+    ("imagefolder", "folder_root", (3, 32, 32), True),
+])
+def test_dataset_configs(
+    request: pytest.FixtureRequest, name: str, fixture: str, shape: tuple, flip: bool
+) -> None:
+    from diffcli.workflows.common import build_datamodule
+
+    root = request.getfixturevalue(fixture)
+    cfg = _compose([f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0"])
+    assert cfg.dataset.train_steps > 0 and cfg.trainer.max_steps == cfg.dataset.train_steps
+    dm = build_datamodule(cfg.dataset)
+    assert dm.kind == "image" and dm.data_shape == shape and dm.random_flip is flip
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (dm.batch_size, *shape)
+
+
+def test_imagefolder_config_without_root() -> None:
+    from diffcli.workflows.common import build_datamodule
+
+    cfg = _compose(["dataset=imagefolder"])
+    with pytest.raises(Exception) as info:  # Hydra wraps it; the CLI prints the cause
+        build_datamodule(cfg.dataset)
+    cause: BaseException | None = info.value
+    while cause is not None and not isinstance(cause, DatasetNotFoundError):
+        cause = cause.__cause__
+    assert cause is not None and "dataset.root=" in str(cause) and "\n" not in str(cause)
+
+
+def test_mnist_config_does_not_flip(tmp_path: Path) -> None:
+    from diffcli.workflows.common import build_datamodule
+
+    _fake_mnist_like(tmp_path, "MNIST", {"test": 3})
+    dm = build_datamodule(_compose(["dataset=mnist", f"dataset.root={tmp_path}"]).dataset)
+    assert dm.random_flip is False and dm.data_shape == (1, 28, 28)

@@ -2,6 +2,7 @@
 
 * :func:`load_digits_images` - scikit-learn's bundled 8x8 handwritten digits (no download).
 * :func:`load_mnist_images` - MNIST read straight from torchvision's ``MNIST/raw`` idx files.
+* :func:`read_idx_split` - the idx reader shared with Fashion-MNIST (:mod:`diffcli.data.vision`).
 
 No augmentation (in particular no flips: a mirrored digit is not a digit).
 """
@@ -66,14 +67,14 @@ def load_digits_images(image_size: int = 16) -> tuple[Tensor, Tensor]:
     return images.contiguous(), labels
 
 
-def _find_idx_file(raw: Path, name: str, split: str) -> Path:
+def _find_idx_file(raw: Path, name: str, split: str, label: str, hint: str) -> Path:
     """The path of ``name`` or ``name.gz`` under ``raw``; one-line error when neither exists."""
     for candidate in (raw / name, raw / f"{name}.gz"):
         if candidate.is_file():
             return candidate
     raise DatasetNotFoundError(
-        f"MNIST {split} split not found under {raw} (expected {name}[.gz]); "
-        f"{DOWNLOAD_HINT} or copy the idx files there"
+        f"{label} {split} split not found under {raw} (expected {name}[.gz]); "
+        f"{hint} or copy the idx files there"
     )
 
 
@@ -81,30 +82,39 @@ def _read_idx(path: Path, reader: Callable[[str], Tensor]) -> Tensor:
     """Read an idx file with a torchvision reader, gunzipping ``.gz`` files into a temp file."""
     if path.suffix != ".gz":
         return reader(str(path))
-    with tempfile.TemporaryDirectory(prefix="diffcli-mnist-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="diffcli-idx-") as tmp:
         plain = Path(tmp) / path.stem
         with gzip.open(path, "rb") as src:
             plain.write_bytes(src.read())
         return reader(str(plain))
 
 
-def _read_mnist_split(raw: Path, split: str) -> tuple[Tensor, Tensor]:
-    """Raw uint8 images (N, 28, 28) and int64 labels (N,) of one split."""
+def read_idx_split(
+    raw: Path, split: str, label: str = "MNIST", hint: str = DOWNLOAD_HINT
+) -> tuple[Tensor, Tensor]:
+    """Raw uint8 images (N, 28, 28) and int64 labels (N,) of one split of an MNIST-format folder.
+
+    ``raw`` holds torchvision's ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` files
+    (MNIST and Fashion-MNIST share the format); ``label`` and ``hint`` word the errors.
+    """
+    if split not in MNIST_FILES:
+        raise DiffcliError(f"unknown {label} split {split!r}; choose one of: train, test")
     image_name, label_name = MNIST_FILES[split]
-    image_path = _find_idx_file(raw, image_name, split)
-    label_path = _find_idx_file(raw, label_name, split)
+    image_path = _find_idx_file(raw, image_name, split, label, hint)
+    label_path = _find_idx_file(raw, label_name, split, label, hint)
     try:
         images = _read_idx(image_path, read_image_file)
         labels = _read_idx(label_path, read_label_file)
-    except (OSError, EOFError, ValueError, TypeError, AssertionError, KeyError) as err:
+    except (OSError, EOFError, ValueError, TypeError, AssertionError, KeyError,
+            RuntimeError) as err:
         raise DiffcliError(
-            f"could not read MNIST {split} idx files in {raw} ({_one_line(err)}); "
-            f"delete them and {DOWNLOAD_HINT}"
+            f"could not read {label} {split} idx files in {raw} ({_one_line(err)}); "
+            f"delete them and {hint}"
         ) from err
-    if images.shape[0] != labels.shape[0]:
+    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
         raise DiffcliError(
-            f"MNIST {split} files in {raw} disagree: {images.shape[0]} images but "
-            f"{labels.shape[0]} labels; delete them and {DOWNLOAD_HINT}"
+            f"{label} {split} files in {raw} disagree: images of shape {tuple(images.shape)} "
+            f"but {labels.shape[0]} labels; delete them and {hint}"
         )
     return images, labels.to(torch.long)
 
@@ -120,6 +130,18 @@ def _download_mnist(root: Path, split: str) -> None:
             f"could not download MNIST into {root / 'MNIST' / 'raw'} ({_one_line(err)}); "
             "check your internet connection or copy the idx files there"
         ) from err
+
+
+def load_mnist_uint8(
+    root: str | Path, split: str = "test", download: bool = False
+) -> tuple[Tensor, Tensor]:
+    """MNIST as stored: uint8 images (N, 28, 28) in 0..255 and int64 labels (N,)."""
+    if split not in MNIST_FILES:
+        raise DiffcliError(f"unknown MNIST split {split!r}; choose one of: train, test")
+    root_path = Path(root).expanduser().resolve()
+    if download:
+        _download_mnist(root_path, split)
+    return read_idx_split(root_path / "MNIST" / "raw", split)
 
 
 def load_mnist_images(
@@ -138,11 +160,6 @@ def load_mnist_images(
         images: float32, shape (N, 1, image_size, image_size), values in [-1, 1].
         labels: int64, shape (N,), values 0..9.
     """
-    if split not in MNIST_FILES:
-        raise DiffcliError(f"unknown MNIST split {split!r}; choose one of: train, test")
-    root_path = Path(root).expanduser().resolve()
-    if download:
-        _download_mnist(root_path, split)
-    raw_images, labels = _read_mnist_split(root_path / "MNIST" / "raw", split)
+    raw_images, labels = load_mnist_uint8(root, split=split, download=download)
     images = _to_unit_range(raw_images.unsqueeze(1), 255.0)  # (N, 1, 28, 28)
     return _resize(images, image_size).contiguous(), labels

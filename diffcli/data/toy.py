@@ -17,7 +17,7 @@ from torch import Tensor
 
 from diffcli.errors import DiffcliError
 
-# Fixed affine maps: x_scaled = (x - centre) * scale.
+# Fixed affine maps: x_scaled = (x - center) * scale.
 _SWISS_CENTRE = np.array([2.0, 0.2])
 _SWISS_SCALE = 1.0 / 7.0
 _MOONS_CENTRE = np.array([0.5, 0.25])
@@ -68,7 +68,7 @@ def gaussian_mixture(
     radius: float = 2.0,
     std: float = 0.1,
 ) -> Tensor:
-    """Equal-weight isotropic Gaussians (std ``std``) centred evenly on a circle of ``radius``.
+    """Equal-weight isotropic Gaussians (std ``std``) centerd evenly on a circle of ``radius``.
 
     Points are divided by sqrt(2) after sampling: with the defaults (8 components, radius 2,
     std 0.1) each coordinate then has zero mean and std of about 1.0.
@@ -79,10 +79,10 @@ def gaussian_mixture(
     _check_n(n)
     gen = torch.Generator().manual_seed(int(seed))
     angles = torch.arange(n_components, dtype=torch.float64) * (2 * math.pi / n_components)
-    centres = radius * torch.stack([angles.cos(), angles.sin()], dim=1)  # (K, 2)
+    centers = radius * torch.stack([angles.cos(), angles.sin()], dim=1)  # (K, 2)
     which = torch.randint(0, n_components, (int(n),), generator=gen)  # (n,)
     noise = torch.randn(int(n), 2, generator=gen, dtype=torch.float64)  # (n, 2)
-    points = (centres[which] + std * noise) / math.sqrt(2.0)
+    points = (centers[which] + std * noise) / math.sqrt(2.0)
     return points.to(torch.float32)
 
 

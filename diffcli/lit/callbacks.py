@@ -35,12 +35,13 @@ class StepProgress(L.Callback):
         total = trainer.max_steps if trainer.max_steps > 0 else None
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} steps/s"), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} steps/s {task.fields[images]}"),
+            TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
         self.task = self.progress.add_task("", total=total, completed=trainer.global_step, loss="-",
-                                          rate="-")
+                                          rate="-", images="")
         self.start = (time.perf_counter(), trainer.global_step)
         self.progress.start()
 
@@ -52,7 +53,10 @@ class StepProgress(L.Callback):
         shown = f"{float(loss):.4f}" if loss is not None else "-"
         elapsed = time.perf_counter() - self.start[0]
         rate = f"{(trainer.global_step - self.start[1]) / max(elapsed, 1e-9):.1f}"
-        self.progress.update(self.task, completed=trainer.global_step, loss=shown, rate=rate)
+        ips = trainer.callback_metrics.get("train/images_per_s")
+        images = f"({float(ips):,.0f} img/s)" if ips is not None else ""
+        self.progress.update(self.task, completed=trainer.global_step, loss=shown, rate=rate,
+                             images=images)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.progress is not None:
