@@ -35,7 +35,7 @@ class StepProgress(L.Callback):
         total = trainer.max_steps if trainer.max_steps > 0 else None
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} steps/s {task.fields[images]}"),
+            TextColumn("{task.fields[rate]} {task.fields[images]}"),
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=False,
@@ -52,7 +52,8 @@ class StepProgress(L.Callback):
         loss = trainer.callback_metrics.get("train/loss")
         shown = f"{float(loss):.4f}" if loss is not None else "-"
         elapsed = time.perf_counter() - self.start[0]
-        rate = f"{(trainer.global_step - self.start[1]) / max(elapsed, 1e-9):.1f}"
+        per_s = (trainer.global_step - self.start[1]) / max(elapsed, 1e-9)
+        rate = f"{per_s:.1f} steps/s" if per_s >= 1 or per_s == 0 else f"{1 / per_s:.1f} s/step"
         ips = trainer.callback_metrics.get("train/images_per_s")
         images = f"({float(ips):,.0f} img/s)" if ips is not None else ""
         self.progress.update(self.task, completed=trainer.global_step, loss=shown, rate=rate,
