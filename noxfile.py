@@ -23,3 +23,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/sampler_nfe.py", *session.posargs)
     session.run("python", "benchmarks/sample_throughput.py")
+    session.run("python", "benchmarks/train_throughput.py")

@@ -73,5 +73,15 @@ def make_wandb_logger(save_dir: str, project: str = "diffcli", name: str | None 
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, name=name, save_dir=save_dir, offline=mode == "offline",
-                       mode=mode, **kwargs)
+    logger = WandbLogger(project=project, name=name, save_dir=save_dir,
+                         offline=mode == "offline", mode=mode, **kwargs)
+    # Lightning always passes anonymous=None, which wandb>=0.19 warns about on every run.
+    logger._wandb_init.pop("anonymous", None)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if mode == "offline" and rank_zero_only.rank == 0:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"wandb: offline run under {save_dir}/wandb (upload later: "
+                                   f"wandb sync {save_dir}/wandb/offline-run-*)")
+    return logger
