@@ -176,3 +176,10 @@ def test_wandb_online_without_key_refuses_instead_of_prompting(tmp_path: Path,
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     with pytest.raises(DiffcliError, match="wandb login"):
         make_wandb_logger(str(tmp_path), mode="online")
+
+
+def test_compile_wraps_only_the_training_forward() -> None:
+    module = tiny_module(compile=True)
+    assert module.train_forward is not module.net  # the compiled wrapper is used for the loss
+    assert not any("_orig_mod" in k for k in module.state_dict())  # plain parameter names
+    assert {k.split(".")[0] for k in module.state_dict()} == {"net", "ema_net"}
