@@ -191,6 +191,16 @@ hydra_command("train", "Train a diffusion model; the run goes to outputs/<date>/
 hydra_command("sample", "Sample from a trained run (the newest under outputs/ unless ckpt=...); "
               "writes <run>/samples/<sampler>-<steps>/.",
               "diffcli sample sampler=ddim steps=100 n=64 seed=0")
+hydra_command("eval_fid", "FID (metrics=[fid,isc,kid,prc]) of the newest run (or ckpt=...; "
+              "n=50000 samples, repeats=K seed sets) or of samples=<folder|.npz>, against the "
+              "run's training data or ref=<folder|.npz>; reference statistics are cached. Writes "
+              "<run>/eval/fid-<sampler>-<steps>-n<N>.json (for samples=, next to them).",
+              "diffcli eval-fid sampler=ddim steps=50 n=50000 repeats=3")
+hydra_command("noise_viz", "Pictures that explain diffusion: images noised under each schedule "
+              "(forward.png), the schedules' curves (schedules.png), and with ckpt=... or "
+              "reverse=true a sampler's x_t and x0 estimates (reverse.png); gif=true adds GIFs. "
+              "Writes outputs/noise-viz/<date>_<time>/, or <run>/viz/ with a checkpoint.",
+              "diffcli noise-viz schedules=[linear,cosine] timesteps=[0,250,500,999] gif=true")
 
 
 def main() -> None:

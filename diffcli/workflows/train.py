@@ -110,6 +110,14 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
         sampler = instantiate(cfg.preview.sampler)
         callbacks.append(EMASampleGrid(run_dir / "progress", cfg.sample_every, sampler,
                                        num_images=cfg.preview.num_images, seed=cfg.seed))
+    if cfg.get("fid_every"):  # FID proxy of the EMA net; missing Inception weights fail here
+        from diffcli.lit.fid_callback import FIDProxy
+
+        sampler = instantiate(cfg.preview.sampler, steps=cfg.fid_steps, clip_denoised=True)
+        callbacks.append(FIDProxy.from_settings(
+            int(cfg.fid_every), int(cfg.fid_samples), sampler,
+            OmegaConf.to_container(cfg.dataset, resolve=True), str(cfg.fid_extractor),
+            weights=cfg.get("fid_weights"), console=console))
     return callbacks
 
 

@@ -1,0 +1,48 @@
+"""The forward process q(x_t | x_0) evaluated on a grid of schedules x images x timesteps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffcli.diffusion.forward import q_sample
+from diffcli.diffusion.schedules import NoiseSchedule
+
+
+def forward_grid(x0: Tensor, schedules: Sequence[NoiseSchedule], timesteps: Sequence[int],
+                 noise: Tensor) -> Tensor:
+    """x_t for every schedule, image and timestep, all from the same noise.
+
+    q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Ho et al. 2020, eq. 4), drawn with
+    :func:`diffcli.diffusion.forward.q_sample` (the training code's own forward process) as
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. Image i uses the same eps = ``noise[i]`` for every
+    schedule and every timestep, so the rows of one image differ only by their schedule.
+
+    Args:
+        x0: clean images (N, C, H, W), values in [-1, 1].
+        schedules: S schedules; every timestep must lie in [0, T-1] of each.
+        timesteps: K timestep indices (0-based, as in training).
+        noise: eps ~ N(0, I), shape (N, C, H, W).
+
+    Returns:
+        x_t of shape (S, N, K, C, H, W), in ``x0``'s dtype.
+    """
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have x0's shape {tuple(x0.shape)}")
+    n, k = x0.shape[0], len(timesteps)
+    t = torch.as_tensor(list(timesteps), dtype=torch.long).repeat(n)  # (N*K,) image-major
+    x = x0.repeat_interleave(k, dim=0)  # (N*K, C, H, W)
+    eps = noise.repeat_interleave(k, dim=0)
+    rows = [q_sample(s, x, t, eps).reshape(n, k, *x0.shape[1:]) for s in schedules]
+    return torch.stack(rows)
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """``min(count, total)`` distinct indices from 0..total-1, evenly spaced, first and last
+    included (e.g. the GIF frames' timesteps, or the reverse picture's columns)."""
+    if total < 1 or count < 1:
+        raise ValueError(f"need count >= 1 and total >= 1, got {count}, {total}")
+    return sorted({int(i) for i in np.linspace(0, total - 1, min(count, total)).round()})

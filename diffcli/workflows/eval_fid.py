@@ -1,0 +1,295 @@
+"""`diffcli eval-fid`: FID (and IS / KID / precision-recall) of a trained run or of image files.
+
+Generated side: ``n`` samples (default 50,000) of the newest run (or ``ckpt=``) with the chosen
+sampler, seed set k = seeds k*n .. k*n + n - 1 for k < ``repeats`` (EDM reports the min over 3
+sets); or the images of ``samples=<folder | .npz>``. Reference side: the run's training
+dataset (``ref_split=``, random flips off), or ``ref=<folder | .npz>``. Both become uint8
+(N, 3, H, W) at the samples' resolution and go through the same extractor (its own resize),
+in eval mode. Reference statistics are cached (``cache_dir=``). Results: a table on stdout and
+a JSON file - ``<run dir>/eval/fid-<sampler>-<steps>-n<N>.json`` for a run, or next to the
+samples (``<folder>/fid-n<N>.json``, ``<name>.fid-n<N>.json`` for a .npz) - or ``out=``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from diffcli.diffusion.samplers import Denoiser, Sampler
+from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.eval.cache import RefStats, default_cache_dir, reference_key, reference_statistics
+from diffcli.eval.extractors import INCEPTION, STANDIN_WARNING, Extractor, open_extractor
+from diffcli.eval.features import extract_features
+from diffcli.eval.images import (
+    DatasetRef,
+    ImageSource,
+    file_fingerprint,
+    folder_fingerprint,
+    open_reference_npz,
+    open_samples,
+    require_square,
+    size_text,
+)
+from diffcli.eval.metrics import (
+    NEEDS_REF_FEATURES,
+    REFERENCE_METRICS,
+    compute_metrics,
+    parse_metrics,
+)
+from diffcli.eval.sampling import generated_batches, seed_set
+from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint, pick_device
+from diffcli.workflows.sample import CountingNet, _compact, _precision, _restore
+
+console = Console(stderr=True)
+DEFAULT_N = 50_000  # the usual FID-50k
+
+
+@dataclass
+class FakeSide:
+    """The generated images: ``batches(k)`` serves seed set k as uint8 (B, 3, H, W)."""
+
+    size: tuple[int, int]
+    n: int
+    batches: Callable[[int], Iterator[Tensor]]
+    seeds: Callable[[int], str]
+    out_path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] | None = None  # the run's training dataset config
+    counter: CountingNet | None = None
+    announce: str = ""  # printed when sampling starts
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("torch", "torchvision", "torch-fidelity", "numpy", "diffcli"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _sampler_name(cfg: DictConfig, sampler: Sampler) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choice = HydraConfig.get().runtime.choices.get("sampler")
+    except ValueError:  # not under a Hydra job
+        choice = None
+    return str(choice or type(sampler).__name__.lower())
+
+
+def _suffix(cfg: DictConfig) -> str:
+    return "" if cfg.extractor == INCEPTION else f"-{cfg.extractor}"
+
+
+def _samples_side(cfg: DictConfig) -> FakeSide:
+    """samples=<folder | .npz>: the images as they are (first ``n``, or all)."""
+    if int(cfg.repeats) != 1:
+        raise DiffcliError(f"repeats={cfg.repeats} needs a run to sample from; samples= is one "
+                           "fixed set of images")
+    source = open_samples(str(cfg.samples), None if cfg.n is None else int(cfg.n))
+    path = Path(str(cfg.samples)).expanduser()
+    name = f"fid-n{len(source)}{_suffix(cfg)}.json"
+    out = path / name if path.is_dir() else path.with_name(f"{path.stem}.{name}")
+    return FakeSide(source.size, len(source), lambda k: source.batches(int(cfg.batch_size)),
+                    lambda k: "files", out,
+                    {"samples": str(path.resolve()), "description": source.description})
+
+
+def _checkpoint(cfg: DictConfig) -> Path:
+    if cfg.ckpt:
+        return Path(str(cfg.ckpt))
+    try:
+        ckpt = find_latest_checkpoint([Path(cfg.runs_root), Path("multirun")])
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}, or samples=<folder | .npz> to evaluate image files") from None
+    console.print(f"using the newest run's checkpoint: {ckpt}")
+    return ckpt
+
+
+def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
+    """A trained run: sample seed set k on demand with the configured sampler."""
+    ckpt = _checkpoint(cfg)
+    run = load_checkpoint(ckpt)
+    if run.data_info().kind != "image":
+        raise DiffcliError(f"FID needs images; {ckpt} was trained on 2-D points "
+                           f"(dataset={run.config.dataset.get('name')})")
+    net, dm, weights = _restore(run, cfg.use_ema, device)
+    counter = CountingNet(net)
+    schedule = instantiate(run.config.schedule)
+    den = Denoiser(counter, schedule, run.config.prediction)
+    extra = {"clip_denoised": bool(cfg.clip_denoised)}
+    extra |= {"steps": int(cfg.steps)} if cfg.steps is not None else {}
+    try:
+        sampler: Sampler = instantiate(cfg.sampler, **extra)
+        steps = len(sampler.timesteps(schedule))
+    except ValueError as e:
+        raise DiffcliError(str(e)) from None
+    name = _sampler_name(cfg, sampler)
+    with _precision(str(cfg.precision), device):  # a bad precision= fails before any work
+        pass
+
+    def batches(k: int) -> Iterator[Tensor]:
+        return generated_batches(sampler, den, dm.shape, seed_set(k, n), int(cfg.batch_size),
+                                 device, lambda: _precision(str(cfg.precision), device))
+
+    stem = "" if ckpt.name == "last.ckpt" else f"-{ckpt.stem}"
+    out = ckpt.parent.parent / "eval" / f"fid-{name}-{steps}-n{n}{stem}{_suffix(cfg)}.json"
+    meta = {"checkpoint": str(ckpt.resolve()), "global_step": run.global_step,
+            "weights": weights, "sampler": name, "steps": steps,
+            "sampler_config": {**OmegaConf.to_container(cfg.sampler, resolve=True), **extra},
+            "clip_denoised": bool(cfg.clip_denoised), "precision": str(cfg.precision)}
+    announce = (f"sampling {n} images x {cfg.repeats} seed set(s) from {ckpt} ({name}, {steps} "
+                f"steps, {weights} weights, {size_text(dm.shape[-2:])})")
+    return FakeSide(tuple(dm.shape[-2:]), n, batches, lambda k: _compact(seed_set(k, n)), out,
+                    meta, OmegaConf.to_container(run.config.dataset, resolve=True), counter,
+                    announce)
+
+
+def _reference_source(cfg: DictConfig, fake: FakeSide) -> tuple[Callable[[], ImageSource], dict]:
+    """How to open the reference images (called only on a cache miss) and their cache key."""
+    ref_n = None if cfg.ref_n is None else int(cfg.ref_n)
+    workers = int(cfg.num_workers)
+    if cfg.ref:
+        path = Path(str(cfg.ref)).expanduser()
+        res = list(fake.size)
+        if path.is_file() and path.suffix == ".npz":
+            key = {"kind": "npz", "dataset": f"npz_{path.stem}", "resolution": res,
+                   **file_fingerprint(path)}
+            return lambda: open_reference_npz(path, fake.size, ref_n), key
+        if not path.is_dir():
+            raise DiffcliError(f"ref={cfg.ref}: no such folder or .npz file")
+        size = require_square(fake.size, f"the folder ref={cfg.ref}")
+        folder = DatasetRef("imagefolder", str(path), "train", size, 3)
+        key = {"kind": "folder", "dataset": f"folder_{path.name}", "resolution": res,
+               **folder_fingerprint(path)}
+        return lambda: folder.open(ref_n, workers), key
+    if fake.dataset is None:
+        raise DiffcliError("samples= needs ref=<folder | .npz>: the real images to compare with")
+    dataset = DatasetRef.from_mapping(
+        fake.dataset, image_size=require_square(fake.size, "the training dataset"),
+        split=cfg.ref_split, root=None if cfg.ref_root is None else str(cfg.ref_root))
+    return lambda: dataset.open(ref_n, workers), {"kind": "dataset", **dataset.cache_key()}
+
+
+def _reference(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics: list[str],
+               device: torch.device) -> tuple[RefStats, dict]:
+    opener, source_key = _reference_source(cfg, fake)
+    key = reference_key(source_key, extractor, None if cfg.ref_n is None else int(cfg.ref_n))
+    cache_dir = None
+    if cfg.cache:
+        cache_dir = Path(str(cfg.cache_dir)).expanduser() if cfg.cache_dir else default_cache_dir()
+    need = bool(NEEDS_REF_FEATURES & set(metrics))
+    ref = reference_statistics(opener, key, extractor, device, int(cfg.batch_size), cache_dir,
+                               need, console)
+    return ref, key
+
+
+def _summary(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = [k for k in results[0] if k not in ("repeat", "seeds")]
+    return {k: {"min": min(r[k] for r in results), "mean": sum(r[k] for r in results)
+                / len(results), "max": max(r[k] for r in results)} for k in keys}
+
+
+def _table(summary: dict[str, dict[str, float]], repeats: int, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    if repeats == 1:
+        table.add_column("value", justify="right")
+        for k, s in summary.items():
+            table.add_row(k, f"{s['min']:.4f}")
+    else:
+        table.add_column(f"min of {repeats}", justify="right")
+        table.add_column(f"mean of {repeats}", justify="right")
+        for k, s in summary.items():
+            table.add_row(k, f"{s['min']:.4f}", f"{s['mean']:.4f}")
+    return table
+
+
+def _check_counts(cfg: DictConfig) -> None:
+    for key in ("n", "ref_n"):
+        if cfg[key] is not None and int(cfg[key]) < 2:
+            raise DiffcliError(f"{key}={cfg[key]}: FID needs at least 2 images per side "
+                               "(a covariance)")
+    if int(cfg.repeats) < 1:
+        raise DiffcliError(f"repeats={cfg.repeats}: use 1 or more seed sets")
+    if int(cfg.batch_size) < 1:
+        raise DiffcliError(f"batch_size={cfg.batch_size}: use 1 or more")
+
+
+def _evaluate(fake: FakeSide, ref: RefStats | None, extractor: Extractor, metrics: list[str],
+              repeats: int, device: torch.device) -> list[dict[str, Any]]:
+    """Features and metrics of each seed set: [{"repeat", "seeds", <metric>: value, ...}]."""
+    keep = {extractor.layers[m] for m in metrics if m in ("isc", "kid", "prc")}
+    if fake.announce:
+        console.print(fake.announce)
+    results = []
+    for k in range(repeats):
+        label = "sampling + features" if fake.counter is not None else "features"
+        label += f" (seed set {k + 1}/{repeats})" if repeats > 1 else ""
+        feats = extract_features(fake.batches(k), fake.n, extractor, device, keep, label, console)
+        results.append({"repeat": k, "seeds": fake.seeds(k),
+                        **compute_metrics(metrics, feats, ref, extractor.layers)})
+    return results
+
+
+def _record(metrics: list[str], results: list[dict[str, Any]], fake: FakeSide,
+            ref: RefStats | None, key: dict, extractor: Extractor, device: torch.device,
+            batch_size: int) -> dict[str, Any]:
+    """Everything the JSON file holds: values, inputs, extractor, library versions."""
+    repeats = len(results)
+    if fake.counter is not None:  # network evaluations per sample
+        fake.meta["nfe"] = fake.counter.calls // max(1, repeats * math.ceil(fake.n / batch_size))
+    return {
+        "metrics": metrics, "summary": _summary(results), "results": results, "n": fake.n,
+        "repeats": repeats, "resolution": list(fake.size), "generated": fake.meta,
+        "reference": None if ref is None else {
+            "n": ref.stats.n, "cache": None if ref.path is None else str(ref.path),
+            "cached": ref.cached, "key": key},
+        "extractor": {"name": extractor.name, "weights": extractor.weights,
+                      "layers": extractor.layers, "comparable": extractor.comparable,
+                      **({} if extractor.comparable else {"warning": STANDIN_WARNING})},
+        "versions": _versions(), "device": str(device),
+    }
+
+
+def eval_fid(cfg: DictConfig) -> Path:
+    """Evaluate FID (and the other requested metrics); returns the JSON file written."""
+    started = time.perf_counter()
+    metrics = parse_metrics(OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics)
+                            else cfg.metrics)
+    _check_counts(cfg)
+    device = pick_device(str(cfg.device))
+    extractor = open_extractor(str(cfg.extractor), metrics, cfg.weights,
+                               bool(cfg.download_weights), device)
+    n = DEFAULT_N if cfg.n is None else int(cfg.n)
+    fake = _samples_side(cfg) if cfg.samples else _run_side(cfg, n, device)
+    ref, key = (_reference(cfg, fake, extractor, metrics, device)
+                if REFERENCE_METRICS & set(metrics) else (None, {}))
+    repeats = int(cfg.repeats)
+    results = _evaluate(fake, ref, extractor, metrics, repeats, device)
+    record = _record(metrics, results, fake, ref, key, extractor, device, int(cfg.batch_size))
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(str(cfg.out)).expanduser() if cfg.out else fake.out_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str))
+    title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
+    Console().print(_table(record["summary"], repeats, title))
+    if not extractor.comparable:  # after the numbers, where it cannot be missed
+        console.print(f"[yellow]warning[/]: {STANDIN_WARNING}")
+    console.print(f"[green]wrote[/] {out}")
+    return out

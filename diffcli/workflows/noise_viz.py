@@ -1,0 +1,284 @@
+"""`diffcli noise-viz`: config -> images, schedules (+ a trained run) -> explanatory pictures.
+
+Writes ``forward.png`` (images noised by q(x_t | x_0) under each schedule), ``schedules.png``
+(alpha-bar, beta and log-SNR curves) and, from a checkpoint, ``reverse.png`` (a sampler's x_t and
+x0 estimates); ``gif=true`` adds ``forward.gif`` / ``reverse.gif``. This module is the only one
+that reads the config; the drawing lives in :mod:`diffcli.viz`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich.console import Console
+from torch import Tensor
+
+from diffcli.diffusion.schedules import NoiseSchedule
+from diffcli.errors import DiffcliError
+from diffcli.viz import (
+    evenly_spaced,
+    forward_frames,
+    forward_grid,
+    plot_forward_grid,
+    plot_reverse,
+    plot_schedules,
+    reverse_frames,
+    save_gif,
+)
+
+if TYPE_CHECKING:
+    from diffcli.diffusion.samplers import Denoiser, Sampler
+
+# Data and checkpoint code (torchvision, Lightning) is imported where it is used, so that bad
+# schedules or timesteps are reported before those seconds of imports.
+console = Console(stderr=True)
+DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # timesteps: null -> these x T, T-1 at most
+
+
+@dataclass
+class Reverse:
+    """Everything the reverse picture needs, checked before anything is drawn."""
+
+    ckpt: Path
+    sampler: Sampler
+    denoiser: Denoiser
+    shape: tuple[int, ...]
+    device: torch.device
+    name: str
+    global_step: int
+
+
+def _as_list(value: object) -> list:
+    """A config value that may be one item or a list, as a plain list."""
+    if isinstance(value, ListConfig | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _schedule_conf_dir() -> Path:
+    from diffcli.cli import CONF_DIR
+
+    return CONF_DIR / "schedule"
+
+
+def build_schedules(names: object, num_timesteps: object) -> list[NoiseSchedule]:
+    """The conf/schedule options ``names`` (e.g. [linear, cosine]), each with T = num_timesteps."""
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
+        raise DiffcliError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+    folder = _schedule_conf_dir()
+    options = sorted(p.stem for p in folder.glob("*.yaml"))
+    names = _as_list(names)
+    if not names:
+        raise DiffcliError(f"schedules is empty; choose some of: {', '.join(options)}")
+    schedules = []
+    for name in names:
+        if str(name) not in options:
+            raise DiffcliError(f"unknown schedule {name!r}; choose from: {', '.join(options)} "
+                               "(e.g. schedules=[linear,cosine])")
+        conf = OmegaConf.load(folder / f"{name}.yaml")
+        schedules.append(instantiate(conf, num_timesteps=num_timesteps))
+    return schedules
+
+
+def check_timesteps(timesteps: object, num_timesteps: int) -> list[int]:
+    """The configured timesteps as ints in [0, T-1]; null gives 0, .1T, .25T, .5T, .75T, T-1."""
+    last = num_timesteps - 1
+    if timesteps is None:
+        return sorted({min(round(f * num_timesteps), last) for f in DEFAULT_FRACTIONS})
+    values = _as_list(timesteps)
+    if not values:
+        raise DiffcliError(f"timesteps is empty; give some in [0, {last}], e.g. [0,250,{last}]")
+    for t in values:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= last:
+            raise DiffcliError(f"timestep {t!r} is out of range: timesteps must be integers in "
+                               f"[0, {last}] (num_timesteps={num_timesteps})")
+    return values
+
+
+def _load_image_files(image: object, size: int) -> Tensor:
+    """The files of ``image=`` resized and center-cropped to size x size. (N, C, S, S) in [-1, 1]"""
+    from functools import partial
+
+    from PIL import Image, UnidentifiedImageError
+
+    from diffcli.data.vision import decode_image, resize_short_side_center_crop
+
+    paths = [Path(str(p)).expanduser() for p in _as_list(image)]
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise DiffcliError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as im:
+                gray = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DiffcliError(f"cannot read image {path} ({str(e).splitlines()[0]})") from None
+        prepare = partial(resize_short_side_center_crop, size=size)
+        pixels = decode_image(path, 1 if gray else 3, prepare)
+        images.append(pixels.float() / 127.5 - 1)
+    if len({im.shape[0] for im in images}) > 1:  # mixed grayscale and colour: all to RGB
+        images = [im.expand(3, -1, -1) for im in images]
+    return torch.stack(images)
+
+
+def _load_dataset_images(cfg: DictConfig) -> Tensor:
+    """``num_images`` images (or ``indices``) of the configured dataset. (N, C, S, S) in [-1, 1]"""
+    from diffcli.data.sources import build_image_dataset
+    from diffcli.data.toy import TOY_DATASETS
+
+    ds = cfg.dataset
+    if ds.name in TOY_DATASETS:
+        raise DiffcliError(f"dataset={ds.name} is 2-D point data; noise-viz draws images: use "
+                           "dataset=digits (or mnist, cifar10, ...) or image=<path to a png/jpg>")
+    dataset = build_image_dataset(
+        ds.name, root=ds.get("root"), split=ds.get("split", "train"),
+        image_size=ds.get("image_size"), download=bool(ds.get("download", False)),
+        channels=int(ds.get("channels", 3)))
+    indices = (_as_list(cfg.indices) if cfg.indices is not None
+               else list(range(_positive(cfg.num_images, "num_images"))))
+    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)
+           or not 0 <= i < len(dataset)]
+    if bad:
+        raise DiffcliError(f"indices {bad} are not in [0, {len(dataset) - 1}] "
+                           f"(dataset={ds.name} has {len(dataset)} images)")
+    return torch.stack([dataset[i] for i in indices]).float()
+
+
+def _positive(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DiffcliError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def load_images(cfg: DictConfig) -> Tensor:
+    """The clean images x0 to noise: ``image=`` files, else the dataset's. (N, C, S, S)"""
+    if cfg.image is not None:
+        return _load_image_files(cfg.image, _positive(cfg.image_size, "image_size"))
+    return _load_dataset_images(cfg)
+
+
+def prepare_reverse(cfg: DictConfig) -> Reverse | None:
+    """The checkpoint (``ckpt=``, or the newest run's with ``reverse=true``), its network and the
+    sampler, or None when no reverse picture is asked for."""
+    if not cfg.ckpt and not cfg.reverse:
+        return None
+    from diffcli.diffusion.samplers import Denoiser
+    from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint, pick_device
+    from diffcli.workflows.sample import _restore
+
+    ckpt = Path(str(cfg.ckpt)) if cfg.ckpt else find_latest_checkpoint(
+        [Path(str(cfg.runs_root)), Path("multirun")])
+    run = load_checkpoint(ckpt)
+    device = pick_device(str(cfg.device))
+    net, info, _ = _restore(run, bool(cfg.use_ema), device)
+    if info.kind != "image":
+        raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
+                           "trained on images (e.g. dataset=digits)")
+    schedule = instantiate(run.config.schedule)
+    extra = {"clip_denoised": True} | ({"steps": cfg.steps} if cfg.steps is not None else {})
+    try:
+        sampler: Sampler = instantiate(cfg.sampler, **extra)
+        sampler.timesteps(schedule)
+    except ValueError as e:
+        raise DiffcliError(str(e)) from None
+    name = None
+    with contextlib.suppress(ValueError):  # outside a Hydra run: no recorded choice
+        name = HydraConfig.get().runtime.choices.get("sampler")
+    return Reverse(ckpt, sampler, Denoiser(net, schedule, run.config.prediction), info.shape,
+                   device, name or type(sampler).__name__.lower(), run.global_step)
+
+
+def output_dir(reverse: Reverse | None) -> Path:
+    """``<run dir>/viz`` of the checkpoint, else this command's Hydra run dir."""
+    if reverse is None:
+        return Path(HydraConfig.get().runtime.output_dir)
+    ckpt = reverse.ckpt.resolve()
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir / "viz"
+
+
+def draw_forward(cfg: DictConfig, x0: Tensor, schedules: list[NoiseSchedule], names: list[str],
+                 timesteps: list[int], out: Path) -> list[Path]:
+    """forward.png, schedules.png and (gif=true) forward.gif."""
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    noise = torch.randn(x0.shape, generator=gen)
+    grid = forward_grid(x0, schedules, timesteps, noise)
+    abar = torch.stack([s.alphas_cumprod[timesteps] for s in schedules])
+    T = schedules[0].num_timesteps
+    title = (r"forward process $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,"
+             rf"\epsilon$, T = {T}, the same $\epsilon$ in every row")
+    written = [plot_forward_grid(grid, names, timesteps, abar, out / "forward.png", title=title),
+               plot_schedules(schedules, out / "schedules.png", labels=names,
+                              marks=[(t + 1) / T for t in timesteps],
+                              title=f"noise schedules, T = {T} (dotted: the columns of "
+                                    "forward.png)")]
+    if cfg.gif:
+        frames = evenly_spaced(_positive(cfg.gif_frames, "gif_frames"), T)
+        written.append(save_gif(forward_frames(x0, schedules, names, frames, noise),
+                                out / "forward.gif"))
+    return written
+
+
+def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
+    """reverse.png (x_t and predicted x0 at evenly spaced steps) and (gif=true) reverse.gif."""
+    from diffcli.workflows.sample import Trajectory, _draw
+
+    n = _positive(cfg.num_images, "num_images")
+    seeds = list(range(int(cfg.seed), int(cfg.seed) + n))
+    traj = Trajectory(keep=n)
+    final = _draw(rev.sampler, rev.denoiser, rev.shape, seeds, n, rev.device, traj)
+    x_t, x0 = torch.stack(traj.x_t), torch.stack(traj.x0)  # (K, N, C, H, W)
+    cols = evenly_spaced(_positive(cfg.reverse_columns, "reverse_columns"), len(traj.t))
+    title = (f"reverse process: {rev.name}, {len(traj.t)} steps, checkpoint at step "
+             f"{rev.global_step}")
+    written = [plot_reverse([traj.t[c] for c in cols], x_t[cols], x0[cols], out / "reverse.png",
+                            title=title, total_steps=len(traj.t), steps=cols, final=final)]
+    if cfg.gif:
+        written.append(save_gif(reverse_frames(traj.t, x_t, x0), out / "reverse.gif"))
+    return written
+
+
+def _drop_empty_run_dir() -> None:
+    """Remove this command's Hydra run dir if it is empty, then ``<runs_root>/noise-viz`` if that
+    is left empty."""
+    with contextlib.suppress(OSError, ValueError):
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_dir.rmdir()  # only succeeds when empty
+        if run_dir.parent.name == "noise-viz":
+            run_dir.parent.rmdir()
+
+
+def noise_viz(cfg: DictConfig) -> Path:
+    """Draw the pictures; returns the folder they were written to. Hydra's run dir is removed
+    again when it stays empty (after bad input, or when the pictures went to <run>/viz)."""
+    try:
+        return _noise_viz(cfg)
+    finally:
+        _drop_empty_run_dir()
+
+
+def _noise_viz(cfg: DictConfig) -> Path:
+    schedules = build_schedules(cfg.schedules, cfg.num_timesteps)
+    names = [str(n) for n in _as_list(cfg.schedules)]
+    timesteps = check_timesteps(cfg.timesteps, int(cfg.num_timesteps))
+    x0 = load_images(cfg)
+    rev = prepare_reverse(cfg)  # every input is checked before anything is written
+    if rev is not None and not cfg.ckpt:
+        console.print(f"using the newest run's checkpoint: {rev.ckpt}", soft_wrap=True)
+    out = output_dir(rev)
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
+                  f"{', '.join(names)} at t = {timesteps}", soft_wrap=True)
+    written = draw_forward(cfg, x0, schedules, names, timesteps, out)
+    if rev is not None:
+        written += draw_reverse(cfg, rev, out)
+    console.print(f"[green]wrote[/] {', '.join(p.name for p in written)} to {out}/",
+                  soft_wrap=True)
+    return out
