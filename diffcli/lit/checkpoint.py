@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 LAST = "last.ckpt"
@@ -66,3 +67,8 @@ def remove_stale_temporaries(folder: Path) -> None:
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
             p.unlink(missing_ok=True)
+
+
+class SnapshotCheckpoint(ModelCheckpoint):
+    """Keeps ``step-N.ckpt`` files; its own class so that its state key never collides with the
+    rolling ``last.ckpt`` callback's when both save every N steps."""

@@ -17,7 +17,12 @@ from rich.console import Console
 
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.lit.callbacks import EMASampleGrid, StepProgress, Throughput
-from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
+from diffcli.lit.checkpoint import (
+    LAST,
+    AtomicCheckpointIO,
+    SnapshotCheckpoint,
+    remove_stale_temporaries,
+)
 from diffcli.lit.module import DiffusionModule
 from diffcli.nets.layers import count_parameters
 from diffcli.workflows.common import (
@@ -103,7 +108,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
         StepProgress(console),
     ]
     if cfg.keep_checkpoint_every:
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(SnapshotCheckpoint(
             dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.keep_checkpoint_every,
             save_top_k=-1, auto_insert_metric_name=False))
     if cfg.sample_every:
