@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from test_cli import assert_one_line_error, run
 
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule, make_schedule
 from diffcli.errors import DiffcliError
@@ -211,26 +208,6 @@ def test_reverse_without_a_trained_run(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 # --- the command line (real processes) -------------------------------------------------------
-
-EXE = [shutil.which("diffcli")] if shutil.which("diffcli") else [sys.executable, "-m", "diffcli"]
-
-
-def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=600)
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-
 
 @pytest.mark.slow
 def test_cli_writes_forward_schedules_and_gif_to_its_run_dir(tmp_path: Path):

@@ -111,9 +111,12 @@ def load_checkpoint(path: str | Path) -> LoadedRun:
                      int(ckpt.get("global_step", 0)), info)
 
 
-def find_latest_checkpoint(roots: list[Path]) -> Path:
-    """The newest ``checkpoints/last.ckpt`` under any of ``roots`` (Hydra run dirs)."""
-    found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")]
+def find_latest_checkpoint(roots: list[Path], exclude: Path | None = None) -> Path:
+    """The newest ``checkpoints/last.ckpt`` under any of ``roots`` (Hydra run dirs), ignoring
+    any inside the folder ``exclude`` (e.g. the run that is asking)."""
+    skip = exclude.resolve() if exclude is not None else None
+    found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")
+             if skip is None or skip not in p.resolve().parents]
     if not found:
         where = " or ".join(str(r) for r in roots)
         raise CheckpointError(f"no trained run found under {where}; run `diffcli train` first "

@@ -60,13 +60,8 @@ def _resume_path(cfg: DictConfig) -> Path | None:
         return None
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
-    here = Path(HydraConfig.get().runtime.output_dir).resolve()
-    roots = [Path(cfg.runs_root), Path("multirun")]
-    found = [p for r in roots if r.is_dir() for p in r.rglob(f"checkpoints/{LAST}")
-             if here not in p.resolve().parents]
-    if not found:
-        return find_latest_checkpoint([])  # raises the "no trained run" error
-    return max(found, key=lambda p: p.stat().st_mtime)
+    here = Path(HydraConfig.get().runtime.output_dir)
+    return find_latest_checkpoint([Path(cfg.runs_root), Path("multirun")], exclude=here)
 
 
 def _check_resumable(path: Path, cfg: DictConfig) -> int:
