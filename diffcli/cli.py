@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -89,8 +90,19 @@ def _one_line(e: BaseException) -> str:
     return ": ".join(parts)
 
 
-def validate(config_name: str, overrides: list[str]) -> None:
-    """Compose the config once so a bad override fails fast with one line (no traceback)."""
+def _config_dirs(args: list[str]) -> list[str]:
+    """The folders given with ``--config-dir`` / ``-cd`` (Hydra adds them to its search path)."""
+    dirs = []
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in ("--config-dir", "-cd"):
+            dirs.append(str(Path(value).expanduser().resolve()))
+    dirs += [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
+    return dirs
+
+
+def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()) -> Any:
+    """Compose the config once so a bad override fails fast with one line (no traceback);
+    returns it (with its ``hydra`` node)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -98,12 +110,15 @@ def validate(config_name: str, overrides: list[str]) -> None:
         if "=" not in o:
             raise ValueError(f"bad argument {o!r}: overrides look like key=value or group=option")
     concrete = _first_of_sweeps(overrides)
+    if config_dirs:
+        concrete.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs) + "]")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=concrete)
+        cfg = compose(config_name, overrides=concrete, return_hydra_config=True)
         for key in cfg:  # resolve interpolations too (the logger's need a running Hydra job)
             value = cfg[key]
-            if key != "logger" and OmegaConf.is_config(value):
+            if key not in ("logger", "hydra") and OmegaConf.is_config(value):
                 OmegaConf.to_container(value, resolve=True)
+    return cfg
 
 
 def _user_error(e: BaseException | None, kind: type) -> BaseException | None:
@@ -126,8 +141,8 @@ def _worker_message(message: str) -> str:
     return last.split(": ", 1)[1] if "Error: " in last else last
 
 
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+def fail(message: str, code: int = 1, label: str = "error") -> None:
+    typer.echo(f"{label}: {message}", err=True)
     raise SystemExit(code)
 
 
@@ -137,15 +152,25 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     import hydra
 
     from diffcli.errors import DiffcliError
+    from diffcli.workflows.rundir import register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    register_resolvers()
     if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
         try:
-            validate(config_name, _split_args(args))
+            cfg = validate(config_name, _split_args(args), _config_dirs(args))
         except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
             if debug:
                 raise
             fail(f"bad override: {_one_line(e)}", 2)
+        try:  # checkpoints and run folders are checked before Hydra writes anything
+            from diffcli.workflows.preflight import preflight
+
+            preflight(config_name, cfg)
+        except DiffcliError as e:
+            if debug:
+                raise
+            fail(str(e), e.exit_code, e.label)
 
     def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
         try:
@@ -154,7 +179,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
             user_error = _user_error(e, DiffcliError)
             if user_error is None or debug:
                 raise
-            fail(_worker_message(str(user_error)))
+            fail(_worker_message(str(user_error)), user_error.exit_code, user_error.label)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 

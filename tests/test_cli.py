@@ -70,7 +70,7 @@ def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: in
 def test_sampling_shards_seeds_across_processes(points_run: Path):
     """Under torchrun (2 CPU processes, gloo) each process draws every 2nd seed; the gathered
     result equals the single-process one (to float rounding)."""
-    common = ["sampler=ddim", "steps=5", "seeds=0-10", "batch_size=4"]
+    common = ["sampler=ddim", "steps=5", "seeds=0-10", "batch_size=4", "overwrite=true"]
     run(points_run, "sample", *common)
     out = next(points_run.glob("outputs/*/*/samples/ddim-5"))
     single = np.load(out / "samples.npz")["points"]
@@ -102,7 +102,7 @@ def test_train_and_sample_images(tmp_path: Path):
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
     assert (out / "grid.png").is_file()
     # Each image depends on its seed only, not on the batch it was drawn in.
-    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6")
+    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6", "overwrite=true")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["images"], images)
     # Karras samplers evaluate between training timesteps; Heun reports 2N - 1 evaluations.
     # Explicit seeds, per-seed PNGs, the trajectory of the first samples.
@@ -117,7 +117,7 @@ def test_train_and_sample_images(tmp_path: Path):
     assert traj["x_t"].shape == (2, 2, 1, 8, 8) and traj["x0"].shape == (2, 2, 1, 8, 8)
     # seed 5 is the same image whether drawn with seeds 3-8 or on its own
     run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=5", "sampler.dynamic_threshold=0.99")
-    alone = np.load(heun / "samples.npz")
+    alone = np.load(heun.with_name("heun-2_2") / "samples.npz")  # a new folder per call
     assert list(alone["seeds"]) == [5]
     np.testing.assert_array_equal(alone["images"][0], together[2])
 

@@ -28,6 +28,7 @@ from diffcli.eval.extractors import Extractor
 from diffcli.eval.features import extract_features
 from diffcli.eval.fid import GaussianStats
 from diffcli.eval.images import DatasetRef, ImageSource
+from diffcli.files import atomic_write
 
 CACHE_FORMAT = 1
 
@@ -92,10 +93,7 @@ def save_stats(path: Path, ref: RefStats, key: dict[str, Any]) -> None:
         "n": np.array(ref.stats.n), "key": np.array(json.dumps(key, sort_keys=True))}
     if ref.features is not None:
         arrays["features"] = ref.features.numpy().astype(np.float32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def reference_statistics(open_source: Callable[[], ImageSource], key: dict[str, Any],

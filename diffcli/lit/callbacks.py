@@ -1,8 +1,12 @@
-"""Lightning callbacks: step-based rich progress bar, throughput, EMA sample grids."""
+"""Lightning callbacks: step-based rich progress bar, throughput, EMA sample grids, stopping
+on signals and on divergence."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from diffcli.lit.checkpoint import TrainingDiverged
 
 
 class StepProgress(L.Callback):
@@ -168,3 +174,70 @@ def _log_image(trainer: L.Trainer, grid: Any, step: int) -> None:
             logger.log_image(key="samples/ema", images=[grid], step=step)
         elif name == "TensorBoardLogger":
             logger.experiment.add_image("samples/ema", grid, global_step=step)
+
+
+class GracefulStop(L.Callback):
+    """SIGTERM / SIGINT ask training to stop after the current optimizer step (the caller then
+    saves its checkpoint); a second signal ends the process at once (``os._exit``, so a
+    checkpoint being written is abandoned as a temporary file and the previous one stays).
+
+    Use as a context manager around the fit: it installs the handlers on entry (and again at
+    ``on_train_start``, over the SIGTERM handler Lightning registers) and restores the previous
+    ones on exit. ``signum`` is the first signal received, or None.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in self.SIGNALS:
+            previous = signal.signal(s, self._handle)
+            self._previous.setdefault(s, previous)
+
+    def __enter__(self) -> GracefulStop:
+        self._install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+        if self.signum is not None:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:  # every rank stops at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            trainer.should_stop = True
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training with :class:`TrainingDiverged` as soon as the loss is NaN or infinite
+    (before any checkpoint of that state is written)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise TrainingDiverged(
+            f"training diverged at step {trainer.global_step}: the loss is "
+            f"{float(loss.detach().float().mean())}; no checkpoint of this state was written; "
+            f"lower lr (now {lr:.3g}) or set trainer.gradient_clip_val=1")

@@ -2,64 +2,64 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+
+from diffcli.errors import DiffcliError
+from diffcli.files import atomic_write
 
 LAST = "last.ckpt"
+DIVERGED = "diverged.ckpt"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    ``os.replace`` is atomic on POSIX within one file system, so a reader (or a run resumed
-    after a SIGKILL or a power cut) sees either the previous complete file or the new one,
-    never a truncated mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """``torch.save`` through :func:`diffcli.files.atomic_write`: a reader (or a run resumed
+    after a SIGKILL or a power cut) sees the previous complete file or the new one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class TrainingDiverged(DiffcliError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def first_nonfinite(tensors: dict[str, Tensor]) -> str | None:
+    """``"<name> holds N NaN/inf values"`` for the first floating tensor with a non-finite
+    entry, None when all are finite."""
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return f"{name} holds {bad} NaN/inf value{'s' if bad > 1 else ''}"
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO whose every save goes through :func:`atomic_torch_save`."""
+    """Lightning checkpoint IO: every save goes through :func:`atomic_torch_save`, a state with
+    non-finite weights never replaces a checkpoint (it goes to ``diverged.ckpt`` beside it and
+    training stops with :class:`TrainingDiverged`), and loads never unpickle code."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
+        bad = first_nonfinite(checkpoint.get("state_dict", {}))
+        if bad is not None:
+            diverged = Path(path).with_name(DIVERGED)
+            atomic_torch_save(checkpoint, diverged)
+            raise TrainingDiverged(
+                f"training diverged by step {checkpoint.get('global_step', '?')}: {bad}; "
+                f"{Path(path).name} was left as it was and this state went to {diverged}; "
+                "lower lr or set trainer.gradient_clip_val=1")
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import lightning as L
@@ -64,6 +65,13 @@ class DiffusionModule(L.LightningModule):
         data_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} is out of range: use 0 <= ema_decay < 1 "
+                             "(e.g. 0.999), or null to keep no EMA")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr={lr} must be a positive, finite learning rate")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
         self.schedule = schedule

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from diffcli.components import build
 from diffcli.diffusion.samplers import Denoiser, Sampler
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.eval.cache import RefStats, default_cache_dir, reference_key, reference_statistics
@@ -50,6 +50,7 @@ from diffcli.eval.metrics import (
     parse_metrics,
 )
 from diffcli.eval.sampling import generated_batches, seed_set
+from diffcli.files import atomic_write_text
 from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint, pick_device
 from diffcli.workflows.sample import CountingNet, _compact, _precision, _restore
 
@@ -130,12 +131,12 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
                            f"(dataset={run.config.dataset.get('name')})")
     net, dm, weights = _restore(run, cfg.use_ema, device)
     counter = CountingNet(net)
-    schedule = instantiate(run.config.schedule)
+    schedule = build("schedule", run.config.schedule, source=str(ckpt))
     den = Denoiser(counter, schedule, run.config.prediction)
     extra = {"clip_denoised": bool(cfg.clip_denoised)}
     extra |= {"steps": int(cfg.steps)} if cfg.steps is not None else {}
+    sampler: Sampler = build("sampler", cfg.sampler, **extra)
     try:
-        sampler: Sampler = instantiate(cfg.sampler, **extra)
         steps = len(sampler.timesteps(schedule))
     except ValueError as e:
         raise DiffcliError(str(e)) from None
@@ -286,7 +287,7 @@ def eval_fid(cfg: DictConfig) -> Path:
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(str(cfg.out)).expanduser() if cfg.out else fake.out_path
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(out, json.dumps(record, indent=2, default=str))
     title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
     Console().print(_table(record["summary"], repeats, title))
     if not extractor.comparable:  # after the numbers, where it cannot be missed

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
 from diffcli.viz import (
@@ -83,7 +83,8 @@ def build_schedules(names: object, num_timesteps: object) -> list[NoiseSchedule]
             raise DiffcliError(f"unknown schedule {name!r}; choose from: {', '.join(options)} "
                                "(e.g. schedules=[linear,cosine])")
         conf = OmegaConf.load(folder / f"{name}.yaml")
-        schedules.append(instantiate(conf, num_timesteps=num_timesteps))
+        schedules.append(build("schedule", conf, source=str(folder / f"{name}.yaml"),
+                               num_timesteps=num_timesteps))
     return schedules
 
 
@@ -181,10 +182,10 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     if info.kind != "image":
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")
-    schedule = instantiate(run.config.schedule)
+    schedule = build("schedule", run.config.schedule, source=str(ckpt))
     extra = {"clip_denoised": True} | ({"steps": cfg.steps} if cfg.steps is not None else {})
+    sampler: Sampler = build("sampler", cfg.sampler, **extra)
     try:
-        sampler: Sampler = instantiate(cfg.sampler, **extra)
         sampler.timesteps(schedule)
     except ValueError as e:
         raise DiffcliError(str(e)) from None

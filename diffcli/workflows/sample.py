@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from diffcli.components import build
 from diffcli.diffusion.samplers import Denoiser, Sampler, SamplerStep
 from diffcli.diffusion.samplers.base import randn_like
 from diffcli.errors import DiffcliError
+from diffcli.files import OutputFolder
 from diffcli.workflows.common import (
     DataInfo,
     LoadedRun,
@@ -145,7 +146,18 @@ def _draw(sampler: Sampler, den: Denoiser, shape: tuple, seeds: list[int], batch
                     record(step)
 
             out.append(sampler.sample(den, noise, generator=gens, callback=advance).float().cpu())
-    return torch.cat(out)
+    x = torch.cat(out)
+    check_finite_samples(x)
+    return x
+
+
+def check_finite_samples(x: Tensor) -> None:
+    """Refuse samples with NaN/inf entries (a broken network) instead of writing black images."""
+    bad = ~torch.isfinite(x.flatten(1)).all(dim=1)
+    if bool(bad.any()):
+        raise DiffcliError(f"sampling produced non-finite values in {int(bad.sum())} of "
+                           f"{len(x)} samples; nothing was written (the network's weights are "
+                           "broken: check the training run)")
 
 
 def _save_images(x: Tensor, seeds: list[int], out_dir: Path) -> None:
@@ -195,19 +207,19 @@ def sample(cfg: DictConfig) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     net, dm, weights = _restore(run, cfg.use_ema, device)
     counter = CountingNet(torch.compile(net) if cfg.compile else net)
-    schedule = instantiate(run.config.schedule)
+    schedule = build("schedule", run.config.schedule, source=str(ckpt))
     den = Denoiser(counter, schedule, run.config.prediction)
     clip = dm.kind == "image" if cfg.clip_denoised is None else bool(cfg.clip_denoised)
     extra = {"clip_denoised": clip} | ({"steps": cfg.steps} if cfg.steps is not None else {})
+    sampler: Sampler = build("sampler", cfg.sampler, **extra)
     try:
-        sampler: Sampler = instantiate(cfg.sampler, **extra)
         steps = len(sampler.timesteps(schedule))
     except ValueError as e:
         raise DiffcliError(str(e)) from None
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if dm.kind == "image" else 2000), cfg.seed)
     name = HydraConfig.get().runtime.choices.get("sampler") or type(sampler).__name__.lower()
-    out_dir = ckpt.parent.parent / "samples" / f"{name}-{steps}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(ckpt.parent.parent / "samples" / f"{name}-{steps}",
+                          overwrite=bool(cfg.overwrite))
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
     mine = seeds[rank::world]  # each process draws every world-th seed
     with _precision(str(cfg.precision), device):
@@ -216,21 +228,23 @@ def sample(cfg: DictConfig) -> Path:
     if world > 1:
         x = _gather_shards(x, len(seeds), rank, world)
         if rank != 0:
-            return out_dir
+            return folder.final
     span = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    if dm.kind == "image":
-        _save_images(x, seeds, out_dir)
-    else:
-        data = build_datamodule(run.config.dataset).data  # the training points, drawn behind
-        _save_points(x, seeds, data, out_dir, f"{name}, {steps} steps, {span}")
-    if trajectory is not None:
-        trajectory.save(out_dir / "trajectory.npz")
     nfe = counter.calls // math.ceil(len(mine) / cfg.batch_size)  # evaluations per sample
     meta = {"sampler": name, "sampler_config": OmegaConf.to_container(cfg.sampler),
             "steps": steps, "nfe": nfe, "n": len(seeds), "seeds": _compact(seeds),
             "checkpoint": str(ckpt), "global_step": run.global_step, "weights": weights,
             "clip_denoised": clip, "precision": str(cfg.precision), "processes": world}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    data = None if dm.kind == "image" else build_datamodule(run.config.dataset).data
+    with folder as tmp:  # all or nothing: the folder appears only once complete
+        if data is None:
+            _save_images(x, seeds, tmp)
+        else:  # the training points, drawn behind the samples
+            _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}")
+        if trajectory is not None:
+            trajectory.save(tmp / "trajectory.npz")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    out_dir = folder.path
     picture = "grid.png, images/" if dm.kind == "image" else "scatter.png"
     console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
                   f"sample, {weights} weights, {span}) to {out_dir}/ : {picture}, samples.npz, "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,13 +13,19 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from diffcli.errors import CheckpointError, DiffcliError
-from diffcli.lit.callbacks import EMASampleGrid, StepProgress, Throughput
+from diffcli.components import build
+from diffcli.errors import CheckpointError, DiffcliError, Interrupted
+from diffcli.lit.callbacks import (
+    DivergenceGuard,
+    EMASampleGrid,
+    GracefulStop,
+    StepProgress,
+    Throughput,
+)
 from diffcli.lit.checkpoint import (
     LAST,
     AtomicCheckpointIO,
@@ -31,9 +40,13 @@ from diffcli.workflows.common import (
     find_latest_checkpoint,
     load_checkpoint,
 )
+from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
-MUST_MATCH_ON_RESUME = ("model", "schedule", "prediction")
+MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "prediction")
+# dataset keys that may change on resume: how the data is fed, not what it is
+DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
+                        "cache")
 
 
 def _quiet_lightning() -> None:
@@ -49,8 +62,9 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
-def _resume_path(cfg: DictConfig) -> Path | None:
-    """``ckpt_path=<file>`` or ``resume=auto`` (the newest run's last checkpoint), else None."""
+def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
+    """``ckpt_path=<file>`` or ``resume=auto`` (the newest run's last checkpoint, not counting
+    the folder ``here``), else None."""
     if cfg.ckpt_path:
         path = Path(str(cfg.ckpt_path))
         if not path.is_file():
@@ -60,17 +74,26 @@ def _resume_path(cfg: DictConfig) -> Path | None:
         return None
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
-    here = Path(HydraConfig.get().runtime.output_dir)
     return find_latest_checkpoint([Path(cfg.runs_root), Path("multirun")], exclude=here)
 
 
-def _check_resumable(path: Path, cfg: DictConfig) -> int:
-    """Refuse a checkpoint whose network or schedule differs from this config; return its step."""
+def _comparable(key: str, value: object) -> object:
+    value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if key == "dataset" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in DATASET_RUNTIME_KEYS}
+    return value
+
+
+def check_resumable(path: Path, cfg: DictConfig) -> int:
+    """Refuse a checkpoint whose dataset, network, schedule or prediction differs from this
+    config, or whose run a live process is still writing; return its step."""
     run = load_checkpoint(path)
+    holder = live_holder(path.resolve().parent.parent)
+    if holder is not None:
+        raise CheckpointError(f"cannot resume {path}: process {holder} is still writing that run; "
+                              "wait for it to finish or stop it")
     for key in MUST_MATCH_ON_RESUME:
-        old, new = run.config.get(key), cfg.get(key)
-        old = OmegaConf.to_container(old, resolve=True) if isinstance(old, DictConfig) else old
-        new = OmegaConf.to_container(new, resolve=True) if isinstance(new, DictConfig) else new
+        old, new = _comparable(key, run.config.get(key)), _comparable(key, cfg.get(key))
         if old != new:
             diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
             raise CheckpointError(f"cannot resume {path}: {diffs} (the checkpoint's value first); "
@@ -101,19 +124,20 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
                         save_top_k=1, enable_version_counter=False),
         Throughput(),
         StepProgress(console),
+        DivergenceGuard(),
     ]
     if cfg.keep_checkpoint_every:
         callbacks.append(SnapshotCheckpoint(
             dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.keep_checkpoint_every,
             save_top_k=-1, auto_insert_metric_name=False))
     if cfg.sample_every:
-        sampler = instantiate(cfg.preview.sampler)
+        sampler = build("sampler", cfg.preview.sampler)
         callbacks.append(EMASampleGrid(run_dir / "progress", cfg.sample_every, sampler,
                                        num_images=cfg.preview.num_images, seed=cfg.seed))
     if cfg.get("fid_every"):  # FID proxy of the EMA net; missing Inception weights fail here
         from diffcli.lit.fid_callback import FIDProxy
 
-        sampler = instantiate(cfg.preview.sampler, steps=cfg.fid_steps, clip_denoised=True)
+        sampler = build("sampler", cfg.preview.sampler, steps=cfg.fid_steps, clip_denoised=True)
         callbacks.append(FIDProxy.from_settings(
             int(cfg.fid_every), int(cfg.fid_samples), sampler,
             OmegaConf.to_container(cfg.dataset, resolve=True), str(cfg.fid_extractor),
@@ -121,18 +145,18 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
     return callbacks
 
 
-def _trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision = str(trainer_kwargs.get("precision", "32"))
     if "bf16" in precision and not torch.cuda.is_available() and \
             trainer_kwargs.get("accelerator") in ("auto", "cpu"):
         console.print("[yellow]note[/]: bf16 on this CPU may be far slower than fp32")
-    logger = instantiate(cfg.logger) if cfg.logger else False
+    logger = build("logger", cfg.logger) if cfg.logger else False
     try:
         return L.Trainer(
             **trainer_kwargs,
             logger=logger,
-            callbacks=_callbacks(cfg, run_dir),
+            callbacks=[*_callbacks(cfg, run_dir), stop],
             plugins=[AtomicCheckpointIO()],
             default_root_dir=run_dir,
             enable_model_summary=False,
@@ -146,26 +170,42 @@ def _module(cfg: DictConfig, dm: Any) -> DiffusionModule:
     net = build_net(cfg.model, dm.kind, dm.data_shape)
     if cfg.channels_last and dm.kind == "image":
         net = net.to(memory_format=torch.channels_last)
-    return DiffusionModule(
-        net, instantiate(cfg.schedule), prediction=cfg.prediction, lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
-        min_snr_gamma=cfg.min_snr_gamma, compile=cfg.compile,
-        channels_last=cfg.channels_last and dm.kind == "image",
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        data_info={"kind": dm.kind, "shape": list(dm.data_shape)},
-    )
+    try:
+        return DiffusionModule(
+            net, build("schedule", cfg.schedule), prediction=cfg.prediction, lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+            min_snr_gamma=cfg.min_snr_gamma, compile=cfg.compile,
+            channels_last=cfg.channels_last and dm.kind == "image",
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+            data_info={"kind": dm.kind, "shape": list(dm.data_shape)},
+        )
+    except ValueError as e:
+        raise DiffcliError(str(e)) from None
 
 
 def train(cfg: DictConfig) -> Path:
-    """Train a diffusion model as configured; returns the path of the final checkpoint."""
+    """Train a diffusion model as configured; returns the path of the final checkpoint.
+
+    The run folder is this run's alone (:mod:`diffcli.workflows.rundir`). SIGTERM / SIGINT
+    finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
+    (:class:`~diffcli.errors.Interrupted`); a second one exits at once.
+    """
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume = _resume_path(cfg)
-    start = _check_resumable(resume, cfg) if resume else 0
+    resume = resume_path(cfg, here=run_dir)
+    worker = int(os.environ.get("LOCAL_RANK", "0")) > 0  # DDP ranks started by Lightning
+    if not worker:
+        check_run_dir(run_dir, resume)
+    with contextlib.nullcontext() if worker else RunLock(run_dir), GracefulStop() as stop:
+        return _fit(cfg, run_dir, resume, stop)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop) -> Path:
+    start = check_resumable(resume, cfg) if resume else 0
     L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
-    dm = build_datamodule(cfg.dataset)
+    dm = build_datamodule(cfg.dataset, download_ok=True)
     module = _module(cfg, dm)
-    trainer = _trainer(cfg, run_dir)
+    trainer = _trainer(cfg, run_dir, stop)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
         for lg in trainer.loggers:
@@ -175,6 +215,10 @@ def train(cfg: DictConfig) -> Path:
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; continue with "
+                          f"`diffcli train resume=auto` (or ckpt_path={last})", stop.signum)
     if trainer.is_global_zero:
         console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
                       f"next: [bold]diffcli sample[/] (uses this run)")

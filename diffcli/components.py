@@ -1,0 +1,253 @@
+"""Building configured components safely: a config is data, never code.
+
+Every object that diffcli builds from a config - the live one Hydra composed from the command
+line and the user's config files, or the one stored inside a checkpoint - is built here, by
+:func:`build`, and nowhere else (no ``hydra.utils.instantiate``). The rules:
+
+* a ``_target_`` is accepted only at the places where the shipped config tree has one (the
+  config groups in :data:`GROUP_AT`), and only if it is an exact name in that group's
+  allowlist (:data:`COMPONENTS`); names are looked up in the registry, never imported from
+  the file's text, so ``diffcli.x.os.system`` or ``diffcli.workflows.sample.np.savetxt`` are
+  just unknown names;
+* Hydra's other special keys (``_args_``, ``_recursive_``, ``_convert_``, ``_partial_``, ...)
+  are refused everywhere (``_partial_`` only where :data:`PARTIAL_AT` allows it);
+* a stored value may not be an interpolation or a resolver call (``${...}``), and may only be a
+  number, a string, a bool, null, a list or a mapping;
+* keyword arguments are checked against the component's signature (names and types) before it
+  is called.
+
+:func:`check_config` applies the rules to a whole tree (raising :class:`UnsafeConfigError`
+with one line); :func:`build` checks one group node and calls the registered component.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from diffcli.errors import DiffcliError
+
+# group -> exact names of the callables its configs may name (every `_target_` under conf/).
+COMPONENTS: dict[str, frozenset[str]] = {
+    "dataset": frozenset({"diffcli.data.datamodule.make_datamodule"}),
+    "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP"}),
+    "schedule": frozenset({
+        "diffcli.diffusion.schedules.linear_schedule",
+        "diffcli.diffusion.schedules.cosine_schedule",
+        "diffcli.diffusion.schedules.sigmoid_schedule",
+    }),
+    "sampler": frozenset({
+        "diffcli.diffusion.samplers.ddpm.DDPM",
+        "diffcli.diffusion.samplers.ddim.DDIM",
+        "diffcli.diffusion.samplers.dpm_solver.DPMSolverPP2M",
+        "diffcli.diffusion.samplers.euler.Euler",
+        "diffcli.diffusion.samplers.heun.Heun",
+    }),
+    "logger": frozenset({
+        "diffcli.lit.loggers.make_wandb_logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+    }),
+}
+
+# dotted config path -> the group whose `_target_` may stand there.
+GROUP_AT: dict[str, str] = {
+    "dataset": "dataset",
+    "model": "model",
+    "schedule": "schedule",
+    "sampler": "sampler",
+    "preview.sampler": "sampler",
+    "logger": "logger",
+}
+PARTIAL_AT: frozenset[str] = frozenset()  # paths where `_partial_: true` is part of the tree
+BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule")  # groups rebuilt from a stored config
+ADVISORY_KEYS: dict[str, frozenset[str]] = {  # keys a group node holds that are not arguments
+    "dataset": frozenset({"train_steps"}),
+}
+
+PLAIN = (bool, int, float, str, type(None))
+
+
+class UnsafeConfigError(DiffcliError):
+    """A config (stored in a checkpoint, or given by path) that asks for more than data."""
+
+
+def _refuse(source: str, what: str) -> UnsafeConfigError:
+    return UnsafeConfigError(f"{source}: refusing to load: {what}")
+
+
+def _is_special(key: str) -> bool:
+    return len(key) > 2 and key.startswith("_") and key.endswith("_")
+
+
+def _walk(node: Any, path: str, source: str, stored: bool) -> None:
+    where = path or "the config"
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise _refuse(source, f"{where} has a non-string key {key!r}")
+            child = f"{path}.{key}" if path else key
+            if key == "_target_":
+                group = GROUP_AT.get(path)
+                if group is None or not isinstance(value, str) or value not in COMPONENTS[group]:
+                    raise _refuse(source, f"{where} names {value!r}, which is not a diffcli "
+                                          "component" + (f" for {group}" if group else ""))
+            elif key == "_partial_" and path in PARTIAL_AT:
+                if not isinstance(value, bool):
+                    raise _refuse(source, f"{child} must be true or false")
+            elif _is_special(key):
+                raise _refuse(source, f"{where} has the key {key}, which a diffcli config may "
+                                      "not contain")
+            else:
+                _walk(value, child, source, stored)
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            _walk(value, f"{path}[{i}]", source, stored)
+    elif isinstance(node, str):
+        if stored and "${" in node:
+            raise _refuse(source, f"{where} holds the interpolation {node[:80]!r}; a stored "
+                                  "config is plain data")
+    elif not isinstance(node, PLAIN):
+        raise _refuse(source, f"{where} holds a {type(node).__name__}; a config holds only "
+                              "numbers, strings, booleans, null, lists and mappings")
+
+
+def check_config(tree: Any, source: str, *, stored: bool = True) -> None:
+    """Raise :class:`UnsafeConfigError` unless ``tree`` (plain dicts and lists) follows the
+    rules above. ``stored``: the tree was read from a file, so ``${...}`` is refused too, and
+    the groups that are rebuilt from it (:data:`BUILT_FROM_CHECKPOINT`) must name a component
+    and fit its signature (a live config is checked after Hydra resolved it, and each group
+    when it is built)."""
+    if not isinstance(tree, Mapping):
+        raise _refuse(source, f"the config is a {type(tree).__name__}, not a mapping")
+    _walk(tree, "", source, stored)
+    if stored:
+        for group in BUILT_FROM_CHECKPOINT:
+            node = tree.get(group)
+            if not isinstance(node, Mapping) or "_target_" not in node:
+                raise _refuse(source, f"its config has no {group} component")
+            fn = resolve_target(group, node["_target_"])
+            kwargs = {k: v for k, v in node.items()
+                      if k != "_target_" and k not in ADVISORY_KEYS.get(group, ())}
+            try:
+                check_kwargs(fn, kwargs, group)
+            except DiffcliError as e:
+                raise _refuse(source, str(e)) from None
+
+
+def resolve_target(group: str, name: str) -> Callable[..., Any]:
+    """The callable registered under the exact ``name`` in ``group``."""
+    if name not in COMPONENTS.get(group, ()):
+        raise UnsafeConfigError(f"{group}: {name!r} is not a diffcli component")
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable hints: fall back to plain-value checks
+        return {}
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a plain config value can stand for a parameter annotated ``hint``."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return isinstance(value, PLAIN) or (isinstance(value, list) and
+                                           all(isinstance(v, PLAIN) for v in value))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+        return value in {m.value for m in hint} or value in hint.__members__
+    if inspect.isclass(hint) and issubclass(hint, Path):
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, Iterable, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        inner = args[0] if args else Any
+        return all(fits(v, inner) for v in value)
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, Mapping) and all(fits(v, args[1] if args else Any)
+                                                  for v in value.values())
+    return fits(value, Any)  # other annotations (e.g. os.PathLike): plain values only
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> None:
+    """Refuse unknown keyword arguments and values whose type the signature does not take."""
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    hints = _hints(fn)
+    for key, value in kwargs.items():
+        if key not in params:
+            if takes_any:
+                if not fits(value, Any):
+                    raise DiffcliError(f"{where}.{key}: {value!r} is not a plain value")
+                continue
+            known = ", ".join(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY
+                              or p.kind is p.POSITIONAL_OR_KEYWORD)
+            raise DiffcliError(f"{where}: unknown key {key!r} (it takes: {known})")
+        if not fits(value, hints.get(key, params[key].annotation if not isinstance(
+                params[key].annotation, str) else Any)):
+            raise DiffcliError(f"{where}.{key}: {value!r} is not a valid value "
+                               f"({_describe(hints.get(key))})")
+
+
+def _describe(hint: Any) -> str:
+    if hint is None:
+        return "a plain value"
+    if inspect.isclass(hint):
+        return f"expected {hint.__name__}"
+    return "expected " + str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def plain(node: Any) -> Any:
+    """A DictConfig / ListConfig (resolved) or plain container as plain dicts and lists."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return node
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def build(group: str, node: Any, *, source: str = "config", **extra: Any) -> Any:
+    """Build the component that the config ``node`` of ``group`` describes.
+
+    ``node`` is a mapping with a ``_target_`` from the group's allowlist and keyword
+    arguments; ``extra`` adds or replaces keyword arguments (e.g. the data shape). The node is
+    checked first (:func:`check_config`'s rules, the signature's names and types); a
+    ``ValueError`` or ``TypeError`` raised by the component becomes one line naming the group.
+    """
+    node = plain(node)
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise DiffcliError(f"{group}: the config names no component (_target_)")
+    check_config({group: node} if group in GROUP_AT else node, source, stored=False)
+    fn = resolve_target(group, str(node["_target_"]))
+    kwargs = {k: v for k, v in node.items() if k != "_target_"} | extra
+    check_kwargs(fn, {k: v for k, v in kwargs.items() if k not in extra}, group)
+    try:
+        return fn(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise DiffcliError(f"{group}: {' '.join(str(e).split())}") from None
+

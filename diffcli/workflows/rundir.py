@@ -1,0 +1,104 @@
+"""Run folders that belong to one run: exclusive creation, a PID lock, no silent reuse.
+
+* ``${diffcli.fresh_dir:<path>}`` (the default ``hydra.run.dir`` of train and noise-viz)
+  creates ``<path>`` exclusively, or ``<path>_2``, ``<path>_3``, ... when another run got there
+  first (two runs started in the same second no longer share a folder).
+* :func:`check_run_dir` refuses a folder that already holds a checkpoint, unless this command
+  resumes that very run.
+* :class:`RunLock` (``<run dir>/run.lock``, holding ``pid host``) marks a run that a live
+  process is writing; :func:`live_holder` tells whether a run is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.files import claim_dir
+
+LOCK = "run.lock"
+RESOLVER = "diffcli.fresh_dir"
+_claimed: dict[str, str] = {}  # this process's claims: Hydra may resolve the run dir twice
+
+
+def fresh_dir(path: str) -> str:
+    """Resolver: claim ``path`` (or the first free ``path_N``) once per process."""
+    if path not in _claimed:
+        _claimed[path] = str(claim_dir(Path(path)))
+    return _claimed[path]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, fresh_dir)
+
+
+def check_run_dir(run_dir: Path, resume: Path | None) -> None:
+    """Refuse to start a run in ``run_dir`` if it holds checkpoints of another run (unless
+    ``resume`` is a checkpoint inside it: continuing a run in place)."""
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if not ckpts:
+        return
+    if resume is not None and run_dir.resolve() in resume.resolve().parents:
+        return
+    raise DiffcliError(f"{run_dir} already holds a run ({ckpts[0].relative_to(run_dir)}); "
+                       f"use resume=auto or ckpt_path={ckpts[0]} to continue it, or another "
+                       "hydra.run.dir")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_holder(run_dir: Path) -> int | None:
+    """The PID of a live process on this host holding ``run_dir``'s lock, else None."""
+    try:
+        pid_text, _, host = (run_dir / LOCK).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host and host != socket.gethostname():
+        return pid  # another machine's process: assume it is alive
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds ``<run_dir>/run.lock`` (``pid host``) for the run's
+    lifetime; a stale lock (its process is gone) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = live_holder(self.path.parent)
+                if holder is not None:
+                    raise CheckpointError(f"{self.path.parent} is being written by process "
+                                          f"{holder} ({LOCK}); wait for it to finish or stop "
+                                          "it") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            return self
+        raise CheckpointError(f"could not take {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            if self.path.read_text().split(" ")[0] == str(os.getpid()):
+                self.path.unlink()
