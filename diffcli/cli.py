@@ -67,13 +67,14 @@ def _split_args(args: list[str]) -> list[str]:
 
 
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
-    """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped."""
+    """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped
+    (but hydra.run.dir, which preflight checks)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     concrete = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
-        if key.startswith(("hydra.", "hydra/", "+hydra")):
+        if key.startswith(("hydra.", "hydra/", "+hydra")) and key != "hydra.run.dir":
             continue
         if o.is_sweep_override():
             concrete.append(f"{key}={next(iter(o.sweep_string_iterator()))}")

@@ -1,0 +1,257 @@
+"""A run never destroys another run's files; signals and divergence are failures, said as such.
+
+Unit tests for the folder/lock/checkpoint helpers, then the command line as users meet it
+(real processes on 2-D toy data, a few seconds each).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import EXE, assert_one_line_error, run
+
+from diffcli.errors import DiffcliError
+from diffcli.files import OutputFolder, claim_dir
+from diffcli.lit.checkpoint import AtomicCheckpointIO, TrainingDiverged, first_nonfinite
+from diffcli.workflows.rundir import LOCK, RunLock, check_run_dir, live_holder
+from diffcli.workflows.sample import check_finite_samples
+
+POINTS = ["dataset=moons", "model=mlp", "dataset.n_points=256", "logger=none", "sample_every=0"]
+
+
+# ---------------------------------------------------------------- helpers, one by one
+
+def test_claim_dir_never_hands_out_a_folder_twice(tmp_path: Path):
+    got = [claim_dir(tmp_path / "runs" / "12-00-00") for _ in range(3)]
+    assert [p.name for p in got] == ["12-00-00", "12-00-00_2", "12-00-00_3"]
+
+
+def test_output_folder_appears_whole_or_not_at_all(tmp_path: Path):
+    final = tmp_path / "samples" / "ddim-5"
+    with OutputFolder(final) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (final / "a.txt").read_text() == "first"
+    with OutputFolder(final) as tmp:  # a second call gets its own folder
+        (tmp / "a.txt").write_text("second")
+    assert (final.with_name("ddim-5_2") / "a.txt").read_text() == "second"
+    with pytest.raises(OSError), OutputFolder(final, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise OSError("disk full")  # the previous results stay exactly as they were
+    assert (final / "a.txt").read_text() == "first"
+    with pytest.raises(OSError), OutputFolder(final) as tmp:
+        raise OSError("disk full")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["ddim-5", "ddim-5_2"]
+    with OutputFolder(final, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("replaced")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # no stale files
+    assert sorted(p.name for p in final.parent.iterdir()) == ["ddim-5", "ddim-5_2"]
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path: Path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        assert live_holder(tmp_path) == sleeper.pid
+        with pytest.raises(DiffcliError, match=f"process {sleeper.pid}"), RunLock(tmp_path):
+            pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert live_holder(tmp_path) is None  # its process is gone: a stale lock
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_a_folder_holding_a_checkpoint_is_not_reused(tmp_path: Path):
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    with pytest.raises(DiffcliError, match="already holds a run"):
+        check_run_dir(tmp_path, None)
+    with pytest.raises(DiffcliError, match="already holds a run"):
+        check_run_dir(tmp_path, tmp_path.parent / "elsewhere" / "last.ckpt")
+    check_run_dir(tmp_path, ckpt)  # continuing this very run in place
+
+
+def test_non_finite_weights_never_replace_a_checkpoint(tmp_path: Path):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 5}, last)
+    bad = {"state_dict": {"w": torch.tensor([1.0, float("nan"), float("inf")])},
+           "global_step": 6}
+    with pytest.raises(TrainingDiverged, match="w holds 2 NaN/inf values"):
+        io.save_checkpoint(bad, last)
+    assert io.load_checkpoint(last)["global_step"] == 5
+    assert torch.load(tmp_path / "diverged.ckpt", weights_only=True)["global_step"] == 6
+    assert first_nonfinite({"a": torch.ones(2), "b": torch.arange(3)}) is None
+
+
+def test_non_finite_samples_are_refused():
+    check_finite_samples(torch.zeros(3, 2))
+    with pytest.raises(DiffcliError, match="non-finite values in 1 of 3 samples"):
+        check_finite_samples(torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [2.0, 2.0]]))
+
+
+def test_bad_ema_decay_and_lr_are_refused():
+    from diffcli.diffusion.schedules import linear_schedule
+    from diffcli.lit.module import DiffusionModule
+    from diffcli.nets.mlp import MLP
+
+    for kwargs, match in [({"ema_decay": 2.0}, "ema_decay=2.0"), ({"ema_decay": -0.1}, "ema"),
+                          ({"lr": 0.0}, "lr=0.0"), ({"lr": float("nan")}, "lr=nan")]:
+        with pytest.raises(ValueError, match=match):
+            DiffusionModule(MLP(dim=2), linear_schedule(1000), **kwargs)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _ckpts(cwd: Path) -> list[Path]:
+    return sorted(cwd.glob("outputs/**/checkpoints/last.ckpt"))
+
+
+def _step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_two_folders(tmp_path: Path):
+    same = ["hydra.run.dir=${diffcli.fresh_dir:outputs/together}", *POINTS,
+            "trainer.max_steps=3"]
+    procs = [subprocess.Popen([*EXE, "train", *same], cwd=tmp_path, stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    assert [p.parent.parent.name for p in _ckpts(tmp_path)] == ["together", "together_2"]
+
+
+@pytest.mark.slow
+def test_an_existing_run_folder_is_refused_unless_resumed_in_place(tmp_path: Path):
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=6", "hydra.run.dir=outputs/mine")
+    run_dir = tmp_path / "outputs" / "mine"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=2", f"hydra.run.dir={run_dir}",
+               ok=False)
+    assert_one_line_error(proc, "already holds a run", "resume=auto")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    last = run_dir / "checkpoints" / "last.ckpt"
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
+        f"ckpt_path={last}")
+    assert _step(last) == 9
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_dataset_and_a_live_run(tmp_path: Path):
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=4")
+    other = [a.replace("moons", "swiss_roll") for a in POINTS]
+    proc = run(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
+    assert_one_line_error(proc, "dataset.name: moons -> swiss_roll")
+    (ckpt,) = _ckpts(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (ckpt.parent.parent / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        proc = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
+        assert_one_line_error(proc, f"process {sleeper.pid} is still writing")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
+    assert f"resuming from step 4 of {ckpt.relative_to(tmp_path)}" in out.stderr.replace("\n", "")
+    assert len(_ckpts(tmp_path)) == 2 and len(list(tmp_path.glob("outputs/**/run.lock"))) == 1
+
+
+def _train_until_checkpoint(cwd: Path) -> subprocess.Popen:
+    args = [*POINTS, "checkpoint_every=5", "trainer.max_steps=1000000"]
+    proc = subprocess.Popen([*EXE, "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                                     "COLUMNS": "200"})
+    deadline = time.time() + 300
+    while not _ckpts(cwd):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum: int,
+                                                          code: int):
+    proc = _train_until_checkpoint(tmp_path)
+    try:
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    (ckpt,) = _ckpts(tmp_path)
+    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
+    step = _step(ckpt)
+    assert lines == [f"interrupted: {signal.Signals(signum).name} at step {step}: saved "
+                     f"{ckpt.resolve()}; continue with `diffcli train resume=auto` (or "
+                     f"ckpt_path={ckpt.resolve()})"], err[-2000:]
+    assert "Traceback" not in err and not (ckpt.parent.parent / LOCK).exists()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once_and_keeps_the_previous_checkpoint(tmp_path: Path):
+    proc = _train_until_checkpoint(tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    (ckpt,) = _ckpts(tmp_path)
+    assert _step(ckpt) >= 5  # whichever file is there is whole
+
+
+@pytest.mark.slow
+def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path):
+    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=50", "lr=1e9", "warmup_steps=0",
+               "checkpoint_every=1", ok=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr  # after the run's header:
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged at step")
+    assert "lower lr" in proc.stderr
+    for ckpt in _ckpts(tmp_path):  # what was kept is finite
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert first_nonfinite(state) is None
+    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=3", "ema_decay=2",
+               "ema_warmup=false", ok=False)
+    assert_one_line_error(proc, "ema_decay=2")
+
+
+@pytest.mark.slow
+def test_sampling_refuses_to_write_non_finite_samples(tmp_path: Path):
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=2")
+    (ckpt,) = _ckpts(tmp_path)
+    data = torch.load(ckpt, weights_only=True)
+    for k, v in data["state_dict"].items():  # finite, but far too large for float32 maths
+        if k.endswith("weight"):
+            v.mul_(1e30)
+    huge = tmp_path / "huge.ckpt"
+    torch.save(data, huge)
+    proc = run(tmp_path, "sample", f"ckpt={huge}", "steps=3", "sampler=ddim", "n=8", ok=False)
+    assert_one_line_error(proc, "non-finite values", "nothing was written")
+    assert not list(tmp_path.glob("outputs/**/samples/*"))
+
+
+@pytest.mark.slow
+def test_each_sampling_call_gets_its_own_folder(tmp_path: Path):
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=2")
+    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=40")
+    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4")
+    first, second = sorted(tmp_path.glob("outputs/*/*/samples/ddim-3*"))
+    assert (first.name, second.name) == ("ddim-3", "ddim-3_2")
+    assert np.load(first / "samples.npz")["points"].shape == (40, 2)
+    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4", "overwrite=true")
+    assert np.load(first / "samples.npz")["points"].shape == (4, 2)
+    assert len(list(first.parent.iterdir())) == 2  # no temporaries left behind
