@@ -15,7 +15,12 @@ same network over ``trained_betas`` = our betas, with ``timestep_spacing="traili
 samplers and ``clip_sample=False`` (the data leave [-1, 1]). Heun spends 2N - 1 evaluations on
 N steps, so it runs (NFE + 1) // 2 steps and its cells give the actual NFE in parentheses.
 
-Run: ``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]``.
+Every sampler steps on its own default grid (trailing timesteps; Karras sigmas for Euler and
+Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on that grid instead
+(``sampler.grid``), rows that cannot take it (DDPM off the training timesteps) reading "n/a".
+
+Run: ``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
+[--grid karras]``.
 With the default n = 10,000 it takes about 1 minute on 2 CPU cores (a row is ~1,200 network
 calls of 4-15 ms each, depending on the load), and the time grows linearly with n, while the
 noise floor shrinks only like n^(-1/4) (it is dominated by the scatter of the mode weights).
@@ -36,14 +41,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from diffcli.diffusion.forward import Parameterization  # noqa: E402
 from diffcli.diffusion.gaussian import IdealNetwork, two_d_mixture  # noqa: E402
+from diffcli.diffusion.process import Parameterization  # noqa: E402
 from diffcli.diffusion.samplers import (  # noqa: E402
     DDIM,
     DDPM,
     Denoiser,
     DPMSolverPP2M,
     Euler,
+    GridKind,
     Heun,
     Sampler,
 )
@@ -67,11 +73,14 @@ def steps_for(name: str, nfe: int) -> tuple[int, int]:
     return nfe, nfe
 
 
-def our_run(cls: type[Sampler], den: Denoiser, seed: int) -> Run:
-    """A diffcli sampler with ``steps`` steps; stochastic ones draw from a fresh seeded
-    generator, so every cell sees the same noise."""
+def our_run(cls: type[Sampler], den: Denoiser, seed: int, grid: str | None = None) -> Run:
+    """A diffcli sampler with ``steps`` steps on ``grid`` (None: its default grid); stochastic
+    ones draw from a fresh seeded generator, so every cell sees the same noise."""
+    options = {} if grid is None else {"grid": grid}
+
     def run(noise: Tensor, steps: int) -> Tensor:
-        return cls(steps=steps).sample(den, noise, generator=torch.Generator().manual_seed(seed))
+        sampler = cls(steps=steps, **options)
+        return sampler.sample(den, noise, generator=torch.Generator().manual_seed(seed))
     return run
 
 
@@ -93,11 +102,14 @@ def diffusers_run(scheduler_cls: Any, net: IdealNetwork, prediction: str,
     return run
 
 
-def rows(net: IdealNetwork, prediction: str) -> dict[str, Run]:
-    """Every sampler to benchmark, by row name; the diffusers rows only if it is installed."""
+def rows(net: IdealNetwork, prediction: str, grid: str | None = None) -> dict[str, Run]:
+    """Every sampler to benchmark, by row name; the diffusers rows only if it is installed and
+    our samplers are on their default grids."""
     den = Denoiser(net, net.schedule, prediction)
-    out: dict[str, Run] = {name: our_run(cls, den, seed=4) for name, cls in OURS.items()}
-    if importlib.util.find_spec("diffusers") is not None:
+    suffix = "" if grid is None else f" ({grid})"
+    out: dict[str, Run] = {name + suffix: our_run(cls, den, seed=4, grid=grid)
+                           for name, cls in OURS.items()}
+    if grid is None and importlib.util.find_spec("diffusers") is not None:
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
         out["diffusers DDIMScheduler"] = diffusers_run(DDIMScheduler, net, prediction,
@@ -111,12 +123,15 @@ def rows(net: IdealNetwork, prediction: str) -> dict[str, Run]:
 def cell(run: Run, name: str, nfe: int, noise: Tensor, truth: Tensor,
          num_timesteps: int) -> tuple[str, float]:
     """(the table entry, seconds spent sampling) for one sampler at one NFE budget."""
-    steps, actual = steps_for(name, nfe)
+    steps, actual = steps_for(name.split(" ")[0], nfe)
     if not 1 <= steps <= num_timesteps:
         return "n/a", 0.0
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        x = run(noise, steps)
+    try:
+        with torch.inference_mode():
+            x = run(noise, steps)
+    except ValueError:  # a grid this sampler cannot step on
+        return "n/a", 0.0
     seconds = time.perf_counter() - t0
     text = f"{sliced_wasserstein(x, truth):.4f}"
     return (text if actual == nfe else f"{text} ({actual})"), seconds
@@ -135,6 +150,9 @@ def main() -> None:
     ap.add_argument("--schedule", default="linear", choices=["linear", "cosine", "sigmoid"])
     ap.add_argument("--prediction", default="eps", choices=[p.value for p in Parameterization])
     ap.add_argument("--n", type=int, default=10_000, help="samples per cell and true samples")
+    ap.add_argument("--grid", default=None,
+                    choices=[g.value for g in GridKind if g is not GridKind.CUSTOM],
+                    help="step all our samplers on this grid (default: each one's own)")
     args = ap.parse_args()
     start = time.perf_counter()
     data, schedule = two_d_mixture(), make_schedule(args.schedule)
@@ -143,13 +161,15 @@ def main() -> None:
     floor = sliced_wasserstein(truth, data.sample(args.n, torch.Generator().manual_seed(2)))
     noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(3),
                         dtype=torch.float64)
-    print(f"{args.schedule} schedule (T={schedule.num_timesteps}), {args.prediction} prediction; "
+    grid = "each sampler's default grid" if args.grid is None else f"grid={args.grid}"
+    print(f"{args.schedule} schedule (T={schedule.num_timesteps}), {args.prediction} prediction, "
+          f"{grid}; "
           f"sliced W2 (256 directions) of {args.n:,} samples vs {args.n:,} true samples; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"noise floor (two independent true samples): {floor:.4f}\n", flush=True)
     sw: dict[str, list[str]] = {}
     secs: dict[str, list[str]] = {}
-    for name, run in rows(net, args.prediction).items():
+    for name, run in rows(net, args.prediction, args.grid).items():
         results = [cell(run, name, nfe, noise, truth, schedule.num_timesteps) for nfe in NFES]
         sw[name] = [text for text, _ in results]
         secs[name] = [f"{s:.2f}" for _, s in results]

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from diffcli.diffusion.forward import Parameterization
 from diffcli.diffusion.gaussian import (
     GaussianData,
     GaussianMixtureData,
     IdealNetwork,
     two_d_mixture,
 )
+from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, DPMSolverPP2M, Euler, Heun
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 from diffcli.eval.distances import sliced_wasserstein

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.forward import Parameterization, alpha_bar, eps_from_x0, target_for
+from diffcli.diffusion.process import Parameterization, alpha_bar, eps_from_x0, target_for
 from diffcli.diffusion.schedules import NoiseSchedule
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.forward import Parameterization, extract, q_sample, target_for
+from diffcli.diffusion.process import Parameterization, extract, q_sample, target_for
 from diffcli.diffusion.schedules import NoiseSchedule
 
 Network = Callable[[Tensor, Tensor], Tensor]

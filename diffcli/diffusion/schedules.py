@@ -12,11 +12,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 _F64 = torch.float64
+
+
+class NoiseLevel(NamedTuple):
+    """One noise level three ways: sigma = sqrt((1 - abar)/abar) (the variance-exploding scale of
+    Karras et al. 2022), the network's timestep input t (an int on a training timestep, else a
+    float in [0, T-1]) and alpha-bar = 1 / (1 + sigma^2). sigma = 0 is the clean data."""
+
+    sigma: float
+    t: int | float
+    alpha_bar: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,13 +85,18 @@ class NoiseSchedule:
         (Karras et al. 2022, Sec. 2: the VP process in its variance-exploding form). (T,)"""
         return ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
 
+    @cached_property
+    def log_sigmas(self) -> Tensor:
+        """log sigma_t, the coordinate in which timesteps are interpolated. (T,)"""
+        return self.sigmas.log()
+
     def alpha_bar_at(self, t: Tensor) -> Tensor:
         """alpha-bar at real-valued timesteps t in [0, T-1], log sigma linear between grid points
         (exact at integer t). (B,) float64"""
         t = t.to(_F64).clamp(0, self.num_timesteps - 1)
         lo = t.floor().long()
         hi = (lo + 1).clamp(max=self.num_timesteps - 1)
-        log_sig = self.sigmas.to(t.device).log()
+        log_sig = self.log_sigmas.to(t.device)
         w = t - lo
         sigma2 = torch.exp(2 * ((1 - w) * log_sig[lo] + w * log_sig[hi]))
         return 1.0 / (1.0 + sigma2)
@@ -88,11 +104,25 @@ class NoiseSchedule:
     def sigma_to_t(self, sigma: float) -> float:
         """The real-valued timestep whose sigma (interpolated as in :meth:`alpha_bar_at`) is
         ``sigma``, clamped to [0, T-1]."""
-        log_sig = self.sigmas.log()
+        log_sig = self.log_sigmas
         s = torch.tensor(sigma, dtype=_F64).clamp(self.sigmas[0], self.sigmas[-1]).log()
         hi = int(torch.searchsorted(log_sig, s).clamp(1, self.num_timesteps - 1))
         w = (s - log_sig[hi - 1]) / (log_sig[hi] - log_sig[hi - 1])
         return float(hi - 1 + w)
+
+    def level(self, sigma: float) -> NoiseLevel:
+        """The noise level ``sigma`` as the network sees it. On the lattice (sigma equal to
+        ``sigmas[k]``, a training timestep) t is the int k and alpha-bar the table's entry, so a
+        sampler stepping on training timesteps evaluates the network exactly as in training;
+        elsewhere t = :meth:`sigma_to_t` (real-valued) and alpha-bar = 1 / (1 + sigma^2)."""
+        sigma = float(sigma)
+        if sigma <= 0.0:
+            return NoiseLevel(0.0, 0.0, 1.0)
+        t = self.sigma_to_t(sigma)
+        k = round(t)
+        if float(self.sigmas[k]) == sigma:
+            return NoiseLevel(sigma, k, float(self.alphas_cumprod[k]))
+        return NoiseLevel(sigma, t, 1.0 / (1.0 + sigma**2))
 
     @cached_property
     def snr(self) -> Tensor:

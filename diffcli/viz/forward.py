@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.forward import q_sample
+from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.schedules import NoiseSchedule
 
 
@@ -17,7 +17,7 @@ def forward_grid(x0: Tensor, schedules: Sequence[NoiseSchedule], timesteps: Sequ
     """x_t for every schedule, image and timestep, all from the same noise.
 
     q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Ho et al. 2020, eq. 4), drawn with
-    :func:`diffcli.diffusion.forward.q_sample` (the training code's own forward process) as
+    :func:`diffcli.diffusion.process.q_sample` (the training code's own forward process) as
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. Image i uses the same eps = ``noise[i]`` for every
     schedule and every timestep, so the rows of one image differ only by their schedule.
 

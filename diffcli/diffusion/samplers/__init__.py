@@ -1,6 +1,9 @@
-"""Samplers: one interface (:class:`Sampler`), one algorithm a file."""
+"""Samplers: one interface (:class:`Sampler`), one step rule a file, any grid
+(:mod:`diffcli.diffusion.grids`), one wrapped model (:class:`Denoiser`)."""
 
-from diffcli.diffusion.samplers.base import Denoiser, Sampler, SamplerStep, timestep_sequence
+from diffcli.diffusion.denoiser import Denoiser
+from diffcli.diffusion.grids import Grid, GridKind
+from diffcli.diffusion.samplers.base import Sampler, SamplerStep, timestep_sequence
 from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.samplers.ddpm import DDPM
 from diffcli.diffusion.samplers.dpm_solver import DPMSolverPP2M
@@ -8,6 +11,6 @@ from diffcli.diffusion.samplers.euler import Euler
 from diffcli.diffusion.samplers.heun import Heun
 
 __all__ = [
-    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Euler", "Heun", "Sampler", "SamplerStep",
-    "timestep_sequence",
+    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Euler", "Grid", "GridKind", "Heun", "Sampler",
+    "SamplerStep", "timestep_sequence",
 ]

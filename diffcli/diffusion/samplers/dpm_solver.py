@@ -14,24 +14,24 @@ from diffcli.diffusion.samplers.base import (
     Sampler,
     SamplerStep,
     StepCallback,
-    abar_pair,
-    batch_t,
 )
 
 
-def _lambda(abar: float) -> float:
-    """Half log-SNR: lambda = log(alpha / sigma) with alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
+def half_log_snr(abar: float) -> float:
+    """lambda = log(alpha / sigma) with alpha = sqrt(abar), sigma = sqrt(1 - abar) (Lu et al.
+    2022, Sec. 2); equals -log sigma_VE for sigma_VE = sqrt((1 - abar)/abar)."""
     return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
 @dataclass(frozen=True)
 class DPMSolverPP2M(Sampler):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the visited timesteps.
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the grid's consecutive points t > s.
 
     x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, with h = lambda_s - lambda_t and
     D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev, r = h_prev / h (D = x0_t on the first step).
     The last step goes to alpha-bar = 1 (lambda = inf) and is first order: it returns x0_hat.
-    Deterministic; one network evaluation per step. ``steps`` defaults to 20.
+    Deterministic; one network evaluation per step. ``steps`` defaults to 20; any grid
+    (``grid=karras`` is the 'DPM++ 2M Karras' of other toolkits).
     """
 
     steps: int | None = 20
@@ -39,17 +39,17 @@ class DPMSolverPP2M(Sampler):
     @torch.inference_mode()
     def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
                callback: StepCallback | None = None) -> Tensor:
-        x = noise
-        ts = self.timesteps(model.schedule)
+        grid = self.make_grid(model.schedule)
+        x, n = noise, len(grid)
         x0_prev, h_prev = None, None
-        for i, t in enumerate(ts):
-            abar_t, abar_s = abar_pair(model.schedule, ts, i)
-            x0 = self.denoised(model(x, batch_t(t, x)).x0)
+        for i in range(n):
+            abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
+            x0 = self.denoised(model.predict(x, grid.sigmas[i]).x0)
             if callback is not None:
-                callback(SamplerStep(i, len(ts), t, x, x0))
+                callback(SamplerStep(i, n, grid.timesteps[i], x, x0))
             if abar_s >= 1.0:
                 return x0
-            h = _lambda(abar_s) - _lambda(abar_t)
+            h = half_log_snr(abar_s) - half_log_snr(abar_t)
             d = x0
             if x0_prev is not None:
                 r = h_prev / h

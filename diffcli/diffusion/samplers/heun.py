@@ -1,4 +1,5 @@
-"""Heun's 2nd-order sampler with optional stochastic churn (Karras et al. 2022, Algorithm 2)."""
+"""Heun's 2nd-order sampler with optional stochastic churn (Karras et al. 2022, Algorithm 2), on
+any grid (default: the Karras sigma grid)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ from diffcli.diffusion.samplers.base import (
     Generator,
     SamplerStep,
     StepCallback,
+    check,
     randn_like,
 )
-from diffcli.diffusion.samplers.karras import KarrasSampler, denoise, to_xbar
+from diffcli.diffusion.samplers.karras import KarrasSampler, to_vp, to_xbar
 
 
 @dataclass(frozen=True)
 class Heun(KarrasSampler):
-    """Euler step plus trapezoidal correction on the Karras sigma grid (eq. 5, rho = 7).
+    """Euler step plus trapezoidal correction (Algorithm 2, lines 7-10).
 
     With ``s_churn`` > 0, noise first raises sigma to sigma (1 + gamma),
-    gamma = min(s_churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax] (Algorithm 2, lines 4-6).
-    NFE = 2N - 1: the last step, to sigma = 0, is a plain Euler step.
+    gamma = min(s_churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax] (Algorithm 2, lines 4-6),
+    noise scaled by ``s_noise``. NFE = 2N - 1: the last step, to sigma = 0, is a plain Euler step.
     """
 
     s_churn: float = 0.0
@@ -32,27 +34,41 @@ class Heun(KarrasSampler):
     s_tmax: float = float("inf")
     s_noise: float = 1.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
+            value = getattr(self, name)
+            check(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+                  f"{name} must be a number >= 0, got {value!r}")
+        check(self.s_tmin <= self.s_tmax,
+              f"s_tmin ({self.s_tmin}) must not exceed s_tmax ({self.s_tmax})")
+
+    def gamma(self, sigma: float, n: int) -> float:
+        """The churn at sigma: min(s_churn / N, sqrt(2) - 1) inside [s_tmin, s_tmax], else 0."""
+        if not self.s_tmin <= sigma <= self.s_tmax:
+            return 0.0
+        return min(self.s_churn / n, math.sqrt(2) - 1)
+
     @torch.inference_mode()
     def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
                callback: StepCallback | None = None) -> Tensor:
-        sigmas = self.sigmas(model.schedule)
-        n = len(sigmas) - 1
+        grid = self.make_grid(model.schedule)
+        sigmas, n = grid.sigmas, len(grid)
         x = to_xbar(noise, sigmas[0])
         for i in range(n):
             sigma, nxt = sigmas[i], sigmas[i + 1]
-            in_range = self.s_tmin <= sigma <= self.s_tmax
-            gamma = min(self.s_churn / n, math.sqrt(2) - 1) if in_range else 0.0
+            gamma = self.gamma(sigma, n)
             sigma_hat = sigma * (1 + gamma)
             if gamma > 0:
                 x = x + math.sqrt(sigma_hat**2 - sigma**2) * self.s_noise * randn_like(x, generator)
-            x0 = denoise(model, x, sigma_hat, self.denoised)
+            x0 = self.denoised(model.denoise(x, sigma_hat))
             if callback is not None:
-                t = round(model.schedule.sigma_to_t(sigma_hat))
-                callback(SamplerStep(i, n, t, x / math.sqrt(1 + sigma_hat**2), x0))
+                t = grid.timesteps[i] if gamma == 0 else model.schedule.level(sigma_hat).t
+                callback(SamplerStep(i, n, t, to_vp(x, sigma_hat), x0))
             d = (x - x0) / sigma_hat
             x_next = x + (nxt - sigma_hat) * d
             if nxt > 0:
-                d2 = (x_next - denoise(model, x_next, nxt, self.denoised)) / nxt
+                d2 = (x_next - self.denoised(model.denoise(x_next, nxt))) / nxt
                 x_next = x + (nxt - sigma_hat) * (d + d2) / 2
             x = x_next
         return x

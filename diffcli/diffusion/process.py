@@ -1,4 +1,7 @@
-"""The forward process q(x_t | x_0), its posterior, and the eps / x0 / v parameterizations.
+"""The diffusion process: q(x_t | x_0), its posterior, and the eps / x0 / v parameterizations.
+
+The signal-to-noise ratio SNR_t = abar_t / (1 - abar_t) = 1 / sigma_t^2 and the noise levels
+sigma_t are tabulated on :class:`~diffcli.diffusion.schedules.NoiseSchedule`.
 
 Shapes: ``x0``, ``x_t``, ``eps``, ``v`` are (B, ...) data tensors; ``t`` is a (B,) long tensor of
 timestep indices 0..T-1; ``abar`` is alpha-bar_t broadcast to (B, 1, ..., 1).
