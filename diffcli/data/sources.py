@@ -1,47 +1,52 @@
-"""The image datasets by name, read straight from their usual on-disk layouts.
+"""Readers of the datasets, each from its usual on-disk layout (or from scikit-learn).
 
-* ``mnist`` / ``fashion_mnist`` - idx files in ``<root>/MNIST/raw`` / ``<root>/FashionMNIST/raw``.
-* ``cifar10`` - the python pickles in ``<root>/cifar-10-batches-py``.
-* ``celeba`` - ``<root>/celeba/img_align_celeba/*.jpg`` + ``list_eval_partition.txt``.
-* ``imagefolder`` - every png/jpg/jpeg/bmp/webp under ``<root>``, recursively.
+Every reader returns a map-style Dataset of bare float32 tensors in [-1, 1]:
+
+* :func:`toy_dataset` - 2-D points (2,) of a :mod:`diffcli.data.toy` sampler.
+* :func:`digits_dataset` - scikit-learn's bundled 8x8 digits (1, S, S), no download.
+* :func:`mnist_dataset` / :func:`fashion_mnist_dataset` - idx files in ``<root>/MNIST/raw`` /
+  ``<root>/FashionMNIST/raw`` (:mod:`diffcli.data.idx`), (1, S, S).
+* :func:`cifar10_dataset` - the python pickles in ``<root>/cifar-10-batches-py``, (3, S, S).
+* :func:`celeba_dataset` - ``<root>/celeba/img_align_celeba/*.jpg`` + ``list_eval_partition.txt``.
+* :func:`image_folder_dataset` - every png/jpg/jpeg/bmp/webp under ``<root>``, recursively.
 
 Files are read directly (torchvision's md5 checks would reject partial or re-packed copies);
-torchvision only fetches them when ``download=True``. Anything missing is one
-:class:`DatasetNotFoundError` line naming the path looked at and how to get the files.
+torchvision only fetches them when ``download`` is true. Anything missing is one
+:class:`DatasetNotFoundError` line naming the path looked at and how to get the files; errors
+name options by their config key (``root``, ``download``, ``split``) but never in a command's
+syntax, which the caller adds. :mod:`diffcli.data.registry` picks the reader by name.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets
+from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffcli.data.images import _one_line, load_digits_images, load_mnist_uint8, read_idx_split
+from diffcli.data.idx import check_idx_split, read_idx_split
 from diffcli.data.vision import (
     IMAGE_EXTENSIONS,
     ImageFiles,
-    RandomHorizontalFlip,
     TensorSamples,
     UInt8Images,
     center_crop_fraction_resize,
     check_image_size,
     find_images,
+    resize_images,
 )
-from diffcli.errors import DatasetNotFoundError, DiffcliError
+from diffcli.errors import DatasetNotFoundError, DiffcliError, one_line
 
-NATIVE_SIZES: dict[str, int] = {
-    "digits": 16, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "celeba": 64, "imagefolder": 32,
-}
-IMAGE_DATASETS: tuple[str, ...] = tuple(NATIVE_SIZES)
-FLIP_BY_DEFAULT: frozenset[str] = frozenset({"cifar10", "celeba", "imagefolder"})
-
+DIGITS_SIZE = 8  # scikit-learn's digits are 8x8, pixel values 0..16
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES: dict[str, tuple[str, ...]] = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -52,26 +57,27 @@ CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 CELEBA_SPLITS: dict[str, int | None] = {"train": 0, "valid": 1, "test": 2, "all": None}
 CELEBA_CROP_FRACTION = 140 / 178  # a 140x140 center crop of the 178x218 aligned faces
 CELEBA_PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
+FETCH_ADVICE = "check the internet connection"
 _MAX_REASON = 200  # characters of a download error kept in the one-line message
 
 
 def _reason(err: BaseException) -> str:
     """A short one-line reason for ``err``."""
-    text = _one_line(err)
+    text = one_line(err)
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
-def _root_path(root: str | Path | None, name: str, holds: str) -> Path:
-    """``root`` resolved; one-line error saying what to set when it is None."""
+def _root_path(root: str | Path | None, label: str, holds: str, downloadable: bool = True) -> Path:
+    """``root`` resolved; one-line error saying what root must hold when it is not set."""
     if root is None or str(root) == "":
+        fetch = "; with download set to true, the files are fetched there" if downloadable else ""
         raise DatasetNotFoundError(
-            f"dataset={name} needs a data folder: set dataset.root=<folder containing {holds}>"
-            + ("" if name == "imagefolder" else " (add dataset.download=true to fetch it)")
+            f"{label} needs a data folder: set root to the folder that holds {holds}{fetch}"
         )
     return Path(root).expanduser().resolve()
 
 
-def _download(fetch: Any, what: str, where: Path, advice: str) -> None:
+def _download(fetch: Callable[[], Any], what: str, where: Path, advice: str) -> None:
     """Run torchvision's ``fetch()``; any failure becomes one DatasetNotFoundError line."""
     try:
         fetch()
@@ -81,34 +87,68 @@ def _download(fetch: Any, what: str, where: Path, advice: str) -> None:
         ) from err
 
 
-# --- MNIST and Fashion-MNIST ----------------------------------------------------------------
+# --- 2-D toy points --------------------------------------------------------------------------
+
+
+def toy_dataset(sampler: Callable[..., Tensor], n_points: int, seed: int = 0) -> TensorSamples:
+    """``n_points`` points (n_points, 2) of a :mod:`diffcli.data.toy` sampler, drawn with
+    ``seed``; item i is float32 (2,)."""
+    return TensorSamples(sampler(n_points, seed=seed))
+
+
+# --- scikit-learn's digits -------------------------------------------------------------------
+
+
+def digits_dataset(image_size: int = DIGITS_SIZE) -> TensorSamples:
+    """All 1797 of scikit-learn's 8x8 handwritten digits in memory, float (1797, 1, S, S).
+
+    Pixel values 0..16 map linearly to [-1, 1] (background -1); sizes other than 8 are an
+    antialiased bilinear resize (16: upsampled). Item i is float32 (1, S, S).
+    """
+    pixels = torch.from_numpy(load_digits().images).reshape(-1, 1, DIGITS_SIZE, DIGITS_SIZE)
+    images = pixels.to(torch.float32) * (2.0 / 16.0) - 1.0  # (N, 1, 8, 8) in [-1, 1]
+    return TensorSamples(resize_images(images, image_size).contiguous())
+
+
+# --- MNIST and Fashion-MNIST -----------------------------------------------------------------
+
+
+def _idx_dataset(
+    root: str | Path | None, split: str, image_size: int | None, download: bool,
+    *, label: str, folder: str,
+) -> UInt8Images:
+    """An idx dataset in ``<root>/<folder>/raw``, kept as uint8 (N, 1, 28, 28) in memory.
+
+    ``folder`` is also the torchvision class that fetches it (``MNIST``, ``FashionMNIST``).
+    """
+    check_idx_split(split, label)
+    root_path = _root_path(root, label, f"{folder}/raw")
+    raw = root_path / folder / "raw"
+    if download:
+        fetch = partial(getattr(torchvision.datasets, folder), str(root_path),
+                        train=split == "train", download=True)
+        _download(fetch, label, raw, f"{FETCH_ADVICE}, or unpack the idx files there")
+    images, _ = read_idx_split(raw, split, label)
+    return UInt8Images(images.unsqueeze(1), image_size)
 
 
 def mnist_dataset(
-    root: str | Path | None, split: str, image_size: int | None = None, download: bool = False
+    root: str | Path | None, split: str = "train", image_size: int | None = None,
+    download: bool = False,
 ) -> UInt8Images:
-    """MNIST digits kept as uint8 (N, 1, 28, 28), served as float (1, S, S) in [-1, 1]."""
-    images, _ = load_mnist_uint8(_root_path(root, "mnist", "MNIST/raw"), split, download)
-    return UInt8Images(images.unsqueeze(1), image_size)
+    """MNIST digits (train 60,000 / test 10,000) from ``<root>/MNIST/raw``; item i is float32
+    (1, S, S) in [-1, 1] (S = 28 unless ``image_size``)."""
+    return _idx_dataset(root, split, image_size, download, label="MNIST", folder="MNIST")
 
 
 def fashion_mnist_dataset(
-    root: str | Path | None, split: str, image_size: int | None = None, download: bool = False
+    root: str | Path | None, split: str = "train", image_size: int | None = None,
+    download: bool = False,
 ) -> UInt8Images:
-    """Fashion-MNIST from ``<root>/FashionMNIST/raw`` idx files, kept as uint8 (N, 1, 28, 28)."""
-    if split not in ("train", "test"):
-        raise DiffcliError(f"unknown fashion_mnist split {split!r}; choose one of: train, test")
-    root_path = _root_path(root, "fashion_mnist", "FashionMNIST/raw")
-    raw = root_path / "FashionMNIST" / "raw"
-    if download:
-        from torchvision.datasets import FashionMNIST
-
-        fetch = partial(FashionMNIST, str(root_path), train=split == "train", download=True)
-        _download(fetch, "Fashion-MNIST", raw,
-                  "check your internet connection or copy the idx files there")
-    hint = "fetch it with `diffcli train dataset=fashion_mnist dataset.download=true`"
-    images, _ = read_idx_split(raw, split, label="Fashion-MNIST", hint=hint)
-    return UInt8Images(images.unsqueeze(1), image_size)
+    """Fashion-MNIST (train 60,000 / test 10,000) from ``<root>/FashionMNIST/raw``; item i is
+    float32 (1, S, S) in [-1, 1] (S = 28 unless ``image_size``)."""
+    return _idx_dataset(root, split, image_size, download, label="Fashion-MNIST",
+                        folder="FashionMNIST")
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------
@@ -159,29 +199,29 @@ def load_cifar10_uint8(
     """
     if split not in CIFAR_FILES:
         raise DiffcliError(f"unknown cifar10 split {split!r}; choose one of: train, test")
-    root_path = _root_path(root, "cifar10", CIFAR_DIR)
+    root_path = _root_path(root, "CIFAR-10", CIFAR_DIR)
     folder = root_path / CIFAR_DIR
+    unpack = f"unpack cifar-10-python.tar.gz from {CIFAR_URL} into {root_path}"
     if download:
-        from torchvision.datasets import CIFAR10
-
-        fetch = partial(CIFAR10, str(root_path), train=split == "train", download=True)
-        _download(fetch, "CIFAR-10", folder, "check your internet connection or unpack "
-                  f"cifar-10-python.tar.gz from {CIFAR_URL} into {root_path}")
+        fetch = partial(torchvision.datasets.CIFAR10, str(root_path), train=split == "train",
+                        download=True)
+        _download(fetch, "CIFAR-10", folder, f"{FETCH_ADVICE}, or {unpack}")
     missing = [name for name in CIFAR_FILES[split] if not (folder / name).is_file()]
     if missing:
         raise DatasetNotFoundError(
             f"CIFAR-10 {split} split not found under {folder} (missing {', '.join(missing)}); "
-            "fetch it with `diffcli train dataset=cifar10 dataset.download=true` or unpack "
-            f"cifar-10-python.tar.gz from {CIFAR_URL} into {root_path}"
+            f"set download to true to fetch it, or {unpack}"
         )
     parts = [_read_cifar_batch(folder / name) for name in CIFAR_FILES[split]]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def cifar10_dataset(
-    root: str | Path | None, split: str, image_size: int | None = None, download: bool = False
+    root: str | Path | None, split: str = "train", image_size: int | None = None,
+    download: bool = False,
 ) -> UInt8Images:
-    """CIFAR-10 kept as uint8 (N, 3, 32, 32) in memory, served as float (3, S, S) in [-1, 1]."""
+    """CIFAR-10 kept as uint8 (N, 3, 32, 32) in memory; item i is float32 (3, S, S) in [-1, 1]
+    (S = 32 unless ``image_size``)."""
     return UInt8Images(load_cifar10_uint8(root, split, download)[0], image_size)
 
 
@@ -208,8 +248,8 @@ def _celeba_partition(folder: Path, split: str) -> list[str]:
     path = next((folder / n for n in CELEBA_PARTITION_FILES if (folder / n).is_file()), None)
     if path is None:
         raise DatasetNotFoundError(
-            f"CelebA split file {folder / CELEBA_PARTITION_FILES[0]} not found (needed for "
-            f"dataset.split={split}); {_celeba_get_it(folder)}, or set dataset.split=all"
+            f"CelebA split file {folder / CELEBA_PARTITION_FILES[0]} not found (needed for the "
+            f"{split} split); {_celeba_get_it(folder)}, or set split to all"
         )
     wanted = str(CELEBA_SPLITS[split])
     names = []
@@ -227,11 +267,10 @@ def celeba_files(
     if split not in CELEBA_SPLITS:
         raise DiffcliError(f"unknown celeba split {split!r}; choose one of: "
                            f"{', '.join(CELEBA_SPLITS)}")
-    root_path = _root_path(root, "celeba", "celeba/img_align_celeba")
+    root_path = _root_path(root, "CelebA", "celeba/img_align_celeba")
     if download:
-        from torchvision.datasets import CelebA
-
-        fetch = partial(CelebA, str(root_path), split="all", target_type=[], download=True)
+        fetch = partial(torchvision.datasets.CelebA, str(root_path), split="all",
+                        target_type=[], download=True)
         _download(fetch, "CelebA", root_path / "celeba", "torchvision fetches it from Google "
                   f"Drive, which often refuses (quota); {_celeba_get_it(root_path / 'celeba')}")
     folder = _celeba_folder(root_path)
@@ -241,7 +280,7 @@ def celeba_files(
     if not images.is_dir():
         raise DatasetNotFoundError(
             f"CelebA not found: no folder {images}; {_celeba_get_it(folder)} "
-            "(or try dataset.download=true)"
+            "(or set download to true)"
         )
     present = {e.name for e in os.scandir(images) if e.name.lower().endswith((".jpg", ".png"))}
     names = sorted(present if split == "all" else _celeba_partition(folder, split))
@@ -258,9 +297,11 @@ def celeba_files(
 
 
 def celeba_dataset(
-    root: str | Path | None, split: str, image_size: int, download: bool, cache: bool
+    root: str | Path | None, split: str = "train", image_size: int = 64, download: bool = False,
+    cache: bool = False,
 ) -> Dataset:
-    """CelebA faces: 140x140 center crop of the aligned 178x218 images, resized to S x S."""
+    """CelebA faces: the 140x140 center crop of the aligned 178x218 images resized to S x S;
+    item i is float32 (3, S, S) in [-1, 1]. ``cache`` decodes all of them into memory now."""
     size = check_image_size(image_size)
     prepare = partial(center_crop_fraction_resize, size=size, fraction=CELEBA_CROP_FRACTION)
     files = ImageFiles(celeba_files(root, split, download), size, channels=3, prepare=prepare)
@@ -271,66 +312,24 @@ def celeba_dataset(
 
 
 def image_folder_dataset(
-    root: str | Path | None, image_size: int, channels: int = 3, cache: bool = False
+    root: str | Path | None, image_size: int = 32, channels: int = 3, cache: bool = False,
+    download: bool = False,
 ) -> Dataset:
-    """Every image under ``root`` (recursively): short side resized to S, center-cropped S x S."""
+    """Every image under ``root`` (recursively): short side resized to S, center-cropped S x S;
+    item i is float32 (C, S, S) in [-1, 1] with C = ``channels`` (1 or 3). There is nothing
+    to download: ``download`` true is an error."""
     patterns = ", ".join(f"*{ext}" for ext in IMAGE_EXTENSIONS)
-    root_path = _root_path(root, "imagefolder", f"images ({patterns}), searched recursively")
+    if download:
+        raise DiffcliError("an image folder cannot be downloaded: set download to false and "
+                           "root to a folder of images")
+    root_path = _root_path(root, "imagefolder",
+                           f"the images ({patterns}, searched recursively)", downloadable=False)
     if not root_path.is_dir():
         raise DatasetNotFoundError(f"image folder {root_path} does not exist; "
-                                   "set dataset.root=<folder of images>")
+                                   "set root to a folder of images")
     paths = find_images(root_path)
     if not paths:
         raise DatasetNotFoundError(f"no images found under {root_path} (looked for {patterns}, "
-                                   "recursively); set dataset.root=<folder of images>")
+                                   "recursively); set root to a folder of images")
     files = ImageFiles(paths, check_image_size(image_size), channels=channels)
     return files.cached() if cache else files
-
-
-# --- by name -------------------------------------------------------------------------------
-
-
-def _digits(image_size: int) -> TensorSamples:
-    """scikit-learn's digits, float (1797, 1, S, S) in memory."""
-    return TensorSamples(load_digits_images(image_size=image_size)[0])
-
-
-def build_image_dataset(
-    name: str,
-    *,
-    root: str | Path | None = None,
-    split: str = "train",
-    image_size: int | None = None,
-    download: bool = False,
-    channels: int = 3,
-    random_flip: bool = False,
-    cache: bool = False,
-) -> Dataset:
-    """The image dataset ``name`` as a map-style Dataset of float32 (C, S, S) in [-1, 1].
-
-    ``image_size`` None means the dataset's native size (:data:`NATIVE_SIZES`). ``channels``
-    (1 or 3) applies to ``imagefolder`` only; the others have fixed channels (MNIST-like 1,
-    CIFAR-10 and CelebA 3). ``split`` is ignored by digits and imagefolder. ``cache`` keeps
-    decoded uint8 images of celeba / imagefolder in memory. Samples are un-augmented unless
-    ``random_flip`` (then each is mirrored left-right with probability 1/2).
-    """
-    if name not in NATIVE_SIZES:
-        raise DiffcliError(f"unknown image dataset {name!r}; choose one of: "
-                           f"{', '.join(IMAGE_DATASETS)}")
-    size = check_image_size(NATIVE_SIZES[name] if image_size is None else image_size)
-    if name == "imagefolder" and download:
-        raise DiffcliError("dataset=imagefolder cannot be downloaded; set dataset.download=false "
-                           "and dataset.root=<folder of images>")
-    if name == "digits":
-        dataset: Dataset = _digits(size)
-    elif name == "mnist":
-        dataset = mnist_dataset(root, split, size, download)
-    elif name == "fashion_mnist":
-        dataset = fashion_mnist_dataset(root, split, size, download)
-    elif name == "cifar10":
-        dataset = cifar10_dataset(root, split, size, download)
-    elif name == "celeba":
-        dataset = celeba_dataset(root, split, size, download, cache)
-    else:
-        dataset = image_folder_dataset(root, size, channels, cache)
-    return RandomHorizontalFlip(dataset) if random_flip else dataset

@@ -3,12 +3,12 @@
 Every sampler has the signature ``fn(n, seed=0) -> Tensor`` of shape (n, 2), dtype float32, is
 deterministic for a given ``seed`` and uses a *fixed* affine scaling (never the sample's own
 statistics), so that each coordinate has roughly zero mean and a standard deviation near 1.
+:mod:`diffcli.data.registry` serves them by name ("swiss_roll", "moons", "gaussian_mixture").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,10 +84,3 @@ def gaussian_mixture(
     noise = torch.randn(int(n), 2, generator=gen, dtype=torch.float64)  # (n, 2)
     points = (centers[which] + std * noise) / math.sqrt(2.0)
     return points.to(torch.float32)
-
-
-TOY_DATASETS: dict[str, Callable[..., Tensor]] = {
-    "swiss_roll": swiss_roll,
-    "moons": moons,
-    "gaussian_mixture": gaussian_mixture,
-}

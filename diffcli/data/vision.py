@@ -22,12 +22,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffcli.data.images import _one_line, _resize
-from diffcli.errors import DiffcliError
+from diffcli.errors import DiffcliError, one_line
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESAMPLE = Image.Resampling.BICUBIC
@@ -44,6 +44,19 @@ def check_image_size(image_size: int) -> int:
     if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
         raise DiffcliError(f"image_size must be a positive integer, got {image_size!r}")
     return int(image_size)
+
+
+def resize_images(images: Tensor, image_size: int) -> Tensor:
+    """Antialiased bilinear resize of float (N, C, H, W) in [-1, 1] to (N, C, S, S), clamped.
+
+    Returns ``images`` itself when they already are S x S.
+    """
+    size = check_image_size(image_size)
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out.clamp_(-1.0, 1.0)
 
 
 class TensorSamples(Dataset):
@@ -87,7 +100,7 @@ class UInt8Images(Dataset):
         x = uint8_to_unit(self.images[index])  # (C, H, W)
         if tuple(x.shape[-2:]) == (self.image_size, self.image_size):
             return x
-        return _resize(x.unsqueeze(0), self.image_size)[0]  # (C, S, S)
+        return resize_images(x.unsqueeze(0), self.image_size)[0]  # (C, S, S)
 
     @property
     def data_shape(self) -> tuple[int, int, int]:
@@ -152,8 +165,7 @@ def decode_image(path: Path, channels: int, prepare: Prepare) -> Tensor:
             image = prepare(image, mode)
             array = np.array(image, dtype=np.uint8)  # (S, S) or (S, S, 3)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = _one_line(err)
-        raise DiffcliError(f"cannot read image {path} ({reason}); fix or remove it") from err
+        raise DiffcliError(f"cannot read image {path} ({one_line(err)}); fix or remove it") from err
     pixels = torch.from_numpy(array)
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
