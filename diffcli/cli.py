@@ -6,6 +6,7 @@ multirun sweep; Hydra's own flags (``--cfg job``, ``--info``, ...) pass through.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -83,14 +84,6 @@ def _first_of_sweeps(overrides: list[str]) -> list[str]:
     return concrete
 
 
-def _one_line(e: BaseException) -> str:
-    parts = [str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__]
-    cause = e.__cause__ or e.__context__
-    if cause is not None and str(cause).strip():
-        parts.append(str(cause).strip().splitlines()[0])
-    return ": ".join(parts)
-
-
 def _config_dirs(args: list[str]) -> list[str]:
     """The folders given with ``--config-dir`` / ``-cd`` (Hydra adds them to its search path)."""
     dirs = []
@@ -152,10 +145,11 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     """Validate the overrides, then hand everything to ``hydra.main`` (run dirs, sweeps, ...)."""
     import hydra
 
-    from diffcli.errors import DiffcliError
+    from diffcli.errors import DiffcliError, one_line
     from diffcli.workflows.rundir import register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
     if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
         try:
@@ -163,7 +157,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
         except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
             if debug:
                 raise
-            fail(f"bad override: {_one_line(e)}", 2)
+            fail(f"bad override: {one_line(e)}", 2)
         try:  # checkpoints and run folders are checked before Hydra writes anything
             from diffcli.workflows.preflight import preflight
 
@@ -197,9 +191,11 @@ def hydra_command(config_name: str, intro: str, example: str) -> None:
 
     def workflow(cfg):  # noqa: ANN001, ANN202 - a DictConfig from Hydra
         import importlib
+        import inspect
 
-        module = importlib.import_module(f"diffcli.workflows.{config_name}")
-        return getattr(module, config_name)(cfg)
+        fn = getattr(importlib.import_module(f"diffcli.workflows.{config_name}"), config_name)
+        takes_conf = "conf_dir" in inspect.signature(fn).parameters
+        return fn(cfg, conf_dir=CONF_DIR) if takes_conf else fn(cfg)
 
     def command(
         ctx: typer.Context,

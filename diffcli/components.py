@@ -23,19 +23,24 @@ with one line); :func:`build` checks one group node and calls the registered com
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffcli.errors import DiffcliError
+from diffcli.errors import DiffcliError, user_errors
 
 # group -> exact names of the callables its configs may name (every `_target_` under conf/).
 COMPONENTS: dict[str, frozenset[str]] = {
-    "dataset": frozenset({"diffcli.data.datamodule.make_datamodule"}),
+    "dataset": frozenset({
+        "diffcli.data.registry.make_datamodule",
+        "diffcli.data.datamodule.make_datamodule",  # its former path, named by older checkpoints
+    }),
     "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP"}),
     "schedule": frozenset({
         "diffcli.diffusion.schedules.linear_schedule",
@@ -54,22 +59,51 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "lightning.pytorch.loggers.CSVLogger",
         "lightning.pytorch.loggers.TensorBoardLogger",
     }),
+    "module": frozenset({"diffcli.lit.module.DiffusionModule"}),
+    "optimizer": frozenset({"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}),
+    "lr_scheduler": frozenset({
+        "diffcli.lit.schedulers.linear_warmup",
+        "diffcli.lit.schedulers.warmup_cosine",
+    }),
+    "callbacks": frozenset({
+        "diffcli.lit.callbacks.last_checkpoint",
+        "diffcli.lit.callbacks.snapshots",
+        "diffcli.lit.callbacks.EMASampleGrid",
+        "diffcli.lit.fid_callback.fid_proxy",
+    }),
 }
 
-# dotted config path -> the group whose `_target_` may stand there.
+# dotted config path -> the group whose `_target_` may stand there (see also group_at).
 GROUP_AT: dict[str, str] = {
     "dataset": "dataset",
     "model": "model",
     "schedule": "schedule",
     "sampler": "sampler",
-    "preview.sampler": "sampler",
+    "preview.sampler": "sampler",  # checkpoints written before the callbacks group
     "logger": "logger",
+    "module": "module",
+    "optimizer": "optimizer",
+    "lr_scheduler": "lr_scheduler",
 }
-PARTIAL_AT: frozenset[str] = frozenset()  # paths where `_partial_: true` is part of the tree
+PARTIAL_AT: frozenset[str] = frozenset({"optimizer", "lr_scheduler"})  # built as partials
 BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule")  # groups rebuilt from a stored config
 ADVISORY_KEYS: dict[str, frozenset[str]] = {  # keys a group node holds that are not arguments
     "dataset": frozenset({"train_steps"}),
+    "model": frozenset({"in_channels", "image_size", "dim"}),  # set from the data (old files)
 }
+
+
+def group_at(path: str) -> str | None:
+    """The group whose ``_target_`` may stand at the dotted config ``path``, or None:
+    :data:`GROUP_AT`, each entry of ``callbacks`` and the ``sampler`` of a callback."""
+    if path in GROUP_AT:
+        return GROUP_AT[path]
+    parts = path.split(".")
+    if parts[0] == "callbacks" and len(parts) == 2:
+        return "callbacks"
+    if parts[0] == "callbacks" and len(parts) == 3 and parts[2] == "sampler":
+        return "sampler"
+    return None
 
 PLAIN = (bool, int, float, str, type(None))
 
@@ -94,7 +128,7 @@ def _walk(node: Any, path: str, source: str, stored: bool) -> None:
                 raise _refuse(source, f"{where} has a non-string key {key!r}")
             child = f"{path}.{key}" if path else key
             if key == "_target_":
-                group = GROUP_AT.get(path)
+                group = group_at(path)
                 if group is None or not isinstance(value, str) or value not in COMPONENTS[group]:
                     raise _refuse(source, f"{where} names {value!r}, which is not a diffcli "
                                           "component" + (f" for {group}" if group else ""))
@@ -221,13 +255,12 @@ def _describe(hint: Any) -> str:
 
 
 def plain(node: Any) -> Any:
-    """A DictConfig / ListConfig (resolved) or plain container as plain dicts and lists."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return node
-    if OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
+    """A config node as plain dicts and lists: an OmegaConf container (what the workflows hold)
+    is converted with its interpolations resolved; anything else is returned as it is. No
+    Hydra or OmegaConf import here: a container can only come from an already loaded one."""
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(node):
+        return omegaconf.OmegaConf.to_container(node, resolve=True)
     return node
 
 
@@ -235,19 +268,26 @@ def build(group: str, node: Any, *, source: str = "config", **extra: Any) -> Any
     """Build the component that the config ``node`` of ``group`` describes.
 
     ``node`` is a mapping with a ``_target_`` from the group's allowlist and keyword
-    arguments; ``extra`` adds or replaces keyword arguments (e.g. the data shape). The node is
-    checked first (:func:`check_config`'s rules, the signature's names and types); a
-    ``ValueError`` or ``TypeError`` raised by the component becomes one line naming the group.
+    arguments (and ``_partial_: true`` for the groups in :data:`PARTIAL_AT`: the result is
+    then a ``functools.partial``); ``extra`` adds or replaces keyword arguments (e.g. the data
+    shape, or already-built components). The node is checked first (:func:`check_config`'s
+    rules, the signature's names and types); a ``ValueError`` or ``TypeError`` raised by the
+    component becomes one line naming the group.
     """
     node = plain(node)
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise DiffcliError(f"{group}: the config names no component (_target_)")
-    check_config({group: node} if group in GROUP_AT else node, source, stored=False)
+    _walk(node, "callbacks.entry" if group == "callbacks" else group, source, stored=False)
     fn = resolve_target(group, str(node["_target_"]))
-    kwargs = {k: v for k, v in node.items() if k != "_target_"} | extra
-    check_kwargs(fn, {k: v for k, v in kwargs.items() if k not in extra}, group)
-    try:
+    kwargs = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
+    check_kwargs(fn, kwargs, group)
+    kwargs |= extra
+    if node.get("_partial_"):
+        if group not in PARTIAL_AT:
+            raise UnsafeConfigError(f"{source}: refusing to load: {group} may not be partial")
+        with user_errors(group):  # fail now on bad keywords, not when it is finally called
+            inspect.signature(fn).bind_partial(**kwargs)
+        return functools.partial(fn, **kwargs)
+    with user_errors(group):
         return fn(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise DiffcliError(f"{group}: {' '.join(str(e).split())}") from None
 

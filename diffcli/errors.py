@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DiffcliError(Exception):
     """A user-facing error: bad input, missing data, a missing or corrupt checkpoint.
@@ -31,3 +34,38 @@ class DatasetNotFoundError(DiffcliError):
 
 class CheckpointError(DiffcliError):
     """A checkpoint is missing, unreadable, or was not written by diffcli."""
+
+
+@contextlib.contextmanager
+def user_errors(where: str) -> Iterator[None]:
+    """Turn a ``ValueError`` / ``TypeError`` raised inside into a one-line
+    :class:`DiffcliError` prefixed with ``where`` (the config key or file at fault): library
+    code raises plain ValueErrors, the command line shows them as user errors."""
+    try:
+        yield
+    except DiffcliError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise DiffcliError(f"{where}: {' '.join(str(e).split())}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-blank line of ``str(err)``, whitespace collapsed; "" when there is none."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return ""
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as a single line for a message: its first line, plus its cause's first line.
+
+    The cause (``__cause__``, or ``__context__`` unless suppressed with ``from None``) is added
+    after ": " when it has text that the first line does not already contain. An exception
+    without text is named by its type (e.g. ``"EOFError"``).
+    """
+    text = _first_line(err) or type(err).__name__
+    cause = err.__cause__ if err.__cause__ is not None else (
+        None if err.__suppress_context__ else err.__context__)
+    extra = _first_line(cause) if cause is not None else ""
+    return f"{text}: {extra}" if extra and extra not in text else text

@@ -40,7 +40,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 def points_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("points")
     run(cwd, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=40",
-        "checkpoint_every=20", "keep_checkpoint_every=20", "dataset.n_points=2000", "logger=csv")
+        "callbacks.last.every_n_steps=20", "callbacks.snapshot.every_n_steps=20",
+        "dataset.n_points=2000", "logger=csv")
     return cwd
 
 

@@ -244,7 +244,7 @@ def test_cache_second_call_reads_no_images(tmp_path: Path, monkeypatch):
     def no_images(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr("diffcli.data.sources.build_image_dataset", no_images)
+    monkeypatch.setattr("diffcli.data.registry.build_dataset", no_images)
     second = DatasetReferenceStats(digits, tmp_path, console=out)(ext, torch.device("cpu"))
     assert second.cached and second.path == first.path
     assert f"using cached reference statistics: {first.path}" in out.export_text()
@@ -346,8 +346,11 @@ def test_train_with_fid_every_fails_early_without_weights(tmp_path: Path):
     from diffcli.workflows.train import _callbacks
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["fid_every=5", "sample_every=0", "logger=none"])
-    assert cfg.fid_samples == 2000 and cfg.fid_extractor == INCEPTION and cfg.fid_steps == 50
+        cfg = compose("train", overrides=["callbacks.fid_proxy.every_n_steps=5",
+                                          "callbacks.preview=null", "logger=none"])
+    proxy = cfg.callbacks.fid_proxy
+    assert proxy.num_samples == 2000 and proxy.extractor == INCEPTION
+    assert proxy.sampler.steps == 50 and proxy.sampler.clip_denoised
     with pytest.raises(WeightsNotFoundError, match="fid_weights=<path to"):
         _callbacks(cfg, tmp_path)
 
@@ -357,7 +360,7 @@ def test_train_with_fid_every_fails_early_without_weights(tmp_path: Path):
 
 def test_fid_proxy_logs_during_training(tmp_path: Path):
     net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), groups=4)
-    module = DiffusionModule(net, linear_schedule(100), lr=1e-3, ema_decay=0.9)
+    module = DiffusionModule(net, linear_schedule(100), ema_decay=0.9)
     data = TensorDataModule(torch.rand(32, 1, 8, 8) * 2 - 1, batch_size=8)
     ext = open_extractor(STANDIN)
     ref = features_of(synthetic_images(40, 0, size=8), ext).stats
@@ -463,7 +466,8 @@ def test_eval_fid_missing_weights_and_bad_input_are_one_line(tmp_path: Path):
 
 @pytest.mark.slow
 def test_eval_fid_on_a_tiny_trained_run(tmp_path: Path):
-    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none", "sample_every=0")
+    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none",
+        "callbacks.preview=null")
     run_dir = next(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")).parent.parent
     proc = run(tmp_path, "eval-fid", "extractor=standin", "n=64", "steps=5", "repeats=2")
     assert "last.ckpt" in proc.stderr and "computed reference statistics" in proc.stderr

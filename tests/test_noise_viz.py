@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_cli import assert_one_line_error, run
 
+from diffcli.cli import CONF_DIR
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule, make_schedule
 from diffcli.errors import DiffcliError
 from diffcli.viz import (
@@ -154,11 +155,11 @@ def test_gifs_have_one_frame_per_step(tmp_path: Path):
 
 
 def test_schedules_by_conf_name_and_bad_names():
-    scheds = build_schedules(["linear", "cosine"], 200)
+    scheds = build_schedules(["linear", "cosine"], 200, CONF_DIR)
     assert [s.name for s in scheds] == ["linear", "cosine"]
     assert all(s.num_timesteps == 200 for s in scheds)
     with pytest.raises(DiffcliError, match=r"unknown schedule 'cosin'.*cosine, linear, sigmoid"):
-        build_schedules(["linear", "cosin"], 1000)
+        build_schedules(["linear", "cosin"], 1000, CONF_DIR)
 
 
 def test_timesteps_default_and_range():
@@ -225,7 +226,7 @@ def test_cli_writes_forward_schedules_and_gif_to_its_run_dir(tmp_path: Path):
 @pytest.mark.slow
 def test_cli_reverse_from_the_newest_trained_run(tmp_path: Path):
     run(tmp_path, "train", "dataset.image_size=8", "model.base_channels=8", "model.groups=4",
-        "trainer.max_steps=3", "logger=none", "sample_every=0")
+        "trainer.max_steps=3", "logger=none", "callbacks.preview=null")
     (ckpt,) = tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")
     run(tmp_path, "noise-viz", "reverse=true", "steps=4", "num_images=1", "timesteps=[0,999]",
         "gif=true", "gif_frames=3")

@@ -3,6 +3,9 @@ before the redesign (values recorded on the code of 2026-11-25, before sampling 
 workflows). The networks are seeded random initialisations saved as diffcli checkpoints, so the
 pins depend only on the sampling path: checkpoint -> network -> schedule -> sampler -> files.
 
+The checkpoints are written as diffcli wrote them before the redesign (top-level ``prediction``,
+the dataset factory's old name), so the pins also check that old checkpoints still load.
+
 These are regression pins, not correctness checks (tests/test_samplers.py checks the samplers
 against exact Gaussian references); change them only with a change of algorithm, and say so.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,15 @@ from diffcli.errors import DiffcliError
 from diffcli.lit.checkpoint import AtomicCheckpointIO, atomic_torch_save
 from diffcli.lit.loggers import make_wandb_logger, resolve_wandb_mode
 from diffcli.lit.module import DiffusionModule, ema_decay_at
+from diffcli.lit.schedulers import linear_warmup
 from diffcli.nets.unet import UNet
 
 
 def tiny_module(ema_decay: float | None = 0.9, **kw: Any) -> DiffusionModule:
     net = UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), groups=4)
-    return DiffusionModule(net, linear_schedule(100), lr=1e-3, warmup_steps=4,
-                           ema_decay=ema_decay, **kw)
+    return DiffusionModule(net, linear_schedule(100), ema_decay=ema_decay,
+                           optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+                           lr_scheduler=functools.partial(linear_warmup, warmup_steps=4), **kw)
 
 
 def tiny_data(n: int = 32) -> TensorDataModule:

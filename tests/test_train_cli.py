@@ -15,10 +15,11 @@ from test_cli import EXE, assert_one_line_error, run
 
 from diffcli.cli import CONF_DIR
 from diffcli.nets.layers import count_parameters
-from diffcli.workflows.common import build_net
+from diffcli.runs import build_net
 
-TINY = ["dataset.image_size=8", "model.base_channels=8", "model.groups=4", "sample_every=0",
-        "dataset.batch_size=16"]
+TINY_NET = ["dataset.image_size=8", "model.base_channels=8", "model.groups=4",
+            "dataset.batch_size=16"]
+TINY = [*TINY_NET, "callbacks.preview=null"]
 
 
 def checkpoint_step(path: Path) -> int:
@@ -34,13 +35,14 @@ def test_experiment_presets(name: str, params: float | None) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}"])
     assert cfg.dataset.name == "cifar10" and cfg.dataset.random_flip
-    assert cfg.dataset.batch_size == 128 and cfg.ema_decay == 0.9999
-    net = build_net(cfg.model, "image", (3, 32, 32))
+    assert cfg.dataset.batch_size == 128 and cfg.module.ema_decay == 0.9999
+    net = build_net(cfg.model, (3, 32, 32))
     n = count_parameters(net)
     if params is not None:
         assert abs(n - params) <= 0.1e6, n
     if name == "ddpm_cifar10":
-        assert (cfg.lr, cfg.warmup_steps, cfg.trainer.max_steps) == (2e-4, 5000, 800000)
+        assert (cfg.optimizer.lr, cfg.lr_scheduler.warmup_steps, cfg.trainer.max_steps) == (
+            2e-4, 5000, 800000)
         assert cfg.schedule.num_timesteps == 1000 and "linear" in cfg.schedule._target_
         assert cfg.model.dropout == 0.1 and cfg.trainer.gradient_clip_val == 1.0
     else:
@@ -49,7 +51,7 @@ def test_experiment_presets(name: str, params: float | None) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path: Path):
-    args = [*TINY, "logger=csv", "checkpoint_every=4", "trainer.max_steps=100000"]
+    args = [*TINY, "logger=csv", "callbacks.last.every_n_steps=4", "trainer.max_steps=100000"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen([*EXE, "train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -98,9 +100,9 @@ def test_resume_refuses_a_different_network_and_a_finished_run(tmp_path: Path):
 
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path: Path):
-    out = run(tmp_path, "train", *TINY, "logger=csv", "trainer=ddp", "trainer.accelerator=cpu",
+    out = run(tmp_path, "train", *TINY_NET, "logger=csv", "trainer=ddp", "trainer.accelerator=cpu",
               "trainer.devices=2", "trainer.precision=32", "trainer.max_steps=6",
-              "checkpoint_every=3", "sample_every=3")
+              "callbacks.last.every_n_steps=3", "callbacks.preview.every_n_steps=3")
     text = out.stderr.replace("\n", "")
     assert "16 per device x 2 device(s) x 1 accumulation = 32" in text
     ckpt = last_checkpoints(tmp_path)[0]
@@ -118,7 +120,8 @@ def test_wandb_is_offline_by_default_and_never_prompts(tmp_path: Path):
            "WANDB_CONFIG_DIR": str(env_home / ".config" / "wandb")}
     for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SILENT"):
         env.pop(key, None)
-    proc = subprocess.run([*EXE, "train", *TINY, "trainer.max_steps=2", "sample_every=1"],
+    proc = subprocess.run([*EXE, "train", *TINY_NET, "trainer.max_steps=2",
+                           "callbacks.preview.every_n_steps=1"],
                           cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -129,8 +132,8 @@ def test_wandb_is_offline_by_default_and_never_prompts(tmp_path: Path):
 
 @pytest.mark.slow
 def test_tensorboard_logger_gets_scalars_and_sample_grids(tmp_path: Path):
-    run(tmp_path, "train", *TINY, "logger=tensorboard", "trainer.max_steps=4",
-        "trainer.log_every_n_steps=1", "sample_every=2")
+    run(tmp_path, "train", *TINY_NET, "logger=tensorboard", "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1", "callbacks.preview.every_n_steps=2")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = list(tmp_path.glob("outputs/*/*/tb/events.out.tfevents.*"))

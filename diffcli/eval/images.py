@@ -6,7 +6,7 @@ Grayscale images are repeated to 3 channels, alpha is dropped. Sources:
 
 * :class:`TensorImages` - uint8 images in memory (a ``.npz``, or freshly generated ones).
 * :class:`FileImages` - image files decoded as they are (no resize, no crop); one size only.
-* :class:`DatasetImages` - a dataset of :func:`diffcli.data.sources.build_image_dataset`
+* :class:`DatasetImages` - a dataset of :func:`diffcli.data.registry.build_dataset`
   (float (C, S, S) in [-1, 1], quantized back to uint8 exactly as generated samples are).
 """
 
@@ -25,15 +25,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffcli.data.vision import IMAGE_EXTENSIONS, ImageFiles, UInt8Images, find_images
+from diffcli.diffusion.generate import to_uint8
 from diffcli.errors import DiffcliError
 
 NPZ_KEYS = ("images", "arr_0")  # diffcli sample writes "images"; guided-diffusion/EDM "arr_0"
-
-
-def unit_to_uint8(x: Tensor) -> Tensor:
-    """Float images in [-1, 1] -> uint8 0..255 (clamped, rounded), as `diffcli sample` saves
-    them. Same shape."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def to_rgb(x: Tensor) -> Tensor:
@@ -123,7 +118,7 @@ class FileImages:
 
 
 class _AsUInt8(Dataset):
-    """Item i of a build_image_dataset dataset as uint8 (C, S, S), by the cheapest route."""
+    """Item i of a registry dataset as uint8 (C, S, S), by the cheapest route."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -137,12 +132,12 @@ class _AsUInt8(Dataset):
             return ds.load_uint8(index)
         if isinstance(ds, UInt8Images) and tuple(ds.images.shape[-2:]) == (ds.image_size,) * 2:
             return ds.images[index]
-        return unit_to_uint8(ds[index])
+        return to_uint8(ds[index])
 
 
 @dataclass
 class DatasetImages:
-    """The first ``n`` items of a :func:`build_image_dataset` dataset (flips off)."""
+    """The first ``n`` items of a registry dataset (flips off)."""
 
     dataset: Dataset
     n: int
@@ -264,7 +259,7 @@ def open_reference_npz(path: Path, size: tuple[int, int], n: int | None) -> Imag
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A named dataset as `diffcli train` reads it (see build_image_dataset), at one size."""
+    """A named dataset as `diffcli train` reads it (the data registry), at one size."""
 
     name: str
     root: str | None
@@ -277,7 +272,7 @@ class DatasetRef:
                      split: str | None = None, root: str | None = None) -> DatasetRef:
         """From a dataset config (``conf/dataset/*.yaml`` values, a plain mapping); the
         arguments override its image_size / split / root."""
-        from diffcli.data.sources import IMAGE_DATASETS, NATIVE_SIZES
+        from diffcli.data.registry import IMAGE_DATASETS, NATIVE_SIZES
 
         name = str(cfg.get("name"))
         if name not in IMAGE_DATASETS:
@@ -300,9 +295,9 @@ class DatasetRef:
 
     def open(self, n: int | None = None, num_workers: int = 0) -> DatasetImages:
         """Build the dataset (random flips off) and serve its first ``n`` images (all: None)."""
-        from diffcli.data.sources import build_image_dataset
+        from diffcli.data.registry import build_dataset
 
-        dataset = build_image_dataset(self.name, root=self.root, split=self.split,
+        dataset = build_dataset(self.name, root=self.root, split=self.split,
                                       image_size=self.image_size, download=False,
                                       channels=self.channels, random_flip=False)
         what = f"dataset={self.name} split={self.split}"

@@ -1,8 +1,8 @@
 """Generated images for FID, streamed in batches so that 50,000 samples never sit in memory.
 
 Seeds follow EDM (Karras et al. 2022): seed set k of n images uses seeds k*n .. k*n + n - 1,
-one generator per seed (`diffcli sample`'s ``_draw``), so an image depends on its seed only -
-not on the batch size, the device count or which other seeds were drawn.
+one generator per seed (:func:`diffcli.diffusion.generate.generate`), so an image depends on
+its seed only - not on the batch size, the device count or which other seeds were drawn.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor
 
+from diffcli.diffusion.generate import generate, to_uint8
 from diffcli.diffusion.samplers import Denoiser, Sampler
-from diffcli.eval.images import to_rgb, unit_to_uint8
+from diffcli.eval.images import to_rgb
 
 
 def seed_set(k: int, n: int) -> list[int]:
@@ -29,12 +30,10 @@ def generated_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ..
                       ) -> Iterator[Tensor]:
     """Sample one image per seed, ``batch_size`` at a time: uint8 (B, 3, H, W) batches
     (quantized as `diffcli sample` saves them; grayscale repeated to 3 channels)."""
-    from diffcli.workflows.sample import _draw
-
     context = precision or contextlib.nullcontext
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
         with context():
-            x = _draw(sampler, denoiser, shape, chunk, batch_size, device, show=False)
-        yield to_rgb(unit_to_uint8(x))
+            x = generate(sampler, denoiser, shape, chunk, batch_size, device)
+        yield to_rgb(to_uint8(x))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,7 +24,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from diffcli.lit.checkpoint import TrainingDiverged
+from diffcli.diffusion.generate import generate, to_uint8
+from diffcli.diffusion.samplers import Denoiser
+from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
+from diffcli.lit.module import batch_data
 
 
 class StepProgress(L.Callback):
@@ -91,8 +95,7 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        x = batch[0] if isinstance(batch, tuple | list) else batch
-        self._images += int(x.shape[0]) * trainer.world_size
+        self._images += int(batch_data(batch).shape[0]) * trainer.world_size
         if trainer.global_step == self._step:
             return  # still accumulating
         self._step = trainer.global_step
@@ -105,19 +108,43 @@ class Throughput(L.Callback):
         self._t0, self._images = now, 0
 
 
+def last_checkpoint(run_dir: str | Path, every_n_steps: int = 500) -> ModelCheckpoint:
+    """``<run_dir>/checkpoints/last.ckpt``, replaced (atomically, by the trainer's checkpoint
+    IO) every ``every_n_steps`` optimizer steps; the workflow also saves it at the end."""
+    if every_n_steps < 1:
+        raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+    return ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", filename="last",
+                           every_n_train_steps=every_n_steps, save_top_k=1,
+                           enable_version_counter=False)
+
+
+def snapshots(run_dir: str | Path, every_n_steps: int | None = None) -> SnapshotCheckpoint | None:
+    """Also keep ``<run_dir>/checkpoints/step-N.ckpt`` every ``every_n_steps`` steps (None:
+    off)."""
+    if every_n_steps is None:
+        return None
+    if every_n_steps < 1:
+        raise ValueError(f"every_n_steps must be >= 1 (or null: off), got {every_n_steps}")
+    return SnapshotCheckpoint(dirpath=Path(run_dir) / "checkpoints", filename="step-{step}",
+                              every_n_train_steps=every_n_steps, save_top_k=-1,
+                              auto_insert_metric_name=False)
+
+
 class EMASampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA network (rank 0).
 
-    The same ``seeds`` every time, so successive grids show the model improving rather than
-    new noise. Written to ``<out_dir>/step-<N>.png`` and sent to the logger when it takes
-    images (wandb, TensorBoard).
+    The same seeds ``seed .. seed + num_images - 1`` every time, so successive grids show the
+    model improving rather than new noise. Written to ``<run_dir>/progress/step-<N>.png`` and
+    sent to the logger when it takes images (wandb, TensorBoard). ``every_n_steps`` None: off.
     """
 
-    def __init__(self, out_dir: str | Path, every_n_steps: int, sampler: Any,
+    def __init__(self, run_dir: str | Path, sampler: Any, every_n_steps: int | None = 1000,
                  num_images: int = 16, seed: int = 0) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.out_dir = Path(out_dir)
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 (or null: off), got {every_n_steps}")
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.out_dir = Path(run_dir) / "progress"
         self.every = every_n_steps
         self.sampler = sampler
         self.seeds = list(range(seed, seed + num_images))
@@ -126,11 +153,11 @@ class EMASampleGrid(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every or not trainer.is_global_zero:
+        if self.every is None or step == 0 or step % self.every or not trainer.is_global_zero:
             return
         if self.written and self.written[-1].stem == f"step-{step:07d}":
             return  # same optimizer step (gradient accumulation)
-        x = batch[0] if isinstance(batch, tuple | list) else batch
+        x = batch_data(batch)
         if x.ndim != 4:
             return
         grid = self.sample_grid(pl_module, tuple(x.shape[1:]), x.device)
@@ -142,18 +169,16 @@ class EMASampleGrid(L.Callback):
         """Sample ``len(seeds)`` images and tile them: (C, H', W') in [0, 1]."""
         from torchvision.utils import make_grid
 
-        from diffcli.diffusion.samplers import Denoiser
-        from diffcli.diffusion.samplers.base import randn_like
-
-        net = pl_module.ema_net if pl_module.ema_net is not None else pl_module.net
+        net = pl_module.sampling_net
         was_training = net.training
         net.eval()
-        gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        noise = randn_like(torch.empty(len(gens), *shape, device=device), gens)
-        den = Denoiser(net, pl_module.schedule, pl_module.prediction)
-        x = self.sampler.sample(den, noise, generator=gens).float().clamp(-1, 1).cpu()
-        net.train(was_training)
-        return make_grid((x + 1) / 2, nrow=math.ceil(math.sqrt(len(x))), padding=1, pad_value=1)
+        try:
+            den = Denoiser(net, pl_module.schedule, pl_module.prediction)
+            x = generate(self.sampler, den, shape, self.seeds, len(self.seeds), device)
+        finally:
+            net.train(was_training)
+        return make_grid(to_uint8(x).float() / 255, nrow=math.ceil(math.sqrt(len(x))), padding=1,
+                         pad_value=1)
 
     def save(self, grid: Any, step: int) -> Path:
         from torchvision.utils import save_image

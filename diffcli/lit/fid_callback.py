@@ -18,6 +18,7 @@ from diffcli.eval.features import extract_features
 from diffcli.eval.fid import frechet_distance
 from diffcli.eval.images import DatasetRef
 from diffcli.eval.sampling import generated_batches, seed_set
+from diffcli.lit.module import batch_data
 
 ReferenceProvider = Callable[[Extractor, torch.device], RefStats]
 METRIC = "val/fid_proxy"
@@ -83,7 +84,7 @@ class FIDProxy(L.Callback):
             return
         if self.history and self.history[-1][0] == step:
             return  # same optimizer step (gradient accumulation)
-        x = batch[0] if isinstance(batch, tuple | list) else batch
+        x = batch_data(batch)
         if x.ndim != 4:
             return
         value = self.compute(pl_module, tuple(x.shape[1:]), x.device)
@@ -96,7 +97,7 @@ class FIDProxy(L.Callback):
     @torch.no_grad()
     def compute(self, pl_module: Any, shape: tuple[int, ...], device: torch.device) -> float:
         """FID of ``len(seeds)`` images of shape (C, H, W) from the EMA net (or the net)."""
-        net = pl_module.ema_net if pl_module.ema_net is not None else pl_module.net
+        net = pl_module.sampling_net
         was_training = net.training
         net.eval()
         try:
@@ -109,3 +110,14 @@ class FIDProxy(L.Callback):
         finally:
             net.train(was_training)
         return frechet_distance(fake.stats.mu, fake.stats.sigma, ref.stats.mu, ref.stats.sigma)
+
+
+def fid_proxy(sampler: Sampler, dataset: Mapping[str, Any], every_n_steps: int | None = None,
+              num_samples: int = 2000, extractor: str = INCEPTION, weights: str | None = None,
+              batch_size: int = 256, console: Console | None = None) -> FIDProxy | None:
+    """The ``callbacks.fid_proxy`` entry: a :class:`FIDProxy` for the training ``dataset``
+    every ``every_n_steps`` steps, or None (off) when that is None."""
+    if every_n_steps is None:
+        return None
+    return FIDProxy.from_settings(every_n_steps, num_samples, sampler, dataset, extractor,
+                                  weights=weights, batch_size=batch_size, console=console)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from diffcli.diffusion.forward import Parameterization, randint_timesteps
 from diffcli.diffusion.losses import diffusion_loss
+from diffcli.diffusion.process import Parameterization, randint_timesteps
 from diffcli.diffusion.schedules import NoiseSchedule
 
 CHECKPOINT_KEY = "diffcli"  # where the self-description of a checkpoint lives
@@ -27,6 +29,23 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def batch_data(batch: Tensor | tuple | list) -> Tensor:
+    """The data tensor of a batch: the batch itself, or its first item ((data, labels))."""
+    return batch[0] if isinstance(batch, tuple | list) else batch
+
+
+def _check_optimizer(make_optimizer: Callable[..., Any],
+                     make_lr_scheduler: Callable[..., Any] | None) -> None:
+    """Build both on a dummy parameter so that bad hyperparameters (a negative lr, betas out of
+    range, ...) fail at construction, in one ValueError, rather than inside ``fit``."""
+    lr = getattr(make_optimizer, "keywords", {}).get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr} must be a positive, finite learning rate")
+    opt = make_optimizer([nn.Parameter(torch.zeros(1))])
+    if make_lr_scheduler is not None:
+        make_lr_scheduler(opt)
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` with L_simple (Ho et al. 2020, Algorithm 1) and keeps an EMA copy of it.
 
@@ -39,7 +58,10 @@ class DiffusionModule(L.LightningModule):
         net: the denoising network ``(x_t (B, ...), t (B,)) -> (B, ...)``.
         schedule: the noise schedule.
         prediction: what ``net`` predicts (eps, x0 or v).
-        lr: peak Adam learning rate, reached linearly after ``warmup_steps`` (Ho et al. 2020).
+        optimizer: ``parameters -> Optimizer`` (e.g. ``functools.partial(torch.optim.Adam,
+            lr=2e-4)``, what a config with ``_partial_: true`` builds); default Adam, lr 1e-3.
+        lr_scheduler: ``optimizer -> LRScheduler`` stepped every optimizer step (e.g.
+            :func:`diffcli.lit.schedulers.linear_warmup`); None: a constant rate.
         ema_decay: EMA decay; None disables the EMA copy.
         ema_warmup: use :func:`ema_decay_at`'s warm-up.
         min_snr_gamma: Min-SNR-gamma loss weighting, None for L_simple.
@@ -54,8 +76,8 @@ class DiffusionModule(L.LightningModule):
         schedule: NoiseSchedule,
         *,
         prediction: Parameterization | str = Parameterization.EPS,
-        lr: float = 1e-3,
-        warmup_steps: int = 0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr_scheduler: Callable[..., Any] | None = None,
         ema_decay: float | None = 0.999,
         ema_warmup: bool = True,
         min_snr_gamma: float | None = None,
@@ -68,15 +90,13 @@ class DiffusionModule(L.LightningModule):
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay} is out of range: use 0 <= ema_decay < 1 "
                              "(e.g. 0.999), or null to keep no EMA")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr={lr} must be a positive, finite learning rate")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
+        self.make_optimizer = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        self.make_lr_scheduler = lr_scheduler
+        _check_optimizer(self.make_optimizer, lr_scheduler)
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
         self.schedule = schedule
         self.prediction = Parameterization(prediction)
-        self.lr, self.warmup_steps = lr, warmup_steps
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.min_snr_gamma = min_snr_gamma
         self.channels_last = channels_last
@@ -87,7 +107,7 @@ class DiffusionModule(L.LightningModule):
         self._ema_step = -1
 
     def training_step(self, batch: Tensor | tuple | list, batch_idx: int) -> Tensor:
-        x0 = batch[0] if isinstance(batch, tuple | list) else batch  # (B, ...)
+        x0 = batch_data(batch)  # (B, ...)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = randint_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
@@ -106,10 +126,16 @@ class DiffusionModule(L.LightningModule):
             self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        warm = max(self.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        opt = self.make_optimizer(self.net.parameters())
+        if self.make_lr_scheduler is None:
+            return {"optimizer": opt}
+        sched = self.make_lr_scheduler(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The network to sample from: the EMA copy when there is one."""
+        return self.ema_net if self.ema_net is not None else self.net
 
     def on_train_start(self) -> None:
         self._ema_step = self.global_step

@@ -8,6 +8,8 @@ the first one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from diffcli.nets.layers import TimeEmbedding
@@ -27,10 +29,22 @@ class MLP(nn.Module):
         depth: number of hidden layers, at least 1.
         emb_dim: width of the sinusoidal features and of the timestep embedding. Raw
             integer steps 0..T-1 (as floats) are the intended input.
+        data_shape: one sample's shape ``(D,)``, the keyword every diffcli network takes
+            from the data (sets ``dim``).
+        num_classes: class conditioning is not implemented here; must be None.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, *,
+                 data_shape: Sequence[int] | None = None,
+                 num_classes: int | None = None) -> None:
         super().__init__()
+        if data_shape is not None:  # the interface every diffcli network takes
+            if len(data_shape) != 1:
+                raise ValueError(f"the MLP takes points (D,), but the data are images of shape "
+                                 f"{tuple(data_shape)}; use an image network (model=unet)")
+            dim = int(data_shape[0])
+        if num_classes is not None:
+            raise ValueError("the MLP is unconditional: num_classes must be null")
         if depth < 1:
             raise ValueError(f"MLP depth must be >= 1, got {depth}")
         self.dim = dim

@@ -132,6 +132,9 @@ class UNet(nn.Module):
         num_classes: number of class labels for class conditioning; label
             ``num_classes`` is the null (unconditional) label for classifier-free
             guidance. ``None``: unconditional net.
+        data_shape: one sample's shape ``(C, H, W)``, the keyword every diffcli network
+            takes from the data: sets ``in_channels`` and ``image_size`` and checks that
+            ``H x W`` fits the levels.
     """
 
     def __init__(
@@ -154,8 +157,11 @@ class UNet(nn.Module):
         use_scale_shift_norm: bool = False,
         mid_attention: bool | None = None,
         num_classes: int | None = None,
+        data_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        if data_shape is not None:  # the interface every diffcli network takes
+            in_channels, image_size = _image_shape(data_shape, image_size)
         if not channel_mults:
             raise ValueError("UNet needs at least one entry in channel_mults")
         if num_res_blocks < 1:
@@ -180,6 +186,8 @@ class UNet(nn.Module):
         # Row ``num_classes`` is the null label (classifier-free guidance).
         self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        if data_shape is not None:
+            self.check_image_size(int(data_shape[-2]), int(data_shape[-1]))
 
         def res(cin: int, cout: int, *, up: bool = False, down: bool = False) -> ResBlock:
             return ResBlock(
@@ -307,3 +315,12 @@ class UNet(nn.Module):
         for block in self.up_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)  # (B, out_channels, H, W)
+
+
+def _image_shape(data_shape: Sequence[int], image_size: int | None) -> tuple[int, int]:
+    """(in_channels, image_size) of a (C, H, W) sample shape; points are refused."""
+    if len(data_shape) != 3:
+        raise ValueError(f"the U-Net takes images (C, H, W), but the data are "
+                         f"{'points of shape' if len(data_shape) == 1 else 'of shape'} "
+                         f"{tuple(data_shape)}; use the MLP (model=mlp) for points")
+    return int(data_shape[0]), int(data_shape[1]) if image_size is None else image_size

@@ -27,8 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from diffcli.components import build
-from diffcli.diffusion.samplers import Denoiser, Sampler
+from diffcli.diffusion.generate import CountingNet, compact_seeds
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.eval.cache import RefStats, default_cache_dir, reference_key, reference_statistics
 from diffcli.eval.extractors import INCEPTION, STANDIN_WARNING, Extractor, open_extractor
@@ -51,8 +50,15 @@ from diffcli.eval.metrics import (
 )
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import atomic_write_text
-from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint, pick_device
-from diffcli.workflows.sample import CountingNet, _compact, _precision, _restore
+from diffcli.runs import (
+    autocast,
+    check_precision,
+    make_sampler,
+    open_run,
+    pick_device,
+    sampler_name,
+)
+from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
 
 console = Console(stderr=True)
 DEFAULT_N = 50_000  # the usual FID-50k
@@ -83,16 +89,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _sampler_name(cfg: DictConfig, sampler: Sampler) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        choice = HydraConfig.get().runtime.choices.get("sampler")
-    except ValueError:  # not under a Hydra job
-        choice = None
-    return str(choice or type(sampler).__name__.lower())
-
-
 def _suffix(cfg: DictConfig) -> str:
     return "" if cfg.extractor == INCEPTION else f"-{cfg.extractor}"
 
@@ -112,53 +108,44 @@ def _samples_side(cfg: DictConfig) -> FakeSide:
 
 
 def _checkpoint(cfg: DictConfig) -> Path:
-    if cfg.ckpt:
-        return Path(str(cfg.ckpt))
     try:
-        ckpt = find_latest_checkpoint([Path(cfg.runs_root), Path("multirun")])
+        return checkpoint_to_use(cfg.ckpt, cfg.runs_root)
     except CheckpointError as e:
         raise CheckpointError(f"{e}, or samples=<folder | .npz> to evaluate image files") from None
-    console.print(f"using the newest run's checkpoint: {ckpt}")
-    return ckpt
 
 
 def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
     """A trained run: sample seed set k on demand with the configured sampler."""
     ckpt = _checkpoint(cfg)
-    run = load_checkpoint(ckpt)
-    if run.data_info().kind != "image":
+    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    info = opened.info
+    if info.kind != "image":
         raise DiffcliError(f"FID needs images; {ckpt} was trained on 2-D points "
-                           f"(dataset={run.config.dataset.get('name')})")
-    net, dm, weights = _restore(run, cfg.use_ema, device)
-    counter = CountingNet(net)
-    schedule = build("schedule", run.config.schedule, source=str(ckpt))
-    den = Denoiser(counter, schedule, run.config.prediction)
-    extra = {"clip_denoised": bool(cfg.clip_denoised)}
-    extra |= {"steps": int(cfg.steps)} if cfg.steps is not None else {}
-    sampler: Sampler = build("sampler", cfg.sampler, **extra)
-    try:
-        steps = len(sampler.timesteps(schedule))
-    except ValueError as e:
-        raise DiffcliError(str(e)) from None
-    name = _sampler_name(cfg, sampler)
-    with _precision(str(cfg.precision), device):  # a bad precision= fails before any work
-        pass
+                           f"(dataset={opened.run.config['dataset'].get('name')})")
+    sampler, steps = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps,
+                                  clip_denoised=bool(cfg.clip_denoised))
+    name = sampler_name(sampler_choice(), sampler)
+    precision = str(cfg.precision)
+    check_precision(precision, device)
 
     def batches(k: int) -> Iterator[Tensor]:
-        return generated_batches(sampler, den, dm.shape, seed_set(k, n), int(cfg.batch_size),
-                                 device, lambda: _precision(str(cfg.precision), device))
+        return generated_batches(sampler, opened.denoiser, info.shape, seed_set(k, n),
+                                 int(cfg.batch_size), device, lambda: autocast(precision, device))
 
     stem = "" if ckpt.name == "last.ckpt" else f"-{ckpt.stem}"
     out = ckpt.parent.parent / "eval" / f"fid-{name}-{steps}-n{n}{stem}{_suffix(cfg)}.json"
-    meta = {"checkpoint": str(ckpt.resolve()), "global_step": run.global_step,
-            "weights": weights, "sampler": name, "steps": steps,
-            "sampler_config": {**OmegaConf.to_container(cfg.sampler, resolve=True), **extra},
-            "clip_denoised": bool(cfg.clip_denoised), "precision": str(cfg.precision)}
+    sampler_config = {**OmegaConf.to_container(cfg.sampler, resolve=True),
+                      "clip_denoised": bool(cfg.clip_denoised)}
+    if cfg.steps is not None:
+        sampler_config["steps"] = int(cfg.steps)
+    meta = {"checkpoint": str(ckpt.resolve()), "global_step": opened.run.global_step,
+            "weights": opened.weights, "sampler": name, "steps": steps,
+            "sampler_config": sampler_config, "clip_denoised": bool(cfg.clip_denoised),
+            "precision": precision}
     announce = (f"sampling {n} images x {cfg.repeats} seed set(s) from {ckpt} ({name}, {steps} "
-                f"steps, {weights} weights, {size_text(dm.shape[-2:])})")
-    return FakeSide(tuple(dm.shape[-2:]), n, batches, lambda k: _compact(seed_set(k, n)), out,
-                    meta, OmegaConf.to_container(run.config.dataset, resolve=True), counter,
-                    announce)
+                f"steps, {opened.weights} weights, {size_text(info.shape[-2:])})")
+    return FakeSide(tuple(info.shape[-2:]), n, batches, lambda k: compact_seeds(seed_set(k, n)),
+                    out, meta, dict(opened.run.config["dataset"]), opened.counter, announce)
 
 
 def _reference_source(cfg: DictConfig, fake: FakeSide) -> tuple[Callable[[], ImageSource], dict]:

@@ -22,6 +22,7 @@ from torch import Tensor
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
+from diffcli.runs import sampler_name
 from diffcli.viz import (
     evenly_spaced,
     forward_frames,
@@ -62,17 +63,13 @@ def _as_list(value: object) -> list:
     return [value]
 
 
-def _schedule_conf_dir() -> Path:
-    from diffcli.cli import CONF_DIR
-
-    return CONF_DIR / "schedule"
-
-
-def build_schedules(names: object, num_timesteps: object) -> list[NoiseSchedule]:
-    """The conf/schedule options ``names`` (e.g. [linear, cosine]), each with T = num_timesteps."""
+def build_schedules(names: object, num_timesteps: object,
+                    conf_dir: Path) -> list[NoiseSchedule]:
+    """The ``<conf_dir>/schedule`` options ``names`` (e.g. [linear, cosine]), each with
+    T = num_timesteps."""
     if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 2:
         raise DiffcliError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
-    folder = _schedule_conf_dir()
+    folder = conf_dir / "schedule"
     options = sorted(p.stem for p in folder.glob("*.yaml"))
     names = _as_list(names)
     if not names:
@@ -131,14 +128,13 @@ def _load_image_files(image: object, size: int) -> Tensor:
 
 def _load_dataset_images(cfg: DictConfig) -> Tensor:
     """``num_images`` images (or ``indices``) of the configured dataset. (N, C, S, S) in [-1, 1]"""
-    from diffcli.data.sources import build_image_dataset
-    from diffcli.data.toy import TOY_DATASETS
+    from diffcli.data.registry import POINT_DATASETS, build_dataset
 
     ds = cfg.dataset
-    if ds.name in TOY_DATASETS:
+    if ds.name in POINT_DATASETS:
         raise DiffcliError(f"dataset={ds.name} is 2-D point data; noise-viz draws images: use "
                            "dataset=digits (or mnist, cifar10, ...) or image=<path to a png/jpg>")
-    dataset = build_image_dataset(
+    dataset = build_dataset(
         ds.name, root=ds.get("root"), split=ds.get("split", "train"),
         image_size=ds.get("image_size"), download=bool(ds.get("download", False)),
         channels=int(ds.get("channels", 3)))
@@ -170,30 +166,18 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     sampler, or None when no reverse picture is asked for."""
     if not cfg.ckpt and not cfg.reverse:
         return None
-    from diffcli.diffusion.samplers import Denoiser
-    from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint, pick_device
-    from diffcli.workflows.sample import _restore
+    from diffcli.runs import find_latest_checkpoint, make_sampler, open_run, pick_device, run_roots
+    from diffcli.workflows.sample import sampler_choice
 
-    ckpt = Path(str(cfg.ckpt)) if cfg.ckpt else find_latest_checkpoint(
-        [Path(str(cfg.runs_root)), Path("multirun")])
-    run = load_checkpoint(ckpt)
+    ckpt = Path(str(cfg.ckpt)) if cfg.ckpt else find_latest_checkpoint(run_roots(cfg.runs_root))
     device = pick_device(str(cfg.device))
-    net, info, _ = _restore(run, bool(cfg.use_ema), device)
-    if info.kind != "image":
+    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    if opened.info.kind != "image":
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")
-    schedule = build("schedule", run.config.schedule, source=str(ckpt))
-    extra = {"clip_denoised": True} | ({"steps": cfg.steps} if cfg.steps is not None else {})
-    sampler: Sampler = build("sampler", cfg.sampler, **extra)
-    try:
-        sampler.timesteps(schedule)
-    except ValueError as e:
-        raise DiffcliError(str(e)) from None
-    name = None
-    with contextlib.suppress(ValueError):  # outside a Hydra run: no recorded choice
-        name = HydraConfig.get().runtime.choices.get("sampler")
-    return Reverse(ckpt, sampler, Denoiser(net, schedule, run.config.prediction), info.shape,
-                   device, name or type(sampler).__name__.lower(), run.global_step)
+    sampler, _ = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps, clip_denoised=True)
+    return Reverse(ckpt, sampler, opened.denoiser, opened.info.shape, device,
+                   sampler_name(sampler_choice(), sampler), opened.run.global_step)
 
 
 def output_dir(reverse: Reverse | None) -> Path:
@@ -229,12 +213,12 @@ def draw_forward(cfg: DictConfig, x0: Tensor, schedules: list[NoiseSchedule], na
 
 def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
     """reverse.png (x_t and predicted x0 at evenly spaced steps) and (gif=true) reverse.gif."""
-    from diffcli.workflows.sample import Trajectory, _draw
+    from diffcli.diffusion.generate import Trajectory, generate
 
     n = _positive(cfg.num_images, "num_images")
     seeds = list(range(int(cfg.seed), int(cfg.seed) + n))
     traj = Trajectory(keep=n)
-    final = _draw(rev.sampler, rev.denoiser, rev.shape, seeds, n, rev.device, traj)
+    final = generate(rev.sampler, rev.denoiser, rev.shape, seeds, n, rev.device, trajectory=traj)
     x_t, x0 = torch.stack(traj.x_t), torch.stack(traj.x0)  # (K, N, C, H, W)
     cols = evenly_spaced(_positive(cfg.reverse_columns, "reverse_columns"), len(traj.t))
     title = (f"reverse process: {rev.name}, {len(traj.t)} steps, checkpoint at step "
@@ -256,17 +240,18 @@ def _drop_empty_run_dir() -> None:
             run_dir.parent.rmdir()
 
 
-def noise_viz(cfg: DictConfig) -> Path:
-    """Draw the pictures; returns the folder they were written to. Hydra's run dir is removed
-    again when it stays empty (after bad input, or when the pictures went to <run>/viz)."""
+def noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
+    """Draw the pictures; returns the folder they were written to. ``conf_dir`` is the config
+    tree (its ``schedule/`` options are the rows). Hydra's run dir is removed again when it
+    stays empty (after bad input, or when the pictures went to <run>/viz)."""
     try:
-        return _noise_viz(cfg)
+        return _noise_viz(cfg, conf_dir)
     finally:
         _drop_empty_run_dir()
 
 
-def _noise_viz(cfg: DictConfig) -> Path:
-    schedules = build_schedules(cfg.schedules, cfg.num_timesteps)
+def _noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
+    schedules = build_schedules(cfg.schedules, cfg.num_timesteps, conf_dir)
     names = [str(n) for n in _as_list(cfg.schedules)]
     timesteps = check_timesteps(cfg.timesteps, int(cfg.num_timesteps))
     x0 = load_images(cfg)

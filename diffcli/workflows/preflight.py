@@ -1,7 +1,7 @@
 """Checks made before Hydra starts a job (and so before it creates or writes any folder).
 
 Every checkpoint a command is about to read is loaded safely and validated here first
-(:func:`diffcli.workflows.common.load_checkpoint`: allowlisted config, finite weights), and
+(:func:`diffcli.runs.load_checkpoint`: allowlisted config, finite weights), and
 ``diffcli train`` checks its run folder and what it resumes. A refused checkpoint thus leaves
 no trace: no run folder, no ``.hydra/`` files, no log. The workflows check again when they
 run (the files may have changed in between).
@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from diffcli.errors import CheckpointError
-from diffcli.workflows.common import find_latest_checkpoint, load_checkpoint
+from diffcli.runs import find_latest_checkpoint, load_checkpoint, run_roots
 
 
 def _literal_run_dir(cfg: DictConfig) -> Path | None:
@@ -29,7 +29,7 @@ def _literal_run_dir(cfg: DictConfig) -> Path | None:
 
 def _newest(cfg: DictConfig) -> Path | None:
     try:
-        return find_latest_checkpoint([Path(str(cfg.runs_root)), Path("multirun")])
+        return find_latest_checkpoint(run_roots(str(cfg.runs_root)))
     except CheckpointError:
         return None  # the workflow says so, in its own words
 

@@ -13,37 +13,26 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from diffcli.components import build
+from diffcli.components import build, plain
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
-from diffcli.lit.callbacks import (
-    DivergenceGuard,
-    EMASampleGrid,
-    GracefulStop,
-    StepProgress,
-    Throughput,
-)
-from diffcli.lit.checkpoint import (
-    LAST,
-    AtomicCheckpointIO,
-    SnapshotCheckpoint,
-    remove_stale_temporaries,
-)
+from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
+from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.module import DiffusionModule
 from diffcli.nets.layers import count_parameters
-from diffcli.workflows.common import (
+from diffcli.runs import (
     build_datamodule,
     build_net,
     find_latest_checkpoint,
     load_checkpoint,
+    run_roots,
 )
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
-MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "prediction")
+MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
                         "cache")
@@ -74,7 +63,7 @@ def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
         return None
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
-    return find_latest_checkpoint([Path(cfg.runs_root), Path("multirun")], exclude=here)
+    return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here)
 
 
 def _comparable(key: str, value: object) -> object:
@@ -92,8 +81,10 @@ def check_resumable(path: Path, cfg: DictConfig) -> int:
     if holder is not None:
         raise CheckpointError(f"cannot resume {path}: process {holder} is still writing that run; "
                               "wait for it to finish or stop it")
-    for key in MUST_MATCH_ON_RESUME:
-        old, new = _comparable(key, run.config.get(key)), _comparable(key, cfg.get(key))
+    pairs = [(key, _comparable(key, run.config.get(key)), _comparable(key, cfg.get(key)))
+             for key in MUST_MATCH_ON_RESUME]
+    pairs.append(("module.prediction", run.prediction, str(cfg.module.prediction)))
+    for key, old, new in pairs:
         if old != new:
             diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
             raise CheckpointError(f"cannot resume {path}: {diffs} (the checkpoint's value first); "
@@ -113,36 +104,34 @@ def _differences(prefix: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(prefix, old, new)]
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
-    ckpt_dir = run_dir / "checkpoints"
-    every = int(cfg.checkpoint_every)
-    if every < 1:
-        raise DiffcliError(f"checkpoint_every must be >= 1, got {every}")
-    callbacks: list[L.Callback] = [
-        # last.ckpt, replaced atomically every `checkpoint_every` steps
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=every,
-                        save_top_k=1, enable_version_counter=False),
-        Throughput(),
-        StepProgress(console),
-        DivergenceGuard(),
-    ]
-    if cfg.keep_checkpoint_every:
-        callbacks.append(SnapshotCheckpoint(
-            dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.keep_checkpoint_every,
-            save_top_k=-1, auto_insert_metric_name=False))
-    if cfg.sample_every:
-        sampler = build("sampler", cfg.preview.sampler)
-        callbacks.append(EMASampleGrid(run_dir / "progress", cfg.sample_every, sampler,
-                                       num_images=cfg.preview.num_images, seed=cfg.seed))
-    if cfg.get("fid_every"):  # FID proxy of the EMA net; missing Inception weights fail here
-        from diffcli.lit.fid_callback import FIDProxy
+def build_callbacks(nodes: Any, context: dict[str, Any]) -> list[L.Callback]:
+    """The ``callbacks`` group, built by one loop: each entry's ``sampler`` node is built
+    first, ``context`` (run_dir, console, dataset, seed) fills the arguments the callback
+    takes; entries set to null, and factories that return None (off), are skipped."""
+    import inspect
 
-        sampler = build("sampler", cfg.preview.sampler, steps=cfg.fid_steps, clip_denoised=True)
-        callbacks.append(FIDProxy.from_settings(
-            int(cfg.fid_every), int(cfg.fid_samples), sampler,
-            OmegaConf.to_container(cfg.dataset, resolve=True), str(cfg.fid_extractor),
-            weights=cfg.get("fid_weights"), console=console))
-    return callbacks
+    from diffcli.components import resolve_target
+
+    built: list[L.Callback] = []
+    for name, node in (plain(nodes) or {}).items():
+        if node is None:
+            continue
+        node = dict(node)
+        extra = {"sampler": build("sampler", node.pop("sampler"))} if "sampler" in node else {}
+        target = resolve_target("callbacks", str(node.get("_target_")))
+        takes = inspect.signature(target).parameters
+        extra |= {k: v for k, v in context.items() if k in takes and k not in node}
+        callback = build("callbacks", node, source=f"callbacks.{name}", **extra)
+        if callback is not None:
+            built.append(callback)
+    return built
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    context = {"run_dir": run_dir, "console": console, "seed": int(cfg.seed),
+               "dataset": plain(cfg.dataset)}
+    return [*build_callbacks(cfg.callbacks, context), Throughput(), StepProgress(console),
+            DivergenceGuard()]
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
@@ -167,20 +156,17 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
 
 
 def _module(cfg: DictConfig, dm: Any) -> DiffusionModule:
-    net = build_net(cfg.model, dm.kind, dm.data_shape)
-    if cfg.channels_last and dm.kind == "image":
+    """The ``module`` group built around the network, schedule, optimizer and LR schedule."""
+    net = build_net(cfg.model, dm.data_shape)
+    channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    try:
-        return DiffusionModule(
-            net, build("schedule", cfg.schedule), prediction=cfg.prediction, lr=cfg.lr,
-            warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
-            min_snr_gamma=cfg.min_snr_gamma, compile=cfg.compile,
-            channels_last=cfg.channels_last and dm.kind == "image",
-            run_config=OmegaConf.to_container(cfg, resolve=True),
-            data_info={"kind": dm.kind, "shape": list(dm.data_shape)},
-        )
-    except ValueError as e:
-        raise DiffcliError(str(e)) from None
+    lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    return build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
+                 optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
+                 channels_last=channels_last,
+                 run_config=OmegaConf.to_container(cfg, resolve=True),
+                 data_info={"kind": dm.kind, "shape": list(dm.data_shape)})
 
 
 def train(cfg: DictConfig) -> Path:

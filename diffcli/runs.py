@@ -1,0 +1,265 @@
+"""Opening a trained run, written once: find the newest checkpoint, load it safely, rebuild the
+network, schedule and sampler from the stored config.
+
+Every command that reads a checkpoint (sample, eval-fid, noise-viz, train's resume) goes
+through :func:`load_checkpoint` - ``weights_only`` unpickling, the stored config checked as data
+(:func:`diffcli.components.check_config`), finite weights - and builds through
+:mod:`diffcli.components`. Plain dicts and typed arguments only: no Hydra here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffcli.components import build, check_config, plain
+from diffcli.diffusion.generate import CountingNet
+from diffcli.diffusion.samplers import Denoiser, Sampler
+from diffcli.diffusion.schedules import NoiseSchedule
+from diffcli.errors import CheckpointError, DiffcliError, user_errors
+from diffcli.lit.checkpoint import first_nonfinite
+from diffcli.lit.module import CHECKPOINT_KEY
+
+LEGACY_MODEL_KEYS = ("in_channels", "image_size", "dim")  # set from the data, never stored now
+
+
+def build_datamodule(dataset_cfg: Any, *, download_ok: bool = False) -> Any:
+    """Build the dataset group's datamodule (``train_steps`` is advice for the trainer).
+    Only ``diffcli train`` passes ``download_ok``: a dataset rebuilt from a checkpoint's config
+    never downloads (a stored ``download: true`` would write files where the file says)."""
+    node = {k: v for k, v in plain(dataset_cfg).items() if k != "train_steps"}
+    if not download_ok and "download" in node:
+        node["download"] = False
+    return build("dataset", node)
+
+
+def build_net(model_cfg: Any, data_shape: Sequence[int]) -> nn.Module:
+    """The network of the model group's config for samples of ``data_shape`` (every diffcli
+    network takes ``data_shape``; it refuses data it cannot model, e.g. a U-Net and points)."""
+    node = {k: v for k, v in plain(model_cfg).items() if k not in LEGACY_MODEL_KEYS}
+    return build("model", node, data_shape=[int(d) for d in data_shape])
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a network needs to know about its data: "image" or "points", and one sample's shape."""
+
+    kind: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class LoadedRun:
+    """What a diffcli checkpoint holds: its resolved config (plain dicts) and weights."""
+
+    path: Path
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    global_step: int
+    data: DataInfo | None = None  # None in checkpoints older than the "data" entry
+
+    def data_info(self) -> DataInfo:
+        """Kind and sample shape, from the checkpoint (or by loading the dataset, for old ones)."""
+        if self.data is not None:
+            return self.data
+        dm = build_datamodule(self.config["dataset"])
+        return DataInfo(dm.kind, tuple(dm.data_shape))
+
+    @property
+    def prediction(self) -> str:
+        """What the network predicts (eps, x0 or v); older checkpoints kept it at the top."""
+        module = self.config.get("module")
+        if isinstance(module, Mapping) and "prediction" in module:
+            return str(module["prediction"])
+        return str(self.config.get("prediction", "eps"))
+
+    def schedule(self) -> NoiseSchedule:
+        """The training noise schedule, rebuilt from the stored config."""
+        return build("schedule", self.config["schedule"], source=str(self.path))
+
+    def weights(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The sub-state-dict under ``prefix`` (e.g. "net." or "ema_net."), prefix stripped."""
+        n = len(prefix)
+        return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's top-level dict, read with ``weights_only=True`` (no pickled code runs)
+    and memory-mapped (tensors are read from disk only when used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "config" not in meta or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} was not written by `diffcli train` (no diffcli metadata)")
+    return ckpt
+
+
+def _data_info(data: Any, path: Path) -> DataInfo | None:
+    if data is None:
+        return None
+    ok = (isinstance(data, dict) and data.get("kind") in ("image", "points")
+          and isinstance(data.get("shape"), list | tuple) and 1 <= len(data["shape"]) <= 4
+          and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65536
+                  for d in data["shape"]))
+    if not ok:
+        raise CheckpointError(f"{path}: refusing to load: its data description {data!r} is not "
+                              "a kind and a shape")
+    return DataInfo(str(data["kind"]), tuple(int(d) for d in data["shape"]))
+
+
+def _weights(state: Any, path: Path, check_finite: bool) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: refusing to load: its state_dict is not a mapping of "
+                              "names to tensors")
+    bad = first_nonfinite(state) if check_finite else None
+    if bad is not None:
+        raise CheckpointError(f"{path}: refusing to load: {bad} (training diverged); use an "
+                              "earlier checkpoint (checkpoints/step-N.ckpt) or retrain with a "
+                              "lower lr")
+    return state
+
+
+def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun:
+    """Read a diffcli checkpoint safely: ``weights_only`` unpickling, the stored config checked
+    as data (:func:`diffcli.components.check_config`: allowlisted ``_target_`` names at the
+    group nodes only, no special keys, no interpolations), the data description and weights
+    type-checked, and (``check_finite``) every weight finite. Nothing is built here."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    meta = ckpt[CHECKPOINT_KEY]
+    check_config(meta["config"], str(path), stored=True)
+    info = _data_info(meta.get("data"), path)
+    state = _weights(ckpt["state_dict"], path, check_finite)
+    step = ckpt.get("global_step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: refusing to load: global_step {step!r} is not a count")
+    return LoadedRun(path, dict(meta["config"]), state, step, info)
+
+
+def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None) -> Path:
+    """The newest ``checkpoints/last.ckpt`` under any of ``roots`` (Hydra run dirs), ignoring
+    any inside the folder ``exclude`` (e.g. the run that is asking)."""
+    skip = exclude.resolve() if exclude is not None else None
+    found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")
+             if skip is None or skip not in p.resolve().parents]
+    if not found:
+        where = " or ".join(str(r) for r in roots)
+        raise CheckpointError(f"no trained run found under {where}; run `diffcli train` first "
+                              "or pass ckpt=<path to a .ckpt>")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def run_roots(runs_root: str | Path) -> list[Path]:
+    """Where trained runs are looked for: ``runs_root`` and Hydra's ``multirun``."""
+    return [Path(runs_root), Path("multirun")]
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffcliError(f"device={name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """"32" anywhere, "bf16" on CUDA only (bf16 on CPU is very slow); else one line."""
+    if precision not in ("32", "bf16"):
+        raise DiffcliError(f"precision={precision!r}: use 32 or bf16")
+    if precision == "bf16" and device.type != "cuda":
+        raise DiffcliError("precision=bf16 is for CUDA devices; on CPU use precision=32")
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """bf16 autocast on CUDA for "bf16"; nothing for "32" (checked by :func:`check_precision`)."""
+    check_precision(precision, device)
+    if precision == "32":
+        yield
+        return
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        yield
+
+
+def restore_net(run: LoadedRun, use_ema: bool,
+                device: torch.device) -> tuple[nn.Module, DataInfo, str]:
+    """Rebuild the trained network from the checkpoint alone: (net in eval mode on ``device``,
+    data info, "ema_net" or "net" - the weights used)."""
+    info = run.data_info()
+    net = build_net(run.config["model"], info.shape)
+    prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
+        else "net."
+    try:
+        net.load_state_dict(run.weights(prefix))
+    except RuntimeError as e:
+        raise DiffcliError(f"{run.path}: weights do not fit the configured network "
+                           f"({str(e).splitlines()[0]})") from None
+    return net.to(device).eval(), info, prefix.rstrip(".")
+
+
+def make_sampler(node: Any, schedule: NoiseSchedule, *, steps: int | None = None,
+                 clip_denoised: bool | None = None) -> tuple[Sampler, int]:
+    """Build the sampler group's config (``steps`` / ``clip_denoised``, when given, replace the
+    node's values: the commands' top-level ``steps=`` is an alias of ``sampler.steps``) and
+    check it against ``schedule``; returns (sampler, its number of steps)."""
+    extra: dict[str, Any] = {}
+    if steps is not None:
+        extra["steps"] = int(steps)
+    if clip_denoised is not None:
+        extra["clip_denoised"] = bool(clip_denoised)
+    sampler: Sampler = build("sampler", node, **extra)
+    with user_errors("sampler"):
+        n = len(sampler.timesteps(schedule))
+    return sampler, n
+
+
+def sampler_name(choice: str | None, sampler: Sampler) -> str:
+    """What to call a sampler in folder names and reports: the config option chosen
+    (e.g. "dpmpp_2m"), else its class name in lower case."""
+    return str(choice or type(sampler).__name__.lower())
+
+
+@dataclass
+class OpenedRun:
+    """A run ready to sample: the network (counted), schedule and denoiser."""
+
+    ckpt: Path
+    run: LoadedRun
+    info: DataInfo
+    weights: str  # "ema_net" or "net"
+    counter: CountingNet
+    denoiser: Denoiser
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.denoiser.schedule
+
+
+def open_run(ckpt: Path, *, use_ema: bool, device: torch.device,
+             compile: bool = False) -> OpenedRun:
+    """Load ``ckpt`` safely and rebuild its network (EMA weights when asked and present),
+    schedule and denoiser, with an NFE counter around the network."""
+    run = load_checkpoint(ckpt)
+    net, info, weights = restore_net(run, use_ema, device)
+    counter = CountingNet(torch.compile(net) if compile else net)
+    return OpenedRun(ckpt, run, info, weights, counter,
+                     Denoiser(counter, run.schedule(), run.prediction))

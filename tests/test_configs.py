@@ -1,0 +1,142 @@
+"""Every option of every config group composes and is built (as lightning-hydra-template's
+test_configs does), through the same safe builder the commands use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from diffcli.cli import CONF_DIR
+from diffcli.components import COMPONENTS, build, plain
+from diffcli.errors import DatasetNotFoundError
+from diffcli.lit.module import DiffusionModule
+from diffcli.runs import build_datamodule, build_net, make_sampler
+
+SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32)}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_with(command: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(command, overrides=list(overrides), return_hydra_config=False)
+
+
+def test_every_group_has_options_and_every_target_is_registered():
+    for group in ("dataset", "model", "schedule", "sampler", "trainer", "logger", "module",
+                  "optimizer", "lr_scheduler", "callbacks", "experiment"):
+        assert options(group), group
+    for group in ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
+                  "lr_scheduler"):
+        for name in options(group):
+            node = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+            if "_target_" in node:
+                assert node._target_ in COMPONENTS[group], f"{group}/{name}"
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_every_dataset_builds(name: str, tmp_path: Path):
+    """Built from its yaml; the sets that need downloaded files say where they looked."""
+    cfg = compose_with("train", f"dataset={name}")
+    if "root" in cfg.dataset:
+        cfg.dataset.root = str(tmp_path)
+    try:
+        dm = build_datamodule(cfg.dataset)
+    except DatasetNotFoundError as e:
+        assert str(tmp_path) in str(e) and "\n" not in str(e)
+        return
+    assert dm.kind in ("image", "points") and len(dm.data_shape) in (1, 3)
+    assert next(iter(dm.train_dataloader())).shape[1:] == dm.data_shape
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_builds(name: str):
+    net = build_net(compose_with("train", f"model={name}").model, SHAPES[name])
+    x = torch.randn(2, *SHAPES[name])
+    assert net(x, torch.tensor([0, 999])).shape == x.shape
+
+
+@pytest.mark.parametrize("name", options("schedule"))
+def test_every_schedule_builds(name: str):
+    schedule = build("schedule", compose_with("train", f"schedule={name}").schedule)
+    assert schedule.num_timesteps == 1000
+
+
+@pytest.mark.parametrize("name", options("sampler"))
+def test_every_sampler_builds(name: str):
+    schedule = build("schedule", compose_with("train").schedule)
+    sampler, steps = make_sampler(compose_with("sample", f"sampler={name}").sampler, schedule)
+    assert steps >= 1 and callable(sampler.sample)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_every_trainer_builds(name: str, tmp_path: Path):
+    """Each preset's keys are valid Trainer arguments (GPU presets built on the CPU here)."""
+    kwargs = plain(compose_with("train", f"trainer={name}").trainer)
+    if not torch.cuda.is_available() and kwargs.get("accelerator") not in ("cpu", "auto"):
+        kwargs |= {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32"}
+        kwargs.pop("strategy", None)
+    trainer = L.Trainer(**kwargs, logger=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False)
+    assert trainer.max_steps == kwargs.get("max_steps", trainer.max_steps)
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_every_logger_builds(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    node = compose_with("train", f"logger={name}").logger
+    if not node:
+        return  # logger=none: no logging
+    node = OmegaConf.to_container(node, resolve=False)
+    node["save_dir"] = str(tmp_path)  # the run dir in a real run (a Hydra-time interpolation)
+    assert build("logger", node) is not None
+
+
+@pytest.mark.parametrize("module", options("module"))
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("lr_scheduler", options("lr_scheduler"))
+def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: str,
+                                                      lr_scheduler: str):
+    cfg = compose_with("train", f"module={module}", f"optimizer={optimizer}",
+                       f"lr_scheduler={lr_scheduler}", "model=mlp")
+    lit = build("module", cfg.module, net=build_net(cfg.model, (2,)),
+                schedule=build("schedule", cfg.schedule),
+                optimizer=build("optimizer", cfg.optimizer),
+                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler))
+    assert isinstance(lit, DiffusionModule)
+    opt = lit.make_optimizer(lit.net.parameters())
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+    lit.make_lr_scheduler(opt)
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_every_callbacks_option_builds(name: str, tmp_path: Path):
+    from diffcli.workflows.train import build_callbacks
+
+    cfg = compose_with("train", f"callbacks={name}", "callbacks.snapshot.every_n_steps=10",
+                       "callbacks.fid_proxy.every_n_steps=10",
+                       "callbacks.fid_proxy.extractor=standin", "dataset=digits")
+    context = {"run_dir": tmp_path, "console": None, "seed": 0, "dataset": plain(cfg.dataset)}
+    built = build_callbacks(cfg.callbacks, context)
+    assert len(built) == len(cfg.callbacks)  # every entry on
+    assert build_callbacks({**plain(cfg.callbacks), "preview": None,
+                            "fid_proxy": {**plain(cfg.callbacks.fid_proxy),
+                                          "every_n_steps": None}}, context)
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes_and_builds(name: str):
+    cfg = compose_with("train", f"experiment={name}")
+    net = build_net(cfg.model, (3, 32, 32))
+    lit = build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
+                optimizer=build("optimizer", cfg.optimizer),
+                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler))
+    assert lit.ema_decay == 0.9999 and cfg.dataset.name == "cifar10"

@@ -1,0 +1,86 @@
+"""The house rules of the package layout, checked on the source (DESIGN.md): imports point
+down only, no cycle between packages, Hydra / OmegaConf only at the edge, no repeated file
+names."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "diffcli"
+EDGE = ("cli", "__main__", "relaunch", "workflows")  # the only ones that may touch Hydra
+HYDRA = ("hydra", "omegaconf")
+
+
+def _unit(module: str) -> str:
+    """diffcli.lit.module -> "lit"; diffcli.runs -> "runs"."""
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def _imports() -> dict[Path, set[str]]:
+    """Every module imported by each file (top-level and function-level imports)."""
+    found: dict[Path, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[path] = names
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path, names in _imports().items():
+        unit = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        targets = {_unit(n) for n in names if n.startswith("diffcli.")} - {unit}
+        graph.setdefault(unit, set()).update(targets)
+    return graph
+
+
+def test_no_import_cycle_between_packages():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join([*trail, node, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for unit in sorted(graph):
+        if unit not in state:
+            visit(unit, [])
+
+
+def test_only_the_edge_imports_hydra_and_the_workflows():
+    for path, names in _imports().items():
+        unit = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if unit in EDGE:
+            continue
+        hydra = sorted(n for n in names if n.split(".")[0] in HYDRA)
+        assert not hydra, f"{path.relative_to(PACKAGE)} imports {hydra}"
+        upward = sorted(n for n in names if n.startswith(("diffcli.workflows", "diffcli.cli")))
+        assert not upward, f"{path.relative_to(PACKAGE)} imports {upward}"
+
+
+def test_lower_layers_do_not_import_higher_ones():
+    """workflows -> runs -> lit / eval -> data / viz -> diffusion / nets (errors, files,
+    components are leaves any layer may use)."""
+    order = {"diffusion": 0, "nets": 0, "data": 1, "viz": 1, "eval": 2, "lit": 3, "runs": 4}
+    for unit, targets in _graph().items():
+        if unit not in order:
+            continue
+        for target in targets:
+            if target in order:
+                assert order[target] <= order[unit], f"{unit} imports {target} (upward)"
+
+
+def test_no_two_files_share_a_name():
+    names = Counter(p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+    assert [n for n, k in names.items() if k > 1] == []
