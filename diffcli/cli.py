@@ -6,6 +6,7 @@ multirun sweep; Hydra's own flags (``--cfg job``, ``--info``, ...) pass through.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -24,9 +25,50 @@ if not CONF_DIR.is_dir():  # editable install: the tree lives at the repository 
 
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
                "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_FLAGS = VALUE_FLAGS | {"--resolve", "--run", "-r", "--hydra-help", "--shell-completion",
+                             "-sc", "--version"}
+DISK_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EIO}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train, sample, evaluate and visualize denoising diffusion models.")
+
+
+def versions(verbose: bool) -> str:
+    """"diffcli X.Y.Z", and with ``verbose`` the versions of the stack it runs on."""
+    import importlib.metadata as md
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"diffcli {version('diffcli')}"]
+    if verbose:
+        import platform
+
+        lines += [f"{name} {version(name)}" for name in
+                  ("torch", "torchvision", "lightning", "hydra-core", "omegaconf",
+                   "torch-fidelity", "wandb")]
+        lines.append(f"python {platform.python_version()}")
+    return "\n".join(lines)
+
+
+@app.callback(invoke_without_command=True)
+def main_options(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "-v", "--verbose",
+                                 help="With --version: the versions of torch, lightning, ..."),
+) -> None:
+    """Train, sample, evaluate and visualize denoising diffusion models."""
+    if version:
+        typer.echo(versions(verbose))
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
                 "help_option_names": ["-h", "--help"]}
 
@@ -48,10 +90,27 @@ def config_groups(config_name: str) -> str:
     return "\n".join(lines)
 
 
+def top_level_keys(config_name: str) -> str:
+    """A help paragraph: each top-level key with its type, default and meaning."""
+    import yaml
+
+    from diffcli.workflows.schemas import SCHEMAS
+
+    defaults = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text())
+    lines = []
+    for name, key in SCHEMAS.get(config_name, {}).items():
+        default = defaults.get(name)
+        shown = "null" if default is None else str(default).lower() if isinstance(
+            default, bool) else str(default)
+        lines.append(f"  {name}=  {key.describe()}, default {shown}: {key.help}")
+    return "\n".join(lines)
+
+
 def _help(config_name: str, intro: str, example: str) -> str:
     return (f"{intro}\n\nOverrides are Hydra's: key=value, group=option, -m for a sweep "
             f"(a=1,2), --cfg job to print the config.\n\nConfig groups:\n\n"
-            f"\b\n{config_groups(config_name)}\n\nExample: {example}")
+            f"\b\n{config_groups(config_name)}\n\nKeys:\n\n"
+            f"\b\n{top_level_keys(config_name)}\n\nExample: {example}")
 
 
 def _split_args(args: list[str]) -> list[str]:
@@ -135,6 +194,58 @@ def _worker_message(message: str) -> str:
     return last.split(": ", 1)[1] if "Error: " in last else last
 
 
+def _override_message(config_name: str, e: BaseException) -> str:
+    """One line for a failed composition: where a moved or misspelt key went, else Hydra's."""
+    import re
+
+    from diffcli.errors import one_line
+
+    text = str(e)
+    missing = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", str(e.__cause__ or ""))
+    if missing:
+        from diffcli.workflows.schemas import trainer_keys, unknown_key_hint
+
+        key = missing.group(1)
+        if key.startswith("trainer."):
+            from diffcli.workflows.schemas import nearest
+
+            name = key.split(".", 1)[1]
+            return (f"trainer.{name} is not a Lightning Trainer argument"
+                    f"{nearest(name, trainer_keys())}")
+        return unknown_key_hint(config_name, key) + " (a new key needs a leading +)"
+    if any(m in text for m in ("token recognition error", "mismatched input",
+                                "LexerNoViableAlt", "no viable alternative")):
+        return (f"{one_line(e)} (quote a value with spaces, ~, or non-ASCII characters for "
+                "Hydra, e.g. \"key='~/my data'\", or write $HOME instead of ~)")
+    return one_line(e)
+
+
+def _is_disk_error(e: BaseException | None) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_ERRORS
+
+
+def _disk_message(e: OSError) -> str:
+    """"<path>: No space left on device (errno 28)" - what failed, where."""
+    where = e.filename or "a file"
+    return f"cannot write {where}: {e.strerror or e} (errno {e.errno})"
+
+
+def unknown_flag(args: list[str]) -> str | None:
+    """The first ``--option`` that neither diffcli nor Hydra knows, if any."""
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("-") and a not in ("-m", "--multirun"):
+            flag = a.split("=", 1)[0]
+            if flag not in HYDRA_FLAGS:
+                return a
+            skip = a in VALUE_FLAGS
+    return None
+
+
 def fail(message: str, code: int = 1, label: str = "error") -> None:
     typer.echo(f"{label}: {message}", err=True)
     raise SystemExit(code)
@@ -145,10 +256,15 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     """Validate the overrides, then hand everything to ``hydra.main`` (run dirs, sweeps, ...)."""
     import hydra
 
-    from diffcli.errors import DiffcliError, one_line
+    from diffcli.errors import DiffcliError
     from diffcli.workflows.rundir import register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    bad_flag = unknown_flag(args)
+    if bad_flag is not None:
+        name = bad_flag.lstrip("-").split("=")[0]
+        fail(f"unknown option {bad_flag}: settings are key=value overrides (e.g. {name}=...); "
+             f"see diffcli {config_name.replace('_', '-')} --help", 2)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
     if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
@@ -157,7 +273,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
         except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
             if debug:
                 raise
-            fail(f"bad override: {one_line(e)}", 2)
+            fail(f"bad override: {_override_message(config_name, e)}", 2)
         try:  # checkpoints and run folders are checked before Hydra writes anything
             from diffcli.workflows.preflight import preflight
 
@@ -172,8 +288,11 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
             return workflow(cfg)
         except Exception as e:
             user_error = _user_error(e, DiffcliError)
-            if user_error is None or debug:
+            disk = _user_error(e, OSError)
+            if debug or (user_error is None and not _is_disk_error(disk)):
                 raise
+            if user_error is None:
+                fail(_disk_message(disk))
             fail(_worker_message(str(user_error)), user_error.exit_code, user_error.label)
         except KeyboardInterrupt:
             fail("interrupted", 130)
@@ -182,7 +301,12 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     os.environ["DIFFCLI_COMMAND"] = config_name.replace("_", "-")
     relaunch = str(Path(__file__).resolve().parent / "relaunch.py")
     sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
-    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    except OSError as e:  # Hydra creating the run folder: read-only or full disk
+        if debug or not _is_disk_error(e):
+            raise
+        fail(_disk_message(e))
 
 
 def hydra_command(config_name: str, intro: str, example: str) -> None:

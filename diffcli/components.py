@@ -22,6 +22,7 @@ with one line); :func:`build` checks one group node and calls the registered com
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import importlib
@@ -175,6 +176,11 @@ def check_config(tree: Any, source: str, *, stored: bool = True) -> None:
                 raise _refuse(source, str(e)) from None
 
 
+def check_group(group: str, node: Any, source: str = "config") -> None:
+    """:func:`check_config`'s rules for one group node (e.g. the composed ``sampler``)."""
+    _walk(node, "callbacks.entry" if group == "callbacks" else group, source, stored=False)
+
+
 def resolve_target(group: str, name: str) -> Callable[..., Any]:
     """The callable registered under the exact ``name`` in ``group``."""
     if name not in COMPONENTS.get(group, ()):
@@ -184,7 +190,9 @@ def resolve_target(group: str, name: str) -> Callable[..., Any]:
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    target = fn.__init__ if inspect.isclass(fn) else fn
+    """Resolved annotations of ``fn``'s parameters (a dataclass: its fields, each resolved in
+    the module of the class that declares it)."""
+    target = fn if dataclasses.is_dataclass(fn) else fn.__init__ if inspect.isclass(fn) else fn
     try:
         return typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - unresolvable hints: fall back to plain-value checks
@@ -223,7 +231,9 @@ def fits(value: Any, hint: Any) -> bool:
     if origin in (dict, Mapping) or hint is dict:
         return isinstance(value, Mapping) and all(fits(v, args[1] if args else Any)
                                                   for v in value.values())
-    return fits(value, Any)  # other annotations (e.g. os.PathLike): plain values only
+    if inspect.isclass(hint):  # e.g. a Tensor: no config value is one
+        return isinstance(value, hint)
+    return fits(value, Any)  # other typing constructs: plain values only
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> None:
@@ -249,6 +259,8 @@ def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str) 
 def _describe(hint: Any) -> str:
     if hint is None:
         return "a plain value"
+    if inspect.isclass(hint) and issubclass(hint, enum.Enum):
+        return "expected one of " + ", ".join(str(m.value) for m in hint)
     if inspect.isclass(hint):
         return f"expected {hint.__name__}"
     return "expected " + str(hint).replace("typing.", "").replace("collections.abc.", "")
@@ -264,7 +276,8 @@ def plain(node: Any) -> Any:
     return node
 
 
-def build(group: str, node: Any, *, source: str = "config", **extra: Any) -> Any:
+def build(group: str, node: Any, *, source: str = "config", where: str | None = None,
+          **extra: Any) -> Any:
     """Build the component that the config ``node`` of ``group`` describes.
 
     ``node`` is a mapping with a ``_target_`` from the group's allowlist and keyword
@@ -272,22 +285,23 @@ def build(group: str, node: Any, *, source: str = "config", **extra: Any) -> Any
     then a ``functools.partial``); ``extra`` adds or replaces keyword arguments (e.g. the data
     shape, or already-built components). The node is checked first (:func:`check_config`'s
     rules, the signature's names and types); a ``ValueError`` or ``TypeError`` raised by the
-    component becomes one line naming the group.
+    component becomes one line naming the group (or ``where``, e.g. "callbacks.last").
     """
+    where = where or group
     node = plain(node)
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise DiffcliError(f"{group}: the config names no component (_target_)")
-    _walk(node, "callbacks.entry" if group == "callbacks" else group, source, stored=False)
+    check_group(group, node, source)
     fn = resolve_target(group, str(node["_target_"]))
     kwargs = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")}
-    check_kwargs(fn, kwargs, group)
+    check_kwargs(fn, kwargs, where)
     kwargs |= extra
     if node.get("_partial_"):
         if group not in PARTIAL_AT:
             raise UnsafeConfigError(f"{source}: refusing to load: {group} may not be partial")
-        with user_errors(group):  # fail now on bad keywords, not when it is finally called
+        with user_errors(where):  # fail now on bad keywords, not when it is finally called
             inspect.signature(fn).bind_partial(**kwargs)
         return functools.partial(fn, **kwargs)
-    with user_errors(group):
+    with user_errors(where):
         return fn(**kwargs)
 

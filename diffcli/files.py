@@ -10,13 +10,15 @@ written into a hidden temporary folder that is renamed into place at the end.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -61,6 +63,23 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as the strings "inf", "-inf" and "nan", so that the JSON
+    written is strict (Python's ``Infinity`` is rejected by other parsers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """Strict, indented JSON of ``obj`` (:func:`json_safe`; other objects as ``str``)."""
+    return json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False)
 
 
 def claim_dir(path: Path) -> Path:

@@ -10,6 +10,7 @@ through :func:`load_checkpoint` - ``weights_only`` unpickling, the stored config
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 
 from diffcli.components import build, check_config, plain
 from diffcli.diffusion.generate import CountingNet
+from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.samplers import Denoiser, Sampler
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import CheckpointError, DiffcliError, user_errors
@@ -89,6 +91,19 @@ class LoadedRun:
         return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
 
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``, memory-mapped when the file allows it; torch's
+    own warnings (pickle protocol notes) are not shown: the caller words the outcome."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's top-level dict, read with ``weights_only=True`` (no pickled code runs)
     and memory-mapped (tensors are read from disk only when used)."""
@@ -96,15 +111,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{path} is not a diffcli checkpoint (not a PyTorch file that "
+                              "loads without running code; --debug shows why)") from e
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "config" not in meta or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} was not written by `diffcli train` (no diffcli metadata)")
@@ -137,6 +147,18 @@ def _weights(state: Any, path: Path, check_finite: bool) -> dict[str, torch.Tens
     return state
 
 
+def _check_shape_matches_config(run: LoadedRun) -> None:
+    """The stored sample shape must agree with the stored dataset's ``image_size``."""
+    dataset = run.config.get("dataset")
+    size = dataset.get("image_size") if isinstance(dataset, Mapping) else None
+    if run.data is None or run.data.kind != "image" or not isinstance(size, int):
+        return
+    if tuple(run.data.shape[-2:]) != (size, size):
+        raise CheckpointError(f"{run.path}: refusing to load: its images are "
+                              f"{'x'.join(map(str, run.data.shape[-2:]))} but its dataset says "
+                              f"image_size {size}; the file was edited or is damaged")
+
+
 def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun:
     """Read a diffcli checkpoint safely: ``weights_only`` unpickling, the stored config checked
     as data (:func:`diffcli.components.check_config`: allowlisted ``_target_`` names at the
@@ -151,7 +173,13 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
     step = ckpt.get("global_step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{path}: refusing to load: global_step {step!r} is not a count")
-    return LoadedRun(path, dict(meta["config"]), state, step, info)
+    run = LoadedRun(path, dict(meta["config"]), state, step, info)
+    _check_shape_matches_config(run)
+    known = [p.value for p in Parameterization]
+    if run.prediction not in known:
+        raise CheckpointError(f"{path}: refusing to load: its network predicts "
+                              f"{run.prediction!r}, not one of {', '.join(known)}")
+    return run
 
 
 def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None) -> Path:

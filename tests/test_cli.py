@@ -110,6 +110,7 @@ def test_train_and_sample_images(tmp_path: Path):
     run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=3-8", "batch_size=4",
         "trajectory=2", "sampler.dynamic_threshold=0.99")
     heun = next(tmp_path.glob("outputs/*/*/samples/heun-2"))
+    assert "Infinity" not in (heun / "meta.json").read_text()  # strict JSON (s_tmax = inf)
     meta = json.loads((heun / "meta.json").read_text())
     assert meta["nfe"] == 3 and meta["seeds"] == "3-8" and meta["n"] == 6
     assert sorted(p.name for p in (heun / "images").iterdir())[0] == "000003.png"
@@ -150,7 +151,8 @@ def test_corrupt_and_absent_checkpoints(tmp_path: Path):
     assert_one_line_error(run(tmp_path, "sample", ok=False), "no trained run")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    assert_one_line_error(run(tmp_path, "sample", f"ckpt={bad}", ok=False), "not a readable")
+    assert_one_line_error(run(tmp_path, "sample", f"ckpt={bad}", ok=False),
+                          "is not a diffcli checkpoint")
 
 
 def test_help_lists_config_groups(tmp_path: Path):

@@ -217,10 +217,17 @@ class ImageFiles(Dataset):
 def find_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursively (symlinks followed, hidden entries skipped), sorted.
 
-    Matches :data:`IMAGE_EXTENSIONS` case-insensitively.
+    Matches :data:`IMAGE_EXTENSIONS` case-insensitively. A folder reached twice (a symlink
+    loop, or two links to one folder) is read once.
     """
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(
             Path(folder) / name for name in files

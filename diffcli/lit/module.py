@@ -57,7 +57,7 @@ class DiffusionModule(L.LightningModule):
     Args:
         net: the denoising network ``(x_t (B, ...), t (B,)) -> (B, ...)``.
         schedule: the noise schedule.
-        prediction: what ``net`` predicts (eps, x0 or v).
+        prediction: what ``net`` predicts (eps, x0 or v; the enum or its value).
         optimizer: ``parameters -> Optimizer`` (e.g. ``functools.partial(torch.optim.Adam,
             lr=2e-4)``, what a config with ``_partial_: true`` builds); default Adam, lr 1e-3.
         lr_scheduler: ``optimizer -> LRScheduler`` stepped every optimizer step (e.g.
@@ -75,7 +75,7 @@ class DiffusionModule(L.LightningModule):
         net: nn.Module,
         schedule: NoiseSchedule,
         *,
-        prediction: Parameterization | str = Parameterization.EPS,
+        prediction: Parameterization = Parameterization.EPS,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[..., Any] | None = None,
         ema_decay: float | None = 0.999,

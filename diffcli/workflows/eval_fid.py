@@ -13,7 +13,6 @@ samples (``<folder>/fid-n<N>.json``, ``<name>.fid-n<N>.json`` for a .npz) - or `
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +48,7 @@ from diffcli.eval.metrics import (
     parse_metrics,
 )
 from diffcli.eval.sampling import generated_batches, seed_set
-from diffcli.files import atomic_write_text
+from diffcli.files import atomic_write_text, dumps_json
 from diffcli.runs import (
     autocast,
     check_precision,
@@ -187,10 +186,20 @@ def _reference(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics: l
     return ref, key
 
 
+HIGHER_IS_BETTER = ("isc_mean", "precision", "recall", "f_score")
+
+
 def _summary(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """min, mean, max over the seed sets, and ``best``: the max for metrics where higher is
+    better (IS, precision, recall), else the min (FID, KID; EDM's reporting)."""
     keys = [k for k in results[0] if k not in ("repeat", "seeds")]
-    return {k: {"min": min(r[k] for r in results), "mean": sum(r[k] for r in results)
-                / len(results), "max": max(r[k] for r in results)} for k in keys}
+    out = {}
+    for k in keys:
+        values = [r[k] for r in results]
+        best = max(values) if k in HIGHER_IS_BETTER else min(values)
+        out[k] = {"best": best, "min": min(values), "mean": sum(values) / len(values),
+                  "max": max(values)}
+    return out
 
 
 def _table(summary: dict[str, dict[str, float]], repeats: int, title: str) -> Table:
@@ -199,12 +208,12 @@ def _table(summary: dict[str, dict[str, float]], repeats: int, title: str) -> Ta
     if repeats == 1:
         table.add_column("value", justify="right")
         for k, s in summary.items():
-            table.add_row(k, f"{s['min']:.4f}")
+            table.add_row(k, f"{s['best']:.4f}")
     else:
-        table.add_column(f"min of {repeats}", justify="right")
+        table.add_column(f"best of {repeats}", justify="right")
         table.add_column(f"mean of {repeats}", justify="right")
         for k, s in summary.items():
-            table.add_row(k, f"{s['min']:.4f}", f"{s['mean']:.4f}")
+            table.add_row(k, f"{s['best']:.4f}", f"{s['mean']:.4f}")
     return table
 
 
@@ -274,7 +283,7 @@ def eval_fid(cfg: DictConfig) -> Path:
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(str(cfg.out)).expanduser() if cfg.out else fake.out_path
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=2, default=str))
+    atomic_write_text(out, dumps_json(record))
     title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
     Console().print(_table(record["summary"], repeats, title))
     if not extractor.comparable:  # after the numbers, where it cannot be missed

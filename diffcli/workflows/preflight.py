@@ -9,12 +9,30 @@ run (the files may have changed in between).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffcli.errors import CheckpointError
+from diffcli.components import (
+    ADVISORY_KEYS,
+    build,
+    check_group,
+    check_kwargs,
+    plain,
+    resolve_target,
+)
+from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.runs import find_latest_checkpoint, load_checkpoint, run_roots
+from diffcli.workflows.schemas import (
+    TRAINER,
+    UsageError,
+    check_top_level,
+    nearest,
+    trainer_keys,
+)
 
 
 def _literal_run_dir(cfg: DictConfig) -> Path | None:
@@ -46,9 +64,83 @@ def _train(cfg: DictConfig) -> None:
         check_run_dir(run_dir, resume)
 
 
+GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
+          "lr_scheduler")
+CHEAP = ("schedule", "sampler", "optimizer", "lr_scheduler")  # built here to run their checks
+
+
+def _group(cfg: DictConfig, name: str) -> Any:
+    try:
+        return plain(cfg.get(name))
+    except Exception:  # noqa: BLE001 - Hydra-time interpolations (the logger's run dir)
+        return None
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Each group node fits its component's signature; the cheap ones are built (their own
+    range checks run); ``trainer.X`` keys are Trainer arguments."""
+    for name in GROUPS:
+        node = _group(cfg, name)
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            continue
+        kwargs = {k: v for k, v in node.items() if k not in ("_target_", "_partial_")
+                  and k not in ADVISORY_KEYS.get(name, ())}
+        try:
+            check_group(name, node)
+            check_kwargs(resolve_target(name, str(node["_target_"])), kwargs, name)
+            if name in CHEAP:
+                built = build(name, node)
+                if name == "optimizer":
+                    opt = built([torch.nn.Parameter(torch.zeros(1))])
+                    scheduler = _group(cfg, "lr_scheduler")
+                    if scheduler:
+                        build("lr_scheduler", scheduler)(opt)
+        except UsageError:
+            raise
+        except DiffcliError as e:
+            raise UsageError(str(e)) from None
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{name}: {' '.join(str(e).split())}") from None
+    callbacks = _group(cfg, "callbacks")
+    if isinstance(callbacks, Mapping):  # built (not run) here, Inception-bound FID proxy aside
+        from diffcli.workflows.train import build_callbacks
+
+        cheap = {k: v for k, v in callbacks.items() if k != "fid_proxy"}
+        context = {"run_dir": Path("."), "console": None, "seed": 0, "dataset": {}}
+        try:
+            build_callbacks(cheap, context)
+        except DiffcliError as e:
+            raise UsageError(str(e)) from None
+    trainer = _group(cfg, "trainer")
+    if isinstance(trainer, Mapping):
+        known = trainer_keys()
+        for key, value in trainer.items():
+            if key not in known:
+                raise UsageError(f"trainer.{key} is not a Lightning Trainer argument"
+                                 f"{nearest(key, known)}")
+            if key in TRAINER:
+                TRAINER[key].check(f"trainer.{key}", value)
+        if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
+                             "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
+
+
 def preflight(command: str, cfg: DictConfig) -> None:
     """Raise a one-line :class:`~diffcli.errors.DiffcliError` for what ``command`` would
-    refuse later anyway, before anything is written."""
+    refuse later anyway, before anything is written: top-level keys against their schema,
+    config groups against their components (exit 2), then checkpoints and run folders."""
+    top = {k: cfg.get(k) for k in cfg if k != "hydra"}
+    groups = {k for k, v in top.items() if OmegaConf.is_config(v) or k in GROUPS
+              or k in ("trainer", "callbacks")}
+    check_top_level(command, {k: _group(cfg, k) for k in top if k not in groups}, groups)
+    check_groups(cfg)
+    if command == "sample":
+        from diffcli.workflows.sample import parse_seeds
+
+        try:
+            parse_seeds(cfg.seeds, int(cfg.n or 1), int(cfg.seed))
+        except DiffcliError as e:
+            raise UsageError(str(e)) from None
     if command == "train":
         _train(cfg)
         return

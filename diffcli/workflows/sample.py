@@ -7,7 +7,6 @@ new folder, all or nothing).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from torch import Tensor
 from diffcli.diffusion.generate import Trajectory, compact_seeds, generate, num_steps, to_uint8
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
-from diffcli.files import OutputFolder
+from diffcli.files import OutputFolder, dumps_json
 from diffcli.runs import (
     OpenedRun,
     autocast,
@@ -41,21 +40,48 @@ from diffcli.runs import (
 console = Console(stderr=True)
 
 
+MAX_SEEDS = 10_000_000  # one call; more is a mistake or a job for several calls
+
+
 def parse_seeds(spec: str | int | list | None, n: int, seed: int) -> list[int]:
-    """Seeds from ``seeds=`` ("0-999", "0,5,7", "3-5,9" or a list), else ``seed .. seed+n-1``."""
+    """Seeds from ``seeds=`` ("0-999", "0,5,7", "3-5,9" or a list), else ``seed .. seed+n-1``;
+    at most :data:`MAX_SEEDS`, counted before any list is made."""
     if spec is None:
-        return list(range(seed, seed + n))
-    parts = spec if isinstance(spec, list | tuple) else str(spec).split(",")
-    seeds: list[int] = []
+        ranges = [(seed, seed + n - 1)]
+    else:
+        parts = spec if isinstance(spec, list | tuple) else str(spec).split(",")
+        ranges = []
+        try:
+            for part in (str(p).strip() for p in parts):
+                lo, _, hi = part.partition("-")
+                ranges.append((int(lo), int(hi) if hi else int(lo)))
+        except ValueError:
+            raise DiffcliError(f"bad seeds={spec!r}: use a range like 0-999 or a list 1,5,7") \
+                from None
+        if not ranges or any(hi < lo for lo, hi in ranges):
+            raise DiffcliError(f"seeds={spec!r} selects no seed (a range is low-high)")
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > MAX_SEEDS:
+        raise DiffcliError(f"{count:,} seeds asked for; one call draws at most {MAX_SEEDS:,} "
+                           "(split the range over several calls or processes)")
+    if any(lo < 0 for lo, _ in ranges):
+        raise DiffcliError(f"seeds must be >= 0, got {spec if spec is not None else seed}")
+    return [s for lo, hi in ranges for s in range(lo, hi + 1)]
+
+
+def check_memory(n: int, shape: tuple[int, ...], batch_size: int) -> None:
+    """Refuse, in one line, a call whose samples (float32 + uint8 copies) or one batch's noise
+    alone would not fit in the memory available now."""
+    per_item = 5 * math.prod(shape)  # bytes: float32 + uint8
+    need = n * per_item + min(batch_size, n) * 4 * math.prod(shape) * 8
     try:
-        for part in (str(p).strip() for p in parts):
-            lo, _, hi = part.partition("-")
-            seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise DiffcliError(f"bad seeds={spec!r}: use a range like 0-999 or a list 1,5,7") from None
-    if not seeds:
-        raise DiffcliError(f"seeds={spec!r} selects no seed")
-    return seeds
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > 0.8 * free:
+        raise DiffcliError(f"{n:,} samples of shape {tuple(shape)} with batch_size={batch_size} "
+                           f"need about {need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is "
+                           "free: draw fewer per call (n=, seeds=) or lower batch_size")
 
 
 def sampler_choice() -> str | None:
@@ -117,6 +143,7 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
                                   clip_denoised=clip)
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     check_precision(str(cfg.precision), device)
+    check_memory(len(seeds), opened.info.shape, int(cfg.batch_size))
     name = sampler_name(sampler_choice(), sampler)
     folder = OutputFolder(ckpt.parent.parent / "samples" / f"{name}-{steps}",
                           overwrite=bool(cfg.overwrite))
@@ -156,7 +183,7 @@ def write(req: Request, cfg: DictConfig, x: Tensor, trajectory: Trajectory | Non
             _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}")
         if trajectory is not None:
             trajectory.save(tmp / "trajectory.npz")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / "meta.json").write_text(dumps_json(meta))
     picture = "grid.png, images/" if image else "scatter.png"
     console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
                   f"sample, {req.opened.weights} weights, {span}) to {req.folder.path}/ : "

@@ -121,7 +121,8 @@ def build_callbacks(nodes: Any, context: dict[str, Any]) -> list[L.Callback]:
         target = resolve_target("callbacks", str(node.get("_target_")))
         takes = inspect.signature(target).parameters
         extra |= {k: v for k, v in context.items() if k in takes and k not in node}
-        callback = build("callbacks", node, source=f"callbacks.{name}", **extra)
+        callback = build("callbacks", node, source=f"callbacks.{name}",
+                         where=f"callbacks.{name}", **extra)
         if callback is not None:
             built.append(callback)
     return built
@@ -201,6 +202,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
+    _end_process_group()  # every rank, before any prints "done" and exits
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; continue with "
@@ -209,6 +211,16 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
                       f"next: [bold]diffcli sample[/] (uses this run)")
     return last
+
+
+def _end_process_group() -> None:
+    """Tear the DDP process group down on every rank (a rank exiting while another still
+    waits left processes hanging after "done")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _announce(cfg: DictConfig, dm: Any, module: DiffusionModule, trainer: L.Trainer,
@@ -224,3 +236,7 @@ def _announce(cfg: DictConfig, dm: Any, module: DiffusionModule, trainer: L.Trai
         f"{per_device * world * accum} | precision {trainer.precision} | run dir {run_dir}")
     if resume:
         console.print(f"resuming from step {start} of {resume}")
+    cores = os.cpu_count() or 1
+    if trainer.accelerator.__class__.__name__ == "CPUAccelerator" and world > cores:
+        console.print(f"[yellow]note[/]: {world} processes on {cores} CPU cores share them: "
+                      "expect no speed-up (use trainer.devices <= the core count)")

@@ -1,0 +1,257 @@
+"""A table of bad inputs, driven through the real CLI entry point: each gives a non-zero exit,
+exactly one line on stderr that names the offending key or path, no file written, and no
+existing checkpoint changed.
+
+Most cases are refused before Hydra starts, so they run in-process (a few ms each); the ones
+found while a command runs go through real processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import TINY_UNET, assert_one_line_error, run
+
+MISSING = "missing.ckpt"
+
+# (command and overrides, a fragment the one line must contain, exit code)
+USAGE: list[tuple[list[str], str, int]] = [
+    # train: moved, misspelt, mistyped and out-of-range keys
+    (["train", "lr=abc"], "lr is now optimizer.lr", 2),
+    (["train", "checkpoint_every=abc"], "callbacks.last.every_n_steps", 2),
+    (["train", "prediction=v"], "module.prediction", 2),
+    (["train", "ema_decay=0.9"], "module.ema_decay", 2),
+    (["train", "optimizer.lr=abc"], "optimizer.lr", 2),
+    (["train", "optimizer.lr=-1"], "learning rate", 2),
+    (["train", "optimizer=adamw", "optimizer.betas=[2,1]"], "beta", 2),
+    (["train", "optimizer.weight_decay=abc"], "optimizer.weight_decay", 2),
+    (["train", "lr_scheduler.warmup_steps=-1"], "warmup_steps", 2),
+    (["train", "lr_scheduler=cosine", "lr_scheduler.min_ratio=2"], "min_ratio", 2),
+    (["train", "seed=-1"], "seed", 2),
+    (["train", "seed=abc"], "seed", 2),
+    (["train", "module.prediction=foo"], "module.prediction", 2),
+    (["train", "module.ema_decay=abc"], "module.ema_decay", 2),
+    (["train", "module.min_snr_gamma=abc"], "module.min_snr_gamma", 2),
+    (["train", "trainer.max_stepz=3"], "did you mean max_steps", 2),
+    (["train", "trainer.max_steps=-5"], "trainer.max_steps", 2),
+    (["train", "trainer.max_steps=abc"], "trainer.max_steps", 2),
+    (["train", "trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches", 2),
+    (["train", "trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val", 2),
+    (["train", "trainer.precision=17"], "trainer.precision", 2),
+    (["train", "trainer.accelerator=gpu"], "no CUDA device", 2),
+    (["train", "trainer=gpu"], "no CUDA device", 2),
+    (["train", "trainer=ddp"], "no CUDA device", 2),
+    (["train", "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps", 2),
+    (["train", "callbacks.snapshot.every_n_steps=-1"], "callbacks.snapshot", 2),
+    (["train", "callbacks.last.every_n_steps=abc"], "callbacks.last.every_n_steps", 2),
+    (["train", "callbacks.preview.num_images=0"], "callbacks.preview", 2),
+    (["train", "callbacks.preview.sampler.steps=0"], "steps", 2),
+    (["train", "schedule.num_timesteps=abc"], "schedule.num_timesteps", 2),
+    (["train", "schedule.beta_end=2"], "schedule", 2),
+    (["train", "model.base_channels=abc"], "model.base_channels", 2),
+    (["train", "model.channel_mults=abc"], "model.channel_mults", 2),
+    (["train", "model.sneaky=1"], "sneaky", 2),
+    (["train", "dataset.batch_size=abc"], "dataset.batch_size", 2),
+    (["train", "dataset.image_size=abc"], "dataset.image_size", 2),
+    (["train", "dataset.root=~/data"], "quote", 2),
+    (["train", "dataset=nope"], "dataset", 2),
+    (["train", "model=nope"], "model", 2),
+    (["train", "logger=nope"], "logger", 2),
+    (["train", "resume=maybe"], "resume", 2),
+    (["train", "ckpt_path="], "ckpt_path", 2),
+    (["train", "runs_root="], "runs_root", 2),
+    (["train", "notanoverride"], "notanoverride", 2),
+    (["train", f"ckpt_path={MISSING}"], MISSING, 1),
+    # sample
+    (["sample", "n=-5"], "n=-5", 2),
+    (["sample", "n=abc"], "n=", 2),
+    (["sample", "n=0"], "n=0", 2),
+    (["sample", "steps=abc"], "steps", 2),
+    (["sample", "steps=0"], "steps=0", 2),
+    (["sample", "batch_size=0"], "batch_size", 2),
+    (["sample", "sampler=ddim", "sampler.eta=abc"], "sampler.eta", 2),
+    (["sample", "sampler=ddim", "sampler.eta=-1"], "eta", 2),
+    (["sample", "sampler.steps=0"], "steps", 2),
+    (["sample", "sampler=ddpm", "sampler.grid=karras"], "grid", 2),
+    (["sample", "sampler.grid=foo"], "grid", 2),
+    (["sample", "sampler=heun", "sampler.rho=-1"], "rho", 2),
+    (["sample", "sampler=nope"], "sampler", 2),
+    (["sample", "ckpt="], "ckpt", 2),
+    (["sample", "seed=-1"], "seed", 2),
+    (["sample", "seeds=abc"], "seeds", 2),
+    (["sample", "seeds=5-3"], "seeds", 2),
+    (["sample", "seeds=0-999999999"], "seeds", 2),
+    (["sample", "n=100000000"], "seeds", 2),
+    (["sample", "trajectory=-1"], "trajectory", 2),
+    (["sample", "clip_denoised=maybe"], "clip_denoised", 2),
+    (["sample", "use_ema=abc"], "use_ema", 2),
+    (["sample", "overwrite=maybe"], "overwrite", 2),
+    (["sample", "device=tpu"], "device", 2),
+    (["sample", "precision=16"], "precision", 2),
+    (["sample", "foo=1"], "foo", 2),
+    (["sample", f"ckpt={MISSING}"], MISSING, 1),
+    # eval-fid
+    (["eval-fid", "repeats=0"], "repeats", 2),
+    (["eval-fid", "n=1"], "n=1", 2),
+    (["eval-fid", "ref_n=abc"], "ref_n", 2),
+    (["eval-fid", "batch_size=0"], "batch_size", 2),
+    (["eval-fid", "num_workers=-1"], "num_workers", 2),
+    (["eval-fid", "samples="], "samples", 2),
+    (["eval-fid", "extractor="], "extractor", 2),
+    (["eval-fid", "metrics=fid"], "metrics", 2),
+    # noise-viz
+    (["noise-viz", "num_timesteps=1"], "num_timesteps", 2),
+    (["noise-viz", "image_size=0"], "image_size", 2),
+    (["noise-viz", "num_images=0"], "num_images", 2),
+    (["noise-viz", "gif_frames=1"], "gif_frames", 2),
+    (["noise-viz", "reverse=maybe"], "reverse", 2),
+]
+
+
+def _digest(folder: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A folder holding one trained run (so commands that want the newest run find one)."""
+    cwd = tmp_path_factory.mktemp("bad-inputs")
+    run(cwd, "train", "dataset=moons", "model=mlp", "trainer.max_steps=2", "logger=none",
+        "dataset.n_points=64", "callbacks.preview=null")
+    return cwd
+
+
+def test_the_table_is_large_enough():
+    assert len(USAGE) >= 60
+
+
+@pytest.mark.parametrize("args, fragment, code", USAGE,
+                         ids=[" ".join(a) for a, _, _ in USAGE])
+def test_bad_input(args: list[str], fragment: str, code: int, workdir: Path,
+                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffcli.cli import app
+
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["diffcli"])
+    before = _digest(workdir)
+    with pytest.raises(SystemExit) as exit_info:
+        app(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert exit_info.value.code == code, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert _digest(workdir) == before  # nothing written, no checkpoint changed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [b"\x00\x01random bytes" * 100, pickle.dumps({"a": 1})])
+def test_a_file_that_is_not_a_checkpoint(content: bytes, tmp_path: Path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    proc = run(tmp_path, "sample", f"ckpt={bad}", ok=False)
+    assert_one_line_error(proc, f"{bad} is not a diffcli checkpoint")
+    assert "weights_only" not in proc.stderr  # torch's advice to load unsafely is not relayed
+    assert "Warning" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_runtime_refusals_are_one_line_and_change_nothing(workdir: Path, tmp_path: Path):
+    """Found while the command runs: still one line, exit 1, the existing run untouched."""
+    before = _digest(workdir / "outputs")
+    ckpt = next(workdir.glob("outputs/*/*/checkpoints/last.ckpt"))
+    cases = [
+        (["train", "dataset=swiss_roll", "logger=none"], "model=mlp"),
+        (["train", "dataset=mnist", f"dataset.root={tmp_path}"], str(tmp_path)),
+        (["train", *TINY_UNET, "model.channel_mults=[]", "logger=none"], "channel_mults"),
+        (["eval-fid", "extractor=standin", "n=8", f"ckpt={ckpt}"], "FID needs images"),
+        (["noise-viz", "schedules=[nope]"], "nope"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(run(workdir, *args, ok=False), fragment)
+    assert len(list(workdir.glob("outputs/**/*.ckpt"))) == 1  # no checkpoint was added
+    for path, digest in before.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
+
+
+def test_stored_config_with_an_unknown_prediction_is_refused(workdir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture):
+    from diffcli.cli import app
+
+    ckpt = next(workdir.glob("outputs/*/*/checkpoints/last.ckpt"))
+    data = torch.load(ckpt, weights_only=True)
+    data["diffcli"]["config"]["module"]["prediction"] = "foo"
+    bad = tmp_path / "bad.ckpt"
+    torch.save(data, bad)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["diffcli"])
+    with pytest.raises(SystemExit) as exit_info:
+        app(["sample", f"ckpt={bad}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code != 0 and len(err.splitlines()) == 1 and "predicts" in err
+
+
+@pytest.mark.parametrize("code, text", [(28, "No space left on device"),
+                                        (13, "Permission denied"),
+                                        (30, "Read-only file system")])
+def test_disk_errors_name_the_path(code: int, text: str, workdir: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture):
+    """A full disk, a read-only or forbidden folder while writing: one line naming the path
+    (tried by making the sample writer fail the way the OS does; root ignores permissions)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import diffcli.workflows.sample as sample_workflow
+    from diffcli.cli import app
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(code, text, str(tmp_path / "samples.npz"))
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sample_workflow, "write", refuse)
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["diffcli"])
+    before = _digest(workdir)
+    with pytest.raises(SystemExit) as exit_info:
+        app(["sample", "n=4", "steps=2", "sampler=ddim"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 1
+    assert lines[-1] == f"error: cannot write {tmp_path / 'samples.npz'}: {text} (errno {code})"
+    assert _digest(workdir) == before
+
+
+def test_an_image_folder_with_a_symlink_loop_is_read_once(tmp_path: Path):
+    from PIL import Image
+
+    from diffcli.data.vision import find_images
+
+    (tmp_path / "a").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path)  # a -> loop -> the root again
+    assert len(find_images(tmp_path)) == 4
+
+
+def test_an_edited_image_shape_is_refused(workdir: Path, tmp_path: Path):
+    from diffcli.errors import CheckpointError
+    from diffcli.runs import load_checkpoint
+
+    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=1", "logger=none",
+        "callbacks.preview=null")
+    ckpt = next(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))
+    data = torch.load(ckpt, weights_only=True)
+    data["diffcli"]["data"]["shape"] = [1, 64, 64]
+    torch.save(data, tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError, match="images are 64x64 but its dataset says"):
+        load_checkpoint(tmp_path / "edited.ckpt")
