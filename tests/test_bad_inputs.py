@@ -37,6 +37,7 @@ USAGE: list[tuple[list[str], str, int]] = [
     (["train", "module.prediction=foo"], "module.prediction", 2),
     (["train", "module.ema_decay=abc"], "module.ema_decay", 2),
     (["train", "module.min_snr_gamma=abc"], "module.min_snr_gamma", 2),
+    (["train", "module.ema_decay=2"], "ema_decay=2", 2),
     (["train", "trainer.max_stepz=3"], "did you mean max_steps", 2),
     (["train", "trainer.max_steps=-5"], "trainer.max_steps", 2),
     (["train", "trainer.max_steps=abc"], "trainer.max_steps", 2),

@@ -231,6 +231,7 @@ def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path)
     proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=3", "module.ema_decay=2",
                "module.ema_warmup=false", ok=False)
     assert_one_line_error(proc, "ema_decay=2")
+    assert proc.returncode == 2  # refused before a run folder was made
 
 
 @pytest.mark.slow

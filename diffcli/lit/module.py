@@ -29,6 +29,13 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def check_ema_decay(ema_decay: float | None) -> None:
+    """Raise ValueError unless ``ema_decay`` is None or in [0, 1) (1 or more diverges)."""
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay={ema_decay} is out of range: use 0 <= ema_decay < 1 "
+                         "(e.g. 0.999), or null to keep no EMA")
+
+
 def batch_data(batch: Tensor | tuple | list) -> Tensor:
     """The data tensor of a batch: the batch itself, or its first item ((data, labels))."""
     return batch[0] if isinstance(batch, tuple | list) else batch
@@ -87,9 +94,7 @@ class DiffusionModule(L.LightningModule):
         data_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} is out of range: use 0 <= ema_decay < 1 "
-                             "(e.g. 0.999), or null to keep no EMA")
+        check_ema_decay(ema_decay)
         self.make_optimizer = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.make_lr_scheduler = lr_scheduler
         _check_optimizer(self.make_optimizer, lr_scheduler)

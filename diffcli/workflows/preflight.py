@@ -88,6 +88,10 @@ def check_groups(cfg: DictConfig) -> None:
         try:
             check_group(name, node)
             check_kwargs(resolve_target(name, str(node["_target_"])), kwargs, name)
+            if name == "module":
+                from diffcli.lit.module import check_ema_decay
+
+                check_ema_decay(node.get("ema_decay"))
             if name in CHEAP:
                 built = build(name, node)
                 if name == "optimizer":
