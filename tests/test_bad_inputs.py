@@ -114,6 +114,24 @@ USAGE: list[tuple[list[str], str, int]] = [
 ]
 
 
+def run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture) -> tuple[int | str | None, list[str]]:
+    """``diffcli <args>`` through the real entry point in this process, from ``cwd``: (exit
+    code, the non-blank lines of stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffcli.cli import app
+
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["diffcli"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        app(args)
+    err = capsys.readouterr().err
+    return exit_info.value.code, [ln for ln in err.splitlines() if ln.strip()]
+
+
 def _digest(folder: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
             if p.is_file()}
@@ -136,22 +154,12 @@ def test_the_table_is_large_enough():
                          ids=[" ".join(a) for a, _, _ in USAGE])
 def test_bad_input(args: list[str], fragment: str, code: int, workdir: Path,
                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    from hydra.core.global_hydra import GlobalHydra
-
-    from diffcli.cli import app
-
-    GlobalHydra.instance().clear()
-    monkeypatch.chdir(workdir)
-    monkeypatch.setattr(sys, "argv", ["diffcli"])
     before = _digest(workdir)
-    with pytest.raises(SystemExit) as exit_info:
-        app(args)
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert exit_info.value.code == code, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    got, lines = run_in_process(args, workdir, monkeypatch, capsys)
+    assert got == code, lines
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert fragment in lines[0], lines[0]
-    assert "Traceback" not in err
+    assert not any("Traceback" in ln for ln in lines)
     assert _digest(workdir) == before  # nothing written, no checkpoint changed
 
 
@@ -188,19 +196,13 @@ def test_runtime_refusals_are_one_line_and_change_nothing(workdir: Path, tmp_pat
 def test_stored_config_with_an_unknown_prediction_is_refused(workdir: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture):
-    from diffcli.cli import app
-
     ckpt = next(workdir.glob("outputs/*/*/checkpoints/last.ckpt"))
     data = torch.load(ckpt, weights_only=True)
     data["diffcli"]["config"]["module"]["prediction"] = "foo"
     bad = tmp_path / "bad.ckpt"
     torch.save(data, bad)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["diffcli"])
-    with pytest.raises(SystemExit) as exit_info:
-        app(["sample", f"ckpt={bad}"])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code != 0 and len(err.splitlines()) == 1 and "predicts" in err
+    code, lines = run_in_process(["sample", f"ckpt={bad}"], tmp_path, monkeypatch, capsys)
+    assert code != 0 and len(lines) == 1 and "predicts" in lines[0]
 
 
 @pytest.mark.parametrize("code, text", [(28, "No space left on device"),
@@ -211,23 +213,16 @@ def test_disk_errors_name_the_path(code: int, text: str, workdir: Path, tmp_path
                                    capsys: pytest.CaptureFixture):
     """A full disk, a read-only or forbidden folder while writing: one line naming the path
     (tried by making the sample writer fail the way the OS does; root ignores permissions)."""
-    from hydra.core.global_hydra import GlobalHydra
-
     import diffcli.workflows.sample as sample_workflow
-    from diffcli.cli import app
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(code, text, str(tmp_path / "samples.npz"))
 
-    GlobalHydra.instance().clear()
     monkeypatch.setattr(sample_workflow, "write", refuse)
-    monkeypatch.chdir(workdir)
-    monkeypatch.setattr(sys, "argv", ["diffcli"])
     before = _digest(workdir)
-    with pytest.raises(SystemExit) as exit_info:
-        app(["sample", "n=4", "steps=2", "sampler=ddim"])
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exit_info.value.code == 1
+    got, lines = run_in_process(["sample", "n=4", "steps=2", "sampler=ddim"], workdir,
+                                monkeypatch, capsys)
+    assert got == 1
     assert lines[-1] == f"error: cannot write {tmp_path / 'samples.npz'}: {text} (errno {code})"
     assert _digest(workdir) == before
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,10 +78,10 @@ def describe(hint: Any) -> str:
     """"an integer", "an integer or null", ... for messages."""
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
              type(None): "null", list: "a list"}
-    args = getattr(hint, "__args__", None)
-    if args and type(hint).__name__ in ("UnionType", "_UnionGenericAlias"):
-        return " or ".join(describe(a) for a in args)
-    if getattr(hint, "__origin__", None) is list:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint))
+    if origin is list:
         return "a list"
     return names.get(hint, str(hint))
 

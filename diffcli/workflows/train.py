@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from diffcli.components import build, plain
+from diffcli.components import build, plain, resolve_target
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
 from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
@@ -108,10 +109,6 @@ def build_callbacks(nodes: Any, context: dict[str, Any]) -> list[L.Callback]:
     """The ``callbacks`` group, built by one loop: each entry's ``sampler`` node is built
     first, ``context`` (run_dir, console, dataset, seed) fills the arguments the callback
     takes; entries set to null, and factories that return None (off), are skipped."""
-    import inspect
-
-    from diffcli.components import resolve_target
-
     built: list[L.Callback] = []
     for name, node in (plain(nodes) or {}).items():
         if node is None:
