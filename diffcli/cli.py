@@ -10,7 +10,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,14 @@ def _override_message(config_name: str, e: BaseException) -> str:
     return one_line(e)
 
 
+def _rank_prefix(message: str) -> str:
+    """"rank N: <message>" in a DDP worker process (so a failed rank names itself)."""
+    from diffcli.lit.ranks import rank_name
+
+    rank = rank_name()
+    return f"{rank}: {message}" if rank else message
+
+
 def _is_disk_error(e: BaseException | None) -> bool:
     return isinstance(e, OSError) and e.errno in DISK_ERRORS
 
@@ -292,8 +300,11 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
             if debug or (user_error is None and not _is_disk_error(disk)):
                 raise
             if user_error is None:
-                fail(_disk_message(disk))
-            fail(_worker_message(str(user_error)), user_error.exit_code, user_error.label)
+                fail(_rank_prefix(_disk_message(disk)))
+            if getattr(user_error, "silent", False):  # another rank printed the error
+                raise SystemExit(user_error.exit_code) from None
+            fail(_rank_prefix(_worker_message(str(user_error))), user_error.exit_code,
+                 user_error.label)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
@@ -350,7 +361,19 @@ hydra_command("noise_viz", "Pictures that explain diffusion: images noised under
 
 
 def main() -> None:
-    app()
+    app(worker_args(sys.argv[1:], os.environ))
+
+
+def worker_args(args: list[str], env: Mapping[str, str]) -> list[str]:
+    """The arguments, with the command put back for a DDP rank started as
+    ``python -m diffcli <overrides...>`` (Lightning re-runs ``-m <module>`` with the
+    arguments after ``sys.argv[0]``, which ``run_hydra`` set to the overrides alone)."""
+    command = env.get("DIFFCLI_COMMAND")
+    worker = env.get("LOCAL_RANK", "0") not in ("", "0") or env.get("NODE_RANK", "0") not in (
+        "", "0")
+    if command and worker and (not args or args[0] != command):
+        return [command, *args]
+    return args
 
 
 if __name__ == "__main__":

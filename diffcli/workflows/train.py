@@ -22,6 +22,7 @@ from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
 from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.module import DiffusionModule
+from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
     build_datamodule,
@@ -33,6 +34,7 @@ from diffcli.runs import (
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
+PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
 MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
@@ -139,6 +141,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
             trainer_kwargs.get("accelerator") in ("auto", "cpu"):
         console.print("[yellow]note[/]: bf16 on this CPU may be far slower than fp32")
     logger = build("logger", cfg.logger) if cfg.logger else False
+    watch_ranks()
     try:
         return L.Trainer(
             **trainer_kwargs,
@@ -196,7 +199,13 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
             lg.log_hyperparams(module.run_config)
     if resume:
         remove_stale_temporaries(resume.parent)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except BaseException as e:  # end the other ranks (or defer to the one that failed)
+        peer_failure = not isinstance(e, DiffcliError)  # e.g. "connection closed by peer"
+        stop_other_ranks(getattr(trainer.strategy.launcher, "procs", []),
+                         wait_s=PEER_EXIT_WAIT_S if peer_failure else 0.0)
+        raise
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
     _end_process_group()  # every rank, before any prints "done" and exits
