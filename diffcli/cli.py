@@ -106,6 +106,99 @@ def top_level_keys(config_name: str) -> str:
     return "\n".join(lines)
 
 
+def group_names(config_name: str) -> dict[str, str]:
+    """The config groups a command's defaults list names: override key -> folder under conf/."""
+    import yaml
+
+    defaults = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()).get("defaults", [])
+    keys = (next(iter(e)) for e in defaults if isinstance(e, dict))
+    return {k.removeprefix("optional "): k.removeprefix("optional ").split("@")[0] for k in keys}
+
+
+def _value_choices(config_name: str, cfg: Any, key: str) -> list[str]:
+    """The values worth offering for ``key=``: a group's options, a schema's choices, or
+    true/false for a boolean."""
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from diffcli.workflows.schemas import SCHEMAS
+
+    groups = group_names(config_name)
+    if key in groups:
+        return sorted(p.stem for p in (CONF_DIR / groups[key]).glob("*.yaml"))
+    schema = SCHEMAS.get(config_name, {}).get(key)
+    if schema is not None and schema.choices:
+        return [str(c) for c in schema.choices]
+    hint = schema.type if schema is not None else None
+    if isinstance(OmegaConf.select(cfg, key), bool) or hint is bool or (
+            bool in typing.get_args(hint)):
+        return ["true", "false"]
+    return []
+
+
+def _joined(words: list[str]) -> list[str]:
+    """Words as bash splits them at ``=`` (``a``, ``=``, ``b``) joined back (``a=b``)."""
+    out: list[str] = []
+    for w in words:
+        if out and (w == "=" or out[-1].endswith("=")) and not w.startswith("-"):
+            out[-1] += w
+        else:
+            out.append(w)
+    return out
+
+
+def complete_override(config_name: str, incomplete: str, typed: list[str]) -> list[str]:
+    """Shell completions for one Hydra override being typed: ``sam`` -> ``sampler=``,
+    ``sampler.``, ``samples=``; ``sampler=d`` -> ``sampler=ddim``, ``sampler=ddpm``;
+    ``sampler.`` -> the sampler node's keys (as the overrides already ``typed`` compose them);
+    ``clip_denoised=`` -> true, false. In bash, which splits words at ``=``, the word being
+    completed is the value alone (``typed`` ends with ``key``, ``=``), and so are the results.
+    """
+    from omegaconf import OmegaConf
+
+    bash_value = len(typed) >= 2 and typed[-1] == "="
+    words = _joined(typed[:-2] if bash_value else typed)
+    try:
+        cfg = validate(config_name, [a for a in words if "=" in a and not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a bad earlier override: complete against the defaults
+        cfg = validate(config_name, [])
+    if bash_value:
+        key = typed[-2].lstrip("+~")
+        return [v for v in _value_choices(config_name, cfg, key) if v.startswith(incomplete)]
+    prefix = incomplete[0] if incomplete[:1] in ("+", "~") else ""
+    body = incomplete[len(prefix):]
+    if "=" in body:
+        key, _, value = body.partition("=")
+        return [f"{prefix}{key}={v}" for v in _value_choices(config_name, cfg, key)
+                if v.startswith(value)]
+    parent, _, _ = body.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not OmegaConf.is_dict(node):
+        return []
+    names = [n for n in node if not n.startswith("_") and (parent or n != "hydra")]
+    dotted = f"{parent}." if parent else ""
+    found = {f"{dotted}{n}=" for n in names}
+    found |= {f"{dotted}{n}." for n in names if OmegaConf.is_dict(node[n]) and len(node[n])}
+    found |= {f"{g}=" for g in group_names(config_name) if not parent}
+    return sorted(prefix + c for c in found if c.startswith(body))
+
+
+class OverrideCommand(typer.core.TyperCommand):
+    """A Hydra command whose shell completion also completes overrides
+    (:func:`complete_override`); install it with ``diffcli --install-completion``."""
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        found = super().shell_complete(ctx, incomplete)
+        if incomplete.startswith("-"):
+            return found
+        config_name = (ctx.info_name or "").replace("-", "_")
+        words = complete_override(config_name, incomplete, list(ctx.args))
+        return found + [CompletionItem(w) for w in words]
+
+
 def _help(config_name: str, intro: str, example: str) -> str:
     return (f"{intro}\n\nOverrides are Hydra's: key=value, group=option, -m for a sweep "
             f"(a=1,2), --cfg job to print the config.\n\nConfig groups:\n\n"
@@ -340,7 +433,7 @@ def hydra_command(config_name: str, intro: str, example: str) -> None:
         run_hydra(config_name, workflow, ctx.args, multirun, debug)
 
     app.command(name=config_name.replace("_", "-"), context_settings=PASS_THROUGH,
-                help=_help(config_name, intro, example))(command)
+                cls=OverrideCommand, help=_help(config_name, intro, example))(command)
 
 
 hydra_command("train", "Train a diffusion model; the run goes to outputs/<date>/<time>/.",
