@@ -154,8 +154,8 @@ def test_datamodule_image_batches() -> None:
     assert isinstance(dm, DiffusionDataModule)
     assert dm.kind == "image" and dm.data_shape == (1, 8, 8) and dm.num_samples == 1797
     assert dm.data is not None and dm.data.shape == (1797, 1, 8, 8)
-    batch = next(iter(dm.train_dataloader()))
-    assert isinstance(batch, torch.Tensor) and batch.shape == (32, 1, 8, 8)
+    x, y = next(iter(dm.train_dataloader()))  # digits are labelled: (x, y) batches
+    assert isinstance(x, torch.Tensor) and x.shape == (32, 1, 8, 8) and y.shape == (32,)
 
 
 def test_make_datamodule_points() -> None:
@@ -170,7 +170,7 @@ def test_make_datamodule_points() -> None:
 def test_make_datamodule_mnist(shared_data: Path) -> None:
     dm = make_datamodule("mnist", root=shared_data, split="test", image_size=16, batch_size=8)
     assert dm.data_shape == (1, 16, 16) and dm.num_samples == 10000 and dm.data is None
-    assert next(iter(dm.train_dataloader())).shape == (8, 1, 16, 16)
+    assert next(iter(dm.train_dataloader()))[0].shape == (8, 1, 16, 16)  # (x, y) batches
 
 
 def test_tensor_datamodule() -> None:
@@ -595,8 +595,9 @@ def test_cifar10_datamodule_contract(cifar_root: Path) -> None:
     assert dm.num_samples == 50 and dm.batch_size == 8 and dm.random_flip
     batches = list(dm.train_dataloader())
     assert len(batches) == 50 // 8
-    for batch in batches:
+    for batch, labels in batches:  # cifar10 is labelled: (x, y) batches
         assert isinstance(batch, torch.Tensor) and batch.shape == (8, 3, 32, 32)
+        assert labels.shape == (8,) and labels.dtype == torch.int64
         assert batch.dtype == torch.float32 and batch.min() >= -1 and batch.max() <= 1
 
 
@@ -721,6 +722,9 @@ def test_every_config_composes_and_builds(request: pytest.FixtureRequest, name: 
     assert isinstance(dm, DiffusionDataModule) and dm.kind == spec.kind
     assert dm.data_shape[-len(shape):] == shape and dm.random_flip is spec.flip_by_default
     batch = next(iter(dm.train_dataloader()))
+    if dm.num_classes is not None:  # labelled data: (x, y) batches
+        batch, labels = batch
+        assert labels.shape == (dm.batch_size,) and labels.dtype == torch.int64
     assert isinstance(batch, torch.Tensor) and batch.shape == (dm.batch_size, *dm.data_shape)
     assert (dm.data is not None) is (name in POINT_DATASETS or name == "digits")
 

@@ -5,4 +5,5 @@
 * :mod:`~diffcli.data.sources` - one reader per dataset; :mod:`~diffcli.data.idx` the MNIST
   file format; :mod:`~diffcli.data.toy` the 2-D point samplers.
 * :mod:`~diffcli.data.vision` - image datasets decoded on access and their transforms.
+* :mod:`~diffcli.data.labels` - class labels: ``LabelledDataset`` yields ``(x, y)`` pairs.
 """

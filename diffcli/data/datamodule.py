@@ -1,22 +1,27 @@
 """The Lightning data module that serves every dataset: images and 2-D points alike.
 
-:class:`DiffusionDataModule` serves shuffled batches of a map-style dataset of bare tensors;
-:class:`TensorDataModule` is the same over an in-memory tensor. Every data module has ``kind``
+:class:`DiffusionDataModule` serves shuffled batches of a map-style dataset of bare tensors
+or of ``(x, y)`` pairs (a :class:`~diffcli.data.labels.LabelledDataset`); :class:`TensorDataModule`
+is the same over an in-memory tensor (and optional labels). Every data module has ``kind``
 ("image" or "points"), ``data_shape`` (e.g. (3, 32, 32) or (2,)), ``num_samples``,
-``batch_size``, ``data`` (the samples as one tensor (N, *data_shape) when they are in memory)
-and a ``train_dataloader()`` of float32 tensors (B, *data_shape), in [-1, 1] for images.
+``batch_size``, ``data`` (the samples as one tensor (N, *data_shape) when they are in memory),
+``num_classes`` and ``class_names`` (None for unlabelled data) and a ``train_dataloader()``:
+of float32 tensors x (B, *data_shape), in [-1, 1] for images, or for labelled data of pairs
+``(x, y)`` with y (B,) int64 in 0..num_classes-1.
 Datasets are built by name with :func:`diffcli.data.registry.make_datamodule`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from diffcli.data.labels import LabelledDataset, class_info, numbered_names, unlabelled
 from diffcli.data.vision import RandomHorizontalFlip, TensorSamples, sample_shape
 from diffcli.errors import DiffcliError
 
@@ -40,8 +45,16 @@ def _check_count(value: object, key: str, minimum: int) -> int:
     return int(value)
 
 
+def collate(items: list[Any]) -> Any:
+    """torch's default collation, with a tuple ``(x, y)`` (not a list) for ``(x, y)`` items."""
+    batch = default_collate(items)
+    return tuple(batch) if isinstance(batch, list) else batch
+
+
 class DiffusionDataModule(L.LightningDataModule):
-    """Serves shuffled batches (B, *data_shape) of a map-style ``dataset`` of bare tensors.
+    """Serves shuffled batches (B, *data_shape) of a map-style ``dataset`` of bare tensors, or
+    ``(x, y)`` batches (y (B,) int64) of a labelled one (a dataset with ``class_names``, as
+    :class:`~diffcli.data.labels.LabelledDataset`).
 
     ``kind`` is ``"image"`` for samples (C, H, W) in [-1, 1] or ``"points"`` for (D,).
     ``batch_size`` is per device and clamped to the dataset size so that ``drop_last`` never
@@ -88,19 +101,32 @@ class DiffusionDataModule(L.LightningDataModule):
         return len(self.dataset)
 
     @property
+    def num_classes(self) -> int | None:
+        """Number of classes K of labelled data (labels 0..K-1), None for unlabelled data."""
+        return class_info(self.dataset)[0]
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Names of the classes (label k: ``class_names[k]``), None for unlabelled data."""
+        return class_info(self.dataset)[1]
+
+    @property
     def data(self) -> Tensor | None:
         """All samples (N, *data_shape) when they are one tensor in memory (2-D points, digits),
-        else None (datasets decoded on access)."""
-        return self.dataset.data if isinstance(self.dataset, TensorSamples) else None
+        else None (datasets decoded on access). Never the labels."""
+        samples = unlabelled(self.dataset)
+        return samples.data if isinstance(samples, TensorSamples) else None
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of shape (batch_size, *data_shape), float32 in [-1, 1] for images."""
+        """Batches of shape (batch_size, *data_shape), float32 in [-1, 1] for images; for
+        labelled data pairs (x, y) of such an x and its labels y, int64 (batch_size,)."""
         dataset = RandomHorizontalFlip(self.dataset) if self.random_flip else self.dataset
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             drop_last=self.drop_last,
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -111,7 +137,9 @@ class TensorDataModule(DiffusionDataModule):
     """A :class:`DiffusionDataModule` over an in-memory tensor ``data`` (N, *data_shape).
 
     ``kind`` is ``"image"`` for (N, C, H, W) images or ``"points"`` for (N, D) point clouds;
-    ``data`` is stored as contiguous float32.
+    ``data`` is stored as contiguous float32. With ``labels`` (N,) integers in 0..K-1 it serves
+    ``(x, y)`` batches; ``class_names`` names the K classes ("0".."K-1", K = max label + 1,
+    when None).
     """
 
     def __init__(
@@ -124,14 +152,34 @@ class TensorDataModule(DiffusionDataModule):
         shuffle: bool = True,
         drop_last: bool = True,
         kind: str = "image",
+        labels: Tensor | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         _check_kind(kind)
         if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] == 0:
             shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
             raise DiffcliError(f"data must be a non-empty tensor of shape (N, ...), got {shape}")
-        samples = TensorSamples(data.to(torch.float32).contiguous())
+        samples: Dataset = TensorSamples(data.to(torch.float32).contiguous())
+        if labels is not None:
+            samples = _labelled_tensor(samples, labels, class_names)
+        elif class_names is not None:
+            raise DiffcliError("class_names were given without labels; pass labels too")
         super().__init__(samples, batch_size, num_workers, random_flip=random_flip,
                          shuffle=shuffle, drop_last=drop_last, kind=kind)
+
+
+def _labelled_tensor(
+    samples: Dataset, labels: Tensor, class_names: Sequence[str] | None
+) -> LabelledDataset:
+    """``samples`` with ``labels``; class names "0".."K-1" (K = max label + 1) when None."""
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point():
+        got = (f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor)
+               else type(labels).__name__)
+        raise DiffcliError(f"labels must be an integer tensor of shape (N,), got {got}")
+    if class_names is None:
+        class_names = numbered_names(int(labels.max()) + 1 if labels.numel() else 1)
+    return LabelledDataset(samples, labels, class_names, source="labels",
+                           fix="give one label in 0..K-1 per sample and K class_names")
 
 
 def __getattr__(name: str) -> Any:

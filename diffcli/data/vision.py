@@ -1,6 +1,7 @@
 """Map-style image datasets that decode on access, and the image transforms they share.
 
-Every dataset here yields bare float32 tensors (C, S, S) with values in [-1, 1] (no labels):
+Every dataset here yields bare float32 tensors (C, S, S) with values in [-1, 1] (labels are
+added by :class:`diffcli.data.labels.LabelledDataset`):
 
 * :class:`TensorSamples` - an in-memory float tensor (N, *S), indexed sample by sample.
 * :class:`UInt8Images` - uint8 images (N, C, H, W) kept in memory (4x smaller than float32),
@@ -8,7 +9,8 @@ Every dataset here yields bare float32 tensors (C, S, S) with values in [-1, 1] 
 * :class:`ImageFiles` - image files decoded lazily with PIL in ``__getitem__``.
 * :class:`RandomHorizontalFlip` - wraps any of them and mirrors each sample with probability 1/2,
   drawing from torch's default generator (``L.seed_everything`` makes it reproducible, also in
-  DataLoader workers, which torch seeds from that generator).
+  DataLoader workers, which torch seeds from that generator); of ``(x, y)`` items it mirrors x
+  and keeps the label y.
 """
 
 from __future__ import annotations
@@ -218,7 +220,8 @@ def find_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursively (symlinks followed, hidden entries skipped), sorted.
 
     Matches :data:`IMAGE_EXTENSIONS` case-insensitively. A folder reached twice (a symlink
-    loop, or two links to one folder) is read once.
+    loop, or two links to one folder) is read once, where the walk (in sorted order) meets it
+    first.
     """
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
@@ -228,7 +231,7 @@ def find_images(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: a fixed walk order
         found.extend(
             Path(folder) / name for name in files
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -239,8 +242,10 @@ def find_images(root: Path) -> list[Path]:
 class RandomHorizontalFlip(Dataset):
     """Mirror each sample (..., H, W) of ``dataset`` left-right with probability ``p``.
 
-    The coin comes from torch's default generator, so ``torch.manual_seed`` /
+    Items ``(x, y)`` of a labelled dataset come back as ``(mirrored x, y)``. The coin comes from
+    torch's default generator (one draw per item), so ``torch.manual_seed`` /
     ``L.seed_everything`` make the flips reproducible (DataLoader workers are seeded from it).
+    ``num_classes`` and ``class_names`` are those of the wrapped dataset (None if it has none).
     """
 
     def __init__(self, dataset: Dataset, p: float = 0.5) -> None:
@@ -250,17 +255,35 @@ class RandomHorizontalFlip(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Tensor:
-        x = self.dataset[index]
-        return x.flip(-1) if torch.rand(()).item() < self.p else x
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, ...]:
+        item = self.dataset[index]
+        if torch.rand(()).item() >= self.p:
+            return item
+        if isinstance(item, tuple):
+            return (item[0].flip(-1), *item[1:])
+        return item.flip(-1)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one sample, as in the wrapped dataset."""
         return sample_shape(self.dataset)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of the wrapped dataset, None when it is unlabelled."""
+        return getattr(self.dataset, "num_classes", None)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Class names of the wrapped dataset, None when it is unlabelled."""
+        return getattr(self.dataset, "class_names", None)
+
 
 def sample_shape(dataset: Dataset) -> tuple[int, ...]:
-    """Shape of one sample: the dataset's ``data_shape`` if it has one, else that of item 0."""
+    """Shape of one sample: the dataset's ``data_shape`` if it has one, else that of item 0
+    (of its x, for ``(x, y)`` items)."""
     shape = getattr(dataset, "data_shape", None)
-    return tuple(shape) if shape is not None else tuple(dataset[0].shape)
+    if shape is not None:
+        return tuple(shape)
+    item = dataset[0]
+    return tuple((item[0] if isinstance(item, tuple | list) else item).shape)
