@@ -37,6 +37,8 @@ class Denoiser:
     * :meth:`predict` ``(x_t, sigma)``: the same at the noise level sigma (a float);
     * :meth:`denoise` ``(xbar, sigma)``: D(xbar; sigma), the x0 estimate for the
       variance-exploding xbar = x_t / sqrt(abar) (Karras et al. 2022).
+
+    All three go through :meth:`evaluate`, the one method a wrapper overrides.
     """
 
     net: Network
@@ -48,8 +50,26 @@ class Denoiser:
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Prediction:
         """(x0, eps) for x_t (B, ...) at timesteps t (B,). Each (B, ...)."""
-        abar = alpha_bar(self.schedule, t, x_t)
+        return self.evaluate(x_t, t, alpha_bar(self.schedule, t, x_t))
+
+    def evaluate(self, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
+        """The one network evaluation behind every view: (x0, eps) for x_t (B, ...) at
+        timesteps t (B,) (long, or float64 between training timesteps) whose alpha-bar is
+        ``abar`` (broadcastable to x_t, e.g. (B, 1, ...)). Wrappers such as guidance
+        (:mod:`diffcli.diffusion.guidance`) override this one method. Each (B, ...)."""
         return to_x0_eps(self.net(x_t, t), self.prediction, x_t, abar)
+
+    @property
+    def takes_labels(self) -> bool:
+        """Whether :meth:`with_labels` accepts class labels (False: an unconditional model)."""
+        return False
+
+    def with_labels(self, labels: Tensor | None) -> Denoiser:
+        """This denoiser conditioned on ``labels`` (B,) int64. An unconditional model takes
+        none: ``None`` gives ``self``, labels raise ValueError."""
+        if labels is None:
+            return self
+        raise ValueError("this model is unconditional: it takes no class labels")
 
     def predict(self, x_t: Tensor, sigma: float) -> Prediction:
         """(x0, eps) for the variance-preserving x_t (B, ...) at noise level sigma > 0: the
@@ -65,7 +85,7 @@ class Denoiser:
         t = torch.full((x_t.shape[0],), level.t, dtype=torch.float64, device=x_t.device)
         abar = torch.full((x_t.shape[0], *([1] * (x_t.ndim - 1))), level.alpha_bar,
                           dtype=x_t.dtype, device=x_t.device)
-        return to_x0_eps(self.net(x_t, t), self.prediction, x_t, abar)
+        return self.evaluate(x_t, t, abar)
 
     def denoise(self, xbar: Tensor, sigma: float) -> Tensor:
         """D(xbar; sigma) for the variance-exploding xbar = x0 + sigma eps: evaluates the

@@ -90,16 +90,55 @@ class GaussianMixtureData:
         return x - a * mu, ab * s2 + (1 - ab), a
 
     @staticmethod
+    def _log_weights(log_pi: Tensor, diff: Tensor, var: Tensor) -> Tensor:
+        """Log-softmax over k of log pi_k + log N(x_t; a mu_k, var_k), by logsumexp. (B, K)"""
+        logits = log_pi - 0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
+        return logits - logits.logsumexp(-1, keepdim=True)
+
+    @staticmethod
     def _weights(log_pi: Tensor, diff: Tensor, var: Tensor) -> Tensor:
         """Softmax over k of log pi_k + log N(x_t; a mu_k, var_k), by logsumexp. (B, K)"""
-        logits = log_pi - 0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
-        return torch.exp(logits - logits.logsumexp(-1, keepdim=True))
+        return torch.exp(GaussianMixtureData._log_weights(log_pi, diff, var))
 
     def responsibilities(self, x_t: Tensor, abar: Tensor) -> Tensor:
         """w_k(x_t) = pi_k N(x_t; a mu_k, diag(a^2 s_k^2 + 1 - abar)) / p(x_t), a = sqrt(abar),
         computed with logsumexp in float64. x_t: (B, D), abar: (B, 1). (B, K)"""
         diff, var, _ = self._components(x_t, abar)
         return self._weights(self.weights.to(diff.device).log(), diff, var)
+
+    def log_responsibilities(self, x_t: Tensor, abar: Tensor) -> Tensor:
+        """log w_k(x_t) = log p(k | x_t) of :meth:`responsibilities`, computed in log space (no
+        underflow far from a component) and differentiable in x_t. x_t: (B, D), abar: (B, 1).
+        (B, K) float64"""
+        diff, var, _ = self._components(x_t, abar)
+        return self._log_weights(self.weights.to(diff.device).log(), diff, var)
+
+    @property
+    def num_components(self) -> int:
+        """K, the number of components (the classes of a labelled mixture)."""
+        return self.means.shape[0]
+
+    def component(self, k: int) -> GaussianData:
+        """Component k alone, N(mu_k, diag(s_k^2)): the exact class-conditional distribution
+        p(x0 | y = k) of the labelled mixture; its ``sample`` draws from it. (D,) float64."""
+        if not 0 <= k < self.num_components:
+            raise ValueError(f"component k must be in 0..{self.num_components - 1}, got {k}")
+        return GaussianData(self.means[k], self.stds[k])
+
+    def sample_with_labels(self, n: int,
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n exact labelled draws (x0, y): y ~ Categorical(pi), x0 ~ N(mu_y, diag(s_y^2)).
+        (n, D) float64 and (n,) int64."""
+        y = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, dtype=torch.float64)
+        return self.means[y] + self.stds[y] * z, y
+
+    def component_posterior_means(self, x_t: Tensor, abar: Tensor) -> Tensor:
+        """E[x0 | x_t, y = k] = mu_k + a s_k^2 / (a^2 s_k^2 + 1 - abar) (x_t - a mu_k) for every
+        k: each component's Gaussian posterior mean. x_t: (B, D), abar: (B, 1). (B, K, D)
+        float64."""
+        diff, var, a = self._components(x_t, abar)
+        return self.means.to(diff.device) + a * self.stds.to(diff.device) ** 2 / var * diff
 
     def posterior_mean(self, x_t: Tensor, abar: Tensor) -> Tensor:
         """E[x0 | x_t] = sum_k w_k(x_t) [mu_k + a s_k^2 / (a^2 s_k^2 + 1 - abar) (x_t - a mu_k)]:
@@ -140,3 +179,61 @@ class IdealNetwork:
         abar = alpha_bar(self.schedule, t, x_t)
         x0 = self.data.posterior_mean(x_t, abar)
         return target_for(self.prediction, x0, eps_from_x0(x_t, x0, abar), abar)
+
+
+def _null_or_label(y: Tensor, batch: int, num_classes: int) -> Tensor:
+    """Check class labels y (B,) integer in 0..num_classes (num_classes: the null label)."""
+    if y.shape != (batch,) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of shape ({batch},), got "
+                         f"{tuple(y.shape)} {y.dtype}")
+    if bool(((y < 0) | (y > num_classes)).any()):
+        raise ValueError(f"labels must be classes 0..{num_classes - 1} or the null label "
+                         f"{num_classes}, got {y.tolist()}")
+    return y.long()
+
+
+@dataclass(frozen=True, eq=False)
+class IdealConditionalNetwork:
+    """The exact class-conditional minimiser of L_simple for a labelled Gaussian mixture (label
+    y = component k), outputting ``prediction``; the null label K gives the unconditional one.
+
+    Called like a class-conditional network: ``net(x_t (B, D), t (B,) long or float,
+    y (B,) int64 in 0..K) -> (B, D)``: E[x0 | x_t, y = k] (a single Gaussian's posterior mean)
+    for y = k < K, E[x0 | x_t] (the mixture's, as :class:`IdealNetwork`) for y = K. Trained with
+    label dropout to the null label, a network approaches exactly this pair (Ho & Salimans 2022,
+    Sec. 3.2).
+    """
+
+    data: GaussianMixtureData
+    schedule: NoiseSchedule
+    prediction: Parameterization = Parameterization.EPS
+
+    @property
+    def num_classes(self) -> int:
+        """K: the labels are 0..K-1, and K is the null (unconditional) label."""
+        return self.data.num_components
+
+    def __call__(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        y = _null_or_label(y.to(x_t.device), x_t.shape[0], self.num_classes)
+        abar = alpha_bar(self.schedule, t, x_t)
+        per_k = self.data.component_posterior_means(x_t, abar)  # (B, K, D)
+        cond = per_k[torch.arange(len(y), device=y.device), y.clamp(max=self.num_classes - 1)]
+        null = (y == self.num_classes)[:, None]
+        x0 = torch.where(null, self.data.posterior_mean(x_t, abar).to(cond), cond).to(x_t.dtype)
+        return target_for(self.prediction, x0, eps_from_x0(x_t, x0, abar), abar)
+
+
+@dataclass(frozen=True, eq=False)
+class IdealClassifier:
+    """The exact noise-aware classifier of a labelled Gaussian mixture: ``clf(x_t (B, D), t (B,))
+    -> logits (B, K)`` = log p(k | x_t), the log responsibilities of the components for the
+    variance-preserving x_t at timestep t (long, or float between timesteps). Differentiable in
+    x_t, so grad_x log p(y | x_t) is the exact term of classifier guidance (Dhariwal & Nichol
+    2021, Sec. 4); computed in float64, returned in x_t's dtype."""
+
+    data: GaussianMixtureData
+    schedule: NoiseSchedule
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        abar = alpha_bar(self.schedule, t, torch.empty(0, 1, dtype=torch.float64))
+        return self.data.log_responsibilities(x_t, abar.to(x_t.device)).to(x_t.dtype)

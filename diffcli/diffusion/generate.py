@@ -24,13 +24,18 @@ from diffcli.errors import DiffcliError
 
 @dataclass
 class CountingNet:
-    """Wraps a network to count its evaluations (NFE), one per batch call."""
+    """Wraps a network to count its evaluations: ``calls`` batch calls, and ``rows``, the sum
+    of their batch sizes x.shape[0]. Network evaluations per sample (NFE) = rows / samples: a
+    classifier-free guidance step's one forward of 2B (Ho & Salimans 2022) counts 2 per
+    sample, as NFE counts both halves."""
 
     net: nn.Module | Callable[..., Tensor]
     calls: int = 0
+    rows: int = 0
 
     def __call__(self, x: Tensor, t: Tensor, *args: object, **kwargs: object) -> Tensor:
         self.calls += 1
+        self.rows += x.shape[0]
         return self.net(x, t, *args, **kwargs)
 
 
@@ -84,16 +89,24 @@ def check_finite(x: Tensor) -> Tensor:
 def generate_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...],
                      seeds: Sequence[int], batch_size: int, device: torch.device, *,
                      trajectory: Trajectory | None = None,
-                     on_step: Callable[[], None] | None = None) -> Iterator[Tensor]:
+                     on_step: Callable[[], None] | None = None,
+                     labels: Tensor | None = None) -> Iterator[Tensor]:
     """Sample one item per seed, ``batch_size`` at a time: float32 CPU batches (B, *shape).
 
     ``trajectory`` records the first batch's steps; ``on_step`` is called after every
-    sampler step (progress bars). Every batch is checked finite (:func:`check_finite`).
+    sampler step (progress bars). ``labels`` (len(seeds),) int64: the class of each seed's
+    sample, given per batch to the denoiser (:meth:`Denoiser.with_labels`; e.g. classifier-free
+    guidance); None leaves the denoiser as it is. Every batch is checked finite
+    (:func:`check_finite`).
     """
     if batch_size < 1:
         raise DiffcliError(f"batch_size must be >= 1, got {batch_size}")
+    if labels is not None and len(labels) != len(seeds):
+        raise ValueError(f"got {len(labels)} labels for {len(seeds)} seeds: give one per seed")
     for start in range(0, len(seeds), batch_size):
         gens = seed_generators(seeds[start:start + batch_size])
+        model = denoiser if labels is None else denoiser.with_labels(
+            labels[start:start + batch_size].to(device))
         record = trajectory if start == 0 else None
 
         def callback(step: SamplerStep, record: Trajectory | None = record) -> None:
@@ -102,7 +115,7 @@ def generate_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...
             if record is not None:
                 record(step)
 
-        x = sampler.sample(denoiser, seed_noise(gens, shape, device), generator=gens,
+        x = sampler.sample(model, seed_noise(gens, shape, device), generator=gens,
                            callback=callback)
         yield check_finite(x.float().cpu())
 
@@ -110,10 +123,12 @@ def generate_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...
 def generate(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...],
              seeds: Sequence[int], batch_size: int, device: torch.device, *,
              trajectory: Trajectory | None = None,
-             on_step: Callable[[], None] | None = None) -> Tensor:
+             on_step: Callable[[], None] | None = None,
+             labels: Tensor | None = None) -> Tensor:
     """All of :func:`generate_batches` at once: (len(seeds), *shape) float32 on the CPU."""
     return torch.cat(list(generate_batches(sampler, denoiser, shape, seeds, batch_size, device,
-                                           trajectory=trajectory, on_step=on_step)))
+                                           trajectory=trajectory, on_step=on_step,
+                                           labels=labels)))
 
 
 def compact_seeds(seeds: Sequence[int]) -> str:
