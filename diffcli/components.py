@@ -42,7 +42,9 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.data.registry.make_datamodule",
         "diffcli.data.datamodule.make_datamodule",  # its former path, named by older checkpoints
     }),
-    "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP"}),
+    "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP",
+                        "diffcli.nets.classifier.EncoderClassifier",
+                        "diffcli.nets.classifier.MLPClassifier"}),
     "schedule": frozenset({
         "diffcli.diffusion.schedules.linear_schedule",
         "diffcli.diffusion.schedules.cosine_schedule",
@@ -60,7 +62,8 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "lightning.pytorch.loggers.CSVLogger",
         "lightning.pytorch.loggers.TensorBoardLogger",
     }),
-    "module": frozenset({"diffcli.lit.module.DiffusionModule"}),
+    "module": frozenset({"diffcli.lit.module.DiffusionModule",
+                         "diffcli.lit.classifier_module.ClassifierModule"}),
     "optimizer": frozenset({"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}),
     "lr_scheduler": frozenset({
         "diffcli.lit.schedulers.linear_warmup",

@@ -41,10 +41,14 @@ def build_datamodule(dataset_cfg: Any, *, download_ok: bool = False) -> Any:
     return build("dataset", node)
 
 
-def build_net(model_cfg: Any, data_shape: Sequence[int]) -> nn.Module:
+def build_net(model_cfg: Any, data_shape: Sequence[int],
+              num_classes: int | None = None) -> nn.Module:
     """The network of the model group's config for samples of ``data_shape`` (every diffcli
-    network takes ``data_shape``; it refuses data it cannot model, e.g. a U-Net and points)."""
+    network takes ``data_shape``; it refuses data it cannot model, e.g. a U-Net and points),
+    class-conditional (or a classifier) over ``num_classes`` labels when given."""
     node = {k: v for k, v in plain(model_cfg).items() if k not in LEGACY_MODEL_KEYS}
+    if num_classes is not None:
+        node["num_classes"] = int(num_classes)
     return build("model", node, data_shape=[int(d) for d in data_shape])
 
 
@@ -54,6 +58,8 @@ class DataInfo:
 
     kind: str
     shape: tuple[int, ...]
+    num_classes: int | None = None  # labelled data: the number of classes
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -80,6 +86,17 @@ class LoadedRun:
         if isinstance(module, Mapping) and "prediction" in module:
             return str(module["prediction"])
         return str(self.config.get("prediction", "eps"))
+
+    @property
+    def task(self) -> str:
+        """"diffusion" or "classifier" (what ``diffcli train task=...`` trained)."""
+        return str(self.config.get("task", "diffusion"))
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a class-conditional model or a classifier; None when unconditional."""
+        labelled = self.task == "classifier" or bool(self.config.get("conditional", False))
+        return self.data.num_classes if labelled and self.data is not None else None
 
     def schedule(self) -> NoiseSchedule:
         """The training noise schedule, rebuilt from the stored config."""
@@ -131,7 +148,16 @@ def _data_info(data: Any, path: Path) -> DataInfo | None:
     if not ok:
         raise CheckpointError(f"{path}: refusing to load: its data description {data!r} is not "
                               "a kind and a shape")
-    return DataInfo(str(data["kind"]), tuple(int(d) for d in data["shape"]))
+    k, names = data.get("num_classes"), data.get("class_names")
+    labelled_ok = k is None or (
+        isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 100_000
+        and isinstance(names, list | tuple) and len(names) == k
+        and all(isinstance(n, str) for n in names))
+    if not labelled_ok:
+        raise CheckpointError(f"{path}: refusing to load: its class description "
+                              f"(num_classes {k!r}) is not a count with one name per class")
+    return DataInfo(str(data["kind"]), tuple(int(d) for d in data["shape"]), k,
+                    None if k is None else tuple(names))
 
 
 def _weights(state: Any, path: Path, check_finite: bool) -> dict[str, torch.Tensor]:
@@ -159,6 +185,16 @@ def _check_shape_matches_config(run: LoadedRun) -> None:
                               f"image_size {size}; the file was edited or is damaged")
 
 
+def _check_task(run: LoadedRun) -> None:
+    """A known task; labelled models (conditional, classifier) carry their classes."""
+    if run.task not in ("diffusion", "classifier"):
+        raise CheckpointError(f"{run.path}: refusing to load: unknown task {run.task!r}")
+    labelled = run.task == "classifier" or run.config.get("conditional") is True
+    if labelled and (run.data is None or run.data.num_classes is None):
+        raise CheckpointError(f"{run.path}: refusing to load: a {run.task} model over classes, "
+                              "but its data description names no classes")
+
+
 def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun:
     """Read a diffcli checkpoint safely: ``weights_only`` unpickling, the stored config checked
     as data (:func:`diffcli.components.check_config`: allowlisted ``_target_`` names at the
@@ -175,6 +211,7 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
         raise CheckpointError(f"{path}: refusing to load: global_step {step!r} is not a count")
     run = LoadedRun(path, dict(meta["config"]), state, step, info)
     _check_shape_matches_config(run)
+    _check_task(run)
     known = [p.value for p in Parameterization]
     if run.prediction not in known:
         raise CheckpointError(f"{path}: refusing to load: its network predicts "
@@ -182,17 +219,34 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
     return run
 
 
-def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None) -> Path:
-    """The newest ``checkpoints/last.ckpt`` under any of ``roots`` (Hydra run dirs), ignoring
-    any inside the folder ``exclude`` (e.g. the run that is asking)."""
+def run_task(ckpt: Path) -> str:
+    """What the run of ``ckpt`` trained, from its ``.hydra/config.yaml`` (cheap: the checkpoint
+    is not opened): "diffusion" or "classifier"; "diffusion" when the file says nothing."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((ckpt.parent.parent / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return "diffusion"
+    return str(config.get("task", "diffusion")) if isinstance(config, dict) else "diffusion"
+
+
+def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None,
+                           task: str = "diffusion") -> Path:
+    """The newest ``checkpoints/last.ckpt`` of a ``task`` run ("diffusion" or "classifier")
+    under any of ``roots`` (Hydra run dirs), ignoring any inside the folder ``exclude`` (e.g.
+    the run that is asking)."""
     skip = exclude.resolve() if exclude is not None else None
     found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")
              if skip is None or skip not in p.resolve().parents]
-    if not found:
-        where = " or ".join(str(r) for r in roots)
-        raise CheckpointError(f"no trained run found under {where}; run `diffcli train` first "
-                              "or pass ckpt=<path to a .ckpt>")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if run_task(path) == task:
+            return path
+    where = " or ".join(str(r) for r in roots)
+    what = "trained run" if task == "diffusion" else f"{task} run"
+    raise CheckpointError(f"no {what} found under {where}; run `diffcli train"
+                          f"{'' if task == 'diffusion' else ' task=' + task}` first or pass "
+                          "ckpt=<path to a .ckpt>")
 
 
 def run_roots(runs_root: str | Path) -> list[Path]:
@@ -233,7 +287,7 @@ def restore_net(run: LoadedRun, use_ema: bool,
     """Rebuild the trained network from the checkpoint alone: (net in eval mode on ``device``,
     data info, "ema_net" or "net" - the weights used)."""
     info = run.data_info()
-    net = build_net(run.config["model"], info.shape)
+    net = build_net(run.config["model"], info.shape, num_classes=run.num_classes)
     prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
         else "net."
     try:
@@ -282,11 +336,20 @@ class OpenedRun:
         return self.denoiser.schedule
 
 
+def require_diffusion(run: LoadedRun) -> LoadedRun:
+    """``run``, unless it is a classifier (one line saying where it belongs instead)."""
+    if run.task != "diffusion":
+        raise DiffcliError(f"{run.path} is a noise-aware classifier (task=classifier), not a "
+                           f"diffusion model: sample from a diffusion run and pass this one as "
+                           f"classifier={run.path}")
+    return run
+
+
 def open_run(ckpt: Path, *, use_ema: bool, device: torch.device,
              compile: bool = False) -> OpenedRun:
     """Load ``ckpt`` safely and rebuild its network (EMA weights when asked and present),
     schedule and denoiser, with an NFE counter around the network."""
-    run = load_checkpoint(ckpt)
+    run = require_diffusion(load_checkpoint(ckpt))
     net, info, weights = restore_net(run, use_ema, device)
     counter = CountingNet(torch.compile(net) if compile else net)
     return OpenedRun(ckpt, run, info, weights, counter,

@@ -14,10 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from diffcli.cli import CONF_DIR
 from diffcli.components import COMPONENTS, build, plain
 from diffcli.errors import DatasetNotFoundError
+from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.module import DiffusionModule
 from diffcli.runs import build_datamodule, build_net, make_sampler
 
-SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32)}
+SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32), "classifier": (1, 16, 16),
+          "mlp_classifier": (2,)}
+CLASSIFIERS = ("classifier", "mlp_classifier")
 
 
 def options(group: str) -> list[str]:
@@ -31,7 +34,7 @@ def compose_with(command: str, *overrides: str) -> DictConfig:
 
 def test_every_group_has_options_and_every_target_is_registered():
     for group in ("dataset", "model", "schedule", "sampler", "trainer", "logger", "module",
-                  "optimizer", "lr_scheduler", "callbacks", "experiment"):
+                  "optimizer", "lr_scheduler", "callbacks", "experiment", "task"):
         assert options(group), group
     for group in ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
                   "lr_scheduler"):
@@ -53,14 +56,24 @@ def test_every_dataset_builds(name: str, tmp_path: Path):
         assert str(tmp_path) in str(e) and "\n" not in str(e)
         return
     assert dm.kind in ("image", "points") and len(dm.data_shape) in (1, 3)
-    assert next(iter(dm.train_dataloader())).shape[1:] == dm.data_shape
+    batch = next(iter(dm.train_dataloader()))
+    x = batch[0] if dm.num_classes is not None else batch  # labelled data: (x, y)
+    assert x.shape[1:] == dm.data_shape
 
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds(name: str):
+    if name in CLASSIFIERS:  # logits (B, K) of noised data
+        net = build_net(compose_with("train", f"model={name}").model, SHAPES[name], num_classes=3)
+        x = torch.randn(2, *SHAPES[name])
+        assert net(x, torch.tensor([0, 999])).shape == (2, 3)
+        return
     net = build_net(compose_with("train", f"model={name}").model, SHAPES[name])
     x = torch.randn(2, *SHAPES[name])
     assert net(x, torch.tensor([0, 999])).shape == x.shape
+    conditional = build_net(compose_with("train", f"model={name}").model, SHAPES[name],
+                            num_classes=4)  # + the null label 4
+    assert conditional(x, torch.tensor([0, 999]), torch.tensor([1, 4])).shape == x.shape
 
 
 @pytest.mark.parametrize("name", options("schedule"))
@@ -105,13 +118,14 @@ def test_every_logger_builds(name: str, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("lr_scheduler", options("lr_scheduler"))
 def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: str,
                                                       lr_scheduler: str):
+    model = "mlp_classifier" if module == "classifier" else "mlp"
     cfg = compose_with("train", f"module={module}", f"optimizer={optimizer}",
-                       f"lr_scheduler={lr_scheduler}", "model=mlp")
-    lit = build("module", cfg.module, net=build_net(cfg.model, (2,)),
+                       f"lr_scheduler={lr_scheduler}", f"model={model}")
+    lit = build("module", cfg.module, net=build_net(cfg.model, (2,), num_classes=2),
                 schedule=build("schedule", cfg.schedule),
                 optimizer=build("optimizer", cfg.optimizer),
                 lr_scheduler=build("lr_scheduler", cfg.lr_scheduler))
-    assert isinstance(lit, DiffusionModule)
+    assert isinstance(lit, ClassifierModule if module == "classifier" else DiffusionModule)
     opt = lit.make_optimizer(lit.net.parameters())
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
     lit.make_lr_scheduler(opt)
@@ -121,15 +135,16 @@ def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: st
 def test_every_callbacks_option_builds(name: str, tmp_path: Path):
     from diffcli.workflows.train import build_callbacks
 
+    fid = ["callbacks.fid_proxy.every_n_steps=10", "callbacks.fid_proxy.extractor=standin"]
     cfg = compose_with("train", f"callbacks={name}", "callbacks.snapshot.every_n_steps=10",
-                       "callbacks.fid_proxy.every_n_steps=10",
-                       "callbacks.fid_proxy.extractor=standin", "dataset=digits")
+                       *(fid if name == "default" else []), "dataset=digits")
     context = {"run_dir": tmp_path, "console": None, "seed": 0, "dataset": plain(cfg.dataset)}
     built = build_callbacks(cfg.callbacks, context)
     assert len(built) == len(cfg.callbacks)  # every entry on
-    assert build_callbacks({**plain(cfg.callbacks), "preview": None,
-                            "fid_proxy": {**plain(cfg.callbacks.fid_proxy),
-                                          "every_n_steps": None}}, context)
+    if name == "default":
+        assert build_callbacks({**plain(cfg.callbacks), "preview": None,
+                                "fid_proxy": {**plain(cfg.callbacks.fid_proxy),
+                                              "every_n_steps": None}}, context)
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -27,13 +27,15 @@ def seed_set(k: int, n: int) -> list[int]:
 def generated_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...],
                       seeds: list[int], batch_size: int, device: torch.device,
                       precision: Callable[[], AbstractContextManager] | None = None,
-                      ) -> Iterator[Tensor]:
-    """Sample one image per seed, ``batch_size`` at a time: uint8 (B, 3, H, W) batches
-    (quantized as `diffcli sample` saves them; grayscale repeated to 3 channels)."""
+                      labels: Tensor | None = None) -> Iterator[Tensor]:
+    """Sample one image per seed (of class ``labels[i]`` when given, (N,)), ``batch_size`` at
+    a time: uint8 (B, 3, H, W) batches (quantized as `diffcli sample` saves them; grayscale
+    repeated to 3 channels)."""
     context = precision or contextlib.nullcontext
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
+        part = None if labels is None else labels[start:start + batch_size]
         with context():
-            x = generate(sampler, denoiser, shape, chunk, batch_size, device)
+            x = generate(sampler, denoiser, shape, chunk, batch_size, device, labels=part)
         yield to_rgb(to_uint8(x))
 

@@ -41,7 +41,25 @@ def batch_data(batch: Tensor | tuple | list) -> Tensor:
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
-def _check_optimizer(make_optimizer: Callable[..., Any],
+def batch_labels(batch: Tensor | tuple | list) -> Tensor | None:
+    """The labels (B,) of a ``(data, labels)`` batch; None for a bare data batch."""
+    return batch[1] if isinstance(batch, tuple | list) and len(batch) > 1 else None
+
+
+def drop_labels(y: Tensor, null_label: int, p: float) -> Tensor:
+    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): each label
+    replaced by the null label with probability ``p``. y: (B,) long -> (B,) long."""
+    drop = torch.rand(y.shape, device=y.device) < p
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+def check_cond_drop_prob(p: float) -> None:
+    """Raise ValueError unless 0 <= p <= 1."""
+    if not (isinstance(p, int | float) and 0.0 <= p <= 1.0):
+        raise ValueError(f"cond_drop_prob={p} must be in [0, 1] (e.g. 0.1)")
+
+
+def check_optimizer(make_optimizer: Callable[..., Any],
                      make_lr_scheduler: Callable[..., Any] | None) -> None:
     """Build both on a dummy parameter so that bad hyperparameters (a negative lr, betas out of
     range, ...) fail at construction, in one ValueError, rather than inside ``fit``."""
@@ -51,6 +69,30 @@ def _check_optimizer(make_optimizer: Callable[..., Any],
     opt = make_optimizer([nn.Parameter(torch.zeros(1))])
     if make_lr_scheduler is not None:
         make_lr_scheduler(opt)
+
+
+def optimizers_for(net: nn.Module, make_optimizer: Callable[..., Any],
+                   make_lr_scheduler: Callable[..., Any] | None) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: the optimizer over ``net``'s parameters and
+    the LR schedule stepped every optimizer step."""
+    opt = make_optimizer(net.parameters())
+    if make_lr_scheduler is None:
+        return {"optimizer": opt}
+    return {"optimizer": opt,
+            "lr_scheduler": {"scheduler": make_lr_scheduler(opt), "interval": "step"}}
+
+
+def checkpoint_meta(run_config: dict[str, Any], data_info: dict[str, Any] | None) -> dict:
+    """What a checkpoint says about itself under ``checkpoint["diffcli"]``: the format, the
+    resolved run config and the data description."""
+    meta: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "config": run_config}
+    if data_info is not None:
+        meta["data"] = data_info
+    return meta
+
+
+def _call_with_labels(net: Callable[..., Tensor], x: Tensor, t: Tensor, *, y: Tensor) -> Tensor:
+    return net(x, t, y)
 
 
 class DiffusionModule(L.LightningModule):
@@ -75,6 +117,9 @@ class DiffusionModule(L.LightningModule):
         compile: run the training forward pass through ``torch.compile`` (the saved weights
             keep their plain names).
         channels_last: feed image batches in channels-last memory format.
+        cond_drop_prob: for a class-conditional ``net`` (``net.num_classes`` set), the
+            probability of training on the null label instead of the true one
+            (classifier-free guidance, Ho & Salimans 2022).
     """
 
     def __init__(
@@ -92,12 +137,16 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = False,
         run_config: dict[str, Any] | None = None,
         data_info: dict[str, Any] | None = None,
+        cond_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
         check_ema_decay(ema_decay)
+        check_cond_drop_prob(cond_drop_prob)
+        self.num_classes: int | None = getattr(net, "num_classes", None)
+        self.cond_drop_prob = cond_drop_prob
         self.make_optimizer = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.make_lr_scheduler = lr_scheduler
-        _check_optimizer(self.make_optimizer, lr_scheduler)
+        check_optimizer(self.make_optimizer, lr_scheduler)
         self.net = net
         self.ema_net = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
         self.schedule = schedule
@@ -116,11 +165,23 @@ class DiffusionModule(L.LightningModule):
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = randint_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
-        loss = diffusion_loss(self.train_forward, self.schedule, x0, t, torch.randn_like(x0),
+        loss = diffusion_loss(self._forward(batch), self.schedule, x0, t, torch.randn_like(x0),
                               self.prediction, self.min_snr_gamma)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def _forward(self, batch: Tensor | tuple | list) -> Callable[[Tensor, Tensor], Tensor]:
+        """The network as the loss calls it, ``(x_t, t) -> output``: for a conditional net
+        with this batch's labels, each dropped to the null label with ``cond_drop_prob``."""
+        if self.num_classes is None:
+            return self.train_forward
+        y = batch_labels(batch)
+        if y is None:
+            raise ValueError("a class-conditional network needs a labelled dataset, but the "
+                             "batches carry no labels")
+        y = drop_labels(y.long(), self.num_classes, self.cond_drop_prob)
+        return functools.partial(_call_with_labels, self.train_forward, y=y)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the global L2 norm of the (unscaled, not yet clipped) gradients."""
@@ -131,11 +192,7 @@ class DiffusionModule(L.LightningModule):
             self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = self.make_optimizer(self.net.parameters())
-        if self.make_lr_scheduler is None:
-            return {"optimizer": opt}
-        sched = self.make_lr_scheduler(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler)
 
     @property
     def sampling_net(self) -> nn.Module:
@@ -160,7 +217,4 @@ class DiffusionModule(L.LightningModule):
             e.copy_(b)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = {"format": CHECKPOINT_FORMAT, "config": self.run_config}
-        if self.data_info is not None:
-            meta["data"] = self.data_info
-        checkpoint[CHECKPOINT_KEY] = meta
+        checkpoint[CHECKPOINT_KEY] = checkpoint_meta(self.run_config, self.data_info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from diffcli.nets.layers import TimeEmbedding
@@ -31,35 +32,53 @@ class MLP(nn.Module):
             integer steps 0..T-1 (as floats) are the intended input.
         data_shape: one sample's shape ``(D,)``, the keyword every diffcli network takes
             from the data (sets ``dim``).
-        num_classes: class conditioning is not implemented here; must be None.
+        num_classes: class-conditional with this many labels: a learned label embedding
+            (row ``num_classes`` = the null label of classifier-free guidance, Ho & Salimans
+            2022) is added to the timestep embedding. None: unconditional.
+        out_dim: output width (default ``dim``; the number of classes for a classifier).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, *,
                  data_shape: Sequence[int] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, out_dim: int | None = None) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
             if len(data_shape) != 1:
                 raise ValueError(f"the MLP takes points (D,), but the data are images of shape "
                                  f"{tuple(data_shape)}; use an image network (model=unet)")
             dim = int(data_shape[0])
-        if num_classes is not None:
-            raise ValueError("the MLP is unconditional: num_classes must be null")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"MLP num_classes must be >= 1 or null, got {num_classes}")
         if depth < 1:
             raise ValueError(f"MLP depth must be >= 1, got {depth}")
         self.dim = dim
         self.depth = depth
+        self.num_classes = num_classes
         self.time_embed = TimeEmbedding(emb_dim, emb_dim)
+        self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
         # One projection producing the additive time bias of every hidden layer.
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, depth * hidden))
         self.in_proj = nn.Linear(dim, hidden)
         self.hidden_layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.act = nn.SiLU()
-        self.out_proj = nn.Linear(hidden, dim)
+        self.out_proj = nn.Linear(hidden, dim if out_dim is None else out_dim)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Map points ``x`` ``(B, dim)`` at timesteps ``t`` ``(B,)`` to ``(B, dim)``."""
-        biases = self.emb_proj(self.time_embed(t)).chunk(self.depth, dim=1)  # depth x (B, hidden)
+    def embed(self, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The timestep embedding ``(B, emb_dim)``, plus the label's for a conditional MLP
+        (``y`` (B,) in 0..num_classes; None = the null label)."""
+        emb = self.time_embed(t)
+        if self.label_embed is None:
+            if y is not None:
+                raise ValueError("the MLP got class labels y but was built with num_classes=null")
+            return emb
+        if y is None:
+            y = torch.full((emb.shape[0],), self.num_classes, dtype=torch.long, device=emb.device)
+        return emb + self.label_embed(y).to(emb.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Map points ``x`` ``(B, dim)`` at timesteps ``t`` ``(B,)`` (labels ``y`` (B,) for a
+        conditional MLP) to ``(B, out_dim)``."""
+        biases = self.emb_proj(self.embed(t, y)).chunk(self.depth, dim=1)  # depth x (B, hidden)
         h = self.in_proj(x) + biases[0]  # (B, hidden)
         for layer, bias in zip(self.hidden_layers, biases[1:], strict=True):
             h = layer(self.act(h)) + bias

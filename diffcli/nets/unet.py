@@ -28,7 +28,7 @@ DDPM CIFAR-10 model (35.7M parameters) is::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +135,8 @@ class UNet(nn.Module):
         data_shape: one sample's shape ``(C, H, W)``, the keyword every diffcli network
             takes from the data: sets ``in_channels`` and ``image_size`` and checks that
             ``H x W`` fits the levels.
+        decoder: False builds the encoder half only (:meth:`encode`; the noise-aware
+            classifier of :mod:`diffcli.nets.classifier`).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class UNet(nn.Module):
         mid_attention: bool | None = None,
         num_classes: int | None = None,
         data_shape: Sequence[int] | None = None,
+        decoder: bool = True,
     ) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
@@ -229,9 +232,17 @@ class UNet(nn.Module):
 
         mid: list[nn.Module] = [res(ch, ch), attn(ch), res(ch, ch)]
         self.mid_block = EmbedSequential(*(mid if mid_attention else mid[::2]))
-
-        # Decoder: each EmbedSequential consumes one skip; levels end with an upsampler.
+        self.encoder_channels = ch  # channels of :meth:`encode`'s output
         self.up_blocks = nn.ModuleList()
+        self.out = None
+        if decoder:
+            self._build_decoder(ch, skip_chs, base_channels, groups, res, attn, up)
+
+    def _build_decoder(self, ch: int, skip_chs: list[int], base_channels: int, groups: int,
+                       res: Callable[..., nn.Module], attn: Callable[[int], nn.Module],
+                       up: Callable[[int], nn.Module]) -> None:
+        """Decoder: each EmbedSequential consumes one skip; levels end with an upsampler."""
+        num_res_blocks = self.num_res_blocks
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             for i in range(num_res_blocks + 1):
                 layers = [res(ch + skip_chs.pop(), base_channels * mult)]
@@ -292,14 +303,10 @@ class UNet(nn.Module):
             )
         return emb + self.label_embed(y).to(emb.dtype)  # (B, emb_dim)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """Predict from noisy images ``x`` ``(B, C, H, W)`` at timesteps ``t`` ``(B,)``.
-
-        ``y`` ``(B,)``: optional class labels (class-conditional nets only, see :meth:`embed`).
-
-        Returns:
-            Tensor of shape ``(B, out_channels, H, W)``.
-        """
+    def encode(self, x: Tensor, t: Tensor,
+               y: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The encoder half: ``(h, skips, emb)`` with h ``(B, encoder_channels, H / m, W / m)``
+        after the middle block, the skip activations and the conditioning ``(B, emb_dim)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
@@ -311,7 +318,19 @@ class UNet(nn.Module):
         for block in self.down_blocks:
             h = block(h, emb)
             skips.append(h)
-        h = self.mid_block(h, emb)  # (B, C_last, H / m, W / m)
+        return self.mid_block(h, emb), skips, emb
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict from noisy images ``x`` ``(B, C, H, W)`` at timesteps ``t`` ``(B,)``.
+
+        ``y`` ``(B,)``: optional class labels (class-conditional nets only, see :meth:`embed`).
+
+        Returns:
+            Tensor of shape ``(B, out_channels, H, W)``.
+        """
+        if self.out is None:
+            raise ValueError("this UNet was built without a decoder (decoder=false): use encode")
+        h, skips, emb = self.encode(x, t, y)
         for block in self.up_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)  # (B, out_channels, H, W)

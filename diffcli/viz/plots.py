@@ -132,7 +132,8 @@ def plot_schedules(schedules: Sequence[NoiseSchedule], path: str | Path,
 
 def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str | Path,
                  title: str | None = None, total_steps: int | None = None,
-                 steps: Sequence[int] | None = None, final: Tensor | None = None) -> Path:
+                 steps: Sequence[int] | None = None, final: Tensor | None = None,
+                 row_names: Sequence[str] | None = None) -> Path:
     """Save the reverse process: per sample a row of x_t and a row of the network's x0 estimate
     x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) (inverse of Ho et al. 2020, eq. 4),
     one column per recorded sampler step.
@@ -145,6 +146,7 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
         title: an optional figure title.
         total_steps, steps: when given, columns also say "step <steps[j] + 1>/<total_steps>".
         final: the sampler's output (N, C, H, W), drawn as a last column in the x_t rows.
+        row_names: a name per sample (N), e.g. "unguided" / "class 7, w=3".
     """
     k, n = x_t.shape[:2]
     if x0.shape != x_t.shape or len(timesteps) != k:
@@ -164,7 +166,7 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
         if final is not None:
             _show(axes[2 * i, k], final[i])
             axes[2 * i + 1, k].set_axis_off()
-        who = f"sample {i + 1}\n" if n > 1 else ""
+        who = f"{row_names[i]}\n" if row_names else f"sample {i + 1}\n" if n > 1 else ""
         axes[2 * i, 0].set_ylabel(f"{who}$x_t$", fontsize=10, rotation=0, ha="right", va="center")
         axes[2 * i + 1, 0].set_ylabel(r"predicted $\hat x_0$", fontsize=10, rotation=0,
                                       ha="right", va="center")
@@ -175,6 +177,22 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
         axes[0, k].set_title("output\n(after the last step)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_sweep(scales: Sequence[float], metrics: dict[str, Sequence[float]], swept: str,
+               path: str | Path) -> Path:
+    """One panel per metric against the guidance scale (Ho & Salimans 2022, Fig. 4: FID and
+    Inception Score against w). ``metrics``: name -> one value per scale."""
+    plt = _pyplot()
+    names = list(metrics)
+    fig, axes = plt.subplots(1, len(names), squeeze=False, dpi=DPI, layout="constrained",
+                             figsize=(3.6 * len(names), 3.0))
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.plot(list(scales), list(metrics[name]), marker="o", lw=1.8)
+        ax.set_xlabel(swept, fontsize=10)
+        ax.set_title(name, fontsize=11)
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

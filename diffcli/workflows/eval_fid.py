@@ -12,6 +12,7 @@ samples (``<folder>/fid-n<N>.json``, ``<name>.fid-n<N>.json`` for a .npz) - or `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 import time
@@ -49,6 +50,7 @@ from diffcli.eval.metrics import (
 )
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import atomic_write_text, dumps_json
+from diffcli.guide import Guidance, guide
 from diffcli.runs import (
     autocast,
     check_precision,
@@ -57,10 +59,12 @@ from diffcli.runs import (
     pick_device,
     sampler_name,
 )
-from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
+from diffcli.viz.plots import plot_sweep
+from diffcli.workflows.sample import checkpoint_to_use, guidance_keys, sampler_choice
 
 console = Console(stderr=True)
 DEFAULT_N = 50_000  # the usual FID-50k
+SWEEPABLE = ("guidance", "classifier_scale")
 
 
 @dataclass
@@ -113,10 +117,14 @@ def _checkpoint(cfg: DictConfig) -> Path:
         raise CheckpointError(f"{e}, or samples=<folder | .npz> to evaluate image files") from None
 
 
-def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
-    """A trained run: sample seed set k on demand with the configured sampler."""
+def _run_side(cfg: DictConfig, n: int, device: torch.device,
+              guidance: Guidance | None = None) -> FakeSide:
+    """A trained run: sample seed set k on demand with the configured sampler (and guidance:
+    classes balanced over the n images, :func:`diffcli.guide.class_labels`)."""
     ckpt = _checkpoint(cfg)
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    guided = guide(opened, guidance or Guidance(), device)
+    labels = guided.labels(n)
     info = opened.info
     if info.kind != "image":
         raise DiffcliError(f"FID needs images; {ckpt} was trained on 2-D points "
@@ -128,11 +136,13 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
     check_precision(precision, device)
 
     def batches(k: int) -> Iterator[Tensor]:
-        return generated_batches(sampler, opened.denoiser, info.shape, seed_set(k, n),
-                                 int(cfg.batch_size), device, lambda: autocast(precision, device))
+        return generated_batches(sampler, guided.denoiser, info.shape, seed_set(k, n),
+                                 int(cfg.batch_size), device, lambda: autocast(precision, device),
+                                 labels=labels)
 
     stem = "" if ckpt.name == "last.ckpt" else f"-{ckpt.stem}"
-    out = ckpt.parent.parent / "eval" / f"fid-{name}-{steps}-n{n}{stem}{_suffix(cfg)}.json"
+    out = ckpt.parent.parent / "eval" / (f"fid-{name}-{steps}{guided.tag}-n{n}{stem}"
+                                         f"{_suffix(cfg)}.json")
     sampler_config = {**OmegaConf.to_container(cfg.sampler, resolve=True),
                       "clip_denoised": bool(cfg.clip_denoised)}
     if cfg.steps is not None:
@@ -140,9 +150,10 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device) -> FakeSide:
     meta = {"checkpoint": str(ckpt.resolve()), "global_step": opened.run.global_step,
             "weights": opened.weights, "sampler": name, "steps": steps,
             "sampler_config": sampler_config, "clip_denoised": bool(cfg.clip_denoised),
-            "precision": precision}
+            "precision": precision, **guided.meta}
+    guided_text = "".join(f", {k} {v}" for k, v in guided.meta.items() if k != "classes")
     announce = (f"sampling {n} images x {cfg.repeats} seed set(s) from {ckpt} ({name}, {steps} "
-                f"steps, {opened.weights} weights, {size_text(info.shape[-2:])})")
+                f"steps, {opened.weights} weights, {size_text(info.shape[-2:])}{guided_text})")
     return FakeSide(tuple(info.shape[-2:]), n, batches, lambda k: compact_seeds(seed_set(k, n)),
                     out, meta, dict(opened.run.config["dataset"]), opened.counter, announce)
 
@@ -249,8 +260,8 @@ def _record(metrics: list[str], results: list[dict[str, Any]], fake: FakeSide,
             batch_size: int) -> dict[str, Any]:
     """Everything the JSON file holds: values, inputs, extractor, library versions."""
     repeats = len(results)
-    if fake.counter is not None:  # network evaluations per sample
-        fake.meta["nfe"] = fake.counter.calls // max(1, repeats * math.ceil(fake.n / batch_size))
+    if fake.counter is not None:  # network evaluations per sample (both CFG halves count)
+        fake.meta["nfe"] = fake.counter.rows // max(1, repeats * fake.n)
     return {
         "metrics": metrics, "summary": _summary(results), "results": results, "n": fake.n,
         "repeats": repeats, "resolution": list(fake.size), "generated": fake.meta,
@@ -264,29 +275,88 @@ def _record(metrics: list[str], results: list[dict[str, Any]], fake: FakeSide,
     }
 
 
-def eval_fid(cfg: DictConfig) -> Path:
-    """Evaluate FID (and the other requested metrics); returns the JSON file written."""
-    started = time.perf_counter()
-    metrics = parse_metrics(OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics)
-                            else cfg.metrics)
-    _check_counts(cfg)
-    device = pick_device(str(cfg.device))
-    extractor = open_extractor(str(cfg.extractor), metrics, cfg.weights,
-                               bool(cfg.download_weights), device)
-    n = DEFAULT_N if cfg.n is None else int(cfg.n)
-    fake = _samples_side(cfg) if cfg.samples else _run_side(cfg, n, device)
-    ref, key = (_reference(cfg, fake, extractor, metrics, device)
-                if REFERENCE_METRICS & set(metrics) else (None, {}))
+def guidance_sweep(cfg: DictConfig) -> tuple[str | None, list[Guidance]]:
+    """The swept key ("guidance" or "classifier_scale", or None) and one :class:`Guidance`
+    per value: ``guidance=[0,1,2,4]`` evaluates each scale (at most one key is a list)."""
+    base = guidance_keys(cfg)
+    lists = [k for k in SWEEPABLE if OmegaConf.is_list(cfg.get(k)) or isinstance(cfg.get(k), list)]
+    if len(lists) > 1:
+        raise DiffcliError("sweep one of guidance=[...] and classifier_scale=[...] at a time")
+    if not lists:
+        return None, [base]
+    key = lists[0]
+    values = [float(v) for v in cfg[key]]
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise DiffcliError(f"{key}={list(cfg[key])}: give one or more scales >= 0")
+    field_name = "scale" if key == "guidance" else "classifier_scale"
+    return key, [dataclasses.replace(base, **{field_name: v}) for v in values]
+
+
+def _evaluate_one(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics: list[str],
+                  ref: tuple[RefStats | None, dict], device: torch.device,
+                  started: float) -> tuple[Path, dict[str, Any]]:
     repeats = int(cfg.repeats)
-    results = _evaluate(fake, ref, extractor, metrics, repeats, device)
-    record = _record(metrics, results, fake, ref, key, extractor, device, int(cfg.batch_size))
+    results = _evaluate(fake, ref[0], extractor, metrics, repeats, device)
+    record = _record(metrics, results, fake, ref[0], ref[1], extractor, device,
+                     int(cfg.batch_size))
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(str(cfg.out)).expanduser() if cfg.out else fake.out_path
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, dumps_json(record))
     title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
     Console().print(_table(record["summary"], repeats, title))
+    return out, record
+
+
+def eval_fid(cfg: DictConfig) -> Path:
+    """Evaluate FID (and the other requested metrics); returns the JSON file written (for a
+    guidance sweep, the sweep's JSON; its plot beside it)."""
+    started = time.perf_counter()
+    metrics = parse_metrics(OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics)
+                            else cfg.metrics)
+    _check_counts(cfg)
+    swept, guidances = guidance_sweep(cfg)
+    if swept and (cfg.samples or cfg.out):
+        raise DiffcliError(f"{swept}=[...] sweeps a run's guidance: it cannot be combined with "
+                           "samples= or out=")
+    device = pick_device(str(cfg.device))
+    extractor = open_extractor(str(cfg.extractor), metrics, cfg.weights,
+                               bool(cfg.download_weights), device)
+    n = DEFAULT_N if cfg.n is None else int(cfg.n)
+    sides = ([_samples_side(cfg)] if cfg.samples
+             else [_run_side(cfg, n, device, g) for g in guidances])
+    ref = (_reference(cfg, sides[0], extractor, metrics, device)
+           if REFERENCE_METRICS & set(metrics) else (None, {}))
+    written = [_evaluate_one(cfg, fake, extractor, metrics, ref, device, started)
+               for fake in sides]
+    out = written[0][0]
+    if swept:
+        out = _write_sweep(swept, guidances, written, sides[0])
     if not extractor.comparable:  # after the numbers, where it cannot be missed
         console.print(f"[yellow]warning[/]: {STANDIN_WARNING}")
     console.print(f"[green]wrote[/] {out}")
+    return out
+
+
+def _write_sweep(swept: str, guidances: list[Guidance], written: list[tuple[Path, dict]],
+                 first: FakeSide) -> Path:
+    """One table, one JSON and one plot of the metrics against the swept scale (the
+    trade-off curve of Ho & Salimans 2022, Fig. 4)."""
+    field_name = "scale" if swept == "guidance" else "classifier_scale"
+    scales = [getattr(g, field_name) for g in guidances]
+    rows = [{swept: w, **{k: v["best"] for k, v in rec["summary"].items()}, "file": str(path)}
+            for w, (path, rec) in zip(scales, written, strict=True)]
+    stem = first.out_path.stem.split("-w")[0].split("-cls")[0]
+    out = first.out_path.with_name(f"{stem}-{swept}-sweep.json")
+    atomic_write_text(out, dumps_json({"swept": swept, "rows": rows}))
+    metric_names = [k for k in rows[0] if k not in (swept, "file")]
+    table = Table(title=f"{swept} sweep")
+    for col in (swept, *metric_names):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(f"{row[swept]:g}", *(f"{row[m]:.4f}" for m in metric_names))
+    Console().print(table)
+    plot_sweep(scales, {m: [r[m] for r in rows] for m in metric_names}, swept,
+               out.with_suffix(".png"))
+    console.print(f"[green]wrote[/] {out.with_suffix('.png')}")
     return out

@@ -9,9 +9,10 @@ that reads the config; the drawing lives in :mod:`diffcli.viz`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -54,6 +55,8 @@ class Reverse:
     device: torch.device
     name: str
     global_step: int
+    guided: Any = None  # a GuidedRun of one class (guidance keys given), else None
+    unguided: Denoiser | None = None  # what it is compared with: w = 0 / no classifier
 
 
 def _as_list(value: object) -> list:
@@ -166,8 +169,9 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     sampler, or None when no reverse picture is asked for."""
     if not cfg.ckpt and not cfg.reverse:
         return None
+    from diffcli.guide import guide
     from diffcli.runs import find_latest_checkpoint, make_sampler, open_run, pick_device, run_roots
-    from diffcli.workflows.sample import sampler_choice
+    from diffcli.workflows.sample import guidance_keys, sampler_choice
 
     ckpt = Path(str(cfg.ckpt)) if cfg.ckpt else find_latest_checkpoint(run_roots(cfg.runs_root))
     device = pick_device(str(cfg.device))
@@ -176,8 +180,16 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")
     sampler, _ = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps, clip_denoised=True)
-    return Reverse(ckpt, sampler, opened.denoiser, opened.info.shape, device,
-                   sampler_name(sampler_choice(), sampler), opened.run.global_step)
+    rev = Reverse(ckpt, sampler, opened.denoiser, opened.info.shape, device,
+                  sampler_name(sampler_choice(), sampler), opened.run.global_step)
+    keys = guidance_keys(cfg)
+    if keys.used:
+        rev.guided = guide(opened, keys, device)
+        rev.guided.classes = rev.guided.classes[:1]  # one class, next to the unguided process
+        unguided = dataclasses.replace(keys, scale=0.0, classifier=None, classifier_scale=None,
+                                       classes=None)
+        rev.unguided = guide(opened, unguided, device).denoiser
+    return rev
 
 
 def output_dir(reverse: Reverse | None) -> Path:
@@ -217,17 +229,39 @@ def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
 
     n = _positive(cfg.num_images, "num_images")
     seeds = list(range(int(cfg.seed), int(cfg.seed) + n))
-    traj = Trajectory(keep=n)
-    final = generate(rev.sampler, rev.denoiser, rev.shape, seeds, n, rev.device, trajectory=traj)
-    x_t, x0 = torch.stack(traj.x_t), torch.stack(traj.x0)  # (K, N, C, H, W)
-    cols = evenly_spaced(_positive(cfg.reverse_columns, "reverse_columns"), len(traj.t))
-    title = (f"reverse process: {rev.name}, {len(traj.t)} steps, checkpoint at step "
-             f"{rev.global_step}")
-    written = [plot_reverse([traj.t[c] for c in cols], x_t[cols], x0[cols], out / "reverse.png",
-                            title=title, total_steps=len(traj.t), steps=cols, final=final)]
+    runs = [(rev.denoiser, None, None)]
+    if rev.guided is not None:  # the same seeds unguided, then guided towards one class
+        runs = [(rev.unguided, None, "unguided"),
+                (rev.guided.denoiser, rev.guided.labels(n), _guided_name(rev.guided))]
+    trajs, finals = [], []
+    for denoiser, labels, _ in runs:
+        trajs.append(Trajectory(keep=n))
+        finals.append(generate(rev.sampler, denoiser, rev.shape, seeds, n, rev.device,
+                               trajectory=trajs[-1], labels=labels))
+    t = trajs[0].t
+    x_t = torch.cat([torch.stack(tr.x_t) for tr in trajs], dim=1)  # (K, runs * N, C, H, W)
+    x0 = torch.cat([torch.stack(tr.x0) for tr in trajs], dim=1)
+    names = [f"{name}\nseed {s}" for _, _, name in runs for s in seeds] if len(runs) > 1 else None
+    cols = evenly_spaced(_positive(cfg.reverse_columns, "reverse_columns"), len(t))
+    title = f"reverse process: {rev.name}, {len(t)} steps, checkpoint at step {rev.global_step}"
+    written = [plot_reverse([t[c] for c in cols], x_t[cols], x0[cols], out / "reverse.png",
+                            title=title, total_steps=len(t), steps=cols, final=torch.cat(finals),
+                            row_names=names)]
     if cfg.gif:
-        written.append(save_gif(reverse_frames(traj.t, x_t, x0), out / "reverse.gif"))
+        written.append(save_gif(reverse_frames(t, x_t, x0), out / "reverse.gif"))
     return written
+
+
+def _guided_name(guided: Any) -> str:
+    """"class 7 (seven), w=3" for the rows of the guided process."""
+    c = guided.classes[0]
+    name = f"class {c}"
+    if guided.class_names and guided.class_names[c] != str(c):
+        name += f" ({guided.class_names[c]})"
+    parts = [f"w={guided.meta['guidance']:g}"] if "guidance" in guided.meta else []
+    if "classifier_scale" in guided.meta:
+        parts.append(f"s={guided.meta['classifier_scale']:g}")
+    return f"{name}, {', '.join(parts)}"
 
 
 def _drop_empty_run_dir() -> None:

@@ -24,8 +24,16 @@ from diffcli.components import (
     plain,
     resolve_target,
 )
+from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
-from diffcli.runs import find_latest_checkpoint, load_checkpoint, run_roots
+from diffcli.guide import check_guidance
+from diffcli.runs import (
+    LoadedRun,
+    find_latest_checkpoint,
+    load_checkpoint,
+    require_diffusion,
+    run_roots,
+)
 from diffcli.workflows.schemas import (
     TRAINER,
     UsageError,
@@ -52,10 +60,30 @@ def _newest(cfg: DictConfig) -> Path | None:
         return None  # the workflow says so, in its own words
 
 
+def _train_labels(cfg: DictConfig) -> None:
+    """conditional=true / task=classifier on a dataset known to have no labels, and a
+    hand-set model.num_classes, are refused before any data is read."""
+    from diffcli.data.registry import dataset_has_labels
+    from diffcli.workflows.train import labels_needed
+
+    model = _group(cfg, "model") or {}
+    if model.get("num_classes") is not None:
+        raise UsageError("model.num_classes is set from the dataset's labels: leave it null and "
+                         "pass conditional=true for a class-conditional model")
+    reason = labels_needed(cfg)
+    name = str((_group(cfg, "dataset") or {}).get("name"))
+    if reason and name in DATASETS and dataset_has_labels(name) is False:
+        raise UsageError(f"{reason} needs a labelled dataset, but dataset={name} has no labels "
+                         "(labelled: digits, mnist, fashion_mnist, cifar10, gaussian_mixture, "
+                         "moons, imagefolder with one sub-folder per class, celeba with "
+                         "dataset.attribute=...)")
+
+
 def _train(cfg: DictConfig) -> None:
     from diffcli.workflows.rundir import check_run_dir
     from diffcli.workflows.train import check_resumable, resume_path
 
+    _train_labels(cfg)
     resume = resume_path(cfg, here=None)
     if resume is not None:
         check_resumable(resume, cfg)
@@ -129,6 +157,21 @@ def check_groups(cfg: DictConfig) -> None:
                              "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
 
 
+def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
+    """The guidance keys against the checkpoint and its classifier (loaded safely)."""
+    from diffcli.workflows.eval_fid import guidance_sweep
+    from diffcli.workflows.sample import guidance_keys
+
+    try:
+        require_diffusion(run)
+        for g in guidance_sweep(cfg)[1] if command == "eval_fid" else [guidance_keys(cfg)]:
+            check_guidance(run, g)
+    except CheckpointError:
+        raise
+    except DiffcliError as e:  # a key that does not fit this model: a usage error
+        raise UsageError(str(e)) from None
+
+
 def preflight(command: str, cfg: DictConfig) -> None:
     """Raise a one-line :class:`~diffcli.errors.DiffcliError` for what ``command`` would
     refuse later anyway, before anything is written: top-level keys against their schema,
@@ -151,10 +194,10 @@ def preflight(command: str, cfg: DictConfig) -> None:
     if command not in ("sample", "eval_fid", "noise_viz"):
         return
     if cfg.get("ckpt"):
-        load_checkpoint(Path(str(cfg.ckpt)))
+        _check_guidance(command, cfg, load_checkpoint(Path(str(cfg.ckpt))))
         return
     wants_run = {"sample": True, "eval_fid": not cfg.get("samples"),
                  "noise_viz": bool(cfg.get("reverse"))}[command]
     newest = _newest(cfg) if wants_run else None
     if newest is not None:
-        load_checkpoint(newest)
+        _check_guidance(command, cfg, load_checkpoint(newest))

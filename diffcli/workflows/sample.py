@@ -20,10 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from diffcli.components import plain
+from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.generate import Trajectory, compact_seeds, generate, num_steps, to_uint8
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
+from diffcli.guide import Guidance, GuidedRun, guide
 from diffcli.runs import (
     OpenedRun,
     autocast,
@@ -110,13 +113,25 @@ def progress_bar(total: int, show: bool = True) -> tuple[Progress, object]:
 
 def draw_with_progress(sampler: Sampler, opened: OpenedRun, seeds: list[int], batch_size: int,
                        device: torch.device, trajectory: Trajectory | None = None,
-                       show: bool = True) -> Tensor:
-    """:func:`diffcli.diffusion.generate.generate` with a progress bar. (N, *shape)"""
-    total = num_steps(sampler, opened.denoiser) * math.ceil(len(seeds) / batch_size)
+                       show: bool = True, denoiser: Denoiser | None = None,
+                       labels: Tensor | None = None) -> Tensor:
+    """:func:`diffcli.diffusion.generate.generate` with a progress bar (``denoiser``: a guided
+    one, default the run's; ``labels`` (N,): each seed's class). (N, *shape)"""
+    denoiser = denoiser or opened.denoiser
+    total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
     bar, task = progress_bar(total, show)
     with bar:
-        return generate(sampler, opened.denoiser, opened.info.shape, seeds, batch_size, device,
-                        trajectory=trajectory, on_step=lambda: bar.advance(task))
+        return generate(sampler, denoiser, opened.info.shape, seeds, batch_size, device,
+                        trajectory=trajectory, on_step=lambda: bar.advance(task), labels=labels)
+
+
+def guidance_keys(cfg: DictConfig) -> Guidance:
+    """The guidance keys of a sampling command's config."""
+    interval = cfg.get("guidance_interval")
+    return Guidance(scale=cfg.get("guidance"), classes=plain(cfg.get("classes")),
+                    classifier=cfg.get("classifier"), classifier_scale=cfg.get("classifier_scale"),
+                    interval=None if interval is None else [float(v) for v in interval],
+                    rescale=float(cfg.get("guidance_rescale") or 0.0))
 
 
 @dataclass
@@ -131,6 +146,8 @@ class Request:
     clip: bool
     device: torch.device
     folder: OutputFolder
+    guided: GuidedRun
+    labels: Tensor | None  # (N,) each seed's class; None: unconditional
 
 
 def resolve(cfg: DictConfig, device: torch.device) -> Request:
@@ -144,19 +161,23 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     check_precision(str(cfg.precision), device)
     check_memory(len(seeds), opened.info.shape, int(cfg.batch_size))
+    guided = guide(opened, guidance_keys(cfg), device)
+    labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
-    folder = OutputFolder(ckpt.parent.parent / "samples" / f"{name}-{steps}",
+    folder = OutputFolder(ckpt.parent.parent / "samples" / f"{name}-{steps}{guided.tag}",
                           overwrite=bool(cfg.overwrite))
-    return Request(opened, sampler, name, steps, seeds, clip, device, folder)
+    return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels)
 
 
 def draw(req: Request, cfg: DictConfig, rank: int, world: int,
          trajectory: Trajectory | None) -> Tensor | None:
     """This process's seeds (every ``world``-th), gathered on rank 0 (None elsewhere)."""
     mine = req.seeds[rank::world]
+    labels = None if req.labels is None else req.labels[rank::world]
     with autocast(str(cfg.precision), req.device):
         x = draw_with_progress(req.sampler, req.opened, mine, int(cfg.batch_size), req.device,
-                               trajectory, show=rank == 0)
+                               trajectory, show=rank == 0, denoiser=req.guided.denoiser,
+                               labels=labels)
     if world > 1:
         x = _gather_shards(x, len(req.seeds), rank, world)
     return x if rank == 0 else None
@@ -167,26 +188,30 @@ def write(req: Request, cfg: DictConfig, x: Tensor, trajectory: Trajectory | Non
     """Pictures, samples.npz, meta.json (and trajectory.npz) into one new folder."""
     seeds, name, steps = req.seeds, req.name, req.steps
     span = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    per_process = math.ceil(len(seeds[0::world]) / int(cfg.batch_size))
-    nfe = req.opened.counter.calls // per_process  # evaluations per sample
+    nfe = req.opened.counter.rows // len(seeds[0::world])  # evaluations per sample
     meta = {"sampler": name, "sampler_config": OmegaConf.to_container(cfg.sampler),
             "steps": steps, "nfe": nfe, "n": len(seeds), "seeds": compact_seeds(seeds),
             "checkpoint": str(req.opened.ckpt), "global_step": req.opened.run.global_step,
             "weights": req.opened.weights, "clip_denoised": req.clip,
-            "precision": str(cfg.precision), "processes": world}
+            "precision": str(cfg.precision), "processes": world, **req.guided.meta}
+    if req.guided.class_names is not None and req.guided.classes is not None:
+        meta["class_names"] = [req.guided.class_names[c] for c in req.guided.classes]
+    rows = None if req.labels is None else math.ceil(len(seeds) / len(req.guided.classes or [1]))
     image = req.opened.info.kind == "image"
     data = None if image else build_datamodule(req.opened.run.config["dataset"]).data
     with req.folder as tmp:  # all or nothing: the folder appears only once complete
         if data is None:
-            _save_images(x, seeds, tmp)
+            _save_images(x, seeds, tmp, req.labels, per_row=rows)
         else:  # the training points, drawn behind the samples
-            _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}")
+            _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}{_guided(req)}",
+                         req.labels)
         if trajectory is not None:
             trajectory.save(tmp / "trajectory.npz")
         (tmp / "meta.json").write_text(dumps_json(meta))
     picture = "grid.png, images/" if image else "scatter.png"
     console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
-                  f"sample, {req.opened.weights} weights, {span}) to {req.folder.path}/ : "
+                  f"sample, {req.opened.weights} weights, {span}{_guided(req)}) to "
+                  f"{req.folder.path}/ : "
                   f"{picture}, samples.npz, meta.json" + (", trajectory.npz" if trajectory else ""))
     return req.folder.path
 
@@ -233,32 +258,61 @@ def _gather_shards(x: Tensor, n: int, rank: int, world: int) -> Tensor:
     return full
 
 
-def _save_images(x: Tensor, seeds: list[int], out_dir: Path) -> None:
+def _guided(req: Request) -> str:
+    """", classes 0-9, guidance 3" for messages and titles ("" when unconditional)."""
+    meta = req.guided.meta
+    if req.guided.classes is None:
+        return ""
+    text = f", classes {compact_seeds(req.guided.classes)}"
+    if "guidance" in meta:
+        text += f", guidance {meta['guidance']:g}"
+    if "classifier_scale" in meta:
+        text += f", classifier scale {meta['classifier_scale']:g}"
+    return text
+
+
+def _extra_arrays(labels: Tensor | None) -> dict[str, np.ndarray]:
+    return {} if labels is None else {"labels": labels.numpy()}
+
+
+def _save_images(x: Tensor, seeds: list[int], out_dir: Path, labels: Tensor | None = None,
+                 per_row: int | None = None) -> None:
+    """samples.npz, images/<seed>.png and grid.png (``per_row`` images a row: one row per
+    class for class-conditional samples)."""
     from torchvision.io import write_png
     from torchvision.utils import make_grid, save_image
 
     imgs = to_uint8(x)  # (N, C, H, W)
     np.savez_compressed(out_dir / "samples.npz", images=imgs.permute(0, 2, 3, 1).numpy(),
-                        seeds=np.array(seeds))
+                        seeds=np.array(seeds), **_extra_arrays(labels))
     (out_dir / "images").mkdir(exist_ok=True)
     for img, seed in zip(imgs, seeds, strict=True):
         write_png(img, str(out_dir / "images" / f"{seed:06d}.png"))
-    grid = make_grid(imgs.float() / 255, nrow=math.ceil(math.sqrt(len(x))), padding=1, pad_value=1)
+    nrow = per_row or math.ceil(math.sqrt(len(x)))
+    grid = make_grid(imgs.float() / 255, nrow=nrow, padding=1, pad_value=1)
     scale = max(1, 256 // max(x.shape[-1], 1) // 2)
     grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
     save_image(grid, out_dir / "grid.png")
 
 
-def _save_points(x: Tensor, seeds: list[int], data: Tensor, out_dir: Path, title: str) -> None:
+def _save_points(x: Tensor, seeds: list[int], data: Tensor, out_dir: Path, title: str,
+                 labels: Tensor | None = None) -> None:
+    """samples.npz and scatter.png: the samples (coloured by class when labelled) over the
+    training points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    np.savez_compressed(out_dir / "samples.npz", points=x.numpy(), seeds=np.array(seeds))
+    np.savez_compressed(out_dir / "samples.npz", points=x.numpy(), seeds=np.array(seeds),
+                        **_extra_arrays(labels))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.scatter(data[:, 0], data[:, 1], s=2, c="0.75", label="data")
-    ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:red", label="samples")
+    if labels is None:
+        ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:red", label="samples")
+    for c in ([] if labels is None else sorted(set(labels.tolist()))):
+        pick = labels == c
+        ax.scatter(x[pick, 0], x[pick, 1], s=2, label=f"class {c}")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title, fontsize=9)

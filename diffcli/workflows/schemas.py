@@ -97,15 +97,33 @@ COMMON_SAMPLING: dict[str, Key] = {
     "device": DEVICE,
 }
 
+GUIDANCE: dict[str, Key] = {
+    "classes": Key(str | int | list | None, "class labels to draw: 7, 0-9, [1,3,5] or all "
+                   "(default all, for a labelled model)"),
+    "classifier": Key(str | None, "classifier guidance: a checkpoint of diffcli train "
+                      "task=classifier", nonempty=True),
+    "classifier_scale": Key(float | int | None, "classifier guidance scale s (default 1)", ge=0),
+    "guidance_interval": Key(list | None, "[sigma_lo, sigma_hi]: guide only there "
+                             "(Kynkaanniemi et al. 2024)"),
+    "guidance_rescale": Key(float | int, "phi of Lin et al. 2024's rescaled guidance", ge=0,
+                            le=1),
+}
+
 SCHEMAS: dict[str, dict[str, Key]] = {
     "train": {
         "seed": Key(int, "seeds weights, noise and data order", ge=0, le=2**32 - 1),
         "resume": Key(str | None, "auto: continue the newest run", choices=("auto", "never")),
         "ckpt_path": Key(str | None, "continue from this checkpoint", nonempty=True),
         "runs_root": Key(str, "where runs go (and where resume=auto looks)", nonempty=True),
+        "conditional": Key(bool, "class-conditional on the dataset's labels (classifier-free "
+                           "guidance training)"),
+        "task": Key(str, "diffusion | classifier", choices=("diffusion", "classifier")),
     },
     "sample": {
         **COMMON_SAMPLING,
+        **GUIDANCE,
+        "guidance": Key(float | int | None, "classifier-free guidance scale w: 0 unconditional, "
+                        "1 conditional (the default for a conditional model), >1 guided", ge=0),
         "n": Key(int | None, "how many samples (default 64 images or 2000 points)", ge=1),
         "batch_size": Key(int, "samples per network batch", ge=1),
         "seed": Key(int, "sample i uses seed + i", ge=0, le=2**63 - 1),
@@ -118,6 +136,11 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     },
     "eval_fid": {
         **COMMON_SAMPLING,
+        **GUIDANCE,
+        "guidance": Key(float | int | list | None, "classifier-free guidance scale w, or a list "
+                        "to sweep: [0,1,2,4]", ge=0),
+        "classifier_scale": Key(float | int | list | None, "classifier guidance scale s, or a "
+                                "list to sweep", ge=0),
         "samples": Key(str | None, "evaluate these images (folder or .npz)", nonempty=True),
         "n": Key(int | None, "generated images per seed set (default 50000)", ge=2),
         "repeats": Key(int, "seed sets", ge=1),
@@ -139,6 +162,9 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     },
     "noise_viz": {
         **COMMON_SAMPLING,
+        **GUIDANCE,
+        "guidance": Key(float | int | None, "classifier-free guidance scale w of the guided "
+                        "reverse process", ge=0),
         "schedules": Key(list | str, "rows: names of conf/schedule options"),
         "num_timesteps": Key(int, "T of every schedule drawn", ge=2),
         "timesteps": Key(list | int | None, "columns (0..T-1)"),

@@ -21,6 +21,7 @@ from diffcli.components import build, plain, resolve_target
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
 from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
+from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
 from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.nets.layers import count_parameters
@@ -66,7 +67,8 @@ def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
         return None
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
-    return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here)
+    return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here,
+                                  task=str(cfg.get("task", "diffusion")))
 
 
 def _comparable(key: str, value: object) -> object:
@@ -86,7 +88,10 @@ def check_resumable(path: Path, cfg: DictConfig) -> int:
                               "wait for it to finish or stop it")
     pairs = [(key, _comparable(key, run.config.get(key)), _comparable(key, cfg.get(key)))
              for key in MUST_MATCH_ON_RESUME]
-    pairs.append(("module.prediction", run.prediction, str(cfg.module.prediction)))
+    pairs.append(("module.prediction", run.prediction, str(cfg.module.get("prediction", "eps"))))
+    pairs.append(("task", run.config.get("task", "diffusion"), str(cfg.get("task", "diffusion"))))
+    pairs.append(("conditional", bool(run.config.get("conditional", False)),
+                  bool(cfg.get("conditional", False))))
     for key, old, new in pairs:
         if old != new:
             diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
@@ -156,9 +161,43 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
         raise DiffcliError(f"trainer: {' '.join(str(e).split())}") from None
 
 
-def _module(cfg: DictConfig, dm: Any) -> DiffusionModule:
+def labels_needed(cfg: DictConfig) -> str | None:
+    """Why this run needs a labelled dataset ("conditional=true", "task=classifier"), or None."""
+    if cfg.get("task", "diffusion") == "classifier":
+        return "task=classifier"
+    return "conditional=true" if cfg.get("conditional") else None
+
+
+def check_labels(cfg: DictConfig, dm: Any) -> int | None:
+    """The number of classes the network is built for: the dataset's when the run needs
+    labels (refused, in one line, when the dataset has none), else None."""
+    reason = labels_needed(cfg)
+    if cfg.model.get("num_classes") is not None:
+        raise DiffcliError("model.num_classes is set from the dataset's labels: leave it null and "
+                           "pass conditional=true for a class-conditional model")
+    if reason is None:
+        return None
+    if getattr(dm, "num_classes", None) is None:
+        raise DiffcliError(f"{reason} needs a labelled dataset, but dataset={cfg.dataset.name} "
+                           "has no labels (labelled: digits, mnist, fashion_mnist, cifar10, "
+                           "gaussian_mixture, moons, imagefolder with one sub-folder per class, "
+                           "celeba with dataset.attribute=...)")
+    return int(dm.num_classes)
+
+
+def data_description(dm: Any, num_classes: int | None) -> dict[str, Any]:
+    """The ``data`` entry of a checkpoint: kind, sample shape, and the classes when labelled."""
+    info: dict[str, Any] = {"kind": dm.kind, "shape": list(dm.data_shape)}
+    if num_classes is not None:
+        info["num_classes"] = num_classes
+        info["class_names"] = [str(c) for c in (dm.class_names or range(num_classes))]
+    return info
+
+
+def _module(cfg: DictConfig, dm: Any) -> L.LightningModule:
     """The ``module`` group built around the network, schedule, optimizer and LR schedule."""
-    net = build_net(cfg.model, dm.data_shape)
+    num_classes = check_labels(cfg, dm)
+    net = build_net(cfg.model, dm.data_shape, num_classes=num_classes)
     channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -167,7 +206,7 @@ def _module(cfg: DictConfig, dm: Any) -> DiffusionModule:
                  optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
                  channels_last=channels_last,
                  run_config=OmegaConf.to_container(cfg, resolve=True),
-                 data_info={"kind": dm.kind, "shape": list(dm.data_shape)})
+                 data_info=data_description(dm, num_classes))
 
 
 def train(cfg: DictConfig) -> Path:
@@ -208,15 +247,55 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         raise
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
+    if trainer.is_global_zero and isinstance(module, ClassifierModule) and module.eval_images:
+        _report_accuracy(cfg, dm, module)
     _end_process_group()  # every rank, before any prints "done" and exits
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; continue with "
                           f"`diffcli train resume=auto` (or ckpt_path={last})", stop.signum)
     if trainer.is_global_zero:
+        after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
+                 "diffusion run)" if isinstance(module, ClassifierModule)
+                 else "[bold]diffcli sample[/] (uses this run)")
         console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
-                      f"next: [bold]diffcli sample[/] (uses this run)")
+                      f"next: {after}")
     return last
+
+
+def _labelled_batch(dm: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` (images, labels) from the datamodule's loader."""
+    xs, ys, have = [], [], 0
+    for x, y in dm.train_dataloader():
+        xs.append(x)
+        ys.append(y)
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _held_out(cfg: DictConfig, dm: Any) -> tuple[Any, str]:
+    """The dataset's test split when training used "train" and it is on disk (never
+    downloaded), else the training data; with a word saying which."""
+    if cfg.dataset.get("split") == "train":
+        node = {**plain(cfg.dataset), "split": "test"}
+        try:
+            return build_datamodule(node), "held-out split=test"
+        except DiffcliError:
+            pass
+    return dm, f"training split={cfg.dataset.get('split', 'train')}"
+
+
+def _report_accuracy(cfg: DictConfig, dm: Any, module: ClassifierModule) -> None:
+    """Accuracy of the trained classifier on noised data, per range of t (Dhariwal & Nichol
+    2021 report it as a function of noise level)."""
+    source, which = _held_out(cfg, dm)
+    x, y = _labelled_batch(source, module.eval_images)
+    module.net.eval()
+    rows = accuracy_by_t(module.net, module.schedule, x, y)
+    console.print(f"classifier accuracy on {len(x)} noised images ({which}): "
+                  f"{format_accuracy(rows)}")
 
 
 def _end_process_group() -> None:

@@ -1,0 +1,226 @@
+"""Class-conditional sampling from the command line: which classes, and how they are guided.
+
+``classes=`` (``7``, ``0-9``, ``[1,3,5]``, ``all`` or a list) picks the classes; sample i of n
+gets class ``classes[i // ceil(n / len(classes))]``, so an image grid has one row per class.
+A class-conditional model (``diffcli train conditional=true``) is sampled with classifier-free
+guidance of scale ``guidance`` (Ho & Salimans 2022: 0 = unconditional, 1 = conditional,
+> 1 = guided); ``classifier=<ckpt>`` (``diffcli train task=classifier``) adds classifier
+guidance of scale ``classifier_scale`` (Dhariwal & Nichol 2021) to a conditional or an
+unconditional model. The maths is :mod:`diffcli.diffusion.guidance`; this module opens the
+classifier's checkpoint, checks that it fits the model, and says what is wrong in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffcli.diffusion.denoiser import Denoiser
+from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from diffcli.errors import DiffcliError, user_errors
+from diffcli.runs import LoadedRun, OpenedRun, build_net, load_checkpoint
+
+__all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "guide", "open_classifier",
+           "parse_classes", "read_classifier"]
+
+
+def _class_list(names: Sequence[str] | None, k: int) -> str:
+    if names and list(names) != [str(i) for i in range(k)]:
+        shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:12]))
+        return f" ({shown}{', ...' if k > 12 else ''})"
+    return ""
+
+
+def parse_classes(spec: Any, num_classes: int, names: Sequence[str] | None = None) -> list[int]:
+    """Class indices from ``classes=``: None or "all" (every class), an int, "a-b" ranges and
+    comma lists ("0-4,7"), or a list; each checked against the model's ``num_classes``."""
+    if spec is None or str(spec).strip().lower() == "all":
+        return list(range(num_classes))
+    parts = spec if isinstance(spec, list | tuple) else str(spec).split(",")
+    out: list[int] = []
+    try:
+        for part in (str(p).strip() for p in parts):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), (int(hi) if hi else int(lo)) + 1))
+    except ValueError:
+        raise DiffcliError(f"bad classes={spec!r}: use a class index (7), a range (0-9), a list "
+                           "([1,3,5]) or all") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if not out or bad:
+        raise DiffcliError(f"classes={spec!r}: this model has classes 0-{num_classes - 1}"
+                           f"{_class_list(names, num_classes)}")
+    return out
+
+
+def class_labels(classes: Sequence[int], n: int) -> Tensor:
+    """Labels (n,) int64: ceil(n / len(classes)) samples of each class in order (one grid row
+    per class; the last row may be short)."""
+    if n < len(classes):
+        raise DiffcliError(f"n={n} is fewer than the {len(classes)} classes asked for: use "
+                           f"n={len(classes)} or more, or fewer classes")
+    per = math.ceil(n / len(classes))
+    return torch.tensor([classes[i // per] for i in range(n)], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The guidance keys of ``sample`` / ``eval-fid`` / ``noise-viz``, as given."""
+
+    scale: float | None = None  # guidance=: classifier-free scale w (None: 1 for a
+    # conditional model, i.e. conditional sampling without guidance)
+    classes: Any = None  # classes=
+    classifier: str | None = None  # classifier=: a checkpoint of `diffcli train task=classifier`
+    classifier_scale: float | None = None  # s (None: 1 with a classifier)
+    interval: Sequence[float] | None = None  # guidance_interval=[sigma_lo, sigma_hi]
+    rescale: float = 0.0  # guidance_rescale= phi
+
+    @property
+    def used(self) -> bool:
+        """Whether any guidance key was given."""
+        return any(v is not None for v in (self.scale, self.classes, self.classifier,
+                                           self.classifier_scale, self.interval)) or bool(
+            self.rescale)
+
+
+@dataclass
+class GuidedRun:
+    """The denoiser to sample from, the classes (None: unconditional) and a description for
+    meta.json and folder names."""
+
+    denoiser: Denoiser
+    classes: list[int] | None
+    class_names: tuple[str, ...] | None
+    meta: dict[str, Any]
+
+    def labels(self, n: int) -> Tensor | None:
+        return None if self.classes is None else class_labels(self.classes, n)
+
+    @property
+    def tag(self) -> str:
+        """A folder-name suffix: "-w3" / "-cls2" / "" (unguided)."""
+        parts = []
+        if "guidance" in self.meta:
+            parts.append(f"w{_num(self.meta['guidance'])}")
+        if "classifier_scale" in self.meta:
+            parts.append(f"cls{_num(self.meta['classifier_scale'])}")
+        return "".join(f"-{p}" for p in parts)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def read_classifier(path: str | Path, model: LoadedRun) -> LoadedRun:
+    """The classifier checkpoint at ``path``, loaded safely, refused in one line unless it is a
+    classifier of the same data (dataset, sample shape, classes) and noise schedule as
+    ``model``. Nothing is built."""
+    run = load_checkpoint(path)
+    if run.task != "classifier":
+        raise DiffcliError(f"classifier={path} is a diffusion model checkpoint, not a classifier: "
+                           "train one with `diffcli train task=classifier` on the same dataset")
+    _check_same_data(run, model)
+    if run.config.get("schedule") != model.config.get("schedule"):
+        raise DiffcliError(f"classifier={path} was trained on x_t of another noise schedule "
+                           f"({_schedule(run)}) than the model ({_schedule(model)}): train it "
+                           "with the model's schedule= settings")
+    return run
+
+
+def open_classifier(path: str | Path, model: LoadedRun,
+                    device: torch.device) -> tuple[nn.Module, LoadedRun]:
+    """The noise-aware classifier of ``path`` (:func:`read_classifier`), built in eval mode on
+    ``device``."""
+    run = read_classifier(path, model)
+    info = run.data_info()
+    net = build_net(run.config["model"], info.shape, num_classes=run.num_classes)
+    try:
+        net.load_state_dict(run.weights("net."))
+    except RuntimeError as e:
+        raise DiffcliError(f"{path}: weights do not fit the configured classifier "
+                           f"({str(e).splitlines()[0]})") from None
+    return net.to(device).eval().requires_grad_(False), run
+
+
+def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] | None] | None:
+    """Check the guidance keys ``g`` against the model (and its classifier): the number of
+    classes and their names to draw from, or None for plain unconditional sampling. Every
+    misuse is one line naming the key and the fix."""
+    k = model.num_classes
+    if g.scale is not None and g.scale != 0 and k is None:
+        raise DiffcliError(f"guidance={_num(g.scale)} needs a class-conditional model (train "
+                           f"with conditional=true), but {model.path} is unconditional; for "
+                           "an unconditional model use classifier=<ckpt of diffcli train "
+                           "task=classifier>")
+    if g.classifier_scale is not None and g.classifier is None:
+        raise DiffcliError("classifier_scale needs classifier=<ckpt of diffcli train "
+                           "task=classifier>")
+    if g.classes is not None and k is None and g.classifier is None:
+        raise DiffcliError(f"classes={g.classes} needs a class-conditional model (conditional="
+                           f"true) or classifier=<ckpt>; {model.path} is unconditional")
+    if g.classifier is not None:
+        clf = read_classifier(g.classifier, model)
+        k, names = clf.num_classes, clf.data_info().class_names
+    elif k is None:
+        return None
+    else:
+        names = model.data_info().class_names
+    parse_classes(g.classes, int(k or 0), names)
+    return int(k or 0), names
+
+
+def _schedule(run: LoadedRun) -> str:
+    node = run.config.get("schedule") or {}
+    name = str(node.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("_schedule")
+    return f"{name}, T={node.get('num_timesteps', '?')}"
+
+
+def _data_name(run: LoadedRun) -> str:
+    dataset = run.config.get("dataset") or {}
+    return str(dataset.get("name", "?"))
+
+
+def _check_same_data(clf: LoadedRun, model: LoadedRun) -> None:
+    a, b = clf.data_info(), model.data_info()
+    if _data_name(clf) != _data_name(model) or a.shape != b.shape:
+        raise DiffcliError(f"classifier={clf.path} was trained on other data "
+                           f"(dataset={_data_name(clf)}, samples {tuple(a.shape)}) than the model "
+                           f"(dataset={_data_name(model)}, samples {tuple(b.shape)}): train a "
+                           "classifier on the model's dataset")
+    if model.num_classes is not None and model.num_classes != clf.num_classes:
+        raise DiffcliError(f"classifier={clf.path} has {clf.num_classes} classes, the model "
+                           f"{model.num_classes}: they must be trained on the same labels")
+
+
+def guide(opened: OpenedRun, g: Guidance, device: torch.device) -> GuidedRun:
+    """The guided denoiser of ``opened`` for the keys ``g`` (checked by
+    :func:`check_guidance`)."""
+    run, base = opened.run, opened.denoiser
+    checked = check_guidance(run, g)
+    if checked is None:
+        return GuidedRun(base, None, None, {})
+    k, names = checked
+    meta: dict[str, Any] = {}
+    denoiser: Denoiser = base
+    if run.num_classes is not None:
+        w = 1.0 if g.scale is None else float(g.scale)
+        with user_errors("guidance"):
+            denoiser = ClassifierFreeGuidance(
+                net=base.net, schedule=base.schedule, prediction=base.prediction,
+                num_classes=run.num_classes, scale=w, rescale=float(g.rescale),
+                interval=tuple(g.interval) if g.interval is not None else None)
+        meta["guidance"] = w
+    if g.classifier is not None:
+        net, _ = open_classifier(g.classifier, run, device)
+        s = 1.0 if g.classifier_scale is None else float(g.classifier_scale)
+        with user_errors("classifier_scale"):
+            denoiser = ClassifierGuidance.around(denoiser, net, s)
+        meta |= {"classifier": str(g.classifier), "classifier_scale": s}
+    classes = parse_classes(g.classes, k, names)
+    meta["classes"] = classes
+    return GuidedRun(denoiser, classes, names, meta)
