@@ -61,7 +61,7 @@ def train_runs(steps: int, classifier_steps: int, reuse: bool) -> tuple[Path, Pa
         / "last.ckpt"
     if not (reuse and model.is_file()):
         diffcli("train", *COMMON, "conditional=true", "model=unet", "model.base_channels=32",
-                "model.channel_mults=[1,2,2]", "model.num_res_blocks=2",
+                "model.channel_mults=[1,2,2]", "model.num_res_blocks=1",
                 f"trainer.max_steps={steps}", "callbacks.preview=null",
                 f"hydra.run.dir={OUT / 'model'}")
     if not (reuse and clf.is_file()):

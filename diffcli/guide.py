@@ -98,8 +98,14 @@ class GuidedRun:
     class_names: tuple[str, ...] | None
     meta: dict[str, Any]
 
-    def labels(self, n: int) -> Tensor | None:
-        return None if self.classes is None else class_labels(self.classes, n)
+    def labels(self, n: int, cyclic: bool = False) -> Tensor | None:
+        """(n,) labels: grid rows per class (:func:`class_labels`), or ``cyclic`` (sample i
+        of class ``classes[i % k]``: balanced for any n, for FID)."""
+        if self.classes is None:
+            return None
+        if cyclic:
+            return torch.tensor([self.classes[i % len(self.classes)] for i in range(n)])
+        return class_labels(self.classes, n)
 
     @property
     def tag(self) -> str:

@@ -124,7 +124,7 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
     ckpt = _checkpoint(cfg)
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
     guided = guide(opened, guidance or Guidance(), device)
-    labels = guided.labels(n)
+    labels = guided.labels(n, cyclic=True)
     info = opened.info
     if info.kind != "image":
         raise DiffcliError(f"FID needs images; {ckpt} was trained on 2-D points "

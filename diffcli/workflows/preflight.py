@@ -26,7 +26,7 @@ from diffcli.components import (
 )
 from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
-from diffcli.guide import check_guidance
+from diffcli.guide import check_guidance, class_labels, parse_classes
 from diffcli.runs import (
     LoadedRun,
     find_latest_checkpoint,
@@ -160,12 +160,16 @@ def check_groups(cfg: DictConfig) -> None:
 def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
     """The guidance keys against the checkpoint and its classifier (loaded safely)."""
     from diffcli.workflows.eval_fid import guidance_sweep
-    from diffcli.workflows.sample import guidance_keys
+    from diffcli.workflows.sample import guidance_keys, parse_seeds
 
     try:
         require_diffusion(run)
         for g in guidance_sweep(cfg)[1] if command == "eval_fid" else [guidance_keys(cfg)]:
-            check_guidance(run, g)
+            checked = check_guidance(run, g)
+            if checked is not None and command == "sample":  # enough samples for the classes
+                n = int(cfg.n or (64 if run.data_info().kind == "image" else 2000))
+                class_labels(parse_classes(g.classes, *checked),
+                             len(parse_seeds(cfg.seeds, n, int(cfg.seed))))
     except CheckpointError:
         raise
     except DiffcliError as e:  # a key that does not fit this model: a usage error
