@@ -99,6 +99,10 @@ VARIANTS: dict[str, tuple[Mutation, str]] = {
                            "NaN/inf"),
     "bad-data-description": (lambda c, t: c["diffcli"].__setitem__("data", {"kind": "x"}),
                              "data description"),
+    "unknown-task": (_set("task", "evil"), "unknown task 'evil'"),
+    "conditional-without-classes": (_set("conditional", True), "names no classes"),
+    "bad-class-description": (lambda c, t: c["diffcli"]["data"].update(
+        num_classes=3, class_names=["a", 2]), "class description"),
 }
 
 # how each command is pointed at the checkpoint; "{ckpt}" is the crafted file, "{root}" a runs
