@@ -104,10 +104,10 @@ def measure(model: Path, classifier: Path, n: int, steps: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-steps", type=int, default=4000)
-    parser.add_argument("--classifier-steps", type=int, default=1500)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--train-steps", type=int, default=1500)
+    parser.add_argument("--classifier-steps", type=int, default=800)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
