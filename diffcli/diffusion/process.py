@@ -100,10 +100,37 @@ def x0_eps_from_v(x_t: Tensor, v: Tensor, abar: Tensor) -> tuple[Tensor, Tensor]
 
 
 class Prediction(NamedTuple):
-    """A network output converted to both the clean-data and the noise estimate. (B, ...) each."""
+    """A network output converted to both the clean-data and the noise estimate. (B, ...) each.
+
+    ``var_frac``: for a network with learned variances (Nichol & Dhariwal 2021, eq. 15), the
+    interpolation fraction v in [0, 1] between log beta_t (v = 1) and log beta-tilde_t (v = 0),
+    (B, ...); None for a network with fixed variances.
+    """
 
     x0: Tensor
     eps: Tensor
+    var_frac: Tensor | None = None
+
+
+def learned_log_variance(var_frac: Tensor, beta: Tensor, beta_tilde: Tensor) -> Tensor:
+    """log Sigma = v log beta + (1 - v) log beta-tilde (Nichol & Dhariwal 2021, eq. 15).
+
+    ``beta``, ``beta_tilde``: the step's beta and posterior variance (broadcastable to
+    ``var_frac``; on a respaced chain, the respaced ones, :func:`posterior_coefficients`).
+    beta-tilde is 0 at the first step; it is clipped to the next step's value there, as
+    Improved DDPM does, by the caller (:func:`step_log_variances`). (B, ...)
+    """
+    return var_frac * beta.log() + (1 - var_frac) * beta_tilde.log()
+
+
+def step_log_variances(schedule: NoiseSchedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(log beta_t, log beta-tilde_t) of the T-step chain at timesteps t (B,), shaped (B, 1, ...)
+    like ``like``; log beta-tilde_0 (= log 0) is clipped to log beta-tilde_1 (Nichol & Dhariwal
+    2021, their ``posterior_log_variance_clipped``)."""
+    tilde = schedule.posterior_variance.clone()
+    if len(tilde) > 1:
+        tilde[0] = tilde[1]
+    return extract(schedule.betas.log(), t, like), extract(tilde.log(), t, like)
 
 
 def to_x0_eps(output: Tensor, kind: Parameterization | str, x_t: Tensor,
