@@ -93,6 +93,13 @@ class LoadedRun:
         return str(self.config.get("task", "diffusion"))
 
     @property
+    def learned_variance(self) -> bool:
+        """Whether the network also outputs its variances (``model.learn_sigma``, Improved
+        DDPM)."""
+        model = self.config.get("model")
+        return bool(model.get("learn_sigma", False)) if isinstance(model, Mapping) else False
+
+    @property
     def num_classes(self) -> int | None:
         """The classes of a class-conditional model or a classifier; None when unconditional."""
         labelled = self.task == "classifier" or bool(self.config.get("conditional", False))
@@ -353,4 +360,5 @@ def open_run(ckpt: Path, *, use_ema: bool, device: torch.device,
     net, info, weights = restore_net(run, use_ema, device)
     counter = CountingNet(torch.compile(net) if compile else net)
     return OpenedRun(ckpt, run, info, weights, counter,
-                     Denoiser(counter, run.schedule(), run.prediction))
+                     Denoiser(counter, run.schedule(), run.prediction,
+                              learned_variance=run.learned_variance))

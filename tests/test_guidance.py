@@ -369,3 +369,29 @@ def test_generate_with_labels_is_independent_of_the_batch_size():
         generate(sampler, model, (2,), seeds, 3, torch.device("cpu"), labels=labels[:4])
     with pytest.raises(ValueError, match="unconditional"):
         generate(sampler, _unconditional(), (2,), seeds, 3, torch.device("cpu"), labels=labels)
+
+
+# ------------------------------------------------------------------ learned variances
+
+
+def test_guided_ddpm_with_learned_variances_uses_the_conditional_branch_variance():
+    """A learned-variance net (2C outputs, Nichol & Dhariwal 2021) whose variance half reads
+    v = 0 (beta-tilde) with a label and v = 1 (beta) with the null label: guided DDPM
+    (variance=auto, hence learned) takes the conditional branch's variance (as GLIDE) and
+    guides only the prediction half, so it samples exactly as the fixed-variance net with
+    beta-tilde; without labels, the null branch's, i.e. beta."""
+    ideal = IdealConditionalNetwork(DATA, SCHED)
+
+    def learned(x, t, y):
+        raw = torch.where((y == K)[:, None], 1.0, -1.0).to(x).expand_as(x)
+        return torch.cat([ideal(x, t, y), raw], dim=1)
+
+    noise = torch.randn(64, 2, generator=_gen(12), dtype=F64)
+    sampler = DDPM(steps=20)
+    for labels, variance in ((_labels(64), "beta_tilde"), (None, "beta")):
+        for scale in (0.0, 3.0):
+            fixed = DDPM(steps=20, variance=variance).sample(
+                _cfg(labels=labels, scale=scale), noise, generator=_gen(13))
+            model = _cfg(labels=labels, scale=scale, net=learned, learned_variance=True)
+            got = sampler.sample(model, noise, generator=_gen(13))
+            torch.testing.assert_close(got, fixed, rtol=1e-12, atol=1e-12)

@@ -8,13 +8,20 @@ c_in = 1 / sqrt(1 + sigma^2), c_skip = 1 and c_out = -sigma for an eps network).
 training timesteps is evaluated at the real-valued timestep of the schedule's log-sigma
 interpolation (:meth:`NoiseSchedule.level`); on a training timestep the network sees exactly that
 integer t, so samplers on timestep grids compute what they computed before this wrapper existed.
+
+A network that learns its variances (Nichol & Dhariwal 2021, Sec. 3.1; ``model.learn_sigma``)
+outputs 2C channels (2D for points): the first C are the prediction in the model's
+parameterization, the last C a raw r, read as the interpolation fraction v = (r + 1) / 2 of
+eq. 15, log Sigma = v log beta + (1 - v) log beta-tilde. With ``learned_variance=True`` the
+Denoiser splits that output (:func:`split_learned`) and returns v as ``Prediction.var_frac``;
+the stochastic samplers turn it into the step's variance (:mod:`diffcli.diffusion.samplers`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,6 +30,18 @@ from diffcli.diffusion.process import Parameterization, Prediction, alpha_bar, t
 from diffcli.diffusion.schedules import NoiseSchedule
 
 Network = Callable[[Tensor, Tensor], Tensor]
+
+
+def split_learned(output: Tensor) -> tuple[Tensor, Tensor]:
+    """Split a learned-variance network's output (B, 2C, ...) along dim 1 into the prediction
+    (B, C, ...) and var_frac v = (r + 1) / 2 (B, C, ...) of its raw second half r (Nichol &
+    Dhariwal 2021, eq. 15). v is not clipped (the paper puts no constraint on it, so variances
+    outside [beta-tilde, beta] stay possible); r in [-1, 1] gives v in [0, 1]."""
+    if output.ndim < 2 or output.shape[1] % 2:
+        raise ValueError(f"a learned-variance network outputs 2C channels (prediction, "
+                         f"variance), got shape {tuple(output.shape)}")
+    mean_out, raw = output.chunk(2, dim=1)
+    return mean_out, (raw + 1) / 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,11 +58,17 @@ class Denoiser:
       variance-exploding xbar = x_t / sqrt(abar) (Karras et al. 2022).
 
     All three go through :meth:`evaluate`, the one method a wrapper overrides.
+
+    ``learned_variance`` (keyword): the net outputs 2C channels, the prediction then the raw
+    variance output (:func:`split_learned`), and every view also returns its
+    ``var_frac`` (B, C, ...). False (the default): the net's output is the prediction and
+    ``var_frac`` is None.
     """
 
     net: Network
     schedule: NoiseSchedule
     prediction: Parameterization = Parameterization.EPS
+    learned_variance: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prediction", Parameterization(self.prediction))
@@ -57,7 +82,16 @@ class Denoiser:
         timesteps t (B,) (long, or float64 between training timesteps) whose alpha-bar is
         ``abar`` (broadcastable to x_t, e.g. (B, 1, ...)). Wrappers such as guidance
         (:mod:`diffcli.diffusion.guidance`) override this one method. Each (B, ...)."""
-        return to_x0_eps(self.net(x_t, t), self.prediction, x_t, abar)
+        return self.prediction_of(self.net(x_t, t), x_t, abar)
+
+    def prediction_of(self, output: Tensor, x_t: Tensor, abar: Tensor) -> Prediction:
+        """A raw network output for x_t (B, ...) as (x0, eps[, var_frac]): the whole output,
+        or with ``learned_variance`` its first half, through :func:`to_x0_eps`; the second
+        half gives var_frac (:func:`split_learned`). Each (B, ...)."""
+        if not self.learned_variance:
+            return to_x0_eps(output, self.prediction, x_t, abar)
+        mean_out, var_frac = split_learned(output)
+        return to_x0_eps(mean_out, self.prediction, x_t, abar)._replace(var_frac=var_frac)
 
     @property
     def takes_labels(self) -> bool:

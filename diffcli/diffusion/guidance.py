@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.denoiser import Denoiser
+from diffcli.diffusion.denoiser import Denoiser, split_learned
 from diffcli.diffusion.process import Prediction, eps_from_x0, to_x0_eps, x0_from_eps
 
 Classifier = Callable[[Tensor, Tensor], Tensor]
@@ -101,9 +101,17 @@ class ClassifierFreeGuidance(Denoiser):
     per-sample std is rescaled to the conditional x0's, mixed by phi (eps then follows from x0
     and x_t). phi = 0 leaves the guided output untouched.
 
+    With ``learned_variance`` (a net of 2C outputs, split by
+    :func:`~diffcli.diffusion.denoiser.split_learned`), eq. 6 combines the prediction halves
+    only, and ``var_frac`` is the conditional branch's on every sample (as GLIDE, Nichol et al.
+    2022, samples: the guided mean with the conditional variance); the rescale leaves it alone.
+    Without labels it is the null branch's (the unconditional model's).
+
     Network evaluations: w = 0 (with rescale 0) or no labels: one forward of B with the null
-    label; w = 1 or no sample inside ``interval``: one forward of B with the labels; else one
-    batched forward of 2B (cat of [x_t, x_t], [t, t], [labels, null]), split in halves.
+    label (with ``learned_variance`` and labels, w = 0 still needs the conditional branch for
+    its variance, so it takes the 2B path); w = 1 or no sample inside ``interval``: one
+    forward of B with the labels; else one batched forward of 2B (cat of [x_t, x_t], [t, t],
+    [labels, null]), split in halves.
     """
 
     num_classes: int
@@ -152,10 +160,11 @@ class ClassifierFreeGuidance(Denoiser):
         return (sigma >= self.interval[0]) & (sigma <= self.interval[1])
 
     def _forward(self, x_t: Tensor, t: Tensor, y: Tensor, abar: Tensor) -> Prediction:
-        return to_x0_eps(self.net(x_t, t, y), self.prediction, x_t, abar)
+        return self.prediction_of(self.net(x_t, t, y), x_t, abar)
 
     def evaluate(self, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
-        """(x0, eps) of the guided output for x_t (B, ...) at t (B,); each (B, ...)."""
+        """(x0, eps[, var_frac]) of the guided output for x_t (B, ...) at t (B,); each
+        (B, ...)."""
         null = torch.full((x_t.shape[0],), self.num_classes, dtype=torch.long, device=x_t.device)
         if self.labels is None:
             return self._forward(x_t, t, null, abar)
@@ -163,16 +172,21 @@ class ClassifierFreeGuidance(Denoiser):
         mask = self.guided(t)
         if self.scale == 1 or not bool(mask.any()):
             return self._forward(x_t, t, labels, abar)
-        if self.scale == 0 and self.rescale == 0 and bool(mask.all()):
+        unconditional = self.scale == 0 and self.rescale == 0 and not self.learned_variance
+        if unconditional and bool(mask.all()):
             return self._forward(x_t, t, null, abar)
         out = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
         out_c, out_u = out.chunk(2)
-        return self._combine(x_t, abar, out_c, out_u, mask)
+        var_frac = None
+        if self.learned_variance:  # (B, 2C, ...) each: guide the prediction half only
+            (out_c, var_frac), (out_u, _) = split_learned(out_c), split_learned(out_u)
+        return self._combine(x_t, abar, out_c, out_u, mask)._replace(var_frac=var_frac)
 
     def _combine(self, x_t: Tensor, abar: Tensor, out_c: Tensor, out_u: Tensor,
                  mask: Tensor) -> Prediction:
-        """eq. 6 on the guided samples (mask (B,)), the conditional output on the others,
-        then the rescale of the x0 estimate. (x0, eps) each (B, ...)."""
+        """eq. 6 on the guided samples (mask (B,)) of the predictions out_c, out_u (B, C, ...),
+        the conditional one on the others, then the rescale of the x0 estimate. (x0, eps) each
+        (B, ...)."""
         rows = mask.reshape(-1, *([1] * (x_t.ndim - 1)))
         out = torch.where(rows, out_u + self.scale * (out_c - out_u), out_c)
         pred = to_x0_eps(out, self.prediction, x_t, abar)
@@ -195,6 +209,9 @@ class ClassifierGuidance(Denoiser):
     unconditional denoiser is the exact conditional one: grad log p(x | y) = grad log p(x) +
     grad log p(y | x). Build it with :meth:`around`.
 
+    The variance is ``base``'s: a learned ``var_frac`` passes through unchanged (the shift
+    moves the mean only, as in Algorithm 1).
+
     Samplers run under ``torch.inference_mode``; the gradient is taken with inference mode
     switched off, on a fresh copy of x_t (and t). One classifier forward and backward of B per
     evaluation, besides ``base``'s own.
@@ -215,7 +232,7 @@ class ClassifierGuidance(Denoiser):
                labels: Tensor | None = None) -> ClassifierGuidance:
         """Guide ``base`` (its net, schedule and prediction are copied) by ``classifier``."""
         return cls(base.net, base.schedule, base.prediction, base=base, classifier=classifier,
-                   scale=scale, labels=labels)
+                   scale=scale, labels=labels, learned_variance=base.learned_variance)
 
     @property
     def takes_labels(self) -> bool:
@@ -246,8 +263,9 @@ class ClassifierGuidance(Denoiser):
         return grad.detach()
 
     def evaluate(self, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
-        """(x0', eps') for x_t (B, ...) at t (B,) (Algorithm 2). Each (B, ...)."""
+        """(x0', eps') for x_t (B, ...) at t (B,) (Algorithm 2), with ``base``'s var_frac
+        (None for fixed variances). Each (B, ...)."""
         grad = self.log_prob_grad(x_t, t)
         pred = self.base.evaluate(x_t, t, abar)
         eps = pred.eps - self.scale * (1 - abar).sqrt() * grad.to(pred.eps)
-        return Prediction(x0_from_eps(x_t, eps, abar), eps)
+        return Prediction(x0_from_eps(x_t, eps, abar), eps, pred.var_frac)

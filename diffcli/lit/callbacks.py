@@ -25,7 +25,6 @@ from rich.progress import (
 )
 
 from diffcli.diffusion.generate import generate, to_uint8
-from diffcli.diffusion.samplers import Denoiser
 from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
 from diffcli.lit.module import batch_data
 
@@ -173,7 +172,7 @@ class EMASampleGrid(L.Callback):
         was_training = net.training
         net.eval()
         try:
-            den = Denoiser(net, pl_module.schedule, pl_module.prediction)
+            den = pl_module.denoiser(net)
             x = generate(self.sampler, den, shape, self.seeds, len(self.seeds), device)
         finally:
             net.train(was_training)

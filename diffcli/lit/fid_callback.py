@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from rich.console import Console
 
-from diffcli.diffusion.samplers import Denoiser, Sampler
+from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.eval.cache import DatasetReferenceStats, RefStats
 from diffcli.eval.extractors import INCEPTION, STANDIN_WARNING, Extractor, open_extractor
@@ -101,7 +101,7 @@ class FIDProxy(L.Callback):
         was_training = net.training
         net.eval()
         try:
-            den = Denoiser(net, pl_module.schedule, pl_module.prediction)
+            den = pl_module.denoiser(net)
             batches = generated_batches(self.sampler, den, shape, self.seeds, self.batch_size,
                                         device)
             fake = extract_features(batches, len(self.seeds), self.extractor, device,

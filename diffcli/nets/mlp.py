@@ -35,12 +35,18 @@ class MLP(nn.Module):
         num_classes: class-conditional with this many labels: a learned label embedding
             (row ``num_classes`` = the null label of classifier-free guidance, Ho & Salimans
             2022) is added to the timestep embedding. None: unconditional.
-        out_dim: output width (default ``dim``; the number of classes for a classifier).
+        out_dim: output width (default ``dim``, or ``2 * dim`` with ``learn_sigma``; the number
+            of classes for a classifier).
+        learn_sigma: also predict the reverse-process variances (Nichol & Dhariwal 2021,
+            eq. 15): ``out_dim = 2 * dim``, the prediction (eps / x0 / v) then a raw r per
+            coordinate, read as v = (r + 1) / 2 (see
+            :class:`~diffcli.diffusion.denoiser.Denoiser`).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64, *,
                  data_shape: Sequence[int] | None = None,
-                 num_classes: int | None = None, out_dim: int | None = None) -> None:
+                 num_classes: int | None = None, out_dim: int | None = None,
+                 learn_sigma: bool = False) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
             if len(data_shape) != 1:
@@ -53,6 +59,10 @@ class MLP(nn.Module):
             raise ValueError(f"MLP depth must be >= 1, got {depth}")
         self.dim = dim
         self.depth = depth
+        self.learn_sigma = bool(learn_sigma)
+        if out_dim is None:
+            out_dim = 2 * dim if self.learn_sigma else dim
+        self.out_dim = out_dim
         self.num_classes = num_classes
         self.time_embed = TimeEmbedding(emb_dim, emb_dim)
         self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
@@ -61,7 +71,7 @@ class MLP(nn.Module):
         self.in_proj = nn.Linear(dim, hidden)
         self.hidden_layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.act = nn.SiLU()
-        self.out_proj = nn.Linear(hidden, dim if out_dim is None else out_dim)
+        self.out_proj = nn.Linear(hidden, out_dim)
 
     def embed(self, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The timestep embedding ``(B, emb_dim)``, plus the label's for a conditional MLP
@@ -82,4 +92,4 @@ class MLP(nn.Module):
         h = self.in_proj(x) + biases[0]  # (B, hidden)
         for layer, bias in zip(self.hidden_layers, biases[1:], strict=True):
             h = layer(self.act(h)) + bias
-        return self.out_proj(self.act(h))  # (B, dim)
+        return self.out_proj(self.act(h))  # (B, out_dim)

@@ -104,8 +104,7 @@ class UNet(nn.Module):
     Args:
         in_channels: image channels.
         out_channels: output channels; defaults to ``in_channels`` (epsilon / x0 / v
-            prediction). Use ``2 * in_channels`` to also predict variances (Nichol &
-            Dhariwal 2021).
+            prediction), or ``2 * in_channels`` with ``learn_sigma``.
         base_channels: channels at the first level; also the sinusoidal feature width.
         channel_mults: channel multiplier per level; ``len(channel_mults) - 1``
             downsamplings, so height and width must be divisible by
@@ -137,6 +136,11 @@ class UNet(nn.Module):
             ``H x W`` fits the levels.
         decoder: False builds the encoder half only (:meth:`encode`; the noise-aware
             classifier of :mod:`diffcli.nets.classifier`).
+        learn_sigma: also predict the reverse-process variances (Nichol & Dhariwal 2021,
+            Sec. 3.1, eq. 15): the output has ``2 * in_channels`` channels, the prediction
+            (eps / x0 / v) then a raw r per pixel, read as the interpolation fraction
+            v = (r + 1) / 2 between log beta_t and log beta-tilde_t (see
+            :class:`~diffcli.diffusion.denoiser.Denoiser`). Only the last conv widens.
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         data_shape: Sequence[int] | None = None,
         decoder: bool = True,
+        learn_sigma: bool = False,
     ) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
@@ -172,7 +177,8 @@ class UNet(nn.Module):
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"UNet num_classes must be >= 1 or None, got {num_classes}")
         self.in_channels = in_channels
-        self.out_channels = in_channels if out_channels is None else out_channels
+        self.learn_sigma = bool(learn_sigma)
+        self.out_channels = _out_channels(in_channels, out_channels, self.learn_sigma)
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_res_blocks = num_res_blocks
         self.image_size = image_size
@@ -334,6 +340,16 @@ class UNet(nn.Module):
         for block in self.up_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)  # (B, out_channels, H, W)
+
+
+def _out_channels(in_channels: int, out_channels: int | None, learn_sigma: bool) -> int:
+    """``out_channels``, defaulting to C (or 2C with ``learn_sigma``: prediction + variance)."""
+    if out_channels is None:
+        return 2 * in_channels if learn_sigma else in_channels
+    if learn_sigma and out_channels % 2:
+        raise ValueError(f"UNet with learn_sigma=true needs an even out_channels (prediction "
+                         f"and variance halves), got {out_channels}")
+    return out_channels
 
 
 def _image_shape(data_shape: Sequence[int], image_size: int | None) -> tuple[int, int]:

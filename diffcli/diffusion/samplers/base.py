@@ -7,6 +7,10 @@ names one of :mod:`diffcli.diffusion.grids` (shaped by ``steps``, ``rho``, ``sig
 ``sigma_max``, ``custom_timesteps``, ``custom_sigmas``), and :meth:`Sampler.make_grid` builds it
 for a schedule. The model is the :class:`~diffcli.diffusion.denoiser.Denoiser`, evaluated at the
 grid's noise levels.
+
+A model with learned variances (Nichol & Dhariwal 2021) returns ``Prediction.var_frac``; the
+stochastic step rules use it (DDPM's ``variance=learned|auto``, DDIM with eta > 0, through
+:func:`learned_variance`), the deterministic ODE solvers (DPM-Solver++(2M), Euler, Heun) ignore it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from torch import Tensor
 from diffcli.diffusion import grids
 from diffcli.diffusion.denoiser import Denoiser, Network
 from diffcli.diffusion.grids import Grid, GridKind
+from diffcli.diffusion.process import learned_log_variance
 from diffcli.diffusion.schedules import NoiseSchedule
 
 __all__ = [
     "Denoiser", "Generator", "Grid", "GridKind", "Network", "Sampler", "SamplerStep", "Spacing",
-    "StepCallback", "clip_x0", "dynamic_threshold", "randn_like", "timestep_sequence",
+    "StepCallback", "clip_x0", "dynamic_threshold", "learned_variance", "randn_like",
+    "step_betas", "timestep_sequence",
 ]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -90,6 +96,32 @@ def dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     s = torch.quantile(flat.float(), percentile, dim=1).to(x0.dtype).clamp(min=1.0)
     s = s.reshape(-1, *([1] * (x0.ndim - 1)))
     return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def step_betas(grid: Grid, i: int) -> tuple[float, float]:
+    """(beta, beta-tilde) of step i of the chain on ``grid``, from grid point t = i to s = i + 1:
+    beta = 1 - abar_t / abar_s and beta-tilde = (1 - abar_s) / (1 - abar_t) beta, the posterior
+    variance (Ho et al. 2020, eq. 7; respaced as Nichol & Dhariwal 2021, Sec. 4).
+
+    The last step goes to abar_s = 1, where beta-tilde = 0; as Improved DDPM clips it
+    (``posterior_log_variance_clipped``), it takes the step above's (grid point N - 2; beta for
+    a one-step grid), so that log beta-tilde is finite. The samplers add no noise on that step,
+    so the clipped value never reaches a sample."""
+    n = len(grid)
+    abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
+    beta = 1 - abar_t / abar_s
+    if i + 1 == n:
+        return beta, step_betas(grid, i - 1)[1] if n > 1 else beta
+    return beta, (1 - abar_s) / (1 - abar_t) * beta
+
+
+def learned_variance(grid: Grid, i: int, var_frac: Tensor) -> Tensor:
+    """sigma^2 = exp(v log beta + (1 - v) log beta-tilde) of step i (Nichol & Dhariwal 2021,
+    eq. 15) with the step's respaced (beta, beta-tilde) (:func:`step_betas`) and v =
+    ``var_frac`` (B, ...); the logs of the betas are taken in float64. (B, ...) in var_frac's
+    dtype."""
+    beta, tilde = (torch.tensor(b, dtype=torch.float64) for b in step_betas(grid, i))
+    return learned_log_variance(var_frac, beta, tilde).exp()  # 0-dim: var_frac's dtype
 
 
 def check(ok: bool, message: str) -> None:

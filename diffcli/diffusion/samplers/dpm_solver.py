@@ -31,7 +31,8 @@ class DPMSolverPP2M(Sampler):
     D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev, r = h_prev / h (D = x0_t on the first step).
     The last step goes to alpha-bar = 1 (lambda = inf) and is first order: it returns x0_hat.
     Deterministic; one network evaluation per step. ``steps`` defaults to 20; any grid
-    (``grid=karras`` is the 'DPM++ 2M Karras' of other toolkits).
+    (``grid=karras`` is the 'DPM++ 2M Karras' of other toolkits). A learned variance
+    (``Prediction.var_frac``) is ignored: the solver uses x0_hat only.
     """
 
     steps: int | None = 20

@@ -17,7 +17,8 @@ class Euler(KarrasSampler):
     """xbar_{i+1} = xbar_i + (sigma_{i+1} - sigma_i) (xbar_i - D(xbar_i; sigma_i)) / sigma_i.
 
     Deterministic, first order, one network evaluation per step. On a timestep grid this is
-    DDIM with eta = 0 (Song et al. 2021, eq. 14).
+    DDIM with eta = 0 (Song et al. 2021, eq. 14). The ODE needs only D, so a learned variance
+    (``Prediction.var_frac``) is ignored.
     """
 
     @torch.inference_mode()

@@ -27,6 +27,8 @@ class Heun(KarrasSampler):
     With ``s_churn`` > 0, noise first raises sigma to sigma (1 + gamma),
     gamma = min(s_churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax] (Algorithm 2, lines 4-6),
     noise scaled by ``s_noise``. NFE = 2N - 1: the last step, to sigma = 0, is a plain Euler step.
+    A learned variance (``Prediction.var_frac``) is ignored: the ODE needs only D, and the churn
+    noise is set by ``s_churn``, not by the model.
     """
 
     s_churn: float = 0.0
