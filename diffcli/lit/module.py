@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.losses import diffusion_loss
 from diffcli.diffusion.process import Parameterization, randint_timesteps
 from diffcli.diffusion.schedules import NoiseSchedule
@@ -193,6 +194,12 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler)
+
+    def denoiser(self, net: nn.Module) -> Denoiser:
+        """``net`` (this module's network or its EMA copy) as a :class:`Denoiser` of this
+        module's schedule and parameterization (learned variances when the net has them)."""
+        return Denoiser(net, self.schedule, self.prediction,
+                        learned_variance=bool(getattr(self.net, "learn_sigma", False)))
 
     @property
     def sampling_net(self) -> nn.Module:
