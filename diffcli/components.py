@@ -64,6 +64,8 @@ COMPONENTS: dict[str, frozenset[str]] = {
     }),
     "module": frozenset({"diffcli.lit.module.DiffusionModule",
                          "diffcli.lit.classifier_module.ClassifierModule"}),
+    "loss": frozenset({"diffcli.lit.objectives.Simple", "diffcli.lit.objectives.Hybrid",
+                       "diffcli.lit.objectives.VLB"}),
     "optimizer": frozenset({"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}),
     "lr_scheduler": frozenset({
         "diffcli.lit.schedulers.linear_warmup",
@@ -86,6 +88,7 @@ GROUP_AT: dict[str, str] = {
     "preview.sampler": "sampler",  # checkpoints written before the callbacks group
     "logger": "logger",
     "module": "module",
+    "loss": "loss",
     "optimizer": "optimizer",
     "lr_scheduler": "lr_scheduler",
 }

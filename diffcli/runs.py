@@ -305,17 +305,29 @@ def restore_net(run: LoadedRun, use_ema: bool,
     return net.to(device).eval(), info, prefix.rstrip(".")
 
 
+def check_sampler_variance(variance: Any, run: LoadedRun) -> None:
+    """``sampler.variance=learned`` needs a model that learned its variances."""
+    if str(getattr(variance, "value", variance)) == "learned" and not run.learned_variance:
+        raise DiffcliError(f"sampler.variance=learned needs a model trained with "
+                           f"model.learn_sigma=true; {run.path} has fixed variances: use "
+                           "sampler.variance=beta_tilde or beta (or auto)")
+
+
 def make_sampler(node: Any, schedule: NoiseSchedule, *, steps: int | None = None,
-                 clip_denoised: bool | None = None) -> tuple[Sampler, int]:
+                 clip_denoised: bool | None = None,
+                 run: LoadedRun | None = None) -> tuple[Sampler, int]:
     """Build the sampler group's config (``steps`` / ``clip_denoised``, when given, replace the
     node's values: the commands' top-level ``steps=`` is an alias of ``sampler.steps``) and
-    check it against ``schedule``; returns (sampler, its number of steps)."""
+    check it against ``schedule`` (and ``run``'s network: :func:`check_sampler_variance`);
+    returns (sampler, its number of steps)."""
     extra: dict[str, Any] = {}
     if steps is not None:
         extra["steps"] = int(steps)
     if clip_denoised is not None:
         extra["clip_denoised"] = bool(clip_denoised)
     sampler: Sampler = build("sampler", node, **extra)
+    if run is not None:
+        check_sampler_variance(getattr(sampler, "variance", None), run)
     with user_errors("sampler"):
         n = len(sampler.timesteps(schedule))
     return sampler, n

@@ -34,10 +34,10 @@ def compose_with(command: str, *overrides: str) -> DictConfig:
 
 def test_every_group_has_options_and_every_target_is_registered():
     for group in ("dataset", "model", "schedule", "sampler", "trainer", "logger", "module",
-                  "optimizer", "lr_scheduler", "callbacks", "experiment", "task"):
+                  "optimizer", "lr_scheduler", "callbacks", "experiment", "task", "loss"):
         assert options(group), group
     for group in ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
-                  "lr_scheduler"):
+                  "lr_scheduler", "loss"):
         for name in options(group):
             node = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
             if "_target_" in node:
@@ -131,6 +131,26 @@ def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: st
     lit.make_lr_scheduler(opt)
 
 
+@pytest.mark.parametrize("name", options("loss"))
+def test_every_loss_builds_and_trains_a_step(name: str):
+    """Each objective in a module, one loss evaluation with gradients (learned variances
+    where the objective trains them)."""
+    cfg = compose_with("train", f"loss={name}", "model=mlp",
+                       f"model.learn_sigma={'false' if name == 'simple' else 'true'}")
+    lit = build("module", cfg.module, net=build_net(cfg.model, (2,)),
+                schedule=build("schedule", cfg.schedule), loss=build("loss", cfg.loss))
+    x0 = torch.randn(16, 2)
+    loss = lit.objective.loss(lit_step(lit, x0), x0)
+    loss.backward()
+    assert torch.isfinite(loss) and lit.net.out_proj.weight.grad is not None
+
+
+def lit_step(lit: DiffusionModule, x0: torch.Tensor):
+    from diffcli.lit.objectives import Step
+
+    return Step(lit.net, lit.schedule, lit.prediction, lit.learned_variance, "continuous")
+
+
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_every_callbacks_option_builds(name: str, tmp_path: Path):
     from diffcli.workflows.train import build_callbacks
@@ -153,5 +173,8 @@ def test_every_experiment_composes_and_builds(name: str):
     net = build_net(cfg.model, (3, 32, 32))
     lit = build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
                 optimizer=build("optimizer", cfg.optimizer),
-                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler))
+                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler), loss=build("loss", cfg.loss))
     assert lit.ema_decay == 0.9999 and cfg.dataset.name == "cifar10"
+    if name == "iddpm_cifar10":  # learned variances, L_hybrid, cosine T=4000
+        assert lit.learned_variance and lit.objective.name == "hybrid"
+        assert lit.schedule.num_timesteps == 4000

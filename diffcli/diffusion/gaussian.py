@@ -41,6 +41,94 @@ class GaussianData:
         gain = a2.sqrt() * var / (a2 * var + 1 - a2)
         return mu + gain * (x_t - a2.sqrt() * mu)
 
+    def posterior_variance(self, abar: Tensor) -> Tensor:
+        """Var[x0 | x_t] = s^2 (1 - abar) / (abar s^2 + 1 - abar), the same for every x_t (jointly
+        Gaussian); abar: (B, 1, ...) -> (B, ...)"""
+        var = self.std.to(abar) ** 2
+        return var * (1 - abar) / (abar * var + 1 - abar)
+
+    def reverse_variance(self, schedule: NoiseSchedule, t: Tensor) -> Tensor:
+        """The exact variance of the true reverse step, Var[x_{t-1} | x_t], for timestep indices
+        t (B,) long: by the law of total variance over x0 given x_t,
+
+            Var[x_{t-1} | x_t] = beta-tilde_t + c0_t^2 Var[x0 | x_t],
+
+        with q(x_{t-1} | x_t, x0) = N(c0_t x0 + ct_t x_t, beta-tilde_t) (Ho et al. 2020,
+        eq. 6-7). At index 0 (beta-tilde = 0, c0 = 1) it is Var[x0 | x_{t=0}], the exact
+        decoder variance. Equivalently v beta_t / (alpha_t v + beta_t) with v = Var[x_{t-1}] =
+        abar_{t-1} s^2 + 1 - abar_{t-1}. The Gaussian reverse step with this variance and the
+        mean of :class:`IdealNetwork` is q(x_{t-1} | x_t) itself. (B, *data_shape) float64
+        """
+        abar = schedule.alphas_cumprod.to(t.device)[t][:, None]
+        abar_prev = schedule.alphas_cumprod_prev.to(t.device)[t][:, None]
+        beta = 1 - abar / abar_prev
+        c0 = abar_prev.sqrt() * beta / (1 - abar)
+        tilde = (1 - abar_prev) / (1 - abar) * beta
+        shape = (t.shape[0], *([1] * self.mean.ndim))
+        x0_var = self.posterior_variance(abar.reshape(shape).to(self.std.dtype))
+        return tilde.reshape(shape) + c0.reshape(shape) ** 2 * x0_var
+
+    def expected_vlb_terms(self, schedule: NoiseSchedule,
+                           model_variance: Tensor) -> tuple[Tensor, float]:
+        """The bound's terms in expectation over x0 ~ this distribution and x_t ~ q(x_t | x0),
+        in closed form, for the exact mean (:class:`IdealNetwork`) and reverse variances
+        ``model_variance`` V_t ((T,), the same for every dimension, or (T, *data_shape)), with
+        the continuous Gaussian decoder. Per dimension, with P_t = Var[x0 | x_t]
+        (:meth:`posterior_variance`) and q(x_{t-1} | x_t, x0) = N(c0 x0 + ct x_t, beta-tilde_t):
+
+            E L_t = [log(V_t / beta-tilde_t) + (beta-tilde_t + c0_t^2 P_t) / V_t - 1] / 2, t > 0
+            E L_0 = [log(2 pi V_0) + P_0 / V_0] / 2,
+            E L_T = [abar (m^2 + s^2) - abar - log(1 - abar)] / 2, abar = abar_{T-1},
+
+        as E (x0 - E[x0 | x_t])^2 = P_t. Returns ((T,) the expected terms summed over
+        dimensions, and E L_T summed over dimensions), in nats, float64.
+        """
+        t = torch.arange(schedule.num_timesteps)
+        shape = (len(t), *([1] * self.mean.ndim))
+        abar = schedule.alphas_cumprod.reshape(shape)
+        abar_prev = schedule.alphas_cumprod_prev.reshape(shape)
+        beta = 1 - abar / abar_prev
+        c0 = abar_prev.sqrt() * beta / (1 - abar)
+        tilde = ((1 - abar_prev) / (1 - abar) * beta).clamp(min=1e-300)
+        p = self.posterior_variance(abar.to(self.std.dtype)).double()
+        v = model_variance.double()
+        v = (v.reshape(shape) if v.ndim == 1 else v).expand_as(p)
+        kl = 0.5 * (torch.log(v / tilde) + (tilde + c0**2 * p) / v - 1)
+        dec = 0.5 * (torch.log(2 * math.pi * v) + p / v)
+        terms = torch.where(t.reshape(shape) == 0, dec, kl).flatten(1).sum(1)
+        ab = schedule.alphas_cumprod[-1]
+        second = (self.mean.double() ** 2 + self.std.double() ** 2)
+        prior = 0.5 * (ab * second - ab - torch.log1p(-ab))
+        return terms, float(prior.sum())
+
+    def log_prob(self, x0: Tensor) -> Tensor:
+        """log N(x0; mean, diag(std^2)) summed over dimensions, in nats. x0: (B, ...) -> (B,)"""
+        z = (x0 - self.mean.to(x0)) / self.std.to(x0)
+        per_dim = -0.5 * math.log(2 * math.pi) - self.std.to(x0).log() - 0.5 * z**2
+        return per_dim.flatten(1).sum(1)
+
+    def flow_log_prob(self, x0: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
+        """The exact log-density that the probability-flow ODE with the ideal denoiser assigns to
+        x0 (:func:`~diffcli.diffusion.ode_likelihood.ode_log_likelihood`): in the
+        variance-exploding form dxbar/dlog(sigma) = sigma^2 / (s^2 + sigma^2) (xbar - m), so the
+        flow maps x0 at sigma_min to xbar = m + r (x0 - m), r = sqrt((s^2 + sigma_max^2) /
+        (s^2 + sigma_min^2)), and log p = log N(xbar; 0, (1 + sigma_max^2) I) + sum log r.
+        It differs from log N(x0; m, s^2 + sigma_min^2) only through the prior's mismatch with
+        q(xbar_max) = N(m, s^2 + sigma_max^2). x0: (B, ...) -> (B,)"""
+        var = self.std.to(x0) ** 2
+        ratio = ((var + sigma_max**2) / (var + sigma_min**2)).sqrt()
+        latent = self.mean.to(x0) + ratio * (x0 - self.mean.to(x0))
+        prior_var = 1.0 + sigma_max**2
+        per_dim = (-0.5 * math.log(2 * math.pi * prior_var) - 0.5 * latent**2 / prior_var
+                   + ratio.log())
+        return per_dim.flatten(1).sum(1)
+
+    def entropy(self) -> float:
+        """The differential entropy sum_i log(2 pi e s_i^2) / 2 in nats: the expected negative
+        log-likelihood E[-log p(x0)] of the data under itself, the floor of any likelihood
+        bound."""
+        return float((0.5 * torch.log(2 * math.pi * math.e * self.std.double() ** 2)).sum())
+
 
 class PosteriorMeanData(Protocol):
     """A data distribution whose denoiser E[x0 | x_t] is known in closed form."""

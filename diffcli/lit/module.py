@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from diffcli.diffusion.denoiser import Denoiser
-from diffcli.diffusion.losses import diffusion_loss
-from diffcli.diffusion.process import Parameterization, randint_timesteps
+from diffcli.diffusion.losses import vlb_estimate
+from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.schedules import NoiseSchedule
+from diffcli.lit.objectives import VLB, Objective, Simple, Step
 
 CHECKPOINT_KEY = "diffcli"  # where the self-description of a checkpoint lives
 CHECKPOINT_FORMAT = 1
@@ -121,6 +122,9 @@ class DiffusionModule(L.LightningModule):
         cond_drop_prob: for a class-conditional ``net`` (``net.num_classes`` set), the
             probability of training on the null label instead of the true one
             (classifier-free guidance, Ho & Salimans 2022).
+        loss: the objective (:mod:`diffcli.lit.objectives`: L_simple, L_hybrid, L_vlb);
+            default L_simple. Hybrid / vlb also log ``train/vlb`` (bits/dim, a cheap
+            stratified estimate of the bound) every ``trainer.log_every_n_steps`` steps.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class DiffusionModule(L.LightningModule):
         run_config: dict[str, Any] | None = None,
         data_info: dict[str, Any] | None = None,
         cond_drop_prob: float = 0.1,
+        loss: Objective | None = None,
     ) -> None:
         super().__init__()
         check_ema_decay(ema_decay)
@@ -154,6 +159,12 @@ class DiffusionModule(L.LightningModule):
         self.prediction = Parameterization(prediction)
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.min_snr_gamma = min_snr_gamma
+        self.learned_variance = bool(getattr(net, "learn_sigma", False))
+        self.objective = loss or Simple()
+        self.objective.check(self.learned_variance, min_snr_gamma)
+        if isinstance(self.objective, VLB):
+            self.objective.bind(schedule.num_timesteps)
+        self.importance = self.objective.module()  # state kept in checkpoints (loss=vlb)
         self.channels_last = channels_last
         self.run_config = run_config or {}
         self.data_info = data_info  # {"kind": "image", "shape": [C, H, W]}, saved for sampling
@@ -165,12 +176,28 @@ class DiffusionModule(L.LightningModule):
         x0 = batch_data(batch)  # (B, ...)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        t = randint_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
-        loss = diffusion_loss(self._forward(batch), self.schedule, x0, t, torch.randn_like(x0),
-                              self.prediction, self.min_snr_gamma)
+        step = Step(self._forward(batch), self.schedule, self.prediction, self.learned_variance,
+                    self._decoder(x0), self.min_snr_gamma)
+        loss = self.objective.loss(step, x0)
         self.log("train/loss", loss, prog_bar=True)
+        if self.objective.trains_variance and self._logging_step():
+            with torch.no_grad():
+                self.log("train/vlb", vlb_estimate(step.net, self.schedule, x0, self.prediction,
+                                                   learned_variance=self.learned_variance,
+                                                   decoder=step.decoder))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def _decoder(self, x0: Tensor) -> str:
+        """L_0's decoder: 256-bin discrete for 8-bit images, continuous for points."""
+        kind = (self.data_info or {}).get("kind")
+        return "discrete" if kind == "image" or (kind is None and x0.ndim == 4) else "continuous"
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning logs at this step (``trainer.log_every_n_steps``)."""
+        trainer = getattr(self, "_trainer", None)
+        every = getattr(trainer, "log_every_n_steps", 50) if trainer is not None else 50
+        return self.global_step % max(1, int(every)) == 0
 
     def _forward(self, batch: Tensor | tuple | list) -> Callable[[Tensor, Tensor], Tensor]:
         """The network as the loss calls it, ``(x_t, t) -> output``: for a conditional net

@@ -196,6 +196,22 @@ def plot_sweep(scales: Sequence[float], metrics: dict[str, Sequence[float]], swe
     return _save(fig, path)
 
 
+def plot_vlb_terms(timesteps: Sequence[int], terms: Sequence[float], path: str | Path,
+                   title: str | None = None) -> Path:
+    """The variational bound's terms against t (Nichol & Dhariwal 2021, Fig. 2): L_0 (the
+    decoder, t = 0) and L_{t-1} for t > 0, each the mean over the items, bits/dim, log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=DPI, layout="constrained")
+    ax.plot(list(timesteps), list(terms), lw=1.5, marker="." if len(terms) <= 100 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("t", fontsize=10)
+    ax.set_ylabel("term (bits/dim)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     """Write ``fig`` as a PNG (white background) and close it."""
     path = Path(path)

@@ -129,7 +129,7 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
     if info.kind != "image":
         raise DiffcliError(f"FID needs images; {ckpt} was trained on 2-D points "
                            f"(dataset={opened.run.config['dataset'].get('name')})")
-    sampler, steps = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps,
+    sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=bool(cfg.clip_denoised))
     name = sampler_name(sampler_choice(), sampler)
     precision = str(cfg.precision)

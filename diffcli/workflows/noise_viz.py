@@ -179,7 +179,8 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     if opened.info.kind != "image":
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")
-    sampler, _ = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps, clip_denoised=True)
+    sampler, _ = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps,
+                              clip_denoised=True, run=opened.run)
     rev = Reverse(ckpt, sampler, opened.denoiser, opened.info.shape, device,
                   sampler_name(sampler_choice(), sampler), opened.run.global_step)
     keys = guidance_keys(cfg)

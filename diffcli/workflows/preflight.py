@@ -29,6 +29,7 @@ from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.guide import check_guidance, class_labels, parse_classes
 from diffcli.runs import (
     LoadedRun,
+    check_sampler_variance,
     find_latest_checkpoint,
     load_checkpoint,
     require_diffusion,
@@ -79,11 +80,25 @@ def _train_labels(cfg: DictConfig) -> None:
                          "dataset.attribute=...)")
 
 
+def _train_loss(cfg: DictConfig) -> None:
+    """The objective against the network: a learned variance needs loss=hybrid|vlb, and
+    those need one."""
+    loss, model = _group(cfg, "loss"), _group(cfg, "model") or {}
+    if not loss or cfg.get("task", "diffusion") != "diffusion":
+        return
+    module = _group(cfg, "module") or {}
+    try:
+        build("loss", loss).check(bool(model.get("learn_sigma")), module.get("min_snr_gamma"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def _train(cfg: DictConfig) -> None:
     from diffcli.workflows.rundir import check_run_dir
     from diffcli.workflows.train import check_resumable, resume_path
 
     _train_labels(cfg)
+    _train_loss(cfg)
     resume = resume_path(cfg, here=None)
     if resume is not None:
         check_resumable(resume, cfg)
@@ -92,9 +107,9 @@ def _train(cfg: DictConfig) -> None:
         check_run_dir(run_dir, resume)
 
 
-GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
+GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "loss", "optimizer",
           "lr_scheduler")
-CHEAP = ("schedule", "sampler", "optimizer", "lr_scheduler")  # built here to run their checks
+CHEAP = ("schedule", "sampler", "loss", "optimizer", "lr_scheduler")  # built to run their checks
 
 
 def _group(cfg: DictConfig, name: str) -> Any:
@@ -157,6 +172,18 @@ def check_groups(cfg: DictConfig) -> None:
                              "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
 
 
+def _check_nll(command: str, cfg: DictConfig, run: LoadedRun) -> None:
+    """eval-nll's decoder and variance against the checkpoint (a usage error, exit 2)."""
+    from diffcli.workflows.eval_nll import resolve_options
+
+    require_diffusion(run)
+    try:
+        resolve_options(str(cfg.decoder), str(cfg.variance), run.data_info().kind,
+                        run.learned_variance, run.path)
+    except DiffcliError as e:
+        raise UsageError(str(e)) from None
+
+
 def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
     """The guidance keys against the checkpoint and its classifier (loaded safely)."""
     from diffcli.workflows.eval_fid import guidance_sweep
@@ -164,6 +191,8 @@ def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
 
     try:
         require_diffusion(run)
+        sampler = _group(cfg, "sampler") or {}
+        check_sampler_variance(sampler.get("variance"), run)
         for g in guidance_sweep(cfg)[1] if command == "eval_fid" else [guidance_keys(cfg)]:
             checked = check_guidance(run, g)
             if checked is not None and command == "sample":  # enough samples for the classes
@@ -195,13 +224,14 @@ def preflight(command: str, cfg: DictConfig) -> None:
     if command == "train":
         _train(cfg)
         return
-    if command not in ("sample", "eval_fid", "noise_viz"):
+    if command not in ("sample", "eval_fid", "noise_viz", "eval_nll"):
         return
+    check = _check_nll if command == "eval_nll" else _check_guidance
     if cfg.get("ckpt"):
-        _check_guidance(command, cfg, load_checkpoint(Path(str(cfg.ckpt))))
+        check(command, cfg, load_checkpoint(Path(str(cfg.ckpt))))
         return
-    wants_run = {"sample": True, "eval_fid": not cfg.get("samples"),
+    wants_run = {"sample": True, "eval_fid": not cfg.get("samples"), "eval_nll": True,
                  "noise_viz": bool(cfg.get("reverse"))}[command]
     newest = _newest(cfg) if wants_run else None
     if newest is not None:
-        _check_guidance(command, cfg, load_checkpoint(newest))
+        check(command, cfg, load_checkpoint(newest))

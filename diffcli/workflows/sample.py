@@ -156,7 +156,7 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile))
     kind = opened.info.kind
     clip = kind == "image" if cfg.clip_denoised is None else bool(cfg.clip_denoised)
-    sampler, steps = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps,
+    sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=clip)
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     check_precision(str(cfg.precision), device)

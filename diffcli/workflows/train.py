@@ -36,7 +36,7 @@ from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
-MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule")  # and what the network predicts
+MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
                         "cache")
@@ -202,9 +202,11 @@ def _module(cfg: DictConfig, dm: Any) -> L.LightningModule:
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    loss = {"loss": build("loss", cfg.loss)} if cfg.get("loss") and \
+        cfg.get("task", "diffusion") == "diffusion" else {}
     return build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
                  optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
-                 channels_last=channels_last,
+                 channels_last=channels_last, **loss,
                  run_config=OmegaConf.to_container(cfg, resolve=True),
                  data_info=data_description(dm, num_classes))
 
