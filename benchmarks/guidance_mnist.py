@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ from mnist_judge import (  # noqa: E402
     load_judge,
     predict,
     read_mnist_test,
+    run_diffcli,
     to_input,
 )
 
@@ -48,11 +47,6 @@ COMMON = ["dataset=mnist", f"dataset.root={DATA}", "dataset.split=test", "logger
           "schedule=cosine", "dataset.batch_size=64"]
 
 
-def diffcli(*args: str) -> None:
-    """Run the real CLI; stop on failure."""
-    cmd = [sys.executable, "-m", "diffcli", *args]
-    print("$ diffcli " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "COLUMNS": "120"})
 
 
 def train_runs(steps: int, classifier_steps: int, reuse: bool) -> tuple[Path, Path]:
@@ -60,12 +54,12 @@ def train_runs(steps: int, classifier_steps: int, reuse: bool) -> tuple[Path, Pa
     model, clf = OUT / "model" / "checkpoints" / "last.ckpt", OUT / "classifier" / "checkpoints" \
         / "last.ckpt"
     if not (reuse and model.is_file()):
-        diffcli("train", *COMMON, "conditional=true", "model=unet", "model.base_channels=32",
+        run_diffcli("train", *COMMON, "conditional=true", "model=unet", "model.base_channels=32",
                 "model.channel_mults=[1,2,2]", "model.num_res_blocks=1",
                 f"trainer.max_steps={steps}", "callbacks.preview=null",
                 f"hydra.run.dir={OUT / 'model'}")
     if not (reuse and clf.is_file()):
-        diffcli("train", "task=classifier", *COMMON, f"trainer.max_steps={classifier_steps}",
+        run_diffcli("train", "task=classifier", *COMMON, f"trainer.max_steps={classifier_steps}",
                 f"hydra.run.dir={OUT / 'classifier'}")
     return model, clf
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ from mnist_judge import (  # noqa: E402
     load_judge,
     predict,
     read_mnist_test,
+    run_diffcli,
     to_input,
 )
 
@@ -51,23 +50,19 @@ VARIANTS = {"L_simple": ["loss=simple"],
             "L_vlb": ["model.learn_sigma=true", "loss=vlb"]}
 
 
-def diffcli(*args: str) -> None:
-    print("$ diffcli " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "diffcli", *args], check=True,
-                   env={**os.environ, "COLUMNS": "120"})
 
 
 def train(name: str, steps: int, reuse: bool) -> Path:
     ckpt = OUT / name / "checkpoints" / "last.ckpt"
     if not (reuse and ckpt.is_file()):
-        diffcli("train", *COMMON, *VARIANTS[name], f"trainer.max_steps={steps}",
+        run_diffcli("train", *COMMON, *VARIANTS[name], f"trainer.max_steps={steps}",
                 f"hydra.run.dir={OUT / name}")
     return ckpt
 
 
 def nll(ckpt: Path, n: int, terms: int) -> dict:
     out = OUT / f"{ckpt.parent.parent.name}-nll.json"
-    diffcli("eval-nll", f"ckpt={ckpt}", f"n={n}", f"steps={terms}", f"out={out}")
+    run_diffcli("eval-nll", f"ckpt={ckpt}", f"n={n}", f"steps={terms}", f"out={out}")
     return json.loads(out.read_text())["results"]["vlb"]
 
 

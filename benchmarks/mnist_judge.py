@@ -111,6 +111,17 @@ def feature_distance(a: Tensor, b: Tensor) -> float:
                                   b64.mean(0), np.cov(b64, rowvar=False)))
 
 
+def run_diffcli(*args: str) -> None:
+    """Run the real CLI (``python -m diffcli``), echoing the command; stop on failure."""
+    import os
+    import subprocess
+    import sys
+
+    print("$ diffcli " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "diffcli", *args], check=True,
+                   env={**os.environ, "COLUMNS": "120"})
+
+
 def load_judge(path: Path = WEIGHTS) -> Judge:
     """The trained judge (train it first with this script)."""
     if not path.is_file():

@@ -29,19 +29,24 @@ RUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """name -> checkpoint of each run of :data:`RUNS` (and "cwd": where they were made)."""
-    cwd = tmp_path_factory.mktemp("conditional")
+def train_runs(cwd: Path, runs: dict[str, list[str]]) -> dict[str, Path]:
+    """Train each run of ``runs`` (name -> CLI arguments) in this process under ``cwd``:
+    name -> its last checkpoint, and "cwd"."""
     monkeypatch = pytest.MonkeyPatch()
     out = {"cwd": cwd}
     try:
-        for name, args in RUNS.items():
+        for name, args in runs.items():
             _train(args + [f"hydra.run.dir={cwd / name}"], cwd, monkeypatch)
             out[name] = cwd / name / "checkpoints" / "last.ckpt"
     finally:
         monkeypatch.undo()
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """name -> checkpoint of each run of :data:`RUNS` (and "cwd": where they were made)."""
+    return train_runs(tmp_path_factory.mktemp("conditional"), RUNS)
 
 
 def _train(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_bad_inputs import _digest, run_in_process
 from test_cli import TINY_UNET
-from test_conditional_cli import _train
+from test_conditional_cli import train_runs
 
 MOONS = ["dataset=moons", "dataset.n_points=256", "logger=none", "trainer.max_steps=20",
          "model=mlp", "callbacks.preview=null"]
@@ -29,16 +29,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    cwd = tmp_path_factory.mktemp("likelihood")
-    monkeypatch = pytest.MonkeyPatch()
-    out = {"cwd": cwd}
-    try:
-        for name, args in RUNS.items():
-            _train(args + [f"hydra.run.dir={cwd / name}"], cwd, monkeypatch)
-            out[name] = cwd / name / "checkpoints" / "last.ckpt"
-    finally:
-        monkeypatch.undo()
-    return out
+    return train_runs(tmp_path_factory.mktemp("likelihood"), RUNS)
 
 
 def _ok(args: list[str], runs: dict[str, Path], monkeypatch, capsys) -> list[str]:
