@@ -158,11 +158,18 @@ def _misuse(runs: dict[str, Path]) -> list[tuple[list[str], str, int]]:
     ]
 
 
-def test_misuse_is_one_line_and_writes_nothing(runs, monkeypatch, capsys):
-    before = _digest(runs["cwd"])
-    for args, fragment, code in _misuse(runs):
-        got, lines = run_in_process(args, runs["cwd"], monkeypatch, capsys)
+def assert_refused(cases: list[tuple[list[str], str, int]], cwd: Path, monkeypatch,
+                   capsys) -> None:
+    """Each case: the exit code, exactly one ``error:`` line holding the fragment, and no file
+    under ``cwd`` written or changed."""
+    before = _digest(cwd)
+    for args, fragment, code in cases:
+        got, lines = run_in_process(args, cwd, monkeypatch, capsys)
         assert got == code, (args, lines)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, lines)
         assert fragment in lines[0], (args, lines[0])
-    assert _digest(runs["cwd"]) == before
+    assert _digest(cwd) == before
+
+
+def test_misuse_is_one_line_and_writes_nothing(runs, monkeypatch, capsys):
+    assert_refused(_misuse(runs), runs["cwd"], monkeypatch, capsys)
