@@ -447,8 +447,8 @@ hydra_command("eval_fid", "FID (metrics=[fid,isc,kid,prc]) of the newest run (or
               "<run>/eval/fid-<sampler>-<steps>-n<N>.json (for samples=, next to them).",
               "diffcli eval-fid sampler=ddim steps=50 n=50000 repeats=3")
 hydra_command("eval_nll", "Negative log-likelihood (bits/dim, 95% interval) of the newest run's "
-              "data (or ckpt=...; n=, split=): the variational bound over all T terms or every "
-              "(T/steps)-th (method=vlb, with a plot of L_t against t), or the probability-flow "
+              "data (or ckpt=...; n=, split=): the variational bound over all T terms or steps= "
+              "stratified ones (method=vlb, with a plot of L_t against t), or the probability-flow "
               "ODE (method=ode). Writes <run>/eval/nll-<method>-<split>-n<N>.json.",
               "diffcli eval-nll n=1000 method=both")
 hydra_command("noise_viz", "Pictures that explain diffusion: images noised under each schedule "

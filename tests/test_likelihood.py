@@ -435,3 +435,20 @@ def test_dequantization_and_image_bits_per_dim():
     out = image_nll(den, imgs, generator=torch.Generator().manual_seed(2), dtype=F64)
     torch.testing.assert_close(out["bpd"], out["nats_y"] / (4 * math.log(2)) + 7)
     assert bool(torch.isfinite(out["nats"]).all())
+
+
+def test_stratified_terms_cover_the_sum_and_track_a_one_over_t_curve():
+    from diffcli.diffusion.likelihood import stratified_terms, term_weights
+
+    T = 1000
+    steps, weights = stratified_terms(T, 49)
+    assert steps[0] == 0 and weights[0] == 1 and sum(weights) == T
+    assert steps == sorted(set(steps)) and len(steps) <= 50
+    curve = [1.0] + [1.0 / t for t in range(1, T)]  # L_t falling off like 1/t (IDDPM, Fig. 2)
+    exact = sum(curve)
+    geometric = sum(w * curve[t] for t, w in zip(steps, weights, strict=True))
+    strided = list(range(0, T, 20))
+    riemann = sum(w * curve[t] for t, w in zip(strided, term_weights(strided, T).tolist(),
+                                               strict=True))
+    assert abs(geometric - exact) / exact < 0.03  # geometric middles: close
+    assert (exact - riemann) / exact > 0.3  # right endpoints of a stride: far too low

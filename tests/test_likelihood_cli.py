@@ -52,7 +52,8 @@ def test_eval_nll_vlb_writes_bits_per_dim_an_interval_and_the_term_curve(runs, m
     out = runs["hybrid"].parent.parent / "eval"
     record = json.loads((out / "nll-vlb-train-n32.json").read_text())
     vlb = record["results"]["vlb"]
-    assert vlb["variance"] == "learned" and vlb["decoder"] == "continuous" and vlb["terms"] == 20
+    assert vlb["variance"] == "learned" and vlb["decoder"] == "continuous"
+    assert 10 < vlb["terms"] <= 20 and "estimate" in vlb["terms_chosen"]
     assert vlb["ci95_low"] < vlb["bits_per_dim"] < vlb["ci95_high"]
     assert math.isfinite(vlb["bits_per_dim"]) and record["n"] == 32
     assert (out / "vlb-terms-train-n32.png").is_file()

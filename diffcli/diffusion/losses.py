@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -20,6 +19,7 @@ from diffcli.diffusion.likelihood import (
     Decoder,
     FixedVariance,
     bits_per_dim,
+    geometric_strata,
     prior_kl,
     vlb_terms,
 )
@@ -256,19 +256,6 @@ def net_predictor(net: Network, schedule: NoiseSchedule,
         return to_x0_eps(output, prediction, x_t, abar)
 
     return predict
-
-
-def geometric_strata(num_timesteps: int, num_strata: int) -> list[tuple[int, int]]:
-    """Split the KL timesteps 1..T-1 into at most ``num_strata`` contiguous strata [lo, hi) with
-    geometrically growing lengths (edges round(geomspace(1, T, K + 1)), duplicates dropped), so
-    that the small t, where L_t is largest and changes fastest (IDDPM, Fig. 2), get short
-    strata."""
-    if num_timesteps < 2:
-        return []
-    edges = torch.logspace(0, math.log10(num_timesteps), max(1, num_strata) + 1,
-                           dtype=torch.float64).round().long().unique().tolist()
-    edges[0], edges[-1] = 1, num_timesteps
-    return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
 
 
 @torch.no_grad()

@@ -162,7 +162,8 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     },
     "eval_nll": {
         **COMMON_SAMPLING,
-        "steps": Key(int | None, "vlb: every (T/steps)-th term, scaled up; null: all T", ge=1),
+        "steps": Key(int | None, "vlb: terms, one per geometric stratum of t; null: all T",
+                     ge=1),
         "method": Key(str, "vlb | ode | both", choices=("vlb", "ode", "both")),
         "n": Key(int, "items of the data evaluated", ge=1),
         "split": Key(str | None, "the run's dataset split", nonempty=True),
