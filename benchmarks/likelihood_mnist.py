@@ -5,7 +5,7 @@ steps and seed): ``loss=simple`` (fixed variances), ``model.learn_sigma=true los
 ``model.learn_sigma=true loss=vlb`` (Nichol & Dhariwal 2021). For each:
 
 * ``diffcli eval-nll`` bits/dim with its 95% interval on ``--n`` test images (the VLB over
-  every (T/``--terms``)-th term, scaled up: an estimate of the full bound, said as such);
+  ``--terms`` terms, one per geometric stratum of t: an estimate of the full bound);
 * FD-judge of ``--samples`` DDPM samples at ``--fast`` respaced steps and at all T steps: the
   Frechet distance in the features of the MNIST judge (``benchmarks/mnist_judge.py``), lower
   is better - the FID proxy of this table. Improved DDPM's Fig. 8: with learned variances,
@@ -101,7 +101,7 @@ def main() -> None:
         print(json.dumps({"loss": name, "bpd": vlb["bits_per_dim"], "fd_fast": fast,
                           "fd_full": full}), flush=True)
     print(f"\nMNIST test split, cosine T=1000, {args.train_steps} steps, batch 64; bits/dim: VLB "
-          f"over every {1000 // args.terms}th term (scaled) on {args.n} images; FD-judge of "
+          f"over {args.terms} stratified terms on {args.n} images; FD-judge of "
           f"{args.samples} DDPM samples; total {time.perf_counter() - start:.0f} s\n")
     print(f"| loss | bits/dim (95% interval) | FD-judge, DDPM {args.fast} steps | "
           f"FD-judge, DDPM {args.full} steps |")
