@@ -49,6 +49,11 @@ def user_errors(where: str) -> Iterator[None]:
         raise DiffcliError(f"{where}: {' '.join(str(e).split())}") from None
 
 
+def number_text(x: float) -> str:
+    """A number as a message shows it: "3" for 3.0, "0.5" for 0.5."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
 def _first_line(err: BaseException) -> str:
     """The first non-blank line of ``str(err)``, whitespace collapsed; "" when there is none."""
     for line in str(err).splitlines():

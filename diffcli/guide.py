@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
-from diffcli.errors import DiffcliError, user_errors
+from diffcli.errors import DiffcliError, number_text, user_errors
 from diffcli.runs import LoadedRun, OpenedRun, build_net, load_checkpoint
 
 __all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "guide", "open_classifier",
@@ -112,14 +112,10 @@ class GuidedRun:
         """A folder-name suffix: "-w3" / "-cls2" / "" (unguided)."""
         parts = []
         if "guidance" in self.meta:
-            parts.append(f"w{_num(self.meta['guidance'])}")
+            parts.append(f"w{number_text(self.meta['guidance'])}")
         if "classifier_scale" in self.meta:
-            parts.append(f"cls{_num(self.meta['classifier_scale'])}")
+            parts.append(f"cls{number_text(self.meta['classifier_scale'])}")
         return "".join(f"-{p}" for p in parts)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def read_classifier(path: str | Path, model: LoadedRun) -> LoadedRun:
@@ -159,8 +155,8 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
     misuse is one line naming the key and the fix."""
     k = model.num_classes
     if g.scale is not None and g.scale != 0 and k is None:
-        raise DiffcliError(f"guidance={_num(g.scale)} needs a class-conditional model (train "
-                           f"with conditional=true), but {model.path} is unconditional; for "
+        raise DiffcliError(f"guidance={number_text(g.scale)} needs a class-conditional model "
+                           f"(train with conditional=true), but {model.path} is unconditional; for "
                            "an unconditional model use classifier=<ckpt of diffcli train "
                            "task=classifier>")
     if g.classifier_scale is not None and g.classifier is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffcli.components import fits
-from diffcli.errors import DiffcliError
+from diffcli.errors import DiffcliError, number_text
 
 
 class UsageError(DiffcliError):
@@ -44,9 +44,9 @@ class Key:
         """"an integer >= 1", "a string: 32 | bf16", ... (for --help)."""
         text = describe(self.type)
         if self.ge is not None:
-            text += f" >= {_num(self.ge)}"
+            text += f" >= {number_text(self.ge)}"
         if self.le is not None:
-            text += f" <= {_num(self.le)}"
+            text += f" <= {number_text(self.le)}"
         return text
 
     def check(self, name: str, value: Any) -> None:
@@ -65,13 +65,9 @@ class Key:
             if isinstance(value, float) and not math.isfinite(value):
                 raise UsageError(f"{name}={value!r} must be a finite number")
             if self.ge is not None and value < self.ge:
-                raise UsageError(f"{name}={value!r} must be >= {_num(self.ge)}")
+                raise UsageError(f"{name}={value!r} must be >= {number_text(self.ge)}")
             if self.le is not None and value > self.le:
-                raise UsageError(f"{name}={value!r} must be <= {_num(self.le)}")
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+                raise UsageError(f"{name}={value!r} must be <= {number_text(self.le)}")
 
 
 def describe(hint: Any) -> str:
