@@ -464,3 +464,14 @@ def test_tensor_datamodule_bad_labels(labels, names, match: str) -> None:
     with pytest.raises(DiffcliError, match=match) as info:
         TensorDataModule(torch.randn(12, 2), kind="points", labels=labels, class_names=names)
     assert "\n" not in str(info.value)
+
+
+def test_head_is_the_first_items_in_order_without_flips():
+    from diffcli.data.registry import build_dataset, make_datamodule
+
+    dm = make_datamodule("digits", batch_size=7, random_flip=True)
+    x, y = dm.head(20)
+    again, _ = dm.head(20)
+    ref = build_dataset("digits", labels=True)
+    assert torch.equal(x, again) and len(x) == 20 and y is not None
+    assert torch.equal(x[3], ref[3][0]) and int(y[3]) == int(ref[3][1])

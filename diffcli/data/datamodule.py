@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from diffcli.data.labels import LabelledDataset, class_info, numbered_names, unlabelled
 from diffcli.data.vision import RandomHorizontalFlip, TensorSamples, sample_shape
@@ -116,6 +116,16 @@ class DiffusionDataModule(L.LightningDataModule):
         else None (datasets decoded on access). Never the labels."""
         samples = unlabelled(self.dataset)
         return samples.data if isinstance(samples, TensorSamples) else None
+
+    def head(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """The first ``n`` items in dataset order, no flips: (x (n', ...), labels (n',) or
+        None), n' = min(n, len); reproducible, unlike the shuffled training loader."""
+        loader = DataLoader(Subset(self.dataset, range(min(n, len(self.dataset)))),
+                            batch_size=max(1, self.batch_size), shuffle=False, collate_fn=collate)
+        batches = list(loader)
+        if batches and isinstance(batches[0], tuple):
+            return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        return torch.cat(batches), None
 
     def train_dataloader(self) -> DataLoader:
         """Batches of shape (batch_size, *data_shape), float32 in [-1, 1] for images; for

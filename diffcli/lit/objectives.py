@@ -15,6 +15,7 @@ trains no variance, so a learned-variance network needs one of them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,15 +43,16 @@ class Step:
     min_snr_gamma: float | None = None
 
 
-class Objective:
+class Objective(ABC):
     """Base: ``loss(step, x0) -> scalar``; ``trains_variance`` says whether it can train a
     learned variance; ``module()`` is state to keep in checkpoints (or None)."""
 
     name = "objective"
     trains_variance = False
 
+    @abstractmethod
     def loss(self, step: Step, x0: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The batch's loss, a scalar with gradients."""
 
     def module(self) -> nn.Module | None:
         return None

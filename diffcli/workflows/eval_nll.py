@@ -65,16 +65,7 @@ def load_items(cfg: DictConfig, opened: OpenedRun) -> Items:
     if cfg.root is not None:
         node["root"] = str(cfg.root)
     dm = build_datamodule(node)
-    data = dm.data if dm.kind == "points" else None
-    if data is None:
-        xs, have = [], 0
-        for batch in dm.train_dataloader():
-            x = batch[0] if isinstance(batch, tuple | list) else batch
-            xs.append(x)
-            have += len(x)
-            if have >= int(cfg.n):
-                break
-        data = torch.cat(xs)
+    data, _ = dm.head(int(cfg.n))
     n = int(cfg.n)
     if len(data) < n:
         raise DiffcliError(f"n={n}, but dataset={node.get('name')} split "

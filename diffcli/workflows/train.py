@@ -265,18 +265,6 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     return last
 
 
-def _labelled_batch(dm: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``n`` (images, labels) from the datamodule's loader."""
-    xs, ys, have = [], [], 0
-    for x, y in dm.train_dataloader():
-        xs.append(x)
-        ys.append(y)
-        have += len(x)
-        if have >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
-
-
 def _held_out(cfg: DictConfig, dm: Any) -> tuple[Any, str]:
     """The dataset's test split when training used "train" and it is on disk (never
     downloaded), else the training data; with a word saying which."""
@@ -290,10 +278,10 @@ def _held_out(cfg: DictConfig, dm: Any) -> tuple[Any, str]:
 
 
 def _report_accuracy(cfg: DictConfig, dm: Any, module: ClassifierModule) -> None:
-    """Accuracy of the trained classifier on noised data, per range of t (Dhariwal & Nichol
-    2021 report it as a function of noise level)."""
+    """Accuracy of the trained classifier on the first ``eval_images`` items, noised, per
+    range of t (Dhariwal & Nichol 2021 report it as a function of noise level)."""
     source, which = _held_out(cfg, dm)
-    x, y = _labelled_batch(source, module.eval_images)
+    x, y = source.head(module.eval_images)
     module.net.eval()
     rows = accuracy_by_t(module.net, module.schedule, x, y)
     console.print(f"classifier accuracy on {len(x)} noised images ({which}): "
