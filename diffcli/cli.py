@@ -219,6 +219,24 @@ def _split_args(args: list[str]) -> list[str]:
     return overrides
 
 
+ALIASES: dict[str, dict[str, str]] = {  # command -> {short key: the key it stands for}
+    "train": {"latent": "latent.ckpt"},  # diffcli train latent=<autoencoder ckpt>
+}
+
+
+def expand_aliases(config_name: str, args: list[str]) -> list[str]:
+    """``latent=<path>`` -> ``latent.ckpt=<path>`` (a key that is also a node, given a plain
+    value); ``latent=null`` and ``latent={...}`` are left as they are."""
+    aliases = ALIASES.get(config_name, {})
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key in aliases and value not in ("null", "") and not value.startswith("{"):
+            a = f"{aliases[key]}={value}"
+        out.append(a)
+    return out
+
+
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
     """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped
     (but hydra.run.dir, which preflight checks)."""
@@ -361,6 +379,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     from diffcli.workflows.rundir import register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    args = expand_aliases(config_name, list(args))
     bad_flag = unknown_flag(args)
     if bad_flag is not None:
         name = bad_flag.lstrip("-").split("=")[0]

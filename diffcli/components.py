@@ -45,6 +45,10 @@ COMPONENTS: dict[str, frozenset[str]] = {
     "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP",
                         "diffcli.nets.classifier.EncoderClassifier",
                         "diffcli.nets.classifier.MLPClassifier"}),
+    "autoencoder": frozenset({"diffcli.nets.autoencoder.KLAutoencoder",
+                              "diffcli.nets.autoencoder.VQAutoencoder"}),
+    "text_encoder": frozenset({"diffcli.nets.text.SmallTextEncoder",
+                               "diffcli.nets.text.CLIPTextEncoder"}),
     "schedule": frozenset({
         "diffcli.diffusion.schedules.linear_schedule",
         "diffcli.diffusion.schedules.cosine_schedule",
@@ -63,7 +67,8 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "lightning.pytorch.loggers.TensorBoardLogger",
     }),
     "module": frozenset({"diffcli.lit.module.DiffusionModule",
-                         "diffcli.lit.classifier_module.ClassifierModule"}),
+                         "diffcli.lit.classifier_module.ClassifierModule",
+                         "diffcli.lit.autoencoder_module.AutoencoderModule"}),
     "loss": frozenset({"diffcli.lit.objectives.Simple", "diffcli.lit.objectives.Hybrid",
                        "diffcli.lit.objectives.VLB"}),
     "optimizer": frozenset({"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}),
@@ -76,6 +81,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.lit.callbacks.snapshots",
         "diffcli.lit.callbacks.EMASampleGrid",
         "diffcli.lit.fid_callback.fid_proxy",
+        "diffcli.lit.autoencoder_module.ReconstructionGrid",
     }),
 }
 
@@ -83,6 +89,8 @@ COMPONENTS: dict[str, frozenset[str]] = {
 GROUP_AT: dict[str, str] = {
     "dataset": "dataset",
     "model": "model",
+    "autoencoder": "autoencoder",
+    "text_encoder": "text_encoder",
     "schedule": "schedule",
     "sampler": "sampler",
     "preview.sampler": "sampler",  # checkpoints written before the callbacks group
@@ -93,7 +101,9 @@ GROUP_AT: dict[str, str] = {
     "lr_scheduler": "lr_scheduler",
 }
 PARTIAL_AT: frozenset[str] = frozenset({"optimizer", "lr_scheduler"})  # built as partials
-BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule")  # groups rebuilt from a stored config
+# groups rebuilt from a stored config
+BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule", "autoencoder", "text_encoder")
+OPTIONAL_GROUPS = frozenset({"autoencoder", "text_encoder"})  # null in most runs
 ADVISORY_KEYS: dict[str, frozenset[str]] = {  # keys a group node holds that are not arguments
     "dataset": frozenset({"train_steps"}),
     "model": frozenset({"in_channels", "image_size", "dim"}),  # set from the data (old files)
@@ -171,6 +181,8 @@ def check_config(tree: Any, source: str, *, stored: bool = True) -> None:
     if stored:
         for group in BUILT_FROM_CHECKPOINT:
             node = tree.get(group)
+            if node is None and group in OPTIONAL_GROUPS:
+                continue
             if not isinstance(node, Mapping) or "_target_" not in node:
                 raise _refuse(source, f"its config has no {group} component")
             fn = resolve_target(group, node["_target_"])

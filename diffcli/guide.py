@@ -79,13 +79,22 @@ class Guidance:
     classifier_scale: float | None = None  # s (None: 1 with a classifier)
     interval: Sequence[float] | None = None  # guidance_interval=[sigma_lo, sigma_hi]
     rescale: float = 0.0  # guidance_rescale= phi
+    prompt: Any = None  # prompt=: a caption (or a list of them) for a text-to-image model
 
     @property
     def used(self) -> bool:
         """Whether any guidance key was given."""
         return any(v is not None for v in (self.scale, self.classes, self.classifier,
-                                           self.classifier_scale, self.interval)) or bool(
-            self.rescale)
+                                           self.classifier_scale, self.interval,
+                                           self.prompt)) or bool(self.rescale)
+
+    @property
+    def prompts(self) -> list[str] | None:
+        """``prompt=`` as a list of captions (one grid row each); None when not given."""
+        if self.prompt is None:
+            return None
+        items = self.prompt if isinstance(self.prompt, list | tuple) else [self.prompt]
+        return [str(p) for p in items]
 
 
 @dataclass
@@ -97,10 +106,17 @@ class GuidedRun:
     classes: list[int] | None
     class_names: tuple[str, ...] | None
     meta: dict[str, Any]
+    tokens: Tensor | None = None  # text-to-image: one row of token ids per prompt (P, L)
 
     def labels(self, n: int, cyclic: bool = False) -> Tensor | None:
-        """(n,) labels: grid rows per class (:func:`class_labels`), or ``cyclic`` (sample i
-        of class ``classes[i % k]``: balanced for any n, for FID)."""
+        """(n,) labels, or (n, L) token ids of the prompts: grid rows per class / prompt
+        (:func:`class_labels`), or ``cyclic`` (sample i of class ``classes[i % k]``: balanced
+        for any n, for FID)."""
+        picks = self.indices(n, cyclic)
+        return picks if picks is None or self.tokens is None else self.tokens[picks]
+
+    def indices(self, n: int, cyclic: bool = False) -> Tensor | None:
+        """(n,) the class (or prompt number) of each sample, as :meth:`labels` lays them out."""
         if self.classes is None:
             return None
         if cyclic:
@@ -153,6 +169,12 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
     """Check the guidance keys ``g`` against the model (and its classifier): the number of
     classes and their names to draw from, or None for plain unconditional sampling. Every
     misuse is one line naming the key and the fix."""
+    if model.text_encoder is not None:
+        _check_text_keys(model, g)
+        return None
+    if g.prompt is not None:
+        raise DiffcliError(f"prompt= needs a text-to-image model (train with text_encoder=small "
+                           f"or clip), but {model.path} is not text-conditional")
     k = model.num_classes
     if g.scale is not None and g.scale != 0 and k is None:
         raise DiffcliError(f"guidance={number_text(g.scale)} needs a class-conditional model "
@@ -174,6 +196,40 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
         names = model.data_info().class_names
     parse_classes(g.classes, int(k or 0), names)
     return int(k or 0), names
+
+
+def _check_text_keys(model: LoadedRun, g: Guidance) -> None:
+    """A text-to-image model takes prompt= and guidance=, not classes or a classifier."""
+    if g.classes is not None or g.classifier is not None or g.classifier_scale is not None:
+        raise DiffcliError(f"{model.path} is a text-to-image model: ask for images with "
+                           "prompt=\"...\" (and guidance=), not classes= or classifier=")
+    if g.scale is not None and g.scale != 0 and g.prompts is None:
+        raise DiffcliError(f"guidance={number_text(g.scale)} needs a prompt for this "
+                           "text-to-image model: prompt=\"a handwritten digit seven\"")
+    if g.prompts is not None and not g.prompts:
+        raise DiffcliError("prompt= is an empty list: give at least one caption")
+
+
+def guide_text(opened: OpenedRun, g: Guidance) -> GuidedRun:
+    """Classifier-free guidance of a text-to-image model toward ``g.prompts`` with the empty
+    prompt as the null condition (Ho & Salimans 2022; Rombach et al. 2022). No prompt: samples
+    of the empty prompt (the unconditional model)."""
+    _check_text_keys(opened.run, g)
+    prompts = g.prompts
+    if prompts is None:
+        return GuidedRun(opened.denoiser, None, None, {})
+    net = opened.network
+    base = opened.denoiser
+    w = 1.0 if g.scale is None else float(g.scale)
+    with user_errors("guidance"):
+        denoiser = ClassifierFreeGuidance(
+            net=base.net, schedule=base.schedule, prediction=base.prediction, scale=w,
+            rescale=float(g.rescale), null=net.null_tokens(),
+            learned_variance=base.learned_variance,
+            interval=tuple(g.interval) if g.interval is not None else None)
+    meta = {"guidance": w, "prompts": prompts}
+    return GuidedRun(denoiser, list(range(len(prompts))), tuple(prompts), meta,
+                     tokens=net.tokenize(prompts))
 
 
 def _schedule(run: LoadedRun) -> str:
@@ -203,6 +259,8 @@ def guide(opened: OpenedRun, g: Guidance, device: torch.device) -> GuidedRun:
     """The guided denoiser of ``opened`` for the keys ``g`` (checked by
     :func:`check_guidance`)."""
     run, base = opened.run, opened.denoiser
+    if run.text_encoder is not None:
+        return guide_text(opened, g)
     checked = check_guidance(run, g)
     if checked is None:
         return GuidedRun(base, None, None, {})
@@ -215,6 +273,7 @@ def guide(opened: OpenedRun, g: Guidance, device: torch.device) -> GuidedRun:
             denoiser = ClassifierFreeGuidance(
                 net=base.net, schedule=base.schedule, prediction=base.prediction,
                 num_classes=run.num_classes, scale=w, rescale=float(g.rescale),
+                learned_variance=base.learned_variance,
                 interval=tuple(g.interval) if g.interval is not None else None)
         meta["guidance"] = w
     if g.classifier is not None:

@@ -27,29 +27,53 @@ from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import CheckpointError, DiffcliError, user_errors
 from diffcli.lit.checkpoint import first_nonfinite
 from diffcli.lit.module import CHECKPOINT_KEY
+from diffcli.nets.latent import LatentCodec, file_sha256, load_pretrained_autoencoder
 
 LEGACY_MODEL_KEYS = ("in_channels", "image_size", "dim")  # set from the data, never stored now
+TASKS = ("diffusion", "classifier", "autoencoder")  # what `diffcli train task=...` trains
 
 
-def build_datamodule(dataset_cfg: Any, *, download_ok: bool = False) -> Any:
+def build_datamodule(dataset_cfg: Any, *, download_ok: bool = False,
+                     captions: bool = False) -> Any:
     """Build the dataset group's datamodule (``train_steps`` is advice for the trainer).
     Only ``diffcli train`` passes ``download_ok``: a dataset rebuilt from a checkpoint's config
-    never downloads (a stored ``download: true`` would write files where the file says)."""
+    never downloads (a stored ``download: true`` would write files where the file says).
+    ``captions``: items (x, caption) for text-to-image training."""
     node = {k: v for k, v in plain(dataset_cfg).items() if k != "train_steps"}
+    if captions:
+        node["captions"] = True
     if not download_ok and "download" in node:
         node["download"] = False
     return build("dataset", node)
 
 
-def build_net(model_cfg: Any, data_shape: Sequence[int],
-              num_classes: int | None = None) -> nn.Module:
+def build_net(model_cfg: Any, data_shape: Sequence[int], num_classes: int | None = None,
+              text_encoder_cfg: Any = None) -> nn.Module:
     """The network of the model group's config for samples of ``data_shape`` (every diffcli
     network takes ``data_shape``; it refuses data it cannot model, e.g. a U-Net and points),
-    class-conditional (or a classifier) over ``num_classes`` labels when given."""
+    class-conditional (or a classifier) over ``num_classes`` labels when given, text-conditional
+    (:class:`~diffcli.nets.text.TextConditionedNet`) when ``text_encoder_cfg`` is given."""
     node = {k: v for k, v in plain(model_cfg).items() if k not in LEGACY_MODEL_KEYS}
     if num_classes is not None:
         node["num_classes"] = int(num_classes)
-    return build("model", node, data_shape=[int(d) for d in data_shape])
+    shape = [int(d) for d in data_shape]
+    if not text_encoder_cfg:
+        return build("model", node, data_shape=shape)
+    from diffcli.nets.text import TextConditionedNet
+
+    encoder = build("text_encoder", text_encoder_cfg)
+    node["context_dim"] = int(encoder.width)
+    if not node.get("transformer_levels") and not node.get("transformer_resolutions") \
+            and not node.get("mid_transformer"):
+        # the default: cross-attention at the lowest resolution and in the middle block
+        node["transformer_levels"] = [len(node.get("channel_mults") or (1, 2)) - 1]
+    with user_errors("model"):
+        return TextConditionedNet(build("model", node, data_shape=shape), encoder)
+
+
+def build_autoencoder(autoencoder_cfg: Any, data_shape: Sequence[int]) -> nn.Module:
+    """The autoencoder group's network (KL or VQ) for images of ``data_shape`` (C, H, W)."""
+    return build("autoencoder", autoencoder_cfg, data_shape=[int(d) for d in data_shape])
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,24 @@ class DataInfo:
     class_names: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class LatentInfo:
+    """Where a latent diffusion model's samples live: the scaled latent shape (c, h, w), the
+    scale factor s, and the autoencoder (a checkpoint, or a diffusers folder: ``pretrained``)
+    with the SHA-256 it had in training."""
+
+    shape: tuple[int, ...]
+    scale_factor: float
+    source: str
+    sha256: str
+    pretrained: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The checkpoint entry (``data.latent``)."""
+        return {"shape": list(self.shape), "scale_factor": self.scale_factor,
+                "source": self.source, "sha256": self.sha256, "pretrained": self.pretrained}
+
+
 @dataclass
 class LoadedRun:
     """What a diffcli checkpoint holds: its resolved config (plain dicts) and weights."""
@@ -71,6 +113,7 @@ class LoadedRun:
     state_dict: dict[str, torch.Tensor]
     global_step: int
     data: DataInfo | None = None  # None in checkpoints older than the "data" entry
+    latent: LatentInfo | None = None  # latent diffusion: the autoencoder's latent space
 
     def data_info(self) -> DataInfo:
         """Kind and sample shape, from the checkpoint (or by loading the dataset, for old ones)."""
@@ -89,7 +132,7 @@ class LoadedRun:
 
     @property
     def task(self) -> str:
-        """"diffusion" or "classifier" (what ``diffcli train task=...`` trained)."""
+        """"diffusion", "classifier" or "autoencoder" (what ``diffcli train task=...`` trained)."""
         return str(self.config.get("task", "diffusion"))
 
     @property
@@ -98,6 +141,17 @@ class LoadedRun:
         DDPM)."""
         model = self.config.get("model")
         return bool(model.get("learn_sigma", False)) if isinstance(model, Mapping) else False
+
+    @property
+    def text_encoder(self) -> dict[str, Any] | None:
+        """The text encoder's config of a text-to-image model (None: not text-conditional)."""
+        node = self.config.get("text_encoder")
+        return dict(node) if isinstance(node, Mapping) and self.task == "diffusion" else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What the network generates: the latent shape of a latent model, else the data's."""
+        return self.latent.shape if self.latent is not None else self.data_info().shape
 
     @property
     def num_classes(self) -> int | None:
@@ -167,6 +221,26 @@ def _data_info(data: Any, path: Path) -> DataInfo | None:
                     None if k is None else tuple(names))
 
 
+def _latent_info(data: Any, path: Path) -> LatentInfo | None:
+    latent = data.get("latent") if isinstance(data, dict) else None
+    if latent is None:
+        return None
+    ok = (isinstance(latent, dict) and isinstance(latent.get("shape"), list | tuple)
+          and len(latent["shape"]) == 3
+          and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65536
+                  for d in latent["shape"])
+          and isinstance(latent.get("scale_factor"), float | int)
+          and not isinstance(latent.get("scale_factor"), bool)
+          and 0 < latent["scale_factor"] < 1e6
+          and isinstance(latent.get("source"), str) and isinstance(latent.get("sha256"), str)
+          and isinstance(latent.get("pretrained", False), bool))
+    if not ok:
+        raise CheckpointError(f"{path}: refusing to load: its latent description {latent!r} is "
+                              "not a shape, scale factor, autoencoder path and hash")
+    return LatentInfo(tuple(latent["shape"]), float(latent["scale_factor"]), latent["source"],
+                      latent["sha256"], bool(latent.get("pretrained", False)))
+
+
 def _weights(state: Any, path: Path, check_finite: bool) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -194,7 +268,7 @@ def _check_shape_matches_config(run: LoadedRun) -> None:
 
 def _check_task(run: LoadedRun) -> None:
     """A known task; labelled models (conditional, classifier) carry their classes."""
-    if run.task not in ("diffusion", "classifier"):
+    if run.task not in TASKS:
         raise CheckpointError(f"{run.path}: refusing to load: unknown task {run.task!r}")
     labelled = run.task == "classifier" or run.config.get("conditional") is True
     if labelled and (run.data is None or run.data.num_classes is None):
@@ -216,7 +290,8 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
     step = ckpt.get("global_step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{path}: refusing to load: global_step {step!r} is not a count")
-    run = LoadedRun(path, dict(meta["config"]), state, step, info)
+    run = LoadedRun(path, dict(meta["config"]), state, step, info,
+                    _latent_info(meta.get("data"), path))
     _check_shape_matches_config(run)
     _check_task(run)
     known = [p.value for p in Parameterization]
@@ -289,20 +364,75 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
         yield
 
 
-def restore_net(run: LoadedRun, use_ema: bool,
-                device: torch.device) -> tuple[nn.Module, DataInfo, str]:
-    """Rebuild the trained network from the checkpoint alone: (net in eval mode on ``device``,
-    data info, "ema_net" or "net" - the weights used)."""
-    info = run.data_info()
-    net = build_net(run.config["model"], info.shape, num_classes=run.num_classes)
+def _load_weights(net: nn.Module, run: LoadedRun, use_ema: bool, what: str = "network") -> str:
+    """Load the EMA weights (when asked and present) or the trained ones into ``net``; returns
+    the prefix used ("ema_net" or "net")."""
     prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
         else "net."
     try:
         net.load_state_dict(run.weights(prefix))
     except RuntimeError as e:
-        raise DiffcliError(f"{run.path}: weights do not fit the configured network "
+        raise DiffcliError(f"{run.path}: weights do not fit the configured {what} "
                            f"({str(e).splitlines()[0]})") from None
-    return net.to(device).eval(), info, prefix.rstrip(".")
+    return prefix.rstrip(".")
+
+
+def restore_net(run: LoadedRun, use_ema: bool,
+                device: torch.device) -> tuple[nn.Module, DataInfo, str]:
+    """Rebuild the trained network from the checkpoint alone: (net in eval mode on ``device``,
+    data info, "ema_net" or "net" - the weights used). A latent model's net is built for its
+    latent shape, a text-to-image model's with its text encoder."""
+    info = run.data_info()
+    net = build_net(run.config["model"], run.sample_shape, num_classes=run.num_classes,
+                    text_encoder_cfg=run.text_encoder)
+    weights = _load_weights(net, run, use_ema)
+    return net.to(device).eval(), info, weights
+
+
+def read_autoencoder(path: str | Path) -> LoadedRun:
+    """The autoencoder checkpoint at ``path`` (``diffcli train task=autoencoder``), loaded
+    safely; one line when the file is another kind of run."""
+    run = load_checkpoint(path)
+    if run.task != "autoencoder":
+        raise DiffcliError(f"{path} is a {run.task} checkpoint, not an autoencoder: train one "
+                           "with `diffcli train task=autoencoder` and pass its checkpoints/"
+                           "last.ckpt")
+    return run
+
+
+def restore_autoencoder(run: LoadedRun, device: torch.device,
+                        use_ema: bool = True) -> nn.Module:
+    """The trained autoencoder of ``run`` (EMA weights when present), frozen, on ``device``."""
+    net = build_autoencoder(run.config["autoencoder"], run.data_info().shape)
+    _load_weights(net, run, use_ema, what="autoencoder")
+    return net.to(device).eval().requires_grad_(False)
+
+
+def open_codec(run: LoadedRun, device: torch.device) -> LatentCodec | None:
+    """The latent space a latent diffusion ``run`` was trained in (None for pixel models):
+    its autoencoder, checked to be the very file it was trained with, and its scale factor."""
+    latent = run.latent
+    if latent is None:
+        return None
+    source = Path(latent.source)
+    if latent.pretrained:
+        try:
+            ae, sha = load_pretrained_autoencoder(source, run.data_info().shape)
+        except ValueError as e:
+            raise DiffcliError(f"{run.path} was trained in the latent space of {source}, which "
+                               f"cannot be loaded now: {e}") from None
+    else:
+        if not source.is_file():
+            raise DiffcliError(f"{run.path} was trained in the latent space of the autoencoder "
+                               f"{source}, which is missing; put it back at that path")
+        sha = file_sha256(source)
+    if sha != latent.sha256:
+        raise DiffcliError(f"the autoencoder {source} changed since {run.path} was trained on its "
+                           f"latents (SHA-256 {sha[:12]}, trained with {latent.sha256[:12]}); "
+                           "restore the original file")
+    if not latent.pretrained:
+        ae = restore_autoencoder(read_autoencoder(source), device)
+    return LatentCodec(ae, latent.scale_factor, sample=False).to(device)
 
 
 def check_sampler_variance(variance: Any, run: LoadedRun) -> None:
@@ -349,14 +479,34 @@ class OpenedRun:
     weights: str  # "ema_net" or "net"
     counter: CountingNet
     denoiser: Denoiser
+    network: nn.Module | None = None  # the network itself (text models: its tokenizer)
+    codec: LatentCodec | None = None  # latent models: the autoencoder's latent space
 
     @property
     def schedule(self) -> NoiseSchedule:
         return self.denoiser.schedule
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What the sampler draws: latents (c, h, w) of a latent model, else samples."""
+        return self.run.sample_shape
+
+    def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Samples as data: latents decoded by the autoencoder (in batches, on its device;
+        (N, C, H, W) float32 on the CPU); pixel samples as they are."""
+        if self.codec is None:
+            return z
+        device = next(self.codec.parameters()).device
+        return torch.cat([self.codec.decode(z[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(z), batch_size)])
+
 
 def require_diffusion(run: LoadedRun) -> LoadedRun:
-    """``run``, unless it is a classifier (one line saying where it belongs instead)."""
+    """``run``, unless it is a classifier or an autoencoder (one line saying what to do)."""
+    if run.task == "autoencoder":
+        raise DiffcliError(f"{run.path} is an autoencoder (task=autoencoder), not a diffusion "
+                           f"model: train latent diffusion on it with `diffcli train "
+                           f"latent={run.path}`")
     if run.task != "diffusion":
         raise DiffcliError(f"{run.path} is a noise-aware classifier (task=classifier), not a "
                            f"diffusion model: sample from a diffusion run and pass this one as "
@@ -370,7 +520,8 @@ def open_run(ckpt: Path, *, use_ema: bool, device: torch.device,
     schedule and denoiser, with an NFE counter around the network."""
     run = require_diffusion(load_checkpoint(ckpt))
     net, info, weights = restore_net(run, use_ema, device)
+    codec = open_codec(run, device)
     counter = CountingNet(torch.compile(net) if compile else net)
     return OpenedRun(ckpt, run, info, weights, counter,
                      Denoiser(counter, run.schedule(), run.prediction,
-                              learned_variance=run.learned_variance))
+                              learned_variance=run.learned_variance), net, codec)

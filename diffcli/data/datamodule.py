@@ -117,14 +117,23 @@ class DiffusionDataModule(L.LightningDataModule):
         samples = unlabelled(self.dataset)
         return samples.data if isinstance(samples, TensorSamples) else None
 
-    def head(self, n: int) -> tuple[Tensor, Tensor | None]:
-        """The first ``n`` items in dataset order, no flips: (x (n', ...), labels (n',) or
-        None), n' = min(n, len); reproducible, unlike the shuffled training loader."""
+    @property
+    def captioned(self) -> bool:
+        """Whether items are ``(x, caption)`` (text-to-image data)."""
+        return isinstance(getattr(self.dataset, "captions", None), list)
+
+    def head(self, n: int) -> tuple[Tensor, Tensor | list[str] | None]:
+        """The first ``n`` items in dataset order, no flips: (x (n', ...), labels (n',), the
+        captions or None), n' = min(n, len); reproducible, unlike the shuffled training
+        loader."""
         loader = DataLoader(Subset(self.dataset, range(min(n, len(self.dataset)))),
                             batch_size=max(1, self.batch_size), shuffle=False, collate_fn=collate)
         batches = list(loader)
         if batches and isinstance(batches[0], tuple):
-            return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+            x = torch.cat([b[0] for b in batches])
+            if isinstance(batches[0][1], list | tuple):  # captions
+                return x, [c for b in batches for c in b[1]]
+            return x, torch.cat([b[1] for b in batches])
         return torch.cat(batches), None
 
     def train_dataloader(self) -> DataLoader:

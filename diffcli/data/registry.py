@@ -25,6 +25,7 @@ from types import MappingProxyType
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from diffcli.data import captions as text
 from diffcli.data import sources, toy
 from diffcli.data.datamodule import DiffusionDataModule
 from diffcli.data.labels import unlabelled
@@ -237,6 +238,8 @@ def make_datamodule(
     channels: int = 3,
     cache: bool = False,
     attribute: str | None = None,
+    caption: str | None = None,
+    captions: bool = False,
 ) -> DiffusionDataModule:
     """The datamodule of dataset ``name``, as the ``conf/dataset/*.yaml`` configs describe it.
 
@@ -247,6 +250,10 @@ def make_datamodule(
     ``batch_size`` is per device. ``random_flip`` None means the dataset's default
     (:attr:`DatasetSpec.flip_by_default`: on for cifar10, celeba and imagefolder). The data
     module's ``data`` holds the samples as one tensor for points and digits.
+
+    ``captions`` (text-to-image training): items ``(x, caption)`` instead, the captions from
+    an image folder's ``metadata.jsonl`` or, for a labelled dataset, the template ``caption``
+    filled with each item's class (:mod:`diffcli.data.captions`).
     """
     spec = dataset_spec(name)
     flip = spec.flip_by_default if random_flip is None else bool(random_flip)
@@ -255,5 +262,28 @@ def make_datamodule(
     dataset = build_dataset(name, root=root, split=split, image_size=image_size,
                             n_points=n_points, seed=seed, download=download, channels=channels,
                             cache=cache, attribute=attribute, labels=True)
+    if captions:
+        dataset = text.CaptionedDataset(dataset, dataset_captions(name, root, dataset, caption))
     return DiffusionDataModule(dataset, batch_size, num_workers, random_flip=flip,
                                kind=spec.kind)
+
+
+def dataset_captions(name: str, root: str | Path | None, dataset: Dataset,
+                     template: str | None) -> list[str]:
+    """One caption per item of ``dataset`` (built with labels): an image folder's
+    ``metadata.jsonl`` when it has one, else the ``template`` filled with each item's class."""
+    if name == "imagefolder" and root is not None and \
+            (Path(root).expanduser() / text.METADATA_FILE).is_file():
+        return text.folder_captions(root)
+    names = getattr(dataset, "class_names", None)
+    if names is None:
+        if name == "imagefolder":
+            return text.folder_captions(root or "")
+        raise DiffcliError(f"text conditioning needs captions, but dataset={name} has neither "
+                           "labels nor captions; use an imagefolder with metadata.jsonl or a "
+                           "labelled dataset with dataset.caption=<template>")
+    if not template:
+        raise DiffcliError(f"text conditioning on dataset={name} needs a caption template: "
+                           "dataset.caption='a handwritten digit {word}' ({name} = class name, "
+                           "{word} = a number spelled out)")
+    return text.template_captions(dataset.labels.tolist(), names, template)

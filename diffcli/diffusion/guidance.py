@@ -51,6 +51,18 @@ def _check_labels(labels: Tensor | None, num_classes: int | None = None) -> Tens
     return labels.long()
 
 
+def _check_tokens(tokens: Tensor | None, null: Tensor) -> Tensor | None:
+    """Conditions of a net whose null condition is the tensor ``null`` (e.g. token ids (L,)):
+    (B, *null.shape) integers. None passes through."""
+    if tokens is None:
+        return None
+    if not isinstance(tokens, Tensor) or tuple(tokens.shape[1:]) != tuple(null.shape) \
+            or tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise ValueError(f"conditions must be integer tensors of shape (B, {tuple(null.shape)}), "
+                         f"like the null condition, got {tokens!r}")
+    return tokens.long()
+
+
 def _batch_labels(labels: Tensor, x_t: Tensor) -> Tensor:
     """labels (B,) on x_t's device, checked against the batch size B of x_t."""
     if labels.shape[0] != x_t.shape[0]:
@@ -93,7 +105,10 @@ class ClassifierFreeGuidance(Denoiser):
     (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), v = sqrt(abar) eps - sqrt(1 - abar) x0), and
     affine maps commute with the weights (1 - w, w), which sum to one.
 
-    Fields: ``num_classes`` K (labels 0..K-1, K the null label); ``scale`` w >= 0; ``labels``
+    Fields: ``num_classes`` K (labels 0..K-1, K the null label), or instead ``null``: the null
+    condition of one sample as a tensor, e.g. the empty prompt's token ids (L,) of a
+    text-to-image net (Rombach et al. 2022; ``labels`` are then (B, L) token ids, and the null
+    branch gets ``null`` for every sample); ``scale`` w >= 0; ``labels``
     (B,) int64 (None: the null label for every sample, i.e. unconditional sampling);
     ``interval`` [lo, hi]: apply guidance only where lo <= sigma_t <= hi, elsewhere w = 1
     (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"); ``rescale`` phi in
@@ -114,19 +129,23 @@ class ClassifierFreeGuidance(Denoiser):
     [labels, null]), split in halves.
     """
 
-    num_classes: int
+    num_classes: int | None = None
     scale: float = 1.0
     labels: Tensor | None = None
     interval: tuple[float, float] | None = None
     rescale: float = 0.0
+    null: Tensor | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         k = self.num_classes
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {k!r}")
         _check_scale(self.scale, "scale")
-        object.__setattr__(self, "labels", _check_labels(self.labels, k))
+        if self.null is not None:
+            object.__setattr__(self, "labels", _check_tokens(self.labels, self.null))
+        elif not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {k!r}")
+        else:
+            object.__setattr__(self, "labels", _check_labels(self.labels, k))
         self._check_interval()
         r = self.rescale
         if not (isinstance(r, int | float) and not isinstance(r, bool) and 0 <= r <= 1):
@@ -152,6 +171,14 @@ class ClassifierFreeGuidance(Denoiser):
         """The same guidance with ``labels`` (B,) int64 (None: the null label for all)."""
         return dataclasses.replace(self, labels=labels)
 
+    def null_batch(self, x_t: Tensor) -> Tensor:
+        """The null condition for a batch x_t (B, ...): labels (B,) all K, or ``null`` repeated
+        (B, *null.shape)."""
+        b = x_t.shape[0]
+        if self.null is not None:
+            return self.null.to(x_t.device).expand(b, *self.null.shape)
+        return torch.full((b,), int(self.num_classes or 0), dtype=torch.long, device=x_t.device)
+
     def guided(self, t: Tensor) -> Tensor:
         """Which samples are guided: sigma_t inside ``interval`` (all when it is None). (B,) bool"""
         if self.interval is None:
@@ -165,7 +192,7 @@ class ClassifierFreeGuidance(Denoiser):
     def evaluate(self, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
         """(x0, eps[, var_frac]) of the guided output for x_t (B, ...) at t (B,); each
         (B, ...)."""
-        null = torch.full((x_t.shape[0],), self.num_classes, dtype=torch.long, device=x_t.device)
+        null = self.null_batch(x_t)
         if self.labels is None:
             return self._forward(x_t, t, null, abar)
         labels = _batch_labels(self.labels, x_t)

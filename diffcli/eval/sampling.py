@@ -27,15 +27,19 @@ def seed_set(k: int, n: int) -> list[int]:
 def generated_batches(sampler: Sampler, denoiser: Denoiser, shape: tuple[int, ...],
                       seeds: list[int], batch_size: int, device: torch.device,
                       precision: Callable[[], AbstractContextManager] | None = None,
-                      labels: Tensor | None = None) -> Iterator[Tensor]:
-    """Sample one image per seed (of class ``labels[i]`` when given, (N,)), ``batch_size`` at
-    a time: uint8 (B, 3, H, W) batches (quantized as `diffcli sample` saves them; grayscale
-    repeated to 3 channels)."""
+                      labels: Tensor | None = None,
+                      decode: Callable[[Tensor], Tensor] | None = None) -> Iterator[Tensor]:
+    """Sample one image per seed (of class ``labels[i]`` when given, (N,) or (N, L) prompt
+    tokens), ``batch_size`` at a time: uint8 (B, 3, H, W) batches (quantized as `diffcli
+    sample` saves them; grayscale repeated to 3 channels). ``decode``: latents -> images
+    (latent diffusion)."""
     context = precision or contextlib.nullcontext
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
         part = None if labels is None else labels[start:start + batch_size]
         with context():
             x = generate(sampler, denoiser, shape, chunk, batch_size, device, labels=part)
+            if decode is not None:
+                x = decode(x)
         yield to_rgb(to_uint8(x))
 

@@ -159,7 +159,8 @@ class EMASampleGrid(L.Callback):
         x = batch_data(batch)
         if x.ndim != 4:
             return
-        grid = self.sample_grid(pl_module, tuple(x.shape[1:]), x.device)
+        shape = getattr(pl_module, "latent_shape", None) or tuple(x.shape[1:])
+        grid = self.sample_grid(pl_module, shape, x.device)
         self.written.append(self.save(grid, step))
         _log_image(trainer, grid, step)
 
@@ -174,6 +175,8 @@ class EMASampleGrid(L.Callback):
         try:
             den = pl_module.denoiser(net)
             x = generate(self.sampler, den, shape, self.seeds, len(self.seeds), device)
+            if hasattr(pl_module, "to_images"):
+                x = pl_module.to_images(x.to(device)).float().cpu()
         finally:
             net.train(was_training)
         return make_grid(to_uint8(x).float() / 255, nrow=math.ceil(math.sqrt(len(x))), padding=1,

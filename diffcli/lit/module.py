@@ -125,6 +125,15 @@ class DiffusionModule(L.LightningModule):
         loss: the objective (:mod:`diffcli.lit.objectives`: L_simple, L_hybrid, L_vlb);
             default L_simple. Hybrid / vlb also log ``train/vlb`` (bits/dim, a cheap
             stratified estimate of the bound) every ``trainer.log_every_n_steps`` steps.
+        latent: latent diffusion (Rombach et al. 2022): the frozen autoencoder and scale factor
+            (:class:`~diffcli.nets.latent.LatentCodec`); batches are encoded to s E(x) and the
+            network learns those. It is not saved in checkpoints (they record its file).
+        latent_cached: the batches already hold the encoder's moments (the latent cache), so
+            they are sampled (:meth:`LatentCodec.from_moments`) rather than encoded.
+
+    A text-to-image ``net`` (:class:`~diffcli.nets.text.TextConditionedNet`) gets ``(x, captions)``
+    batches: the captions are tokenized and each replaced by the empty prompt with
+    ``cond_drop_prob`` (classifier-free guidance training with the empty prompt as the null).
     """
 
     def __init__(
@@ -144,6 +153,8 @@ class DiffusionModule(L.LightningModule):
         data_info: dict[str, Any] | None = None,
         cond_drop_prob: float = 0.1,
         loss: Objective | None = None,
+        latent: nn.Module | None = None,
+        latent_cached: bool = False,
     ) -> None:
         super().__init__()
         check_ema_decay(ema_decay)
@@ -168,12 +179,15 @@ class DiffusionModule(L.LightningModule):
         self.channels_last = channels_last
         self.run_config = run_config or {}
         self.data_info = data_info  # {"kind": "image", "shape": [C, H, W]}, saved for sampling
-        # Not a registered submodule: the compiled wrapper shares net's parameters.
+        # Not registered submodules: the compiled wrapper shares net's parameters; the frozen
+        # autoencoder is recorded by its file, not saved with every diffusion checkpoint.
         self.__dict__["train_forward"] = torch.compile(net) if compile else net
+        self.__dict__["latent"] = latent
+        self.latent_cached = bool(latent_cached)
         self._ema_step = -1
 
     def training_step(self, batch: Tensor | tuple | list, batch_idx: int) -> Tensor:
-        x0 = batch_data(batch)  # (B, ...)
+        x0 = self.to_latents(batch_data(batch))  # (B, ...)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         step = Step(self._forward(batch), self.schedule, self.prediction, self.learned_variance,
@@ -188,8 +202,30 @@ class DiffusionModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        """The latent shape (c, h, w) the network generates (None: it works on the data)."""
+        return None if self.latent is None else self.latent.latent_shape
+
+    def to_latents(self, x: Tensor) -> Tensor:
+        """A batch as the network learns it: s E(x) (or a cached moments' sample) for latent
+        diffusion, else x. (B, ...)"""
+        if self.latent is None:
+            return x
+        self.latent.to(x.device)
+        return self.latent.from_moments(x) if self.latent_cached else self.latent.encode(x)
+
+    def to_images(self, z: Tensor) -> Tensor:
+        """Generated samples as data: decoded latents (B, C, H, W), or z itself."""
+        if self.latent is None:
+            return z
+        return self.latent.to(z.device).decode(z)
+
     def _decoder(self, x0: Tensor) -> str:
-        """L_0's decoder: 256-bin discrete for 8-bit images, continuous for points."""
+        """L_0's decoder: 256-bin discrete for 8-bit images, continuous for points and
+        latents."""
+        if self.latent is not None:
+            return "continuous"
         kind = (self.data_info or {}).get("kind")
         return "discrete" if kind == "image" or (kind is None and x0.ndim == 4) else "continuous"
 
@@ -202,6 +238,8 @@ class DiffusionModule(L.LightningModule):
     def _forward(self, batch: Tensor | tuple | list) -> Callable[[Tensor, Tensor], Tensor]:
         """The network as the loss calls it, ``(x_t, t) -> output``: for a conditional net
         with this batch's labels, each dropped to the null label with ``cond_drop_prob``."""
+        if hasattr(self.net, "tokenize"):
+            return self._text_forward(batch)
         if self.num_classes is None:
             return self.train_forward
         y = batch_labels(batch)
@@ -210,6 +248,19 @@ class DiffusionModule(L.LightningModule):
                              "batches carry no labels")
         y = drop_labels(y.long(), self.num_classes, self.cond_drop_prob)
         return functools.partial(_call_with_labels, self.train_forward, y=y)
+
+    def _text_forward(self, batch: Tensor | tuple | list) -> Callable[[Tensor, Tensor], Tensor]:
+        """The text-to-image network with this batch's captions as token ids (B, L), each
+        replaced by the empty prompt's with ``cond_drop_prob`` (Ho & Salimans 2022)."""
+        captions = batch_labels(batch)
+        if not isinstance(captions, list | tuple):
+            raise ValueError("a text-conditional network needs captioned data, but the batches "
+                             "carry no captions")
+        x = batch_data(batch)
+        tokens = self.net.tokenize(list(captions)).to(x.device)  # (B, L)
+        drop = torch.rand(tokens.shape[0], device=x.device) < self.cond_drop_prob
+        tokens = torch.where(drop[:, None], self.net.null_tokens().to(x.device), tokens)
+        return functools.partial(_call_with_labels, self.train_forward, y=tokens)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the global L2 norm of the (unscaled, not yet clipped) gradients."""

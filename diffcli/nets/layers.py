@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AttentionBlock",
+    "ContextBlock",
     "Downsample",
     "EmbedSequential",
     "ResBlock",
@@ -139,13 +140,35 @@ class TimestepBlock(nn.Module, ABC):
         """Transform ``x`` ``(B, C, H, W)`` conditioned on ``emb`` ``(B, E)``."""
 
 
-class EmbedSequential(nn.Sequential):
-    """``nn.Sequential`` that also gives the embedding to each :class:`TimestepBlock`."""
+class ContextBlock(nn.Module, ABC):
+    """A module whose forward takes a token context and its mask (cross-attention).
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
-        """Run the children in order; ``x`` is ``(B, C, H, W)``, ``emb`` is ``(B, E)``."""
+    :class:`EmbedSequential` calls instances as ``layer(x, context, mask)``; the
+    spatial transformer of :mod:`diffcli.nets.attention` (Rombach et al. 2022, Sec. 3.3)
+    derives from it. Defined here so this module need not import the attention module.
+    """
+
+    @abstractmethod
+    def forward(self, x: Tensor, context: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+        """Transform ``x`` ``(B, C, H, W)`` given ``context`` ``(B, L, D)``, ``mask`` ``(B, L)``."""
+
+
+class EmbedSequential(nn.Sequential):
+    """``nn.Sequential`` that gives the embedding to each :class:`TimestepBlock` and the
+    token context (with its mask) to each :class:`ContextBlock`."""
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None,  # type: ignore[override]
+                mask: Tensor | None = None) -> Tensor:
+        """Run the children in order; ``x`` is ``(B, C, H, W)``, ``emb`` is ``(B, E)``,
+        ``context`` ``(B, L, D)`` or ``None`` and ``mask`` ``(B, L)`` bool or ``None``."""
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, ContextBlock):
+                x = layer(x, context, mask)
+            else:
+                x = layer(x)
         return x
 
 

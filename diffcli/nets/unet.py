@@ -19,6 +19,11 @@ Downsample / Upsample convolutions, scale-shift norm, and a class embedding adde
 timestep embedding (:meth:`UNet.embed`) with one extra "null" label for classifier-free
 guidance (Ho & Salimans 2022).
 
+Text conditioning (Latent / Stable Diffusion, Rombach et al. 2022, Sec. 3.3): with
+``context_dim`` set, chosen levels follow every ResBlock (and its AttentionBlock) with a
+:class:`~diffcli.nets.attention.SpatialTransformer` that cross-attends to a token context
+``(B, L, context_dim)`` passed as ``forward(..., context=, context_mask=)``.
+
 With the defaults the network is the small attention-free U-Net of ``model=unet``; the
 DDPM CIFAR-10 model (35.7M parameters) is::
 
@@ -33,6 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from diffcli.nets.attention import SpatialTransformer
 from diffcli.nets.layers import (
     AttentionBlock,
     Downsample,
@@ -60,8 +66,12 @@ def attention_level_set(
     attention_resolutions: Sequence[int],
     attention_levels: Sequence[int] | None,
     image_size: int | None,
+    name: str = "attention",
 ) -> frozenset[int]:
     """Translate ``attention_resolutions`` (pixels) or ``attention_levels`` to level indices.
+
+    ``name`` is the option prefix used in error messages (``"transformer"`` for the
+    spatial transformers' ``transformer_resolutions`` / ``transformer_levels``).
 
     Raises:
         ValueError: both are given; resolutions without ``image_size``; a resolution the
@@ -71,28 +81,28 @@ def attention_level_set(
     levels = [int(lv) for lv in attention_levels or ()]
     if resolutions and levels:
         raise ValueError(
-            "UNet: give attention_resolutions or attention_levels, not both "
+            f"UNet: give {name}_resolutions or {name}_levels, not both "
             f"(got {resolutions} and {levels}); set the other to null / []"
         )
     if resolutions:
         if image_size is None:
             raise ValueError(
-                f"UNet: attention_resolutions={resolutions} needs image_size (the input "
+                f"UNet: {name}_resolutions={resolutions} needs image_size (the input "
                 "height in pixels) to find the levels; pass image_size or use "
-                "attention_levels (0 = full resolution)"
+                f"{name}_levels (0 = full resolution)"
             )
         sizes = level_resolutions(image_size, num_levels)
         missing = [r for r in resolutions if r not in sizes]
         if missing:
             raise ValueError(
-                f"UNet: attention resolution(s) {missing} not among this net's resolutions "
+                f"UNet: {name} resolution(s) {missing} not among this net's resolutions "
                 f"{sizes} (image_size={image_size}, {num_levels} levels)"
             )
         return frozenset(sizes.index(r) for r in resolutions)
     bad = [lv for lv in levels if not 0 <= lv < num_levels]
     if bad:
         raise ValueError(
-            f"UNet: attention level(s) {bad} out of range for {num_levels} levels "
+            f"UNet: {name} level(s) {bad} out of range for {num_levels} levels "
             f"(valid: 0..{num_levels - 1}, 0 = full resolution)"
         )
     return frozenset(levels)
@@ -141,6 +151,25 @@ class UNet(nn.Module):
             (eps / x0 / v) then a raw r per pixel, read as the interpolation fraction
             v = (r + 1) / 2 between log beta_t and log beta-tilde_t (see
             :class:`~diffcli.diffusion.denoiser.Denoiser`). Only the last conv widens.
+        context_dim: width of the token context for cross-attention (Rombach et al. 2022,
+            Sec. 3.3), e.g. a text encoder's width. ``None``: no spatial transformers and
+            no new parameters (every existing config and checkpoint is unchanged).
+        transformer_resolutions: feature-map sizes (pixels) at which every ResBlock, in
+            the encoder and the decoder, is followed by a
+            :class:`~diffcli.nets.attention.SpatialTransformer` (after any AttentionBlock
+            there). Needs ``image_size``.
+        transformer_levels: alternative to ``transformer_resolutions``: level indices
+            (0 = full resolution) that get spatial transformers.
+        transformer_depth: transformer blocks per spatial transformer (SD: 1).
+        transformer_heads: attention heads per spatial transformer; must divide the
+            channels of every level that has one.
+        mid_transformer: put a spatial transformer between the two middle ResBlocks
+            (after the middle AttentionBlock, if any); ``None`` means "when any level has
+            a transformer" (SD).
+
+    Raises:
+        ValueError: transformer levels (or ``mid_transformer``) without ``context_dim``,
+            or ``context_dim`` with no transformer anywhere.
     """
 
     def __init__(
@@ -166,6 +195,12 @@ class UNet(nn.Module):
         data_shape: Sequence[int] | None = None,
         decoder: bool = True,
         learn_sigma: bool = False,
+        context_dim: int | None = None,
+        transformer_resolutions: Sequence[int] = (),
+        transformer_levels: Sequence[int] | None = None,
+        transformer_depth: int = 1,
+        transformer_heads: int = 4,
+        mid_transformer: bool | None = None,
     ) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
@@ -188,6 +223,12 @@ class UNet(nn.Module):
         )
         if mid_attention is None:
             mid_attention = bool(self.attention_levels)
+        self.transformer_levels = attention_level_set(
+            len(self.channel_mults), transformer_resolutions, transformer_levels, image_size,
+            name="transformer",
+        )
+        mid_transformer = _check_context(context_dim, self.transformer_levels, mid_transformer)
+        self.context_dim = context_dim
         emb_dim = 4 * base_channels if emb_dim is None else emb_dim
         self.emb_dim = emb_dim
 
@@ -213,6 +254,19 @@ class UNet(nn.Module):
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, num_heads, num_head_channels, groups)
 
+        def xformer(ch: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, int(context_dim or 0), depth=transformer_depth,
+                                      num_heads=transformer_heads, groups=groups)
+
+        def after_res(level: int, ch: int) -> list[nn.Module]:
+            """The blocks that follow each ResBlock at ``level``: [Attention][Transformer]."""
+            layers: list[nn.Module] = []
+            if level in self.attention_levels:
+                layers.append(attn(ch))
+            if level in self.transformer_levels:
+                layers.append(xformer(ch))
+            return layers
+
         def down(ch: int) -> nn.Module:
             return res(ch, ch, down=True) if resblock_updown else Downsample(ch)
 
@@ -228,8 +282,7 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks):
                 layers: list[nn.Module] = [res(ch, base_channels * mult)]
                 ch = base_channels * mult
-                if level in self.attention_levels:
-                    layers.append(attn(ch))
+                layers += after_res(level, ch)
                 self.down_blocks.append(EmbedSequential(*layers))
                 skip_chs.append(ch)
             if level < last:
@@ -237,15 +290,19 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
 
         mid: list[nn.Module] = [res(ch, ch), attn(ch), res(ch, ch)]
-        self.mid_block = EmbedSequential(*(mid if mid_attention else mid[::2]))
+        mid = mid if mid_attention else mid[::2]
+        if mid_transformer:
+            mid.insert(-1, xformer(ch))
+        self.mid_block = EmbedSequential(*mid)
         self.encoder_channels = ch  # channels of :meth:`encode`'s output
         self.up_blocks = nn.ModuleList()
         self.out = None
         if decoder:
-            self._build_decoder(ch, skip_chs, base_channels, groups, res, attn, up)
+            self._build_decoder(ch, skip_chs, base_channels, groups, res, after_res, up)
 
     def _build_decoder(self, ch: int, skip_chs: list[int], base_channels: int, groups: int,
-                       res: Callable[..., nn.Module], attn: Callable[[int], nn.Module],
+                       res: Callable[..., nn.Module],
+                       after_res: Callable[[int, int], list[nn.Module]],
                        up: Callable[[int], nn.Module]) -> None:
         """Decoder: each EmbedSequential consumes one skip; levels end with an upsampler."""
         num_res_blocks = self.num_res_blocks
@@ -253,8 +310,7 @@ class UNet(nn.Module):
             for i in range(num_res_blocks + 1):
                 layers = [res(ch + skip_chs.pop(), base_channels * mult)]
                 ch = base_channels * mult
-                if level in self.attention_levels:
-                    layers.append(attn(ch))
+                layers += after_res(level, ch)
                 if level > 0 and i == num_res_blocks:
                     layers.append(up(ch))
                 self.up_blocks.append(EmbedSequential(*layers))
@@ -309,37 +365,88 @@ class UNet(nn.Module):
             )
         return emb + self.label_embed(y).to(emb.dtype)  # (B, emb_dim)
 
-    def encode(self, x: Tensor, t: Tensor,
-               y: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+    def encode(self, x: Tensor, t: Tensor, y: Tensor | None = None, *,
+               context: Tensor | None = None,
+               context_mask: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
         """The encoder half: ``(h, skips, emb)`` with h ``(B, encoder_channels, H / m, W / m)``
-        after the middle block, the skip activations and the conditioning ``(B, emb_dim)``."""
+        after the middle block, the skip activations and the conditioning ``(B, emb_dim)``.
+
+        ``context`` ``(B, L, context_dim)`` and ``context_mask`` ``(B, L)`` bool feed the
+        spatial transformers (see :meth:`forward`)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         self.check_image_size(x.shape[-2], x.shape[-1])
+        self.check_context(x.shape[0], context, context_mask)
         emb = self.embed(t, y)  # (B, emb_dim)
         h = self.conv_in(x)  # (B, base, H, W)
         skips = [h]
         for block in self.down_blocks:
-            h = block(h, emb)
+            h = block(h, emb, context, context_mask)
             skips.append(h)
-        return self.mid_block(h, emb), skips, emb
+        return self.mid_block(h, emb, context, context_mask), skips, emb
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def check_context(self, batch: int, context: Tensor | None,
+                      context_mask: Tensor | None) -> None:
+        """Raise ``ValueError`` unless ``context`` / ``context_mask`` suit this net.
+
+        ``context`` must be ``(batch, L, context_dim)`` (only for nets built with
+        ``context_dim``); ``context_mask``, only with a context, ``(batch, L)`` bool.
+        """
+        if context is None:
+            if context_mask is not None:
+                raise ValueError("UNet got context_mask without context; pass both or neither")
+            return
+        if self.context_dim is None:
+            raise ValueError("UNet got a context but was built with context_dim=None; "
+                             "set context_dim and transformer_levels to condition on tokens")
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.context_dim:
+            raise ValueError(f"UNet expects context of shape ({batch}, L, {self.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        if context_mask is not None and (context_mask.dtype != torch.bool
+                                         or context_mask.shape != context.shape[:2]):
+            raise ValueError(f"UNet expects context_mask as bool ({batch}, {context.shape[1]}) "
+                             f"(True = attend), got {context_mask.dtype} "
+                             f"{tuple(context_mask.shape)}")
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, *,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         """Predict from noisy images ``x`` ``(B, C, H, W)`` at timesteps ``t`` ``(B,)``.
 
         ``y`` ``(B,)``: optional class labels (class-conditional nets only, see :meth:`embed`).
+        ``context`` ``(B, L, context_dim)``: token context for the spatial transformers'
+        cross-attention (Rombach et al. 2022, Sec. 3.3), with ``context_mask`` ``(B, L)``
+        bool (True = attend; ``None`` = all tokens). ``context=None`` skips the
+        cross-attention (the unconditional path).
 
         Returns:
             Tensor of shape ``(B, out_channels, H, W)``.
         """
         if self.out is None:
             raise ValueError("this UNet was built without a decoder (decoder=false): use encode")
-        h, skips, emb = self.encode(x, t, y)
+        h, skips, emb = self.encode(x, t, y, context=context, context_mask=context_mask)
         for block in self.up_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h)  # (B, out_channels, H, W)
+
+
+def _check_context(context_dim: int | None, levels: frozenset[int],
+                   mid_transformer: bool | None) -> bool:
+    """Resolve ``mid_transformer`` and check it and ``levels`` against ``context_dim``."""
+    if mid_transformer is None:
+        mid_transformer = bool(levels)
+    wanted = bool(levels) or bool(mid_transformer)
+    if wanted and context_dim is None:
+        raise ValueError("UNet: spatial transformers (transformer_levels / transformer_resolutions "
+                         "/ mid_transformer) need context_dim; set context_dim to the text "
+                         "encoder's width")
+    if context_dim is not None and not wanted:
+        raise ValueError(f"UNet: context_dim={context_dim} but no spatial transformer; set "
+                         "transformer_levels or transformer_resolutions (or mid_transformer=true)")
+    if context_dim is not None and context_dim < 1:
+        raise ValueError(f"UNet context_dim must be >= 1 or None, got {context_dim}")
+    return bool(mid_transformer)
 
 
 def _out_channels(in_channels: int, out_channels: int | None, learn_sigma: bool) -> int:

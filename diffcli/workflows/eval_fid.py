@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
-from diffcli.diffusion.generate import CountingNet, compact_seeds
+from diffcli.data.datamodule import collate
+from diffcli.diffusion.generate import CountingNet, compact_seeds, to_uint8
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.eval.cache import RefStats, default_cache_dir, reference_key, reference_statistics
 from diffcli.eval.extractors import INCEPTION, STANDIN_WARNING, Extractor, open_extractor
@@ -41,6 +43,7 @@ from diffcli.eval.images import (
     open_samples,
     require_square,
     size_text,
+    to_rgb,
 )
 from diffcli.eval.metrics import (
     NEEDS_REF_FEATURES,
@@ -51,12 +54,17 @@ from diffcli.eval.metrics import (
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import atomic_write_text, dumps_json
 from diffcli.guide import Guidance, guide
+from diffcli.lit.module import batch_data
 from diffcli.runs import (
     autocast,
+    build_datamodule,
     check_precision,
+    load_checkpoint,
     make_sampler,
     open_run,
     pick_device,
+    read_autoencoder,
+    restore_autoencoder,
     sampler_name,
 )
 from diffcli.viz.plots import plot_sweep
@@ -122,6 +130,8 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
     """A trained run: sample seed set k on demand with the configured sampler (and guidance:
     classes balanced over the n images, :func:`diffcli.guide.class_labels`)."""
     ckpt = _checkpoint(cfg)
+    if load_checkpoint(ckpt).task == "autoencoder":
+        return _reconstruction_side(cfg, ckpt, n, device)
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
     guided = guide(opened, guidance or Guidance(), device)
     labels = guided.labels(n, cyclic=True)
@@ -136,9 +146,10 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
     check_precision(precision, device)
 
     def batches(k: int) -> Iterator[Tensor]:
-        return generated_batches(sampler, guided.denoiser, info.shape, seed_set(k, n),
+        return generated_batches(sampler, guided.denoiser, opened.sample_shape, seed_set(k, n),
                                  int(cfg.batch_size), device, lambda: autocast(precision, device),
-                                 labels=labels)
+                                 labels=labels,
+                                 decode=opened.decode if opened.codec is not None else None)
 
     stem = "" if ckpt.name == "last.ckpt" else f"-{ckpt.stem}"
     out = ckpt.parent.parent / "eval" / (f"fid-{name}-{steps}{guided.tag}-n{n}{stem}"
@@ -156,6 +167,41 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
                 f"steps, {opened.weights} weights, {size_text(info.shape[-2:])}{guided_text})")
     return FakeSide(tuple(info.shape[-2:]), n, batches, lambda k: compact_seeds(seed_set(k, n)),
                     out, meta, dict(opened.run.config["dataset"]), opened.counter, announce)
+
+
+def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.device) -> FakeSide:
+    """An autoencoder: its reconstructions of the first ``n`` images of its dataset (rFID,
+    Rombach et al. 2022, Table 8), with their mean PSNR and SSIM in the record."""
+    from diffcli.lit.autoencoder_module import psnr_ssim
+    from diffcli.workflows.reconstruct import reconstructions
+
+    if int(cfg.repeats) != 1:
+        raise DiffcliError(f"repeats={cfg.repeats}: an autoencoder's reconstructions are one "
+                           "fixed set of images; use repeats=1")
+    run = read_autoencoder(ckpt)
+    net = restore_autoencoder(run, device, use_ema=bool(cfg.use_ema))
+    dm = build_datamodule(run.config["dataset"])
+    n = min(n, dm.num_samples)
+    meta: dict[str, Any] = {"checkpoint": str(ckpt.resolve()), "global_step": run.global_step,
+                            "reconstructions": True}
+    sums = {"psnr": 0.0, "ssim": 0.0}
+
+    def batches(k: int) -> Iterator[Tensor]:
+        size, done = int(cfg.batch_size), 0
+        for batch in DataLoader(Subset(dm.dataset, range(n)), batch_size=size, collate_fn=collate):
+            x = batch_data(batch)
+            recon = reconstructions(net, x, size, device)
+            done += len(x)
+            for key, value in psnr_ssim(x, recon).items():
+                sums[key] += value * len(x)
+            meta.update({key: total / done for key, total in sums.items()})
+            yield to_rgb(to_uint8(recon))
+
+    shape = tuple(dm.data_shape[-2:])
+    out = ckpt.parent.parent / "eval" / f"rfid-n{n}{_suffix(cfg)}.json"
+    announce = f"reconstructing {n} images of {ckpt} ({size_text(shape)}): rFID"
+    return FakeSide(shape, n, batches, lambda k: f"first {n} images", out, meta,
+                    dict(run.config["dataset"]), None, announce)
 
 
 def _reference_source(cfg: DictConfig, fake: FakeSide) -> tuple[Callable[[], ImageSource], dict]:
@@ -305,6 +351,9 @@ def _evaluate_one(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics
     atomic_write_text(out, dumps_json(record))
     title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
     Console().print(_table(record["summary"], repeats, title))
+    if fake.meta.get("reconstructions"):
+        console.print(f"reconstructions: PSNR {fake.meta['psnr']:.2f} dB, SSIM "
+                      f"{fake.meta['ssim']:.4f} (mean of {fake.n} images)")
     return out, record
 
 

@@ -70,8 +70,16 @@ def load_items(cfg: DictConfig, opened: OpenedRun) -> Items:
     if len(data) < n:
         raise DiffcliError(f"n={n}, but dataset={node.get('name')} split "
                            f"{node.get('split', 'train')} has {len(data)} items: lower n")
-    return Items(data[:n].float(), str(node.get("split", "train")), str(node.get("name")),
-                 dm.kind)
+    x0 = data[:n].float()
+    if opened.codec is not None:  # latent diffusion: the likelihood of the scaled latents
+        x0 = torch.cat([opened.codec.encode(x0[i:i + 256].to(_device(opened.codec))).cpu()
+                        for i in range(0, n, 256)])
+        return Items(x0, str(node.get("split", "train")), str(node.get("name")), "latent")
+    return Items(x0, str(node.get("split", "train")), str(node.get("name")), dm.kind)
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def resolve_options(decoder: str, variance: str, kind: str, learned: bool,
@@ -81,8 +89,9 @@ def resolve_options(decoder: str, variance: str, kind: str, learned: bool,
     if decoder == "auto":
         decoder = "discrete" if kind == "image" else "continuous"
     if decoder == "discrete" and kind != "image":
+        what = "latents (latent diffusion)" if kind == "latent" else "2-D points"
         raise DiffcliError(f"decoder=discrete is the 256-bin decoder of 8-bit images, but "
-                           f"{where} models 2-D points: use decoder=continuous (or auto)")
+                           f"{where} models {what}: use decoder=continuous (or auto)")
     if variance == "learned" and not learned:
         raise DiffcliError(f"variance=learned, but {where} has no learned variances (train "
                            "with model.learn_sigma=true); use variance=beta or beta_tilde")
@@ -179,7 +188,11 @@ def _versions() -> dict[str, str]:
 
 
 def _table(results: dict[str, dict[str, float]], items: Items) -> Table:
-    table = Table(title=f"NLL of {items.dataset} split={items.split}, n={len(items.x0)}")
+    what = items.dataset
+    if items.kind == "latent":
+        shape = "x".join(map(str, items.x0.shape[1:]))
+        what = f"the {shape} latents of {items.dataset} (bits per latent dim, not per pixel)"
+    table = Table(title=f"NLL of {what} split={items.split}, n={len(items.x0)}")
     for col in ("method", "bits/dim", "95% interval"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for method, r in results.items():
@@ -194,7 +207,8 @@ def eval_nll(cfg: DictConfig) -> Path:
     device = pick_device(str(cfg.device))
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
-    decoder, variance = resolve_options(str(cfg.decoder), str(cfg.variance), opened.info.kind,
+    kind = "latent" if opened.codec is not None else opened.info.kind
+    decoder, variance = resolve_options(str(cfg.decoder), str(cfg.variance), kind,
                                         opened.run.learned_variance, ckpt)
     items = load_items(cfg, opened)
     methods = ["vlb", "ode"] if cfg.method == "both" else [str(cfg.method)]
@@ -224,6 +238,10 @@ def eval_nll(cfg: DictConfig) -> Path:
               "dataset": items.dataset, "checkpoint": str(ckpt.resolve()),
               "global_step": opened.run.global_step, "weights": opened.weights,
               "seed": int(cfg.seed), "versions": _versions(), "device": str(device),
+              "space": "latent" if items.kind == "latent" else "data",
+              **({"latent_shape": list(items.x0.shape[1:]),
+                  "note": "bits per dimension of the scaled latents s E(x), not of pixels"}
+                 if items.kind == "latent" else {}),
               "seconds": round(time.perf_counter() - started, 1)}
     out = Path(str(cfg.out)).expanduser() if cfg.out else \
         eval_dir / f"nll-{cfg.method}-{stem}.json"

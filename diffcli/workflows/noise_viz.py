@@ -57,6 +57,15 @@ class Reverse:
     global_step: int
     guided: Any = None  # a GuidedRun of one class (guidance keys given), else None
     unguided: Denoiser | None = None  # what it is compared with: w = 0 / no classifier
+    opened: Any = None  # the OpenedRun (latent models: its codec decodes the pictures)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents (..., c, h, w) as images (..., C, H, W) for a latent model; else z."""
+        if self.opened is None or self.opened.codec is None:
+            return z
+        lead = z.shape[:-3]
+        x = self.opened.decode(z.reshape(-1, *z.shape[-3:]))
+        return x.reshape(*lead, *x.shape[-3:])
 
 
 def _as_list(value: object) -> list:
@@ -181,14 +190,16 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
                            "trained on images (e.g. dataset=digits)")
     sampler, _ = make_sampler(cfg.sampler, opened.schedule, steps=cfg.steps,
                               clip_denoised=True, run=opened.run)
-    rev = Reverse(ckpt, sampler, opened.denoiser, opened.info.shape, device,
-                  sampler_name(sampler_choice(), sampler), opened.run.global_step)
+    rev = Reverse(ckpt, sampler, opened.denoiser, opened.sample_shape, device,
+                  sampler_name(sampler_choice(), sampler), opened.run.global_step,
+                  opened=opened)
     keys = guidance_keys(cfg)
     if keys.used:
         rev.guided = guide(opened, keys, device)
         rev.guided.classes = rev.guided.classes[:1]  # one class, next to the unguided process
         unguided = dataclasses.replace(keys, scale=0.0, classifier=None, classifier_scale=None,
                                        classes=None)
+        unguided = dataclasses.replace(unguided, prompt=None)
         rev.unguided = guide(opened, unguided, device).denoiser
     return rev
 
@@ -240,11 +251,14 @@ def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
         finals.append(generate(rev.sampler, denoiser, rev.shape, seeds, n, rev.device,
                                trajectory=trajs[-1], labels=labels))
     t = trajs[0].t
-    x_t = torch.cat([torch.stack(tr.x_t) for tr in trajs], dim=1)  # (K, runs * N, C, H, W)
-    x0 = torch.cat([torch.stack(tr.x0) for tr in trajs], dim=1)
+    x_t = rev.decode(torch.cat([torch.stack(tr.x_t) for tr in trajs], dim=1))  # (K, runs N, ...)
+    x0 = rev.decode(torch.cat([torch.stack(tr.x0) for tr in trajs], dim=1))
+    finals = [rev.decode(f) for f in finals]
     names = [f"{name}\nseed {s}" for _, _, name in runs for s in seeds] if len(runs) > 1 else None
     cols = evenly_spaced(_positive(cfg.reverse_columns, "reverse_columns"), len(t))
     title = f"reverse process: {rev.name}, {len(t)} steps, checkpoint at step {rev.global_step}"
+    if rev.opened is not None and rev.opened.codec is not None:
+        title += " (latents, shown decoded)"
     written = [plot_reverse([t[c] for c in cols], x_t[cols], x0[cols], out / "reverse.png",
                             title=title, total_steps=len(t), steps=cols, final=torch.cat(finals),
                             row_names=names)]
@@ -253,8 +267,41 @@ def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
     return written
 
 
+def draw_latent_forward(cfg: DictConfig, rev: Reverse, timesteps: list[int], out: Path) -> Path:
+    """forward-latent.png of a latent diffusion run: its own images noised in pixel space and in
+    its latent space (z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, shown decoded, D(z_t / s)),
+    one row each, under the run's schedule (Rombach et al. 2022)."""
+    from diffcli.diffusion.process import q_sample
+    from diffcli.runs import build_datamodule
+
+    opened = rev.opened
+    schedule = opened.schedule
+    T = schedule.num_timesteps
+    ts = sorted({min(T - 1, round(t * (T - 1) / max(1, int(cfg.num_timesteps) - 1)))
+                 for t in timesteps})
+    x0, _ = build_datamodule(opened.run.config["dataset"]).head(_positive(cfg.num_images,
+                                                                          "num_images"))
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    z0 = opened.codec.encode(x0.to(rev.device)).cpu()
+    t = torch.tensor(ts).repeat(len(x0))  # (N * K,) image-major
+    pixels = q_sample(schedule, x0.repeat_interleave(len(ts), 0), t,
+                      torch.randn((len(t), *x0.shape[1:]), generator=gen))
+    latents = q_sample(schedule, z0.repeat_interleave(len(ts), 0), t,
+                       torch.randn((len(t), *z0.shape[1:]), generator=gen))
+    rows = torch.stack([pixels, opened.decode(latents)]).reshape(2, len(x0), len(ts),
+                                                                 *x0.shape[1:])
+    abar = schedule.alphas_cumprod[ts].repeat(2, 1)
+    shape = "x".join(map(str, z0.shape[1:]))
+    return plot_forward_grid(rows, ["pixel space", f"latent {shape}\n(decoded)"], ts, abar,
+                             out / "forward-latent.png",
+                             title=f"noise in pixel space vs in the autoencoder's latent space "
+                                   f"(decoded), {schedule.name} T = {T}")
+
+
 def _guided_name(guided: Any) -> str:
     """"class 7 (seven), w=3" for the rows of the guided process."""
+    if "prompts" in guided.meta:
+        return f'"{guided.meta["prompts"][0]}", w={guided.meta["guidance"]:g}'
     c = guided.classes[0]
     name = f"class {c}"
     if guided.class_names and guided.class_names[c] != str(c):
@@ -300,6 +347,8 @@ def _noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
     written = draw_forward(cfg, x0, schedules, names, timesteps, out)
     if rev is not None:
         written += draw_reverse(cfg, rev, out)
+        if rev.opened.codec is not None:
+            written.append(draw_latent_forward(cfg, rev, timesteps, out))
     console.print(f"[green]wrote[/] {', '.join(p.name for p in written)} to {out}/",
                   soft_wrap=True)
     return out

@@ -32,6 +32,7 @@ from diffcli.runs import (
     check_sampler_variance,
     find_latest_checkpoint,
     load_checkpoint,
+    read_autoencoder,
     require_diffusion,
     run_roots,
 )
@@ -93,10 +94,50 @@ def _train_loss(cfg: DictConfig) -> None:
         raise UsageError(str(e)) from None
 
 
+def _train_latent(cfg: DictConfig) -> None:
+    """The latent and text keys: which task takes them, an autoencoder checkpoint that is one,
+    a pretrained folder that exists; text conditioning and class labels are exclusive."""
+    from diffcli.workflows.latent import latent_source
+
+    task = cfg.get("task", "diffusion")
+    text = cfg.get("text_encoder") is not None
+    try:
+        source = latent_source(cfg)
+    except DiffcliError as e:
+        raise UsageError(str(e)) from None
+    if task != "diffusion" and (source is not None or text):
+        raise UsageError(f"task={task} takes no latent= or text_encoder=: those are for the "
+                         "diffusion model (task=diffusion)")
+    if task != "autoencoder" and cfg.get("autoencoder") is not None:
+        raise UsageError("autoencoder= picks the network of task=autoencoder; to train diffusion "
+                         "in an autoencoder's latent space pass latent=<its checkpoint>")
+    if text and cfg.get("conditional"):
+        raise UsageError("conditional=true (class labels) and text_encoder= (captions) are two "
+                         "kinds of conditioning: pick one")
+    if source is None:
+        return
+    path, pretrained = source
+    if pretrained:
+        if not Path(path).expanduser().is_dir():
+            raise UsageError(f"latent.pretrained={path}: no such folder; give the local folder "
+                             "of a diffusers AutoencoderKL (config.json + weights)")
+        return
+    if not Path(path).is_file():
+        raise UsageError(f"latent={path}: no such autoencoder checkpoint; train one with "
+                         "`diffcli train task=autoencoder`")
+    try:
+        read_autoencoder(path)
+    except CheckpointError:
+        raise
+    except DiffcliError as e:
+        raise UsageError(str(e)) from None
+
+
 def _train(cfg: DictConfig) -> None:
     from diffcli.workflows.rundir import check_run_dir
     from diffcli.workflows.train import check_resumable, resume_path
 
+    _train_latent(cfg)
     _train_labels(cfg)
     _train_loss(cfg)
     resume = resume_path(cfg, here=None)
@@ -108,7 +149,7 @@ def _train(cfg: DictConfig) -> None:
 
 
 GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "loss", "optimizer",
-          "lr_scheduler")
+          "lr_scheduler", "autoencoder", "text_encoder")
 CHEAP = ("schedule", "sampler", "loss", "optimizer", "lr_scheduler")  # built to run their checks
 
 
@@ -178,8 +219,9 @@ def _check_nll(command: str, cfg: DictConfig, run: LoadedRun) -> None:
 
     require_diffusion(run)
     try:
-        resolve_options(str(cfg.decoder), str(cfg.variance), run.data_info().kind,
-                        run.learned_variance, run.path)
+        kind = "latent" if run.latent is not None else run.data_info().kind
+        resolve_options(str(cfg.decoder), str(cfg.variance), kind, run.learned_variance,
+                        run.path)
     except DiffcliError as e:
         raise UsageError(str(e)) from None
 
@@ -189,6 +231,8 @@ def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
     from diffcli.workflows.eval_fid import guidance_sweep
     from diffcli.workflows.sample import guidance_keys, parse_seeds
 
+    if run.task == "autoencoder" and command in ("sample", "eval_fid"):
+        return  # reconstructions: the workflow checks its own keys
     try:
         require_diffusion(run)
         sampler = _group(cfg, "sampler") or {}

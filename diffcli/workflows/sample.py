@@ -33,6 +33,7 @@ from diffcli.runs import (
     build_datamodule,
     check_precision,
     find_latest_checkpoint,
+    load_checkpoint,
     make_sampler,
     open_run,
     pick_device,
@@ -116,13 +117,15 @@ def draw_with_progress(sampler: Sampler, opened: OpenedRun, seeds: list[int], ba
                        show: bool = True, denoiser: Denoiser | None = None,
                        labels: Tensor | None = None) -> Tensor:
     """:func:`diffcli.diffusion.generate.generate` with a progress bar (``denoiser``: a guided
-    one, default the run's; ``labels`` (N,): each seed's class). (N, *shape)"""
+    one, default the run's; ``labels`` (N,): each seed's class, or (N, L) its prompt's
+    tokens); a latent model's samples decoded to images. (N, *shape)"""
     denoiser = denoiser or opened.denoiser
     total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
     bar, task = progress_bar(total, show)
     with bar:
-        return generate(sampler, denoiser, opened.info.shape, seeds, batch_size, device,
-                        trajectory=trajectory, on_step=lambda: bar.advance(task), labels=labels)
+        z = generate(sampler, denoiser, opened.sample_shape, seeds, batch_size, device,
+                     trajectory=trajectory, on_step=lambda: bar.advance(task), labels=labels)
+    return opened.decode(z, batch_size)
 
 
 def guidance_keys(cfg: DictConfig) -> Guidance:
@@ -131,7 +134,8 @@ def guidance_keys(cfg: DictConfig) -> Guidance:
     return Guidance(scale=cfg.get("guidance"), classes=plain(cfg.get("classes")),
                     classifier=cfg.get("classifier"), classifier_scale=cfg.get("classifier_scale"),
                     interval=None if interval is None else [float(v) for v in interval],
-                    rescale=float(cfg.get("guidance_rescale") or 0.0))
+                    rescale=float(cfg.get("guidance_rescale") or 0.0),
+                    prompt=plain(cfg.get("prompt")))
 
 
 @dataclass
@@ -194,14 +198,18 @@ def write(req: Request, cfg: DictConfig, x: Tensor, trajectory: Trajectory | Non
             "checkpoint": str(req.opened.ckpt), "global_step": req.opened.run.global_step,
             "weights": req.opened.weights, "clip_denoised": req.clip,
             "precision": str(cfg.precision), "processes": world, **req.guided.meta}
-    if req.guided.class_names is not None and req.guided.classes is not None:
+    if req.guided.class_names is not None and req.guided.classes is not None \
+            and req.guided.tokens is None:
         meta["class_names"] = [req.guided.class_names[c] for c in req.guided.classes]
     rows = None if req.labels is None else math.ceil(len(seeds) / len(req.guided.classes or [1]))
     image = req.opened.info.kind == "image"
     data = None if image else build_datamodule(req.opened.run.config["dataset"]).data
+    labels = req.labels if req.guided.tokens is None else req.guided.indices(len(seeds))
+    if req.guided.tokens is not None:  # samples.npz: labels = the prompt number of each image
+        meta["prompts"] = list(req.guided.meta["prompts"])
     with req.folder as tmp:  # all or nothing: the folder appears only once complete
         if data is None:
-            _save_images(x, seeds, tmp, req.labels, per_row=rows)
+            _save_images(x, seeds, tmp, labels, per_row=rows)
         else:  # the training points, drawn behind the samples
             _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}{_guided(req)}",
                          req.labels)
@@ -220,6 +228,12 @@ def sample(cfg: DictConfig) -> Path:
     """Sample from a trained run; returns the output folder."""
     rank, world = _init_distributed()
     device = pick_device(cfg.device)
+    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
+    if load_checkpoint(ckpt).task == "autoencoder":
+        from diffcli.workflows.reconstruct import reconstruct
+
+        return reconstruct(cfg, ckpt, device)
+    cfg.ckpt = str(ckpt)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     req = resolve(cfg, device)
@@ -263,6 +277,10 @@ def _guided(req: Request) -> str:
     meta = req.guided.meta
     if req.guided.classes is None:
         return ""
+    if "prompts" in meta:
+        shown = "; ".join(f'"{p}"' for p in meta["prompts"][:3])
+        more = f" (+{len(meta['prompts']) - 3})" if len(meta["prompts"]) > 3 else ""
+        return f", prompt {shown}{more}, guidance {meta['guidance']:g}"
     text = f", classes {compact_seeds(req.guided.classes)}"
     if "guidance" in meta:
         text += f", guidance {meta['guidance']:g}"

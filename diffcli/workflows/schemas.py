@@ -103,6 +103,7 @@ GUIDANCE: dict[str, Key] = {
                              "(Kynkaanniemi et al. 2024)"),
     "guidance_rescale": Key(float | int, "phi of Lin et al. 2024's rescaled guidance", ge=0,
                             le=1),
+    "prompt": Key(str | list | None, "a text-to-image model's caption(s): one grid row each"),
 }
 
 SCHEMAS: dict[str, dict[str, Key]] = {
@@ -113,7 +114,10 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "runs_root": Key(str, "where runs go (and where resume=auto looks)", nonempty=True),
         "conditional": Key(bool, "class-conditional on the dataset's labels (classifier-free "
                            "guidance training)"),
-        "task": Key(str, "diffusion | classifier", choices=("diffusion", "classifier")),
+        "task": Key(str, "diffusion | classifier | autoencoder",
+                    choices=("diffusion", "classifier", "autoencoder")),
+        "latent": Key(dict, "latent diffusion: ckpt= an autoencoder checkpoint or pretrained= "
+                      "a diffusers AutoencoderKL folder; cache, scale_factor, sample"),
     },
     "sample": {
         **COMMON_SAMPLING,

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from diffcli.components import build, plain, resolve_target
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
+from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
 from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
@@ -26,17 +27,20 @@ from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
+    build_autoencoder,
     build_datamodule,
     build_net,
     find_latest_checkpoint,
     load_checkpoint,
     run_roots,
 )
+from diffcli.workflows.latent import LatentSpace, latent_space
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
-MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss")  # and what the network predicts
+MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "text_encoder",
+                        "autoencoder")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
                         "cache")
@@ -194,21 +198,48 @@ def data_description(dm: Any, num_classes: int | None) -> dict[str, Any]:
     return info
 
 
-def _module(cfg: DictConfig, dm: Any) -> L.LightningModule:
-    """The ``module`` group built around the network, schedule, optimizer and LR schedule."""
+def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.LightningModule:
+    """The ``module`` group built around the network, schedule, optimizer and LR schedule
+    (and, for latent diffusion, the latent space)."""
+    if cfg.get("task") == "autoencoder":
+        return _autoencoder_module(cfg, dm)
     num_classes = check_labels(cfg, dm)
-    net = build_net(cfg.model, dm.data_shape, num_classes=num_classes)
+    shape = space.info.shape if space is not None else dm.data_shape
+    net = build_net(cfg.model, shape, num_classes=num_classes,
+                    text_encoder_cfg=cfg.get("text_encoder"))
     channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
-    loss = {"loss": build("loss", cfg.loss)} if cfg.get("loss") and \
-        cfg.get("task", "diffusion") == "diffusion" else {}
+    extra: dict[str, Any] = {}
+    if cfg.get("loss") and cfg.get("task", "diffusion") == "diffusion":
+        extra["loss"] = build("loss", cfg.loss)
+    data_info = data_description(dm, num_classes)
+    if space is not None:
+        extra |= {"latent": space.codec, "latent_cached": space.cached}
+        data_info["latent"] = space.info.describe()
     return build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
                  optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
-                 channels_last=channels_last, **loss,
-                 run_config=OmegaConf.to_container(cfg, resolve=True),
-                 data_info=data_description(dm, num_classes))
+                 channels_last=channels_last, **extra,
+                 run_config=OmegaConf.to_container(cfg, resolve=True), data_info=data_info)
+
+
+def _autoencoder_module(cfg: DictConfig, dm: Any) -> L.LightningModule:
+    """The autoencoder stage (``task=autoencoder``): the ``autoencoder`` group's network in the
+    ``module`` group's AutoencoderModule."""
+    if dm.kind != "image":
+        raise DiffcliError("task=autoencoder needs images; this dataset has 2-D points")
+    net = build_autoencoder(cfg.autoencoder, dm.data_shape)
+    lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    module = build("module", cfg.module, net=net, optimizer=build("optimizer", cfg.optimizer),
+                   lr_scheduler=lr_scheduler, run_config=OmegaConf.to_container(cfg, resolve=True),
+                   data_info=data_description(dm, None))
+    source, which = _held_out(cfg, dm)
+    module.eval_batch = source.head(module.eval_images)[0] if module.eval_images else None
+    module.eval_source = which
+    if getattr(module, "perceptual_note", None):
+        console.print(f"[yellow]note[/]: {module.perceptual_note}")
+    return module
 
 
 def train(cfg: DictConfig) -> Path:
@@ -231,8 +262,13 @@ def train(cfg: DictConfig) -> Path:
 def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop) -> Path:
     start = check_resumable(resume, cfg) if resume else 0
     L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
-    dm = build_datamodule(cfg.dataset, download_ok=True)
-    module = _module(cfg, dm)
+    dm = build_datamodule(cfg.dataset, download_ok=True,
+                          captions=bool(cfg.get("text_encoder")) and cfg.get("task") == "diffusion")
+    space = latent_space(cfg, dm, load_checkpoint(resume) if resume else None) \
+        if cfg.get("task", "diffusion") == "diffusion" else None
+    module = _module(cfg, dm, space)
+    if space is not None:
+        dm = space.datamodule
     trainer = _trainer(cfg, run_dir, stop)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
@@ -251,6 +287,11 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     trainer.save_checkpoint(last)
     if trainer.is_global_zero and isinstance(module, ClassifierModule) and module.eval_images:
         _report_accuracy(cfg, dm, module)
+    if trainer.is_global_zero and isinstance(module, AutoencoderModule) and \
+            module.eval_batch is not None:
+        metrics = module.reconstruction_metrics()
+        console.print(f"reconstruction of {len(module.eval_batch)} images ({module.eval_source}):"
+                      f" PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     _end_process_group()  # every rank, before any prints "done" and exits
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
@@ -259,6 +300,8 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     if trainer.is_global_zero:
         after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
                  "diffusion run)" if isinstance(module, ClassifierModule)
+                 else f"[bold]diffcli train latent={last}[/] (latent diffusion), or [bold]diffcli "
+                 f"sample ckpt={last}[/] (reconstructions)" if isinstance(module, AutoencoderModule)
                  else "[bold]diffcli sample[/] (uses this run)")
         console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
                       f"next: {after}")
@@ -303,10 +346,15 @@ def _announce(cfg: DictConfig, dm: Any, module: DiffusionModule, trainer: L.Trai
     world = trainer.world_size
     accum = trainer.accumulate_grad_batches
     per_device = dm.batch_size
+    schedule = getattr(module, "schedule", None)
+    what = f"{schedule.name} schedule T={schedule.num_timesteps}" if schedule is not None \
+        else f"latents {tuple(module.net.latent_shape)}"
+    latent = getattr(module, "latent_shape", None)
+    shape = tuple(latent) if latent else tuple(dm.data_shape)
     console.print(
-        f"[bold]diffcli train[/] {cfg.dataset.name} {tuple(dm.data_shape)} x {dm.num_samples} | "
+        f"[bold]diffcli train[/] {cfg.dataset.name} {shape} x {dm.num_samples} | "
         f"{type(module.net).__name__} {count_parameters(module.net):,} parameters | "
-        f"{module.schedule.name} schedule T={module.schedule.num_timesteps} | batch "
+        f"{what} | batch "
         f"{per_device} per device x {world} device(s) x {accum} accumulation = "
         f"{per_device * world * accum} | precision {trainer.precision} | run dir {run_dir}")
     if resume:
