@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["LatentCodec", "PretrainedAutoencoder", "file_sha256", "folder_sha256",
-           "load_pretrained_autoencoder", "scale_factor_of"]
+           "load_pretrained_autoencoder", "pretrained_folder", "pretrained_sha256",
+           "scale_factor_of"]
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -51,6 +52,21 @@ def folder_sha256(files: Iterable[Path]) -> str:
         digest.update(path.name.encode())
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()
+
+
+def pretrained_folder(folder: str | Path) -> tuple[Path, Path, list[Path]]:
+    """(the model folder - a pipeline's ``vae/`` when there is one -, its config.json, its
+    weight files present)."""
+    path = Path(folder).expanduser()
+    if (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    return path, path / "config.json", [path / n for n in WEIGHT_NAMES if (path / n).is_file()]
+
+
+def pretrained_sha256(folder: str | Path) -> str | None:
+    """The SHA-256 of a diffusers model folder's config and weights (None: not such a folder)."""
+    _, config, weights = pretrained_folder(folder)
+    return folder_sha256([config, *weights]) if config.is_file() and weights else None
 
 
 class LatentCodec(nn.Module):
@@ -149,15 +165,11 @@ def load_pretrained_autoencoder(folder: str | Path,
     """A diffusers ``AutoencoderKL`` from a local ``folder`` (its ``config.json`` and weights;
     a pipeline folder's ``vae/`` sub-folder is used when present), with no network access;
     returns (the autoencoder, the SHA-256 of its weights)."""
-    path = Path(folder).expanduser()
-    if (path / "vae" / "config.json").is_file():
-        path = path / "vae"
+    path, config, weights = pretrained_folder(folder)
     if not path.is_dir():
         raise ValueError(f"latent.pretrained={folder}: no such folder; give the local folder of a "
                          "diffusers AutoencoderKL (config.json + diffusion_pytorch_model."
                          "safetensors), e.g. Stable Diffusion's vae/")
-    weights = [path / n for n in WEIGHT_NAMES if (path / n).is_file()]
-    config = path / "config.json"
     if not config.is_file() or not weights:
         raise ValueError(f"latent.pretrained={folder} is not a diffusers AutoencoderKL folder "
                          "(needs config.json and diffusion_pytorch_model.safetensors)")

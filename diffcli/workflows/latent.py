@@ -34,6 +34,7 @@ from diffcli.nets.latent import (
     LatentCodec,
     file_sha256,
     load_pretrained_autoencoder,
+    pretrained_sha256,
     scale_factor_of,
 )
 from diffcli.runs import LatentInfo, LoadedRun, read_autoencoder, restore_autoencoder
@@ -66,6 +67,15 @@ def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
     return (str(ckpt), False) if ckpt else (str(pretrained), True)
 
 
+def autoencoder_sha256(path: str, pretrained: bool) -> str | None:
+    """The SHA-256 a run records for its autoencoder (None when the file or folder is not
+    there: the caller that opens it says so)."""
+    if pretrained:
+        return pretrained_sha256(path)
+    p = Path(path).expanduser()
+    return file_sha256(p) if p.is_file() else None
+
+
 def open_autoencoder(path: str, pretrained: bool,
                      data_shape: tuple[int, ...]) -> tuple[torch.nn.Module, str, float | None]:
     """(frozen autoencoder on the CPU, its SHA-256, the folder's scaling factor or None)."""
@@ -90,17 +100,13 @@ def open_autoencoder(path: str, pretrained: bool,
 def latent_space(cfg: DictConfig, dm: DiffusionDataModule,
                  resumed: LoadedRun | None) -> LatentSpace | None:
     """The latent space of this run (None: pixel space), checked against the run it resumes."""
-    source = latent_source(cfg)
+    source = latent_source(cfg)  # resuming: checked by train.check_same_latents
     if source is None:
-        if resumed is not None and resumed.latent is not None:
-            raise CheckpointError(f"cannot resume {resumed.path}: it was trained on latents of "
-                                  f"{resumed.latent.source}; pass the same latent.ckpt")
         return None
     if dm.kind != "image":
         raise DiffcliError("latent diffusion needs images; this dataset has 2-D points")
     path, pretrained = source
     ae, sha, folder_scale = open_autoencoder(path, pretrained, dm.data_shape)
-    _check_resume(resumed, sha)
     node = plain(cfg.latent)
     codec = LatentCodec(ae, 1.0, sample=bool(node.get("sample", True)))
     cached = bool(node.get("cache", False))
@@ -114,18 +120,6 @@ def latent_space(cfg: DictConfig, dm: DiffusionDataModule,
     console.print(f"latent diffusion: latents {info.shape} of {path}, scale factor "
                   f"{info.scale_factor:.4f}{' (cached)' if cached else ''}")
     return LatentSpace(codec, info, dm, cached)
-
-
-def _check_resume(resumed: LoadedRun | None, sha: str) -> None:
-    if resumed is None:
-        return
-    if resumed.latent is None:
-        raise CheckpointError(f"cannot resume {resumed.path} in latent space: it was trained on "
-                              "pixels; drop latent.ckpt / latent.pretrained")
-    if resumed.latent.sha256 != sha:
-        raise CheckpointError(f"cannot resume {resumed.path}: it was trained on the latents of "
-                              f"another autoencoder (SHA-256 {resumed.latent.sha256[:12]}, this "
-                              f"one {sha[:12]}); pass the autoencoder it was trained with")
 
 
 def _scale(given: Any, resumed: LoadedRun | None, folder_scale: float | None,

@@ -24,6 +24,7 @@ from diffcli.components import (
     plain,
     resolve_target,
 )
+from diffcli.data.captions import METADATA_FILE, folder_captions
 from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.guide import check_guidance, class_labels, parse_classes
@@ -114,6 +115,11 @@ def _train_latent(cfg: DictConfig) -> None:
     if text and cfg.get("conditional"):
         raise UsageError("conditional=true (class labels) and text_encoder= (captions) are two "
                          "kinds of conditioning: pick one")
+    dataset = _group(cfg, "dataset") or {}
+    root = dataset.get("root")
+    if text and dataset.get("name") == "imagefolder" and root and \
+            (Path(str(root)).expanduser() / METADATA_FILE).is_file():
+        folder_captions(str(root))  # every image captioned, every line with a text
     if source is None:
         return
     path, pretrained = source

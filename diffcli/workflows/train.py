@@ -27,6 +27,7 @@ from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
+    LoadedRun,
     build_autoencoder,
     build_datamodule,
     build_net,
@@ -34,7 +35,7 @@ from diffcli.runs import (
     load_checkpoint,
     run_roots,
 )
-from diffcli.workflows.latent import LatentSpace, latent_space
+from diffcli.workflows.latent import LatentSpace, autoencoder_sha256, latent_source, latent_space
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
@@ -101,11 +102,32 @@ def check_resumable(path: Path, cfg: DictConfig) -> int:
             diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
             raise CheckpointError(f"cannot resume {path}: {diffs} (the checkpoint's value first); "
                                   f"resume with the same {key} settings")
+    check_same_latents(run, cfg)
     if run.global_step >= cfg.trainer.max_steps > 0:
         raise CheckpointError(f"{path} is already at step {run.global_step} >= "
                               f"trainer.max_steps={cfg.trainer.max_steps}; raise trainer.max_steps "
                               "to train longer")
     return run.global_step
+
+
+def check_same_latents(run: LoadedRun, cfg: DictConfig) -> None:
+    """A run trained on latents resumes only on the same autoencoder (by SHA-256), a pixel run
+    only in pixel space."""
+    source = latent_source(cfg)
+    if run.latent is None and source is None:
+        return
+    if run.latent is None:
+        raise CheckpointError(f"cannot resume {run.path} in latent space: it was trained on "
+                              "pixels; drop latent.ckpt / latent.pretrained")
+    if source is None:
+        raise CheckpointError(f"cannot resume {run.path} in pixel space: it was trained on the "
+                              f"latents of {run.latent.source}; pass latent={run.latent.source}")
+    sha = autoencoder_sha256(*source)
+    if sha is not None and sha != run.latent.sha256:
+        raise CheckpointError(f"cannot resume {run.path}: it was trained on the latents of "
+                              f"another autoencoder (SHA-256 {run.latent.sha256[:12]}, "
+                              f"{source[0]} has {sha[:12]}); pass the autoencoder it was trained "
+                              "with")
 
 
 def _differences(prefix: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:

@@ -1,0 +1,155 @@
+"""Latent diffusion and text-to-image from the command line, on tiny runs trained here.
+
+Runs (a few steps each, in this process, on the bundled 8x8 digits): two KL-f4 autoencoders
+(``task=autoencoder``, seeds 0 and 1), a text-to-image U-Net trained on the first one's cached
+latents with the small text encoder and captions from the template, and a pixel-space model.
+Then: sample with prompts, reconstructions, rFID, latent NLL and noise-viz work with no extra
+flags; a changed autoencoder, a resume against another one and every bad input are one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_bad_inputs import run_in_process
+from test_conditional_cli import assert_refused, train_runs
+
+DIGITS = ["dataset=digits", "logger=none", "dataset.batch_size=32"]
+AE = ["train", "task=autoencoder", *DIGITS, "autoencoder.base_channels=8", "autoencoder.groups=4",
+      "autoencoder.z_channels=2", "trainer.max_steps=3", "module.eval_images=8",
+      "callbacks.reconstructions.every_n_steps=2"]
+LDM = [*DIGITS, "text_encoder=small", "text_encoder.width=16", "text_encoder.depth=1",
+       "model.base_channels=8", "model.groups=4", "model.channel_mults=[1]",
+       "trainer.max_steps=2", "callbacks.preview=null", "latent.cache=true"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    cwd = tmp_path_factory.mktemp("latent")
+    out = train_runs(cwd, {"ae": AE, "ae2": [*AE, "seed=1"],
+                           "pixel": ["train", *DIGITS, "model.base_channels=8", "model.groups=4",
+                                     "model.channel_mults=[1]", "trainer.max_steps=1",
+                                     "callbacks.preview=null"]})
+    moved = cwd / "ae-copy.ckpt"  # the LDM is trained on this file, later replaced
+    shutil.copy(out["ae"], moved)
+    out |= train_runs(cwd, {"ldm": ["train", f"latent={moved}", *LDM]})
+    out["ae_copy"] = moved
+    return out
+
+
+def _ok(args: list[str], runs, monkeypatch, capsys) -> list[str]:
+    code, lines = run_in_process(args, runs["cwd"], monkeypatch, capsys)
+    assert code in (0, None), lines
+    return lines
+
+
+def test_the_autoencoder_run_writes_reconstruction_grids_and_metrics(runs, monkeypatch, capsys):
+    run_dir = runs["ae"].parent.parent
+    grids = sorted((run_dir / "progress").glob("recon-step-*.png"))
+    assert [p.name for p in grids] == ["recon-step-0000002.png"]
+    lines = _ok(["sample", f"ckpt={runs['ae']}", "n=6"], runs, monkeypatch, capsys)
+    out = run_dir / "samples" / "reconstructions"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n"] == 6 and meta["psnr"] > 0 and -1 <= meta["ssim"] <= 1
+    data = np.load(out / "samples.npz")
+    assert data["images"].shape == data["originals"].shape == (6, 8, 8, 1)
+    assert "PSNR" in " ".join(lines)
+    width, height = Image.open(out / "grid.png").size
+    assert width > height  # one row of inputs above one row of reconstructions
+
+
+def test_the_latent_run_records_its_autoencoder_and_scale(runs):
+    from diffcli.nets.latent import file_sha256
+    from diffcli.runs import load_checkpoint
+
+    run = load_checkpoint(runs["ldm"])
+    assert run.latent is not None and run.latent.shape == (2, 2, 2)
+    assert run.latent.source == str(runs["ae_copy"].resolve())
+    assert run.latent.sha256 == file_sha256(runs["ae_copy"])
+    assert run.latent.scale_factor > 0 and run.data_info().shape == (1, 8, 8)
+    assert not any(k.startswith("latent") for k in run.state_dict)  # the autoencoder is not copied
+    assert list((runs["cwd"] / "outputs" / "latent-cache").glob("digits-*-ae*.pt"))
+
+
+def test_prompted_samples_are_decoded_images_with_one_row_per_prompt(runs, monkeypatch, capsys):
+    _ok(["sample", f"ckpt={runs['ldm']}", "sampler=ddim", "steps=2", "n=4", "guidance=4",
+         "prompt=[a handwritten digit seven,a handwritten digit one]"], runs, monkeypatch, capsys)
+    out = runs["ldm"].parent.parent / "samples" / "ddim-2-w4"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["prompts"] == ["a handwritten digit seven", "a handwritten digit one"]
+    assert meta["nfe"] == 4  # conditional and empty-prompt halves
+    data = np.load(out / "samples.npz")
+    assert data["images"].shape == (4, 8, 8, 1) and data["labels"].tolist() == [0, 0, 1, 1]
+
+
+def test_evaluations_and_pictures_of_latent_and_autoencoder_runs(runs, monkeypatch, capsys):
+    lines = _ok(["eval-fid", f"ckpt={runs['ae']}", "n=16", "ref_n=16", "extractor=standin",
+                 "batch_size=8", "cache=false"], runs, monkeypatch, capsys)
+    record = json.loads(next((runs["ae"].parent.parent / "eval").glob("rfid-n16*.json"))
+                        .read_text())
+    assert record["summary"]["fid"]["mean"] >= 0 and record["generated"]["psnr"] > 0
+    assert any("PSNR" in ln for ln in lines)
+    _ok(["eval-nll", f"ckpt={runs['ldm']}", "n=4", "steps=2", "batch_size=4"], runs,
+        monkeypatch, capsys)
+    record = json.loads(next((runs["ldm"].parent.parent / "eval").glob("nll-vlb-*.json"))
+                        .read_text())
+    assert record["space"] == "latent" and record["latent_shape"] == [2, 2, 2]
+    _ok(["noise-viz", f"ckpt={runs['ldm']}", "steps=2", "num_images=1", "image_size=8",
+         "sampler=ddim", "reverse_columns=2", "prompt=a handwritten digit three", "guidance=2"],
+        runs, monkeypatch, capsys)
+    viz = runs["ldm"].parent.parent / "viz"
+    assert (viz / "reverse.png").is_file() and (viz / "forward-latent.png").is_file()
+
+
+def test_a_changed_or_other_autoencoder_is_refused(runs, monkeypatch, capsys):
+    cwd = runs["cwd"]
+    other = [(["train", f"latent={runs['ae2']}", *LDM, "trainer.max_steps=3",
+               f"ckpt_path={runs['ldm']}"], "another autoencoder", 1)]
+    assert_refused(other, cwd, monkeypatch, capsys)
+    saved = runs["ae_copy"].read_bytes()
+    try:
+        shutil.copy(runs["ae2"], runs["ae_copy"])
+        code, lines = run_in_process(["sample", f"ckpt={runs['ldm']}", "n=2", "steps=2",
+                                      "sampler=ddim"], cwd, monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1 and "changed since" in lines[0], lines
+        runs["ae_copy"].unlink()
+        code, lines = run_in_process(["sample", f"ckpt={runs['ldm']}", "n=2", "steps=2",
+                                      "sampler=ddim"], cwd, monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1 and "is missing" in lines[0], lines
+    finally:
+        runs["ae_copy"].write_bytes(saved)
+
+
+def _captioned_folder(root: Path, lines: list[str], images: int = 2) -> Path:
+    root.mkdir()
+    for i in range(images):
+        Image.new("L", (8, 8), color=40 * i).save(root / f"{i}.png")
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bad_latent_and_caption_inputs_are_one_line(runs, monkeypatch, capsys, tmp_path):
+    no_text = _captioned_folder(tmp_path / "no-text", ['{"file_name": "0.png", "text": "a"}',
+                                                       '{"file_name": "1.png"}'])
+    missing = _captioned_folder(tmp_path / "missing", ['{"file_name": "0.png", "text": "a"}'])
+    folder = ["train", "text_encoder=small", "dataset=imagefolder", "dataset.image_size=8",
+              "logger=none"]
+    cases = [
+        (["train", f"latent={runs['pixel']}", *DIGITS], "not an autoencoder", 2),
+        (["train", f"latent={runs['ldm']}", *DIGITS], "not an autoencoder", 2),
+        (["train", "latent.pretrained=/no/such/vae", *DIGITS], "no such folder", 2),
+        (["train", "latent=/no/such.ckpt", *DIGITS], "no such autoencoder checkpoint", 2),
+        ([*folder, f"dataset.root={no_text}"], 'line 2 (1.png) has no "text"', 1),
+        ([*folder, f"dataset.root={missing}"], "1.png has no caption", 1),
+        (["train", "text_encoder=small", "conditional=true", *DIGITS], "pick one", 2),
+        (["sample", f"ckpt={runs['ldm']}", "classes=3"], "prompt=", 2),
+        (["sample", f"ckpt={runs['ldm']}", "guidance=3"], "needs a prompt", 2),
+        (["sample", f"ckpt={runs['pixel']}", "prompt=a cat"], "not text-conditional", 2),
+        (["sample", f"ckpt={runs['ae']}", "prompt=a cat"], "takes no prompt", 1),
+    ]
+    assert_refused(cases, runs["cwd"], monkeypatch, capsys)
