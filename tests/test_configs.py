@@ -13,10 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffcli.cli import CONF_DIR
 from diffcli.components import COMPONENTS, build, plain
-from diffcli.errors import DatasetNotFoundError
+from diffcli.errors import DatasetNotFoundError, DiffcliError
+from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.module import DiffusionModule
-from diffcli.runs import build_datamodule, build_net, make_sampler
+from diffcli.nets.autoencoder import KLAutoencoder
+from diffcli.runs import build_autoencoder, build_datamodule, build_net, make_sampler
 
 SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32), "classifier": (1, 16, 16),
           "mlp_classifier": (2,)}
@@ -34,10 +36,11 @@ def compose_with(command: str, *overrides: str) -> DictConfig:
 
 def test_every_group_has_options_and_every_target_is_registered():
     for group in ("dataset", "model", "schedule", "sampler", "trainer", "logger", "module",
-                  "optimizer", "lr_scheduler", "callbacks", "experiment", "task", "loss"):
+                  "optimizer", "lr_scheduler", "callbacks", "experiment", "task", "loss",
+                  "autoencoder", "text_encoder"):
         assert options(group), group
     for group in ("dataset", "model", "schedule", "sampler", "logger", "module", "optimizer",
-                  "lr_scheduler", "loss"):
+                  "lr_scheduler", "loss", "autoencoder", "text_encoder"):
         for name in options(group):
             node = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
             if "_target_" in node:
@@ -121,14 +124,39 @@ def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: st
     model = "mlp_classifier" if module == "classifier" else "mlp"
     cfg = compose_with("train", f"module={module}", f"optimizer={optimizer}",
                        f"lr_scheduler={lr_scheduler}", f"model={model}")
-    lit = build("module", cfg.module, net=build_net(cfg.model, (2,), num_classes=2),
-                schedule=build("schedule", cfg.schedule),
+    net = KLAutoencoder(data_shape=(1, 8, 8), base_channels=8, groups=4, channel_mults=(1, 2)) \
+        if module == "autoencoder" else build_net(cfg.model, (2,), num_classes=2)
+    lit = build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
                 optimizer=build("optimizer", cfg.optimizer),
                 lr_scheduler=build("lr_scheduler", cfg.lr_scheduler))
-    assert isinstance(lit, ClassifierModule if module == "classifier" else DiffusionModule)
+    expected = {"classifier": ClassifierModule, "autoencoder": AutoencoderModule}
+    assert isinstance(lit, expected.get(module, DiffusionModule))
     opt = lit.make_optimizer(lit.net.parameters())
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
     lit.make_lr_scheduler(opt)
+
+
+@pytest.mark.parametrize("name", options("autoencoder"))
+def test_every_autoencoder_builds_and_round_trips(name: str):
+    cfg = compose_with("train", "task=autoencoder", f"autoencoder={name}",
+                       "autoencoder.base_channels=8", "autoencoder.groups=4")
+    net = build_autoencoder(cfg.autoencoder, (3, 32, 32))
+    f = net.downsample_factor
+    assert net.latent_shape == (cfg.autoencoder.z_channels, 32 // f, 32 // f)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert net.decode_latent(net.encode_latent(x)).shape == x.shape
+
+
+@pytest.mark.parametrize("name", options("text_encoder"))
+def test_every_text_encoder_builds_or_asks_for_its_folder(name: str):
+    node = compose_with("train", f"text_encoder={name}").text_encoder
+    if node.get("path", "absent") is None:  # clip: weights from a local folder only
+        with pytest.raises(DiffcliError, match="CLIP"):
+            build("text_encoder", node)
+        return
+    encoder = build("text_encoder", node)
+    context, mask = encoder(encoder.tokenize(["a handwritten digit seven", ""]))
+    assert context.shape == (2, encoder.max_length, encoder.width) and mask.dtype == torch.bool
 
 
 @pytest.mark.parametrize("name", options("loss"))

@@ -29,7 +29,7 @@ from diffcli.diffusion.schedules import linear_schedule
 from diffcli.errors import DiffcliError
 from diffcli.nets.autoencoder import KLAutoencoder
 from diffcli.nets.latent import LatentCodec, load_pretrained_autoencoder, scale_factor_of
-from diffcli.workflows import latent
+from diffcli.workflows import latent_space as latent
 
 
 def _codec(seed: int = 0) -> LatentCodec:
@@ -154,7 +154,7 @@ def test_prompts_change_samples_and_the_empty_prompt_is_the_null_condition():
     _perturb_(net)
     schedule = linear_schedule(num_timesteps=50)
     null = net.null_tokens()
-    assert torch.equal(net.tokenize([""])[0], null)  # the empty prompt is the null condition
+    assert torch.equal(net.tokenize([""])[0], null)  # the empty prompt: the null condition
     base = Denoiser(net, schedule)
     guided = ClassifierFreeGuidance(net=net, schedule=schedule, scale=4.0, null=null)
     seven = net.tokenize(["a handwritten digit seven"] * 2)
@@ -175,7 +175,7 @@ def test_clip_and_pretrained_autoencoder_runs_from_the_command_line(tmp_path, mo
 
     clip = tmp_path / "clip"
     _save_tiny_clip(clip, clip)
-    vae = _tiny_vae_folder(tmp_path / "sd" / "vae")
+    _tiny_vae_folder(tmp_path / "sd" / "vae")
     args = ["train", "dataset=digits", "logger=none", "trainer.max_steps=1", "text_encoder=clip",
             f"text_encoder.path={clip}", f"latent.pretrained={tmp_path / 'sd'}",
             "model.base_channels=8", "model.groups=4", "model.channel_mults=[1]",

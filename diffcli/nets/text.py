@@ -203,7 +203,11 @@ class CLIPTextEncoder(nn.Module):
 
     frozen: bool = True
 
-    def __init__(self, path: str, *, max_length: int = 77) -> None:
+    def __init__(self, path: str | None = None, *, max_length: int = 77) -> None:
+        if path is None:
+            raise ValueError("the CLIP text encoder needs text_encoder.path=<a local folder with a "
+                             "CLIP text model and its tokenizer>, e.g. a download of "
+                             "openai/clip-vit-large-patch14")
         super().__init__()
         model, tokenizer = _load_clip(str(path))
         positions = int(model.config.max_position_embeddings)

@@ -98,7 +98,7 @@ def _train_loss(cfg: DictConfig) -> None:
 def _train_latent(cfg: DictConfig) -> None:
     """The latent and text keys: which task takes them, an autoencoder checkpoint that is one,
     a pretrained folder that exists; text conditioning and class labels are exclusive."""
-    from diffcli.workflows.latent import latent_source
+    from diffcli.workflows.latent_space import latent_source
 
     task = cfg.get("task", "diffusion")
     text = cfg.get("text_encoder") is not None

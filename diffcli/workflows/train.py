@@ -35,7 +35,12 @@ from diffcli.runs import (
     load_checkpoint,
     run_roots,
 )
-from diffcli.workflows.latent import LatentSpace, autoencoder_sha256, latent_source, latent_space
+from diffcli.workflows.latent_space import (
+    LatentSpace,
+    autoencoder_sha256,
+    latent_source,
+    latent_space,
+)
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
 
 console = Console(stderr=True)
