@@ -144,8 +144,8 @@ def test_captions_from_templates_and_metadata(tmp_path):
 
 
 def _sample(den: Denoiser, labels: Tensor | None) -> Tensor:
-    return generate(DDIM(steps=4, clip_denoised=True), den, (1, 8, 8), [0, 1], 2, torch.device("cpu"),
-                    labels=labels)
+    return generate(DDIM(steps=4, clip_denoised=True), den, (1, 8, 8), [0, 1], 2,
+                    torch.device("cpu"), labels=labels)
 
 
 @torch.no_grad()
