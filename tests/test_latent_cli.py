@@ -153,3 +153,14 @@ def test_bad_latent_and_caption_inputs_are_one_line(runs, monkeypatch, capsys, t
         (["sample", f"ckpt={runs['ae']}", "prompt=a cat"], "takes no prompt", 1),
     ]
     assert_refused(cases, runs["cwd"], monkeypatch, capsys)
+
+
+def test_latent_auto_takes_the_newest_autoencoder_and_odd_latents_are_explained(runs, monkeypatch,
+                                                                                capsys):
+    args = ["train", "latent=auto", f"runs_root={runs['cwd']}", *DIGITS,
+            "model.channel_mults=[1,2,2]", f"hydra.run.dir={runs['cwd'] / 'odd'}"]
+    code, lines = run_in_process(args, runs["cwd"], monkeypatch, capsys)
+    text = " ".join(lines)
+    assert code == 1 and str(runs["ae2"]) in text.replace(" ", ""), lines
+    assert lines[-1].startswith("error: the autoencoder's latents are 2x2x2") and \
+        "dataset.image_size=16" in lines[-1], lines

@@ -37,7 +37,14 @@ from diffcli.nets.latent import (
     pretrained_sha256,
     scale_factor_of,
 )
-from diffcli.runs import LatentInfo, LoadedRun, read_autoencoder, restore_autoencoder
+from diffcli.runs import (
+    LatentInfo,
+    LoadedRun,
+    find_latest_checkpoint,
+    read_autoencoder,
+    restore_autoencoder,
+    run_roots,
+)
 
 console = Console(stderr=True)
 SCALE_IMAGES = 1024  # images whose latents set the scale factor (the "first batches")
@@ -56,7 +63,8 @@ class LatentSpace:
 
 
 def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
-    """(path, pretrained) of the ``latent`` keys, None for a pixel-space run."""
+    """(path, pretrained) of the ``latent`` keys, None for a pixel-space run; ``latent=auto``
+    is the newest ``task=autoencoder`` run's last checkpoint."""
     node = plain(cfg.get("latent")) or {}
     ckpt, pretrained = node.get("ckpt"), node.get("pretrained")
     if ckpt and pretrained:
@@ -64,6 +72,10 @@ def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
                            "(a diffusers AutoencoderKL folder), not both")
     if not ckpt and not pretrained:
         return None
+    if ckpt == "auto":  # the newest autoencoder run
+        found = find_latest_checkpoint(run_roots(str(cfg.get("runs_root", "outputs"))),
+                                       task="autoencoder")
+        return str(found), False
     return (str(ckpt), False) if ckpt else (str(pretrained), True)
 
 
