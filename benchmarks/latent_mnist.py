@@ -33,8 +33,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_judge import DATA, feature_distance, load_judge, predict, read_mnist_test, \
-    run_diffcli, to_input  # noqa: E402
+from mnist_judge import (
+    DATA,
+    feature_distance,
+    load_judge,
+    predict,
+    read_mnist_test,
+    run_diffcli,  # noqa: E402
+    to_input,
+)
 
 from diffcli.data.captions import number_word  # noqa: E402
 
