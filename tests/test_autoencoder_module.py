@@ -123,6 +123,12 @@ def test_no_discriminator_without_disc_start() -> None:
     assert module.sampling_net is module.net  # no EMA by default
 
 
+def test_a_discriminator_too_deep_for_the_images_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="too deep for 8x8 images"):
+        tiny_module(disc_start=1, disc_layers=2)
+    assert tiny_module(disc_start=1, disc_layers=1).discriminator.training
+
+
 def test_discriminator_trains_with_manual_optimization() -> None:
     """From disc_start on both optimizers step; global_step counts autoencoder steps only; the
     LR schedule is stepped once per autoencoder step."""

@@ -103,6 +103,14 @@ VARIANTS: dict[str, tuple[Mutation, str]] = {
     "conditional-without-classes": (_set("conditional", True), "names no classes"),
     "bad-class-description": (lambda c, t: c["diffcli"]["data"].update(
         num_classes=3, class_names=["a", 2]), "class description"),
+    "text-encoder-target": (_set("text_encoder", lambda t: {
+        "_target_": "builtins.open", "file": str(t), "mode": "w"}),
+        "text_encoder names 'builtins.open'"),
+    "autoencoder-of-another-group": (_set("autoencoder", {"_target_": "diffcli.nets.mlp.MLP"}),
+                                     "not a diffcli component for autoencoder"),
+    "bad-latent-description": (lambda c, t: c["diffcli"]["data"].update(
+        latent={"shape": [4, 8, 8], "scale_factor": 1.0, "source": str(t), "sha256": 3}),
+        "latent description"),
 }
 
 # how each command is pointed at the checkpoint; "{ckpt}" is the crafted file, "{root}" a runs

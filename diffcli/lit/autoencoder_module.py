@@ -196,8 +196,8 @@ class AutoencoderModule(L.LightningModule):
         self.regularizer: str = getattr(net, "regularizer", "kl")
         self._load_perceptual(perceptual_weights, getattr(net, "data_shape", None))
         self.disc_start = disc_start
-        self.discriminator = None if disc_start is None else PatchDiscriminator(
-            _image_channels(net, data_info), disc_channels, disc_layers)
+        self.discriminator = None if disc_start is None else _discriminator(
+            net, data_info, disc_channels, disc_layers)
         self.automatic_optimization = disc_start is None
         self.eval_images = eval_images
         self.eval_batch: Tensor | None = None
@@ -452,3 +452,21 @@ def _log_to_loggers(trainer: L.Trainer, grid: Tensor, metrics: dict[str, float],
             logger.log_image(key="reconstructions", images=[grid], step=step)
         elif name == "TensorBoardLogger":
             logger.experiment.add_image("reconstructions", grid, global_step=step)
+
+
+def _discriminator(net: nn.Module, data_info: dict | None, channels: int,
+                   layers: int) -> PatchDiscriminator:
+    """The patch discriminator, tried once on the net's image size: one line when its strided
+    convolutions would shrink the image below its last 4x4 kernel."""
+    disc = PatchDiscriminator(_image_channels(net, data_info), channels, layers)
+    shape = getattr(net, "data_shape", None)
+    if shape is not None:
+        try:
+            with torch.no_grad():
+                disc.eval()(torch.zeros(1, *shape))
+            disc.train()
+        except RuntimeError:
+            raise ValueError(f"a {layers}-layer patch discriminator is too deep for "
+                             f"{shape[-2]}x{shape[-1]} images: lower module.disc_layers "
+                             "(or train on larger images)") from None
+    return disc

@@ -23,7 +23,8 @@ __all__ = ["LatentCodec", "PretrainedAutoencoder", "file_sha256", "folder_sha256
            "load_pretrained_autoencoder", "pretrained_folder", "pretrained_sha256",
            "scale_factor_of"]
 
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# safetensors only: a .bin file is a pickle, which could run code when loaded
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors",)
 
 
 def scale_factor_of(latents: Tensor) -> float:
@@ -171,8 +172,11 @@ def load_pretrained_autoencoder(folder: str | Path,
                          "diffusers AutoencoderKL (config.json + diffusion_pytorch_model."
                          "safetensors), e.g. Stable Diffusion's vae/")
     if not config.is_file() or not weights:
+        pickled = (path / "diffusion_pytorch_model.bin").is_file()
         raise ValueError(f"latent.pretrained={folder} is not a diffusers AutoencoderKL folder "
-                         "(needs config.json and diffusion_pytorch_model.safetensors)")
+                         "(needs config.json and diffusion_pytorch_model.safetensors)"
+                         + ("; its .bin weights are a pickle, which diffcli does not load: "
+                            "convert them to safetensors" if pickled else ""))
     try:
         kind = json.loads(config.read_text()).get("_class_name")
     except (OSError, json.JSONDecodeError):
@@ -184,6 +188,6 @@ def load_pretrained_autoencoder(folder: str | Path,
     except ImportError:
         raise ValueError("latent.pretrained needs the diffusers package: pip install "
                          "'diffcli[latent]'") from None
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     return PretrainedAutoencoder(vae.eval().requires_grad_(False), data_shape), \
         folder_sha256([config, *weights])

@@ -180,7 +180,8 @@ def _load_clip(path: str) -> tuple[Any, Any]:
         raise ValueError(f"CLIPTextEncoder needs the transformers package "
                          f"(pip install transformers) to read {path}") from err
     try:
-        model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True)
+        model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True,
+                                              use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError, ...
         raise _clip_error(path) from err

@@ -170,8 +170,22 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
             DivergenceGuard()]
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop) -> L.Trainer:
+def _manual_optimization(trainer_kwargs: dict[str, Any]) -> None:
+    """A module that steps its own optimizers (the autoencoder with a discriminator): Lightning
+    cannot clip or accumulate for it."""
+    if int(trainer_kwargs.get("accumulate_grad_batches") or 1) > 1:
+        raise DiffcliError("module.disc_start (a discriminator) steps two optimizers itself: "
+                           "set trainer.accumulate_grad_batches=1")
+    if trainer_kwargs.pop("gradient_clip_val", None):
+        console.print("[yellow]note[/]: trainer.gradient_clip_val is not applied with a "
+                      "discriminator (module.disc_start): the module steps its own optimizers")
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop,
+             manual: bool = False) -> L.Trainer:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if manual:
+        _manual_optimization(trainer_kwargs)
     precision = str(trainer_kwargs.get("precision", "32"))
     if "bf16" in precision and not torch.cuda.is_available() and \
             trainer_kwargs.get("accelerator") in ("auto", "cpu"):
@@ -315,7 +329,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     module = _module(cfg, dm, space)
     if space is not None:
         dm = space.datamodule
-    trainer = _trainer(cfg, run_dir, stop)
+    trainer = _trainer(cfg, run_dir, stop, manual=not module.automatic_optimization)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
         for lg in trainer.loggers:
