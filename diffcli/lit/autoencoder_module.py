@@ -38,6 +38,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from diffcli.lit.callbacks import ProgressPictures
 from diffcli.lit.module import (
     CHECKPOINT_KEY,
     batch_data,
@@ -46,6 +47,7 @@ from diffcli.lit.module import (
     checkpoint_meta,
     ema_decay_at,
     optimizers_for,
+    update_ema,
 )
 from diffcli.nets.autoencoder import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss
 
@@ -348,11 +350,8 @@ class AutoencoderModule(L.LightningModule):
         if self.ema_net is None or self.global_step == self._ema_step:
             return
         self._ema_step = self.global_step
-        decay = ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup)
-        for e, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
-            e.copy_(b)
+        update_ema(self.ema_net, self.net,
+                   ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -391,7 +390,7 @@ def _image_channels(net: nn.Module, data_info: dict[str, Any] | None) -> int:
     return int(channels)
 
 
-class ReconstructionGrid(L.Callback):
+class ReconstructionGrid(ProgressPictures):
     """Every ``every_n_steps`` optimizer steps (rank 0), reconstruct the module's ``eval_batch``
     (else the current batch) with its ``sampling_net`` and write the first ``num_images``
     inputs above their reconstructions to ``<run_dir>/progress/recon-step-<N>.png``; also log
@@ -399,59 +398,23 @@ class ReconstructionGrid(L.Callback):
     loggers that take images. ``every_n_steps`` None: off.
     """
 
+    prefix = "recon-step"
+    key = "reconstructions"
+
     def __init__(self, run_dir: str | Path, every_n_steps: int | None = 1000,
                  num_images: int = 8) -> None:
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1 (or null: off), got {every_n_steps}")
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        self.out_dir = Path(run_dir) / "progress"
-        self.every = every_n_steps
-        self.num_images = num_images
-        self.written: list[Path] = []
+        super().__init__(run_dir, every_n_steps, num_images)
         self.metrics: dict[str, float] = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every is None or step == 0 or step % self.every or not trainer.is_global_zero:
-            return
-        if self.written and self.written[-1].stem == f"recon-step-{step:07d}":
-            return  # same optimizer step (gradient accumulation)
+    def draw(self, pl_module: Any, batch: Any) -> tuple[Tensor, dict[str, float]] | None:
         x = getattr(pl_module, "eval_batch", None)
         x = batch_data(batch).detach() if x is None or len(x) == 0 else x
         if x.ndim != 4:
-            return
+            return None
         recon = pl_module.reconstruct(x)
         self.metrics = psnr_ssim(x, recon)
         n = self.num_images
-        grid = recon_grid(x[:n], recon[:n])
-        self.written.append(self.save(grid, step))
-        _log_to_loggers(trainer, grid, {f"val/{k}": v for k, v in self.metrics.items()}, step)
-
-    def save(self, grid: Tensor, step: int) -> Path:
-        """Write ``grid`` (C, H, W) in [0, 1], upscaled (nearest) to at least 256 px wide."""
-        from torchvision.utils import save_image
-
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"recon-step-{step:07d}.png"
-        scale = max(1, math.ceil(256 / grid.shape[-1]))
-        big = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-        save_image(big, path)
-        return path
-
-
-def _log_to_loggers(trainer: L.Trainer, grid: Tensor, metrics: dict[str, float],
-                    step: int) -> None:
-    """Send the metrics to every logger and the grid (C, H, W) in [0, 1] to those that take
-    images, under ``reconstructions``."""
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=step)
-        name = type(logger).__name__
-        if name == "WandbLogger":
-            logger.log_image(key="reconstructions", images=[grid], step=step)
-        elif name == "TensorBoardLogger":
-            logger.experiment.add_image("reconstructions", grid, global_step=step)
+        return recon_grid(x[:n], recon[:n]), {f"val/{k}": v for k, v in self.metrics.items()}
 
 
 def _discriminator(net: nn.Module, data_info: dict | None, channels: int,

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch import Tensor
 
 from diffcli.diffusion.generate import generate, to_uint8
 from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
@@ -129,24 +131,24 @@ def snapshots(run_dir: str | Path, every_n_steps: int | None = None) -> Snapshot
                               auto_insert_metric_name=False)
 
 
-class EMASampleGrid(L.Callback):
-    """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA network (rank 0).
+class ProgressPictures(L.Callback, ABC):
+    """Base of the callbacks that draw a picture of the model every ``every_n_steps`` optimizer
+    steps on rank 0, into ``<run_dir>/progress/<prefix>-<N>.png`` and the loggers that take
+    images (under ``key``). ``every_n_steps`` None: off. Subclasses implement :meth:`draw`,
+    returning (grid (C, H, W) in [0, 1], metrics to log) or None to skip."""
 
-    The same seeds ``seed .. seed + num_images - 1`` every time, so successive grids show the
-    model improving rather than new noise. Written to ``<run_dir>/progress/step-<N>.png`` and
-    sent to the logger when it takes images (wandb, TensorBoard). ``every_n_steps`` None: off.
-    """
+    prefix = "step"
+    key = "samples/ema"
 
-    def __init__(self, run_dir: str | Path, sampler: Any, every_n_steps: int | None = 1000,
-                 num_images: int = 16, seed: int = 0) -> None:
+    def __init__(self, run_dir: str | Path, every_n_steps: int | None = 1000,
+                 num_images: int = 16) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 (or null: off), got {every_n_steps}")
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.out_dir = Path(run_dir) / "progress"
         self.every = every_n_steps
-        self.sampler = sampler
-        self.seeds = list(range(seed, seed + num_images))
+        self.num_images = num_images
         self.written: list[Path] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
@@ -154,15 +156,52 @@ class EMASampleGrid(L.Callback):
         step = trainer.global_step
         if self.every is None or step == 0 or step % self.every or not trainer.is_global_zero:
             return
-        if self.written and self.written[-1].stem == f"step-{step:07d}":
+        if self.written and self.written[-1].stem == f"{self.prefix}-{step:07d}":
             return  # same optimizer step (gradient accumulation)
+        drawn = self.draw(pl_module, batch)
+        if drawn is None:
+            return
+        grid, metrics = drawn
+        self.written.append(self.save(grid, step))
+        log_picture(trainer, grid, step, self.key, metrics)
+
+    @abstractmethod
+    def draw(self, pl_module: Any, batch: Any) -> tuple[Tensor, dict[str, float]] | None:
+        """The picture (C, H, W) in [0, 1] and metrics of ``pl_module`` now; None: skip."""
+
+    def save(self, grid: Tensor, step: int) -> Path:
+        """Write ``grid`` (C, H, W) in [0, 1], upscaled (nearest) to at least 256 px wide."""
+        from torchvision.utils import save_image
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"{self.prefix}-{step:07d}.png"
+        scale = max(1, math.ceil(256 / grid.shape[-1]))
+        big = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+        save_image(big, path)
+        return path
+
+
+class EMASampleGrid(ProgressPictures):
+    """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA network (rank 0).
+
+    The same seeds ``seed .. seed + num_images - 1`` every time, so successive grids show the
+    model improving rather than new noise. Written to ``<run_dir>/progress/step-<N>.png`` and
+    sent to the logger when it takes images (wandb, TensorBoard). ``every_n_steps`` None: off.
+    A latent diffusion model's samples are decoded to images.
+    """
+
+    def __init__(self, run_dir: str | Path, sampler: Any, every_n_steps: int | None = 1000,
+                 num_images: int = 16, seed: int = 0) -> None:
+        super().__init__(run_dir, every_n_steps, num_images)
+        self.sampler = sampler
+        self.seeds = list(range(seed, seed + num_images))
+
+    def draw(self, pl_module: Any, batch: Any) -> tuple[Tensor, dict[str, float]] | None:
         x = batch_data(batch)
         if x.ndim != 4:
-            return
+            return None
         shape = getattr(pl_module, "latent_shape", None) or tuple(x.shape[1:])
-        grid = self.sample_grid(pl_module, shape, x.device)
-        self.written.append(self.save(grid, step))
-        _log_image(trainer, grid, step)
+        return self.sample_grid(pl_module, shape, x.device), {}
 
     @torch.no_grad()
     def sample_grid(self, pl_module: Any, shape: tuple[int, ...], device: torch.device) -> Any:
@@ -182,25 +221,19 @@ class EMASampleGrid(L.Callback):
         return make_grid(to_uint8(x).float() / 255, nrow=math.ceil(math.sqrt(len(x))), padding=1,
                          pad_value=1)
 
-    def save(self, grid: Any, step: int) -> Path:
-        from torchvision.utils import save_image
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"step-{step:07d}.png"
-        scale = max(1, 256 // grid.shape[-1])
-        big = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-        save_image(big, path)
-        return path
-
-
-def _log_image(trainer: L.Trainer, grid: Any, step: int) -> None:
-    """Send a (C, H, W) image in [0, 1] to every logger that accepts images."""
+def log_picture(trainer: L.Trainer, grid: Tensor, step: int, key: str,
+                metrics: dict[str, float] | None = None) -> None:
+    """Send ``metrics`` to every logger and a (C, H, W) image in [0, 1] to those that accept
+    images, under ``key``."""
     for logger in trainer.loggers:
+        if metrics:
+            logger.log_metrics(metrics, step=step)
         name = type(logger).__name__
         if name == "WandbLogger":
-            logger.log_image(key="samples/ema", images=[grid], step=step)
+            logger.log_image(key=key, images=[grid], step=step)
         elif name == "TensorBoardLogger":
-            logger.experiment.add_image("samples/ema", grid, global_step=step)
+            logger.experiment.add_image(key, grid, global_step=step)
 
 
 class GracefulStop(L.Callback):

@@ -31,6 +31,16 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+@torch.no_grad()
+def update_ema(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
+    """One EMA step of the weights, e <- decay e + (1 - decay) p; buffers (e.g. BatchNorm
+    statistics, a VQ codebook's EMA) are copied."""
+    for e, p in zip(ema_net.parameters(), net.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema_net.buffers(), net.buffers(), strict=True):
+        e.copy_(b)
+
+
 def check_ema_decay(ema_decay: float | None) -> None:
     """Raise ValueError unless ``ema_decay`` is None or in [0, 1) (1 or more diverges)."""
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -295,11 +305,8 @@ class DiffusionModule(L.LightningModule):
         if self.ema_net is None or self.global_step == self._ema_step:
             return
         self._ema_step = self.global_step
-        decay = ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup)
-        for e, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
-            e.copy_(b)
+        update_ema(self.ema_net, self.net,
+                   ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_meta(self.run_config, self.data_info)
