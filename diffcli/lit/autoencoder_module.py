@@ -41,13 +41,12 @@ from torchmetrics.functional.image import (
 from diffcli.lit.callbacks import ProgressPictures
 from diffcli.lit.module import (
     CHECKPOINT_KEY,
+    EMAMixin,
     batch_data,
     check_ema_decay,
     check_optimizer,
     checkpoint_meta,
-    ema_decay_at,
     optimizers_for,
-    update_ema,
 )
 from diffcli.nets.autoencoder import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss
 
@@ -145,7 +144,7 @@ def _step_uncounted(optimizer: Any) -> None:
         optimizer._on_before_step, optimizer._on_after_step = before, after
 
 
-class AutoencoderModule(L.LightningModule):
+class AutoencoderModule(EMAMixin, L.LightningModule):
     """Trains a :class:`~diffcli.nets.autoencoder.KLAutoencoder` or ``VQAutoencoder`` on the
     loss of the module docs and keeps an EMA copy of it.
 
@@ -336,22 +335,8 @@ class AutoencoderModule(L.LightningModule):
 
     # ------------------------------------------------------------------ EMA, evaluation
 
-    @property
-    def sampling_net(self) -> nn.Module:
-        """The network to reconstruct / encode with: the EMA copy when there is one."""
-        return self.ema_net if self.ema_net is not None else self.net
-
     def on_train_start(self) -> None:
         self._ema_step = self.global_step
-
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """One EMA update per optimizer step: e <- d e + (1 - d) p, buffers copied."""
-        if self.ema_net is None or self.global_step == self._ema_step:
-            return
-        self._ema_step = self.global_step
-        update_ema(self.ema_net, self.net,
-                   ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

@@ -107,7 +107,32 @@ def _call_with_labels(net: Callable[..., Tensor], x: Tensor, t: Tensor, *, y: Te
     return net(x, t, y)
 
 
-class DiffusionModule(L.LightningModule):
+class EMAMixin:
+    """One EMA update of ``ema_net`` toward ``net`` per optimizer step (not per accumulated
+    micro-batch), for LightningModules that set ``net``, ``ema_net`` (None: no EMA),
+    ``ema_decay``, ``ema_warmup`` and ``_ema_step`` (the step of the last update)."""
+
+    net: nn.Module
+    ema_net: nn.Module | None
+    ema_decay: float | None
+    ema_warmup: bool
+    _ema_step: int
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The network to use after training: the EMA copy when there is one."""
+        return self.ema_net if self.ema_net is not None else self.net
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step  # type: ignore[attr-defined]
+        if self.ema_net is None or step == self._ema_step:
+            return
+        self._ema_step = step
+        update_ema(self.ema_net, self.net, ema_decay_at(step - 1, self.ema_decay, self.ema_warmup))
+
+
+class DiffusionModule(EMAMixin, L.LightningModule):
     """Trains ``net`` with L_simple (Ho et al. 2020, Algorithm 1) and keeps an EMA copy of it.
 
     ``run_config`` (a plain dict: the resolved Hydra config) is written into every checkpoint
@@ -289,24 +314,10 @@ class DiffusionModule(L.LightningModule):
         return Denoiser(net, self.schedule, self.prediction,
                         learned_variance=bool(getattr(self.net, "learn_sigma", False)))
 
-    @property
-    def sampling_net(self) -> nn.Module:
-        """The network to sample from: the EMA copy when there is one."""
-        return self.ema_net if self.ema_net is not None else self.net
-
     def on_train_start(self) -> None:
         self._ema_step = self.global_step
         if self.trainer.world_size > 1:  # same seed everywhere, but each rank needs its own noise
             torch.manual_seed(torch.initial_seed() + 7919 * self.global_rank + self.global_step)
-
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """One EMA update per optimizer step (not per accumulated micro-batch)."""
-        if self.ema_net is None or self.global_step == self._ema_step:
-            return
-        self._ema_step = self.global_step
-        update_ema(self.ema_net, self.net,
-                   ema_decay_at(self.global_step - 1, self.ema_decay, self.ema_warmup))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_meta(self.run_config, self.data_info)
