@@ -96,7 +96,7 @@ def judge_samples(npz: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ae-steps", type=int, default=2000)
+    parser.add_argument("--ae-steps", type=int, default=1300)
     parser.add_argument("--ldm-steps", type=int, default=4000)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=50)
