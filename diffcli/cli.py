@@ -87,7 +87,27 @@ def config_groups(config_name: str) -> str:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         name = key.removeprefix("optional ")
         lines.append(f"  {name}=  {' | '.join(options)}   (default: {default or 'none'})")
+    if config_name == "train":
+        lines += _task_groups()
     return "\n".join(lines)
+
+
+def _task_groups() -> list[str]:
+    """Groups that a ``task=`` option adds (``- /autoencoder: kl_f4`` in task/autoencoder.yaml),
+    as help lines."""
+    import yaml
+
+    lines = []
+    for task in sorted((CONF_DIR / "task").glob("*.yaml")):
+        for entry in yaml.safe_load(task.read_text()).get("defaults", []) or []:
+            key, default = next(iter(entry.items())) if isinstance(entry, dict) else ("", "")
+            if not key.startswith("/"):
+                continue
+            group = key.lstrip("/")
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            lines.append(f"  {group}=  {' | '.join(options)}   (with task={task.stem}; "
+                         f"default: {default})")
+    return lines
 
 
 def top_level_keys(config_name: str) -> str:

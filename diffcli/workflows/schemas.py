@@ -73,7 +73,7 @@ class Key:
 def describe(hint: Any) -> str:
     """"an integer", "an integer or null", ... for messages."""
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             type(None): "null", list: "a list"}
+             type(None): "null", list: "a list", dict: "a mapping (key.sub=value)"}
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(hint))
