@@ -192,3 +192,17 @@ def test_clip_and_pretrained_autoencoder_runs_from_the_command_line(tmp_path, mo
                                   "prompt=a cat", "guidance=2"], tmp_path, monkeypatch, capsys)
     assert code in (0, None), lines
     assert (tmp_path / "run" / "samples" / "ddim-2-w2" / "grid.png").is_file()
+
+
+def test_a_vq_autoencoder_caches_its_pre_quantization_latents():
+    from diffcli.nets.autoencoder import VQAutoencoder
+
+    torch.manual_seed(0)
+    vq = VQAutoencoder(data_shape=(1, 8, 8), z_channels=2, base_channels=8, groups=4,
+                       channel_mults=(1, 2), n_embed=8)
+    codec = LatentCodec(vq, 2.0)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    moments = codec.moments(x)
+    assert moments.shape == (3, 4, 4, 4) and not moments[:, 2:].any()  # deterministic: std 0
+    assert torch.allclose(codec.from_moments(moments), codec.encode(x))
+    assert codec.decode(codec.encode(x)).shape == x.shape

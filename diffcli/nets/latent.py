@@ -112,9 +112,9 @@ class LatentCodec(nn.Module):
         """Unscaled posterior (mean, std) concatenated on dim 1: (B, 2c, h, w); a deterministic
         encoder (VQ) has std 0."""
         enc = self.autoencoder.encode(x)
-        mean = getattr(enc, "mean", enc)
-        std = getattr(enc, "std", torch.zeros_like(mean))
-        return torch.cat([mean, std], dim=1)
+        if isinstance(enc, Tensor):  # a deterministic latent (VQ: before quantization)
+            return torch.cat([enc, torch.zeros_like(enc)], dim=1)
+        return torch.cat([enc.mean, enc.std], dim=1)
 
     def from_moments(self, moments: Tensor) -> Tensor:
         """Scaled latents (B, c, h, w) of cached moments (B, 2c, h, w): mean + std * noise
