@@ -97,7 +97,7 @@ def judge_samples(npz: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ae-steps", type=int, default=1300)
-    parser.add_argument("--ldm-steps", type=int, default=4000)
+    parser.add_argument("--ldm-steps", type=int, default=2500)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 4.0])
