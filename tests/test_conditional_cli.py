@@ -173,3 +173,17 @@ def assert_refused(cases: list[tuple[list[str], str, int]], cwd: Path, monkeypat
 
 def test_misuse_is_one_line_and_writes_nothing(runs, monkeypatch, capsys):
     assert_refused(_misuse(runs), runs["cwd"], monkeypatch, capsys)
+
+
+def test_guidance_of_a_model_with_learned_variances(tmp_path, monkeypatch, capsys):
+    """Classifier-free guidance splits a learn_sigma net's 2C outputs (guide() passes the
+    model's learned_variance on; the guided prediction halves, the conditional variance)."""
+    run = train_runs(tmp_path, {"sigma": ["train", *MOONS, "model=mlp", "conditional=true",
+                                          "model.learn_sigma=true", "loss=hybrid",
+                                          "trainer.max_steps=2", "callbacks.preview=null"]})
+    code, lines = run_in_process(["sample", f"ckpt={run['sigma']}", "sampler=ddpm", "steps=4",
+                                  "n=8", "guidance=2", "classes=0-1"], tmp_path, monkeypatch,
+                                 capsys)
+    assert code in (0, None), lines
+    data = np.load(run["sigma"].parent.parent / "samples" / "ddpm-4-w2" / "samples.npz")
+    assert data["points"].shape == (8, 2) and np.isfinite(data["points"]).all()
