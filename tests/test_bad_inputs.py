@@ -2,8 +2,8 @@
 exactly one line on stderr that names the offending key or path, no file written, and no
 existing checkpoint changed.
 
-Most cases are refused before Hydra starts, so they run in-process (a few ms each); the ones
-found while a command runs go through real processes.
+Every case runs through the entry point in this process (``test_cli.run_here``; most are
+refused before Hydra starts, a few ms each); ``tests/test_cli.py`` covers real processes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import TINY_UNET, assert_one_line_error, run
+from test_cli import TINY_UNET, assert_one_line_error
+from test_cli import run_here as run
 
 MISSING = "missing.ckpt"
 

@@ -1,4 +1,6 @@
-"""The command line end to end, as a user runs it, on tiny data (each call is a real process)."""
+"""The command line end to end, as a user runs it, on tiny data. ``run`` starts a real process;
+``run_here`` calls the same entry point in this process (for single commands whose process
+boundary is not what is tested: it saves the ~6 s of imports each new process pays)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,39 @@ def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([*EXE, *args], cwd=cwd, capture_output=True, text=True, env=env,
                           timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def run_here(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """``diffcli <args>`` through :func:`diffcli.cli.main`'s app in this process, from ``cwd``,
+    with stdout and stderr captured: the same result object as :func:`run`."""
+    import contextlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffcli.cli import app
+
+    GlobalHydra.instance().clear()
+    out, err = io.StringIO(), io.StringIO()
+    here, argv = Path.cwd(), sys.argv
+    code: int | str | None = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = ["diffcli"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                app(list(args))
+            except SystemExit as e:
+                code = e.code
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    proc = subprocess.CompletedProcess(["diffcli", *args], returncode, out.getvalue(),
+                                       err.getvalue())
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -62,7 +97,7 @@ def test_train_then_sample_points(points_run: Path):
 @pytest.mark.parametrize("sampler, nfe", [("ddpm", 3), ("ddim", 3), ("dpmpp_2m", 3),
                                           ("euler", 3), ("heun", 5)])
 def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: int):
-    run(points_run, "sample", f"sampler={sampler}", "steps=3", "n=50")
+    run_here(points_run, "sample", f"sampler={sampler}", "steps=3", "n=50")
     out = next(points_run.glob(f"outputs/*/*/samples/{sampler}-3"))
     assert json.loads((out / "meta.json").read_text())["nfe"] == nfe
     assert np.isfinite(np.load(out / "samples.npz")["points"]).all()
@@ -144,14 +179,14 @@ def test_cfg_job_prints_the_config(tmp_path: Path):
     (["train", "dataset=swiss_roll"], "model=mlp"),
 ])
 def test_bad_input_gives_one_line(tmp_path: Path, args, fragment):
-    assert_one_line_error(run(tmp_path, *args, ok=False), fragment)
+    assert_one_line_error(run_here(tmp_path, *args, ok=False), fragment)
 
 
 def test_corrupt_and_absent_checkpoints(tmp_path: Path):
-    assert_one_line_error(run(tmp_path, "sample", ok=False), "no trained run")
+    assert_one_line_error(run_here(tmp_path, "sample", ok=False), "no trained run")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    assert_one_line_error(run(tmp_path, "sample", f"ckpt={bad}", ok=False),
+    assert_one_line_error(run_here(tmp_path, "sample", f"ckpt={bad}", ok=False),
                           "is not a diffcli checkpoint")
 
 

@@ -15,7 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from rich.console import Console
-from test_cli import TINY_UNET, assert_one_line_error, run
+from test_cli import TINY_UNET, assert_one_line_error
+from test_cli import run_here as run
 from torch_fidelity.metric_fid import fid_statistics_to_metric
 
 from diffcli.cli import CONF_DIR

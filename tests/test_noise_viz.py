@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from test_cli import assert_one_line_error, run
+from test_cli import assert_one_line_error
+from test_cli import run_here as run
 
 from diffcli.cli import CONF_DIR
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule, make_schedule

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import run
+from test_cli import run_here as run
 
 from diffcli.nets.mlp import MLP
 from diffcli.nets.unet import UNet
