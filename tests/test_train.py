@@ -186,3 +186,34 @@ def test_compile_wraps_only_the_training_forward() -> None:
     assert module.train_forward is not module.net  # the compiled wrapper is used for the loss
     assert not any("_orig_mod" in k for k in module.state_dict())  # plain parameter names
     assert {k.split(".")[0] for k in module.state_dict()} == {"net", "ema_net"}
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    """A SLURM log or ``> file`` gets a line every ``every_s`` seconds and at the last step (a
+    live bar would show nothing until the end); a terminal gets the bar and no such lines."""
+    import io
+
+    from rich.console import Console
+
+    from diffcli.lit.callbacks import StepProgress, plain_progress_line
+    from diffcli.nets.mlp import MLP
+
+    def fit(console: Console) -> str:
+        torch.manual_seed(0)
+        module = DiffusionModule(MLP(data_shape=(2,), hidden=16, depth=1), linear_schedule(),
+                                 ema_decay=None)
+        dm = TensorDataModule(torch.randn(64, 2), batch_size=16, kind="points")
+        L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, accelerator="cpu",
+                  enable_progress_bar=False, enable_model_summary=False,
+                  callbacks=[StepProgress(console, every_s=0.0)]).fit(module, datamodule=dm)
+        return console.file.getvalue()
+
+    lines = fit(Console(file=io.StringIO(), force_terminal=False)).splitlines()
+    assert [ln.split(" | ")[0] for ln in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert "steps/s" in lines[-1] and "loss " in lines[-1] and "ETA 0:00:00" in lines[-1]
+    bar = fit(Console(file=io.StringIO(), force_terminal=True, width=120))
+    assert "step 1/3 |" not in bar and "training" in bar
+    line = plain_progress_line(120, 1000, 2.0, {"train/loss": torch.tensor(0.03125),
+                                                "train/lr": 2e-3, "train/images_per_s": 134.2})
+    assert line == "step 120/1000 | 2.00 steps/s | 134 img/s | loss 0.0312 | lr 2.0e-03 | ETA " \
+        "0:07:20"

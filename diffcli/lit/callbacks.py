@@ -32,16 +32,29 @@ from diffcli.lit.module import batch_data
 
 
 class StepProgress(L.Callback):
-    """One bar over optimizer steps (not epochs) with rate, loss and ETA."""
+    """Progress over optimizer steps (not epochs) with rate, loss and ETA: a live bar on a
+    terminal; elsewhere (a SLURM log, ``> file``, CI), where a live bar shows nothing until the
+    end, one plain line every ``every_s`` seconds and at the last step::
 
-    def __init__(self, console: Console | None = None) -> None:
+        step 120/1000 | 2.10 steps/s | 134 img/s | loss 0.0312 | lr 2.0e-03 | ETA 0:07:01
+    """
+
+    def __init__(self, console: Console | None = None, every_s: float = 30.0) -> None:
         self.console = console or Console(stderr=True)
+        self.every_s = every_s
         self.progress: Progress | None = None
         self.task: Any = None
         self.start = (0.0, 0)
+        self.plain = False
+        self.last_line = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
+            return
+        self.start = (time.perf_counter(), trainer.global_step)
+        self.last_line = self.start[0]
+        self.plain = not self.console.is_terminal
+        if self.plain:
             return
         total = trainer.max_steps if trainer.max_steps > 0 else None
         self.progress = Progress(
@@ -53,27 +66,58 @@ class StepProgress(L.Callback):
         )
         self.task = self.progress.add_task("", total=total, completed=trainer.global_step, loss="-",
                                           rate="-", images="")
-        self.start = (time.perf_counter(), trainer.global_step)
         self.progress.start()
+
+    def _steps_per_s(self, step: int) -> float:
+        return (step - self.start[1]) / max(time.perf_counter() - self.start[0], 1e-9)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        if self.plain and trainer.is_global_zero:
+            self._plain_line(trainer)
         if self.progress is None:
             return
         loss = trainer.callback_metrics.get("train/loss")
         shown = f"{float(loss):.4f}" if loss is not None else "-"
-        elapsed = time.perf_counter() - self.start[0]
-        per_s = (trainer.global_step - self.start[1]) / max(elapsed, 1e-9)
+        per_s = self._steps_per_s(trainer.global_step)
         rate = f"{per_s:.1f} steps/s" if per_s >= 1 or per_s == 0 else f"{1 / per_s:.1f} s/step"
         ips = trainer.callback_metrics.get("train/images_per_s")
         images = f"({float(ips):,.0f} img/s)" if ips is not None else ""
         self.progress.update(self.task, completed=trainer.global_step, loss=shown, rate=rate,
                              images=images)
 
+    def _plain_line(self, trainer: L.Trainer) -> None:
+        """One line when ``every_s`` seconds have passed, and at the last step."""
+        now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
+        if now - self.last_line < self.every_s and not (total > 0 and step >= total):
+            return
+        self.last_line = now
+        self.console.print(plain_progress_line(step, total, self._steps_per_s(step),
+                                               trainer.callback_metrics), soft_wrap=True)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def plain_progress_line(step: int, total: int, steps_per_s: float,
+                        metrics: dict[str, Any]) -> str:
+    """"step 120/1000 | 2.10 steps/s | 134 img/s | loss 0.0312 | lr 2.0e-03 | ETA 0:07:01" from
+    Lightning's ``callback_metrics`` (missing values are left out)."""
+    parts = [f"step {step}/{total}" if total > 0 else f"step {step}",
+             f"{steps_per_s:.2f} steps/s"]
+    ips, loss, lr = (metrics.get(k) for k in ("train/images_per_s", "train/loss", "train/lr"))
+    if ips is not None:
+        parts.append(f"{float(ips):,.0f} img/s")
+    if loss is not None:
+        parts.append(f"loss {float(loss):.4f}")
+    if lr is not None:
+        parts.append(f"lr {float(lr):.1e}")
+    if total > 0 and steps_per_s > 0:
+        seconds = round((total - step) / steps_per_s)
+        parts.append(f"ETA {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}")
+    return " | ".join(parts)
 
 
 class Throughput(L.Callback):
