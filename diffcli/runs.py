@@ -494,11 +494,7 @@ class OpenedRun:
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Samples as data: latents decoded by the autoencoder (in batches, on its device;
         (N, C, H, W) float32 on the CPU); pixel samples as they are."""
-        if self.codec is None:
-            return z
-        device = next(self.codec.parameters()).device
-        return torch.cat([self.codec.decode(z[i:i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(z), batch_size)])
+        return z if self.codec is None else self.codec.decode_batches(z, batch_size)
 
 
 def require_diffusion(run: LoadedRun) -> LoadedRun:

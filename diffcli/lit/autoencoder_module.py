@@ -114,6 +114,16 @@ def _chunks(x: Tensor, size: int = RECON_CHUNK) -> Iterator[Tensor]:
     return (x[i:i + size] for i in range(0, len(x), size))
 
 
+@torch.no_grad()
+def reconstruct(net: nn.Module, x: Tensor, chunk: int = RECON_CHUNK) -> Tensor:
+    """D(mean of q(z | x)) of images x (N, C, H, W) in [-1, 1] by an autoencoder ``net`` (used
+    as it is: the caller sets eval mode), ``chunk`` images at a time on the net's device;
+    (N, C, H, W) on x's device."""
+    device = next(net.parameters()).device
+    return torch.cat([net(xb.to(device), sample=False).recon.to(x.device)
+                      for xb in _chunks(x, chunk)])
+
+
 def _check_weights(**weights: float) -> None:
     """Raise ValueError unless every loss weight is a finite number >= 0."""
     for name, w in weights.items():
@@ -346,11 +356,9 @@ class AutoencoderModule(EMAMixin, L.LightningModule):
         was_training = net.training
         net.eval()
         try:
-            device = next(net.parameters()).device
-            outs = [net(xb.to(device), sample=False).recon.to(x.device) for xb in _chunks(x)]
+            return reconstruct(net, x)
         finally:
             net.train(was_training)
-        return torch.cat(outs)
 
     def reconstruction_metrics(self, x: Tensor | None = None) -> dict[str, float]:
         """``{"psnr", "ssim"}`` (:func:`psnr_ssim`) of :meth:`reconstruct` on x (N, C, H, W)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -106,6 +106,21 @@ class LatentCodec(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """D(z / s): scaled latents (B, c, h, w) -> images (B, C, H, W)."""
         return self.autoencoder.decode_latent(z / self.scale_factor)
+
+    def encode_batches(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """:meth:`encode` of x (N, C, H, W), ``batch_size`` images at a time on the codec's
+        device; (N, c, h, w) float32 on the CPU."""
+        return self._batched(self.encode, x, batch_size)
+
+    def decode_batches(self, z: Tensor, batch_size: int = 64) -> Tensor:
+        """:meth:`decode` of z (N, c, h, w) in batches on the codec's device; (N, C, H, W)
+        float32 on the CPU."""
+        return self._batched(self.decode, z, batch_size)
+
+    def _batched(self, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+        device = next(self.parameters()).device
+        return torch.cat([fn(x[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])
 
     @torch.no_grad()
     def moments(self, x: Tensor) -> Tensor:

@@ -172,8 +172,7 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
 def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.device) -> FakeSide:
     """An autoencoder: its reconstructions of the first ``n`` images of its dataset (rFID,
     Rombach et al. 2022, Table 8), with their mean PSNR and SSIM in the record."""
-    from diffcli.lit.autoencoder_module import psnr_ssim
-    from diffcli.workflows.reconstruct import reconstructions
+    from diffcli.lit.autoencoder_module import psnr_ssim, reconstruct
 
     if int(cfg.repeats) != 1:
         raise DiffcliError(f"repeats={cfg.repeats}: an autoencoder's reconstructions are one "
@@ -190,7 +189,7 @@ def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.devi
         size, done = int(cfg.batch_size), 0
         for batch in DataLoader(Subset(dm.dataset, range(n)), batch_size=size, collate_fn=collate):
             x = batch_data(batch)
-            recon = reconstructions(net, x, size, device)
+            recon = reconstruct(net, x, size).float()
             done += len(x)
             for key, value in psnr_ssim(x, recon).items():
                 sums[key] += value * len(x)

@@ -72,14 +72,10 @@ def load_items(cfg: DictConfig, opened: OpenedRun) -> Items:
                            f"{node.get('split', 'train')} has {len(data)} items: lower n")
     x0 = data[:n].float()
     if opened.codec is not None:  # latent diffusion: the likelihood of the scaled latents
-        x0 = torch.cat([opened.codec.encode(x0[i:i + 256].to(_device(opened.codec))).cpu()
-                        for i in range(0, n, 256)])
+        x0 = opened.codec.encode_batches(x0)
         return Items(x0, str(node.get("split", "train")), str(node.get("name")), "latent")
     return Items(x0, str(node.get("split", "train")), str(node.get("name")), dm.kind)
 
-
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def resolve_options(decoder: str, variance: str, kind: str, learned: bool,

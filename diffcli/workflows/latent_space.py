@@ -148,12 +148,8 @@ def _scale(given: Any, resumed: LoadedRun | None, folder_scale: float | None,
         return folder_scale
     x, _ = dm.head(SCALE_IMAGES)
     codec.scale_factor = 1.0
-    z = codec.from_moments(x) if cached else _encode(codec, x)
+    z = codec.from_moments(x) if cached else codec.encode_batches(x)
     return scale_factor_of(z)
-
-
-def _encode(codec: LatentCodec, x: Tensor, batch_size: int = 256) -> Tensor:
-    return torch.cat([codec.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def cache_key(dataset: dict[str, Any], sha: str) -> str:

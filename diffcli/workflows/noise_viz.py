@@ -282,7 +282,7 @@ def draw_latent_forward(cfg: DictConfig, rev: Reverse, timesteps: list[int], out
     x0, _ = build_datamodule(opened.run.config["dataset"]).head(_positive(cfg.num_images,
                                                                           "num_images"))
     gen = torch.Generator().manual_seed(int(cfg.seed))
-    z0 = opened.codec.encode(x0.to(rev.device)).cpu()
+    z0 = opened.codec.encode_batches(x0)
     t = torch.tensor(ts).repeat(len(x0))  # (N * K,) image-major
     pixels = q_sample(schedule, x0.repeat_interleave(len(ts), 0), t,
                       torch.randn((len(t), *x0.shape[1:]), generator=gen))

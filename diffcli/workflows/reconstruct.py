@@ -14,25 +14,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffcli.diffusion.generate import to_uint8
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
 from diffcli.lit.autoencoder_module import psnr_ssim, recon_grid
+from diffcli.lit.autoencoder_module import reconstruct as reconstruct_images
 from diffcli.runs import build_datamodule, read_autoencoder, restore_autoencoder
 
 console = Console(stderr=True)
 GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt")
-
-
-@torch.no_grad()
-def reconstructions(net: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
-    """D(mean of q(z | x)) of images x (N, C, H, W), in batches; float32 on the CPU."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(net(x[i:i + batch_size].to(device), sample=False).recon.float().cpu())
-    return torch.cat(out)
 
 
 def reconstruct(cfg: DictConfig, ckpt: Path, device: torch.device) -> Path:
@@ -44,7 +36,7 @@ def reconstruct(cfg: DictConfig, ckpt: Path, device: torch.device) -> Path:
     run = read_autoencoder(ckpt)
     net = restore_autoencoder(run, device, use_ema=bool(cfg.use_ema))
     x, _ = build_datamodule(run.config["dataset"]).head(int(cfg.n or 64))
-    recon = reconstructions(net, x, int(cfg.batch_size), device)
+    recon = reconstruct_images(net, x, int(cfg.batch_size)).float()
     metrics = psnr_ssim(x, recon)
     folder = OutputFolder(ckpt.parent.parent / "samples" / "reconstructions",
                           overwrite=bool(cfg.overwrite))
