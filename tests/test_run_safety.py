@@ -1,8 +1,8 @@
 """A run never destroys another run's files; signals and divergence are failures, said as such.
 
-Unit tests for the folder/lock/checkpoint helpers, then the command line as users meet it on
-2-D toy data: signals, concurrent starts and killed runs in real processes, the other commands
-through the same entry point in this process (``test_cli.run_here``).
+Unit tests for the folder/lock/checkpoint helpers, then the command line as users meet it
+(real processes on 2-D toy data, a few seconds each: resume=auto, locks, mtimes and signals
+are process-level behaviour).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import EXE, assert_one_line_error
-from test_cli import run_here as run
+from test_cli import EXE, assert_one_line_error, run
 
 from diffcli.diffusion.generate import check_finite
 from diffcli.errors import DiffcliError
