@@ -407,6 +407,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
              f"see diffcli {config_name.replace('_', '-')} --help", 2)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
+    cfg = None
     if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
         try:
             cfg = validate(config_name, _split_args(args), _config_dirs(args))
@@ -423,7 +424,15 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
                 raise
             fail(str(e), e.exit_code, e.label)
 
+    if multirun and cfg is not None:
+        args = _with_sweep_dir(args, cfg, debug)
+
     def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
+        register_resolvers()  # a sweep job started by submitit is a new process
+        with _console_log(config_name):
+            return _run_task(cfg)
+
+    def _run_task(cfg):  # noqa: ANN001, ANN202
         try:
             return workflow(cfg)
         except Exception as e:
@@ -450,6 +459,48 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
         if debug or not _is_disk_error(e):
             raise
         fail(_disk_message(e))
+
+
+LOGGED = ("train",)  # commands whose run folder gets the console's output in <job name>.log
+
+
+def _console_log(config_name: str) -> Any:
+    """Copy the console into ``<run dir>/cli.log`` (Hydra's job log file) for the commands
+    that own a run folder; a no-op for the others."""
+    import contextlib
+
+    if config_name not in LOGGED:
+        return contextlib.nullcontext()
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffcli.console import ConsoleLog
+
+    hc = HydraConfig.get()
+    return ConsoleLog(Path(hc.runtime.output_dir) / f"{hc.job.name}.log")
+
+
+def _with_sweep_dir(args: list[str], cfg: Any, debug: bool) -> list[str]:
+    """The overrides with the sweep folder claimed now and written out
+    (``hydra.sweep.dir=<path>``): a launcher's job processes (submitit) and requeued jobs
+    then use this folder instead of claiming new ones. Checks the launcher first
+    (:func:`diffcli.workflows.launchers.check_launcher`)."""
+    from hydra.core.plugins import Plugins
+
+    import hydra_plugins.diffcli_launchers as launchers
+    from diffcli.errors import DiffcliError
+    from diffcli.workflows.launchers import check_launcher
+
+    for launcher in (launchers.SlurmLauncher, launchers.LocalLauncher):  # an editable install's
+        Plugins.instance().register(launcher)  # hydra_plugins/ is not found by Hydra's scan
+    try:
+        check_launcher(cfg)
+    except DiffcliError as e:
+        if debug:
+            raise
+        fail(str(e), e.exit_code, e.label)
+    if any(a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir" for a in args):
+        return args
+    return [*args, f"hydra.sweep.dir={cfg.hydra.sweep.dir}"]
 
 
 def hydra_command(config_name: str, intro: str, example: str) -> None:
@@ -495,6 +546,29 @@ hydra_command("noise_viz", "Pictures that explain diffusion: images noised under
               "reverse=true a sampler's x_t and x0 estimates (reverse.png); gif=true adds GIFs. "
               "Writes outputs/noise-viz/<date>_<time>/, or <run>/viz/ with a checkpoint.",
               "diffcli noise-viz schedules=[linear,cosine] timesteps=[0,250,500,999] gif=true")
+
+
+@app.command(name="sweep-summary")
+def sweep_summary_command(
+    sweep_dir: Path = typer.Argument(  # noqa: B008 - typer's way of declaring arguments
+        ..., help="A sweep folder, e.g. multirun/2026-11-26/10-00-00 (or any folder with "
+                  "runs' result.json below it)."),
+    metric: str = typer.Option("loss", "--metric", "--sort",
+                               help="Sort by this metric: loss, fid_proxy, step, wall_time_s or "
+                                    "any logged metric (train/loss, val/fid_proxy, ...)."),
+    descending: bool = typer.Option(False, "--descending",
+                                    help="Largest first (e.g. for accuracy)."),
+    csv: Path | None = typer.Option(  # noqa: B008 - typer's way of declaring options
+        None, "--csv", help="Where to write the CSV (default <sweep_dir>/summary.csv)."),
+) -> None:
+    """Rank a sweep's runs by a metric: a table on the console and a CSV."""
+    from diffcli.errors import DiffcliError
+    from diffcli.workflows.sweep_summary import sweep_summary
+
+    try:
+        sweep_summary(sweep_dir, metric, descending, csv)
+    except DiffcliError as e:
+        fail(str(e), e.exit_code, e.label)
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
     }),
     "logger": frozenset({
         "diffcli.lit.loggers.make_wandb_logger",
+        "diffcli.lit.loggers.RunCSVLogger",
         "lightning.pytorch.loggers.CSVLogger",
         "lightning.pytorch.loggers.TensorBoardLogger",
     }),

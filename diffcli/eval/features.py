@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from diffcli.console import progress
 from diffcli.eval.extractors import Extractor
 from diffcli.eval.fid import GaussianStats, StreamingStats
 
@@ -32,14 +32,6 @@ class FeatureResult:
         return self.stats.n
 
 
-def _progress(console: Console | None, label: str, show: bool) -> Progress:
-    cols = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-            TimeRemainingColumn()]
-    console = console or Console(stderr=True)
-    return Progress(*cols, console=console, transient=True,
-                    disable=not show or not console.is_terminal)  # no bar to animate in a log
-
-
 def extract_features(batches: Iterable[Tensor], total: int, extractor: Extractor,
                      device: torch.device, keep: Collection[str] = (), label: str = "features",
                      console: Console | None = None, show: bool = True) -> FeatureResult:
@@ -53,12 +45,11 @@ def extract_features(batches: Iterable[Tensor], total: int, extractor: Extractor
     pool = extractor.pool_layer
     stats = StreamingStats()
     kept: dict[str, list[Tensor]] = {k: [] for k in keep}
-    with _progress(console, label, show) as bar, torch.inference_mode():
-        task = bar.add_task("", total=total)
+    with progress(label, total, console, show, unit="images") as bar, torch.inference_mode():
         for batch in batches:
             feats = module.convert_features_tuple_to_dict(module(batch.to(device)))
             stats.update(feats[pool])
             for name in kept:
                 kept[name].append(feats[name].float().cpu())
-            bar.advance(task, batch.shape[0])
+            bar.advance(batch.shape[0])
     return FeatureResult(stats.result(), {k: torch.cat(v) for k, v in kept.items()})

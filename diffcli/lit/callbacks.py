@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from torch import Tensor
 
+from diffcli.console import duration, log_only, screen
 from diffcli.diffusion.generate import generate, to_uint8
 from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
 from diffcli.lit.module import batch_data
@@ -34,19 +35,25 @@ from diffcli.lit.module import batch_data
 class StepProgress(L.Callback):
     """Progress over optimizer steps (not epochs) with rate, loss and ETA: a live bar on a
     terminal; elsewhere (a SLURM log, ``> file``, CI), where a live bar shows nothing until the
-    end, one plain line every ``every_s`` seconds and at the last step::
+    end, one plain line every ``every_s`` seconds (or ``every_n_steps`` steps) and at the last
+    step (the console log, :class:`diffcli.console.ConsoleLog`, gets these lines either way)::
 
         step 120/1000 | 2.10 steps/s | 134 img/s | loss 0.0312 | lr 2.0e-03 | ETA 0:07:01
     """
 
-    def __init__(self, console: Console | None = None, every_s: float = 30.0) -> None:
+    def __init__(self, console: Console | None = None, every_s: float = 30.0,
+                 every_n_steps: int | None = None) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 (or null), got {every_n_steps}")
         self.console = console or Console(stderr=True)
         self.every_s = every_s
+        self.every_n_steps = every_n_steps
         self.progress: Progress | None = None
         self.task: Any = None
         self.start = (0.0, 0)
         self.plain = False
         self.last_line = 0.0
+        self.last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -62,8 +69,8 @@ class StepProgress(L.Callback):
             TextColumn("{task.fields[rate]} {task.fields[images]}"),
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
+            console=Console(file=screen(self.console.file)), transient=False,
+        )  # the live bar goes to the screen only; the console log gets the plain lines
         self.task = self.progress.add_task("", total=total, completed=trainer.global_step, loss="-",
                                           rate="-", images="")
         self.progress.start()
@@ -73,7 +80,7 @@ class StepProgress(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.plain and trainer.is_global_zero:
+        if trainer.is_global_zero:
             self._plain_line(trainer)
         if self.progress is None:
             return
@@ -87,13 +94,20 @@ class StepProgress(L.Callback):
                              images=images)
 
     def _plain_line(self, trainer: L.Trainer) -> None:
-        """One line when ``every_s`` seconds have passed, and at the last step."""
+        """One line when ``every_s`` seconds (or ``every_n_steps`` steps) have passed, and at the
+        last step."""
         now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
-        if now - self.last_line < self.every_s and not (total > 0 and step >= total):
+        due = step % self.every_n_steps == 0 if self.every_n_steps else \
+            now - self.last_line >= self.every_s
+        if step == self.last_step or not (due or (total > 0 and step >= total)):
             return
+        self.last_step = step
         self.last_line = now
-        self.console.print(plain_progress_line(step, total, self._steps_per_s(step),
-                                               trainer.callback_metrics), soft_wrap=True)
+        line = plain_progress_line(step, total, self._steps_per_s(step), trainer.callback_metrics)
+        if self.plain:
+            self.console.print(line, soft_wrap=True, highlight=False)
+        else:
+            log_only(line)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.progress is not None:
@@ -115,8 +129,7 @@ def plain_progress_line(step: int, total: int, steps_per_s: float,
     if lr is not None:
         parts.append(f"lr {float(lr):.1e}")
     if total > 0 and steps_per_s > 0:
-        seconds = round((total - step) / steps_per_s)
-        parts.append(f"ETA {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}")
+        parts.append(f"ETA {duration((total - step) / steps_per_s)}")
     return " | ".join(parts)
 
 
@@ -281,8 +294,8 @@ def log_picture(trainer: L.Trainer, grid: Tensor, step: int, key: str,
 
 
 class GracefulStop(L.Callback):
-    """SIGTERM / SIGINT ask training to stop after the current optimizer step (the caller then
-    saves its checkpoint); a second signal ends the process at once (``os._exit``, so a
+    """SIGTERM / SIGINT / SIGUSR1 ask training to stop after the current optimizer step (the
+    caller then saves its checkpoint); a second signal ends the process at once (``os._exit``, so a
     checkpoint being written is abandoned as a temporary file and the previous one stays).
 
     Use as a context manager around the fit: it installs the handlers on entry (and again at
@@ -290,7 +303,7 @@ class GracefulStop(L.Callback):
     ones on exit. ``signum`` is the first signal received, or None.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # USR1: SLURM's time-limit warning
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -329,6 +342,38 @@ class GracefulStop(L.Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             trainer.should_stop = True
+
+
+class LastStepMetrics(L.Callback):
+    """Lightning logs metrics every ``log_every_n_steps`` steps, so a shorter run logged
+    nothing at all and a longer one lost its last steps: log the final step's metrics when
+    Lightning did not, and say once when the interval is longer than the run."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.logged_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every, left = trainer.log_every_n_steps, trainer.max_steps - trainer.global_step
+        if trainer.loggers and trainer.is_global_zero and 0 < left < every:
+            self.console.print(f"[yellow]note[/]: trainer.log_every_n_steps={every} is more "
+                               f"than this run's {left} steps: metrics are logged at its last "
+                               "step only")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if trainer._logger_connector.should_update_logs:  # Lightning logs this step
+            self.logged_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self.logged_step or step == 0 or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("train/") and v.numel() == 1}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step - 1)  # Lightning's step: steps done before
+            logger.save()
 
 
 class DivergenceGuard(L.Callback):

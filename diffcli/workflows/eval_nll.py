@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor
 
 from diffcli.components import plain
+from diffcli.console import progress
 from diffcli.diffusion.generate import to_uint8
 from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.ode_likelihood import image_nll, ode_log_likelihood
@@ -106,12 +106,6 @@ def vlb_timesteps(num_timesteps: int,
     return stratified_terms(num_timesteps, max(1, steps - 1))
 
 
-def _bar(total: int, label: str) -> tuple[Progress, Any]:
-    cols = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    bar = Progress(*cols, console=console, transient=True)
-    return bar, bar.add_task("", total=total)
-
-
 def run_vlb(cfg: DictConfig, opened: OpenedRun, items: Items, decoder: str, variance: str,
             device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
     """(bits/dim per item (N,), mean L_t per evaluated term (K,) in bits/dim, their t)."""
@@ -124,13 +118,13 @@ def run_vlb(cfg: DictConfig, opened: OpenedRun, items: Items, decoder: str, vari
     per_item, per_term, ts = [], [], []
     gen = torch.Generator().manual_seed(int(cfg.seed))
     batches = range(0, len(items.x0), int(cfg.batch_size))
-    bar, task = _bar(len(batches) * len(timesteps or range(T)), "VLB terms")
-    with bar, torch.inference_mode():
+    total = len(batches) * len(timesteps or range(T))
+    with progress("VLB terms", total, console) as bar, torch.inference_mode():
         for start in batches:
             x0 = items.x0[start:start + int(cfg.batch_size)].to(device)
             out = nll_vlb(predict, opened.schedule, x0, timesteps=timesteps, generator=gen,
                           decoder=decoder, fixed_variance=fixed, clip_x0=items.kind == "image",
-                          on_step=lambda i, n: bar.advance(task), weights=weights)
+                          on_step=lambda i, n: bar.advance(), weights=weights)
             per_item.append(out["bpd"].cpu())
             per_term.append(out["terms"].cpu() * len(x0))
             ts = out["timesteps"].tolist()
@@ -146,9 +140,8 @@ def run_ode(cfg: DictConfig, opened: OpenedRun, items: Items,
     per_item, nfe = [], []
     gen = torch.Generator().manual_seed(int(cfg.seed))
     batches = range(0, len(items.x0), int(cfg.batch_size))
-    bar, task = _bar(len(batches) * int(cfg.probes), "ODE likelihood")
     tol = {"rtol": float(cfg.rtol), "atol": float(cfg.atol)}
-    with bar:
+    with progress("ODE likelihood", len(batches) * int(cfg.probes), console, unit="solves") as bar:
         for start in batches:
             x0 = items.x0[start:start + int(cfg.batch_size)].to(device)
             solves = []
@@ -159,7 +152,7 @@ def run_ode(cfg: DictConfig, opened: OpenedRun, items: Items,
                     out = ode_log_likelihood(opened.denoiser, x0, generator=gen, **tol)
                 solves.append(out["bpd"].detach().cpu())
                 nfe.append(float(out["nfe"]))
-                bar.advance(task)
+                bar.advance()
             per_item.append(torch.stack(solves).mean(0))
     return torch.cat(per_item), sum(nfe) / len(nfe)
 

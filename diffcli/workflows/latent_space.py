@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 
 from diffcli.components import plain
+from diffcli.console import progress
 from diffcli.data.captions import CaptionedDataset
 from diffcli.data.datamodule import DiffusionDataModule
 from diffcli.data.labels import LabelledDataset
@@ -196,15 +196,13 @@ def read_cache(path: Path, sha: str) -> Tensor | None:
 def encode_all(dm: DiffusionDataModule, codec: LatentCodec, batch_size: int = 256) -> Tensor:
     """The moments (N, 2c, h, w) of every item of ``dm`` in order, unflipped."""
     n = dm.num_samples
-    cols = [TextColumn("encoding latents"), BarColumn(), MofNCompleteColumn()]
     out = []
-    with Progress(*cols, console=console, transient=True) as bar:
-        task = bar.add_task("", total=n)
+    with progress("encoding latents", n, console, unit="images") as bar:
         for start in range(0, n, batch_size):
             items = [dm.dataset[i] for i in range(start, min(n, start + batch_size))]
             x = torch.stack([it[0] if isinstance(it, tuple) else it for it in items])
             out.append(codec.moments(x).float())
-            bar.advance(task, len(items))
+            bar.advance(len(items))
     return torch.cat(out)
 
 

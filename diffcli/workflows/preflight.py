@@ -139,12 +139,21 @@ def _train_latent(cfg: DictConfig) -> None:
         raise UsageError(str(e)) from None
 
 
+def _train_requeue(cfg: DictConfig) -> None:
+    """``requeue_signals`` names signals that training stops on: USR1, TERM, INT."""
+    for name in cfg.get("requeue_signals") or []:
+        if str(name).upper().removeprefix("SIG") not in ("USR1", "TERM", "INT"):
+            raise UsageError(f"requeue_signals: {name!r} is not a signal training stops on; "
+                             "use USR1, TERM or INT (e.g. requeue_signals=[USR1])")
+
+
 def _train(cfg: DictConfig) -> None:
     from diffcli.workflows.rundir import check_run_dir
     from diffcli.workflows.train import check_resumable, resume_path
 
     _train_latent(cfg)
     _train_labels(cfg)
+    _train_requeue(cfg)
     _train_loss(cfg)
     resume = resume_path(cfg, here=None)
     if resume is not None:

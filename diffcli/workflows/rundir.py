@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.files import claim_dir
+from diffcli.workflows.slurm import job_run_dir, slurm_job
 
 LOCK = "run.lock"
 RESOLVER = "diffcli.fresh_dir"
@@ -27,15 +28,49 @@ _claimed: dict[str, str] = {}  # this process's claims: Hydra may resolve the ru
 
 
 def fresh_dir(path: str) -> str:
-    """Resolver: claim ``path`` (or the first free ``path_N``) once per process."""
+    """Resolver: claim ``path`` (or the first free ``path_N``) once per process; in a SLURM job,
+    the job's own folder (the same one after a requeue, and for every task of the job:
+    :func:`diffcli.workflows.slurm.job_run_dir`)."""
     if path not in _claimed:
-        _claimed[path] = str(claim_dir(Path(path)))
+        job = slurm_job()
+        _claimed[path] = str(job_run_dir(Path(path), job) if job else claim_dir(Path(path)))
     return _claimed[path]
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_group(_: str = "") -> str | None:
+    """Resolver: a sweep's name for its trackers' runs ("sweep-<date>_<time>" from the sweep
+    folder), None outside a sweep."""
+    if not _multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(str(HydraConfig.get().sweep.dir))
+    return f"sweep-{folder.parent.name}_{folder.name}"
+
+
+def job_name(_: str = "") -> str | None:
+    """Resolver: a sweep job's name, its overrides ("lr=2e-4,schedule=cosine", or its number
+    when it has none); None outside a sweep (the tracker picks a name)."""
+    if not _multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get().job
+    return str(job.override_dirname or f"job-{job.num}")
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, fresh_dir)
+    for name, fn in ((RESOLVER, fresh_dir), ("diffcli.sweep_group", sweep_group),
+                     ("diffcli.job_name", job_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def check_run_dir(run_dir: Path, resume: Path | None) -> None:
@@ -61,21 +96,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owner() -> str:
+    """``pid host [slurm job]``: who holds a lock."""
+    job = slurm_job()
+    return f"{os.getpid()} {socket.gethostname()}" + (f" {job.key}" if job else "")
+
+
 def live_holder(run_dir: Path) -> int | None:
-    """The PID of a live process on this host holding ``run_dir``'s lock, else None."""
+    """The PID of a live process holding ``run_dir``'s lock, else None. A lock of another host
+    counts as live, unless it was this SLURM job's (an attempt before a requeue, ended)."""
     try:
-        pid_text, _, host = (run_dir / LOCK).read_text().strip().partition(" ")
+        pid_text, host, *job = (run_dir / LOCK).read_text().split()
         pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    if host and host != socket.gethostname():
+    mine = slurm_job()
+    if job and mine is not None and job[0] == mine.key and pid != os.getpid():
+        return None
+    if host != socket.gethostname():
         return pid  # another machine's process: assume it is alive
     return pid if pid != os.getpid() and _alive(pid) else None
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds ``<run_dir>/run.lock`` (``pid host``) for the run's
-    lifetime; a stale lock (its process is gone) is taken over."""
+    """``with RunLock(run_dir):`` holds ``<run_dir>/run.lock`` (``pid host [slurm job]``) for
+    the run's lifetime; a stale lock (its process is gone) is taken over."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
@@ -94,7 +139,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+                f.write(_owner() + "\n")
             return self
         raise CheckpointError(f"could not take {self.path}")
 

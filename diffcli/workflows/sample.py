@@ -17,10 +17,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from diffcli.components import plain
+from diffcli.console import progress
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.generate import Trajectory, compact_seeds, generate, num_steps, to_uint8
 from diffcli.diffusion.samplers import Sampler
@@ -105,13 +105,6 @@ def checkpoint_to_use(ckpt: str | None, runs_root: str) -> Path:
     return found
 
 
-def progress_bar(total: int, show: bool = True) -> tuple[Progress, object]:
-    """A transient rich bar over ``total`` sampler steps: (progress, task)."""
-    cols = [TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    bar = Progress(*cols, console=console, transient=True, disable=not show)
-    return bar, bar.add_task("", total=total)
-
-
 def draw_with_progress(sampler: Sampler, opened: OpenedRun, seeds: list[int], batch_size: int,
                        device: torch.device, trajectory: Trajectory | None = None,
                        show: bool = True, denoiser: Denoiser | None = None,
@@ -121,10 +114,9 @@ def draw_with_progress(sampler: Sampler, opened: OpenedRun, seeds: list[int], ba
     tokens); a latent model's samples decoded to images. (N, *shape)"""
     denoiser = denoiser or opened.denoiser
     total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
-    bar, task = progress_bar(total, show)
-    with bar:
+    with progress("sampling", total, console, show, unit="steps") as bar:
         z = generate(sampler, denoiser, opened.sample_shape, seeds, batch_size, device,
-                     trajectory=trajectory, on_step=lambda: bar.advance(task), labels=labels)
+                     trajectory=trajectory, on_step=bar.advance, labels=labels)
     return opened.decode(z, batch_size)
 
 

@@ -112,6 +112,11 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "resume": Key(str | None, "auto: continue the newest run", choices=("auto", "never")),
         "ckpt_path": Key(str | None, "continue from this checkpoint", nonempty=True),
         "runs_root": Key(str, "where runs go (and where resume=auto looks)", nonempty=True),
+        "requeue_signals": Key(list, "in a SLURM job, the signals that save and requeue the job "
+                               "(it continues in the same run folder)"),
+        "progress_every_s": Key(float | int, "without a terminal: a progress line this often "
+                                "(seconds)", ge=0),
+        "progress_every_n_steps": Key(int | None, "... or every this many steps", ge=1),
         "conditional": Key(bool, "class-conditional on the dataset's labels (classifier-free "
                            "guidance training)"),
         "task": Key(str, "diffusion | classifier | autoencoder",

@@ -20,9 +20,16 @@ from rich.console import Console
 from diffcli.components import build, plain, resolve_target
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.autoencoder_module import AutoencoderModule
-from diffcli.lit.callbacks import DivergenceGuard, GracefulStop, StepProgress, Throughput
+from diffcli.lit.callbacks import (
+    DivergenceGuard,
+    GracefulStop,
+    LastStepMetrics,
+    StepProgress,
+    Throughput,
+)
 from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
+from diffcli.lit.loggers import RunCSVLogger, finish_loggers, trim_metrics
 from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.nets.layers import count_parameters
@@ -41,9 +48,11 @@ from diffcli.workflows.latent_space import (
     latent_source,
     latent_space,
 )
+from diffcli.workflows.results import RunClock, write_result
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
+from diffcli.workflows.slurm import SlurmJob, requeue, slurm_job
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
 MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "text_encoder",
                         "autoencoder")  # and what the network predicts
@@ -166,8 +175,11 @@ def build_callbacks(nodes: Any, context: dict[str, Any]) -> list[L.Callback]:
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
     context = {"run_dir": run_dir, "console": console, "seed": int(cfg.seed),
                "dataset": plain(cfg.dataset)}
-    return [*build_callbacks(cfg.callbacks, context), Throughput(), StepProgress(console),
-            DivergenceGuard()]
+    every = cfg.get("progress_every_s")
+    progress = StepProgress(console, every_s=float(30 if every is None else every),
+                            every_n_steps=cfg.get("progress_every_n_steps"))
+    return [*build_callbacks(cfg.callbacks, context), Throughput(), progress,
+            LastStepMetrics(console), DivergenceGuard()]
 
 
 def _manual_optimization(trainer_kwargs: dict[str, Any]) -> None:
@@ -197,7 +209,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop,
             **trainer_kwargs,
             logger=logger,
             callbacks=[*_callbacks(cfg, run_dir), stop],
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *_cluster()],
             default_root_dir=run_dir,
             enable_model_summary=False,
             enable_progress_bar=False,
@@ -302,24 +314,54 @@ def _autoencoder_module(cfg: DictConfig, dm: Any) -> L.LightningModule:
     return module
 
 
+def _cluster() -> list[Any]:
+    """Lightning's SLURM environment without its auto-requeue: its handler saves in the middle
+    of a step from inside the signal handler and keeps training; :class:`GracefulStop` stops at
+    a step boundary instead, and :func:`train` saves and requeues."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def requeued_checkpoint(run_dir: Path, job: SlurmJob | None) -> Path | None:
+    """In a requeued SLURM job, the run's own last.ckpt (it continues where it stopped)."""
+    last = run_dir / "checkpoints" / LAST
+    return last if job is not None and job.requeued and last.is_file() else None
+
+
 def train(cfg: DictConfig) -> Path:
     """Train a diffusion model as configured; returns the path of the final checkpoint.
 
-    The run folder is this run's alone (:mod:`diffcli.workflows.rundir`). SIGTERM / SIGINT
-    finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
-    (:class:`~diffcli.errors.Interrupted`); a second one exits at once.
+    The run folder is this run's alone (:mod:`diffcli.workflows.rundir`). SIGTERM / SIGINT /
+    SIGUSR1 finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
+    (:class:`~diffcli.errors.Interrupted`); a second one exits at once. In a SLURM job, USR1
+    and TERM (``requeue_signals``) also requeue the job, which continues in the same folder.
     """
     _quiet_lightning()
+    clock = RunClock()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resume = resume_path(cfg, here=run_dir)
-    worker = int(os.environ.get("LOCAL_RANK", "0")) > 0  # DDP ranks started by Lightning
+    job = slurm_job()
+    resume = resume_path(cfg, here=run_dir) or requeued_checkpoint(run_dir, job)
+    # DDP ranks started by Lightning, or SLURM tasks after the first
+    worker = int(os.environ.get("LOCAL_RANK", "0")) > 0 or (job is not None and job.rank > 0)
     if not worker:
         check_run_dir(run_dir, resume)
     with contextlib.nullcontext() if worker else RunLock(run_dir), GracefulStop() as stop:
-        return _fit(cfg, run_dir, resume, stop)
+        return _fit(cfg, run_dir, resume, stop, clock)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop) -> Path:
+def _continue_logs(trainer: L.Trainer, run_dir: Path, resume: Path | None, start: int) -> None:
+    """A run continued in its own folder appends to its CSV log: rows logged after the
+    checkpoint it continues from are dropped (they will be logged again)."""
+    if resume is None or run_dir.resolve() not in resume.resolve().parents:
+        return
+    for lg in trainer.loggers:
+        if isinstance(lg, RunCSVLogger) and trainer.is_global_zero:
+            trim_metrics(Path(lg.log_dir) / "metrics.csv", start)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop,
+         clock: RunClock) -> Path:
     start = check_resumable(resume, cfg) if resume else 0
     L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
     dm = build_datamodule(cfg.dataset, download_ok=True,
@@ -336,6 +378,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
             lg.log_hyperparams(module.run_config)
     if resume:
         remove_stale_temporaries(resume.parent)
+        _continue_logs(trainer, run_dir, resume, start)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     except BaseException as e:  # end the other ranks (or defer to the one that failed)
@@ -343,6 +386,8 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         stop_other_ranks(getattr(trainer.strategy.launcher, "procs", []),
                          wait_s=PEER_EXIT_WAIT_S if peer_failure else 0.0)
         raise
+    finally:
+        finish_loggers(trainer.loggers)
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
     if trainer.is_global_zero and isinstance(module, ClassifierModule) and module.eval_images:
@@ -355,8 +400,16 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     _end_process_group()  # every rank, before any prints "done" and exits
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
-        raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; continue with "
-                          f"`diffcli train resume=auto` (or ckpt_path={last})", stop.signum)
+        requeued = _requeue(cfg, stop.signum) if trainer.is_global_zero else None
+        if trainer.is_global_zero:
+            write_result(run_dir, trainer, last, clock, "requeued" if requeued and
+                         requeued.startswith("requeued") else "interrupted")
+        after = requeued or (f"continue with `diffcli train resume=auto` (or "
+                             f"ckpt_path={last})")
+        raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; {after}",
+                          stop.signum)
+    if trainer.is_global_zero:
+        write_result(run_dir, trainer, last, clock, "done")
     if trainer.is_global_zero:
         after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
                  "diffusion run)" if isinstance(module, ClassifierModule)
@@ -366,6 +419,16 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
                       f"next: {after}")
     return last
+
+
+def _requeue(cfg: DictConfig, signum: int) -> str | None:
+    """In a SLURM job stopped by one of ``requeue_signals`` (USR1, TERM): requeue it; what
+    happened, in words. None outside SLURM or for other signals."""
+    job = slurm_job()
+    wanted = {str(s).upper().removeprefix("SIG") for s in cfg.get("requeue_signals") or []}
+    if job is None or signal.Signals(signum).name.removeprefix("SIG") not in wanted:
+        return None
+    return requeue(job)
 
 
 def _held_out(cfg: DictConfig, dm: Any) -> tuple[Any, str]:
