@@ -492,6 +492,7 @@ def _with_sweep_dir(args: list[str], cfg: Any, debug: bool) -> list[str]:
 
     for launcher in (launchers.SlurmLauncher, launchers.LocalLauncher):  # an editable install's
         Plugins.instance().register(launcher)  # hydra_plugins/ is not found by Hydra's scan
+    os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # --signal=USR1@<delay> (not USR2)
     try:
         check_launcher(cfg)
     except DiffcliError as e:

@@ -25,11 +25,13 @@ ERROR_LINE = re.compile(r"^(?:rank \d+: )?(?:error|interrupted): .*$", re.MULTIL
 
 
 def check_sbatch() -> None:
-    """Refuse ``hydra/launcher=slurm`` where there is no ``sbatch`` to submit with."""
-    if shutil.which("sbatch") is None:
-        raise DiffcliError("hydra/launcher=slurm submits with sbatch, which is not on PATH: run "
-                           "the sweep on a SLURM login node, or try it here with "
-                           "hydra/launcher=local")
+    """Refuse ``hydra/launcher=slurm`` where there is no ``sbatch`` (or ``srun``) to submit
+    with."""
+    for command in ("sbatch", "srun"):
+        if shutil.which(command) is None:
+            raise DiffcliError(f"hydra/launcher=slurm submits with sbatch and srun, but "
+                               f"{command} is not on PATH: run the sweep on a SLURM login "
+                               "node, or try it here with hydra/launcher=local")
 
 
 def check_devices(config: Any, gpus_per_node: int | None, nodes: int) -> None:
@@ -48,21 +50,27 @@ def check_devices(config: Any, gpus_per_node: int | None, nodes: int) -> None:
 def check_launcher(cfg: Any) -> None:
     """Before a sweep is launched: hydra/launcher=slurm needs sbatch, and device counts that
     agree with the launcher's."""
-    launcher = cfg.hydra.launcher
+    from omegaconf import OmegaConf
+
+    try:
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's several errors: a bad launcher key
+        raise DiffcliError(f"hydra.launcher: {' '.join(str(e).split())}") from None
     if str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
         check_sbatch()
         check_devices(cfg, launcher.get("gpus_per_node"), int(launcher.get("nodes") or 1))
 
 
-def failure_line(error: BaseException) -> str:
+def failure_line(error: BaseException, first: bool = False) -> str:
     """The line worth showing of a submitit error: the job's own ``error: ...`` line when its
-    log has one, else the first line of the error."""
+    log has one, else the first line (``first``: sbatch's own message) or the last (a
+    traceback's exception)."""
     text = str(error)
     found = ERROR_LINE.findall(text)
     if found:
         return found[-1].split(": ", 1)[1] if found[-1].startswith("rank") else found[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return (lines[0] if first else lines[-1]) if lines else type(error).__name__
 
 
 class OneLineFailures:
@@ -93,7 +101,7 @@ def launch_failure(error: Exception, logs: str) -> str | None:
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     if isinstance(error, FailedJobError) and not str(error).startswith("Job"):
-        return f"sbatch refused the sweep: {failure_line(error)}"
+        return f"sbatch refused the sweep: {failure_line(error, first=True)}"
     if isinstance(error, (FailedJobError, UncompletedJobError)):
         return f"a sweep job failed: {failure_line(error)} (logs: {logs})"
     return None

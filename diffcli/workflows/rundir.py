@@ -66,9 +66,14 @@ def job_name(_: str = "") -> str | None:
     return str(job.override_dirname or f"job-{job.num}")
 
 
+def at_least_one(value: object) -> int:
+    """Resolver: ``value`` as an int, at least 1 (one SLURM task per GPU, one on a CPU node)."""
+    return max(1, int(value or 0))
+
+
 def register_resolvers() -> None:
     for name, fn in ((RESOLVER, fresh_dir), ("diffcli.sweep_group", sweep_group),
-                     ("diffcli.job_name", job_name)):
+                     ("diffcli.job_name", job_name), ("diffcli.at_least_one", at_least_one)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
