@@ -78,6 +78,12 @@ def _requeues(key: str) -> int:
     return sum(line.split() == ["requeue", key] for line in lines)
 
 
+def _fill(pattern: str, job: int, task: int | None) -> str:
+    """An --output / --error pattern with %A, %a, %j, %t filled in."""
+    fill = {"%A": str(job), "%a": str(task), "%j": str(job), "%t": "0"}
+    return re.sub("|".join(fill), lambda m: fill[m.group(0)], pattern)
+
+
 def _run_task(job: int, task: int | None, srun: list[str], preempt: str) -> None:
     key = f"{job}_{task}" if task is not None else str(job)
     restarts = 0
@@ -89,9 +95,8 @@ def _run_task(job: int, task: int | None, srun: list[str], preempt: str) -> None
                "SLURM_RESTART_COUNT": str(restarts)}
         if task is not None:
             env |= {"SLURM_ARRAY_JOB_ID": str(job), "SLURM_ARRAY_TASK_ID": str(task)}
-        fill = {"%A": str(job), "%a": str(task), "%j": str(job), "%t": "0"}
-        out, err = (re.sub("|".join(fill), lambda m: fill[m.group(0)], srun[srun.index(f) + 1])
-                    for f in ("--output", "--error"))  # SLURM fills in these two only
+        out, err = (_fill(srun[srun.index(f) + 1], job, task)  # SLURM fills in these two only
+                    for f in ("--output", "--error"))
         command = srun[srun.index("--error") + 2:]
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         (_state() / f"{key}.state").write_text("RUNNING")
@@ -160,5 +165,6 @@ def squeue(args: list[str]) -> int:
 
 if __name__ == "__main__":
     command, rest = sys.argv[1], sys.argv[2:]
-    sys.exit({"sbatch": sbatch, "srun": srun, "scontrol": scontrol, "sacct": sacct, "squeue": squeue,
-              "run": run}[command](rest))
+    commands = {"sbatch": sbatch, "srun": srun, "scontrol": scontrol, "sacct": sacct,
+                "squeue": squeue, "run": run}
+    sys.exit(commands[command](rest))
