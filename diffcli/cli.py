@@ -259,13 +259,14 @@ def expand_aliases(config_name: str, args: list[str]) -> list[str]:
 
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
     """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped
-    (but hydra.run.dir, which preflight checks)."""
+    (but hydra.run.dir, which preflight checks, and the launcher's, checked before a sweep)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     concrete = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
-        if key.startswith(("hydra.", "hydra/", "+hydra")) and key != "hydra.run.dir":
+        kept = key in ("hydra.run.dir", "hydra/launcher") or key.startswith("hydra.launcher.")
+        if key.startswith(("hydra.", "hydra/", "+hydra")) and not kept:
             continue
         if o.is_sweep_override():
             concrete.append(f"{key}={next(iter(o.sweep_string_iterator()))}")

@@ -148,7 +148,8 @@ class Bar:
         if self.show and self.console.is_terminal:
             cols = [TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
                     TextColumn(self.unit), TimeRemainingColumn()]
-            live_console = Console(file=screen(self.console.file), stderr=self.console.stderr)
+            live_console = Console(file=screen(self.console.file), force_terminal=True,
+                                   width=self.console.width)
             self.live = Progress(*cols, console=live_console, transient=True)
             self.task = self.live.add_task("", total=self.total)
             self.live.start()

@@ -69,7 +69,8 @@ class StepProgress(L.Callback):
             TextColumn("{task.fields[rate]} {task.fields[images]}"),
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(file=screen(self.console.file)), transient=False,
+            console=Console(file=screen(self.console.file), force_terminal=True,
+                            width=self.console.width), transient=False,
         )  # the live bar goes to the screen only; the console log gets the plain lines
         self.task = self.progress.add_task("", total=total, completed=trainer.global_step, loss="-",
                                           rate="-", images="")

@@ -8,6 +8,8 @@ import configparser
 import csv
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +72,12 @@ def wandb_run_id(save_dir: str | Path, rank: int) -> str:
     """The wandb run id of the run in ``save_dir``: the one saved in ``<save_dir>/wandb-run-id``
     (a run continued in its folder, e.g. after a SLURM requeue, continues its wandb run), else
     a new one, saved there by rank 0."""
-    import wandb
-
     path = Path(save_dir) / WANDB_ID_FILE
     try:
         return path.read_text().strip()
     except OSError:
         pass
-    run_id = wandb.util.generate_id()
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if rank == 0:
         atomic_write_text(path, run_id + "\n")
     return run_id

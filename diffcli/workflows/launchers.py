@@ -50,10 +50,9 @@ def check_devices(config: Any, gpus_per_node: int | None, nodes: int) -> None:
 def check_launcher(cfg: Any) -> None:
     """Before a sweep is launched: hydra/launcher=slurm needs sbatch, and device counts that
     agree with the launcher's."""
-    from omegaconf import OmegaConf
-
-    try:
-        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    node = cfg.hydra.launcher
+    try:  # (not submitit_folder: resolving the sweep folder would create it)
+        launcher = {k: node[k] for k in node if k != "submitit_folder"}
     except Exception as e:  # noqa: BLE001 - OmegaConf's several errors: a bad launcher key
         raise DiffcliError(f"hydra.launcher: {' '.join(str(e).split())}") from None
     if str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
