@@ -146,3 +146,17 @@ def test_launcher_checks_and_failure_lines():
     crash = UncompletedJobError("Job 5_1\nTraceback ...\nRuntimeError: CUDA out of memory")
     assert failure_line(crash) == "RuntimeError: CUDA out of memory"
     assert launch_failure(ValueError("a bug"), "logs/") is None  # bugs keep their traceback
+
+
+def test_a_continued_run_continues_its_wandb_run(tmp_path: Path, monkeypatch):
+    """The wandb run id is kept in the run folder: a restarted job resumes the same run."""
+    from diffcli.lit.loggers import WANDB_ID_FILE, make_wandb_logger, wandb_run_id
+
+    first = make_wandb_logger(str(tmp_path), mode="offline", group="sweep-x")
+    run_id = (tmp_path / WANDB_ID_FILE).read_text().strip()
+    assert first._wandb_init["id"] == run_id and first._wandb_init["resume"] == "allow"
+    assert first._wandb_init["group"] == "sweep-x"
+    again = make_wandb_logger(str(tmp_path), mode="offline")
+    assert again._wandb_init["id"] == run_id
+    assert wandb_run_id(tmp_path / "other", rank=1) != run_id  # rank > 0 writes nothing
+    assert not (tmp_path / "other" / WANDB_ID_FILE).exists()
