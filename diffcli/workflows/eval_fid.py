@@ -70,7 +70,7 @@ from diffcli.runs import (
 from diffcli.viz.plots import plot_sweep
 from diffcli.workflows.sample import checkpoint_to_use, guidance_keys, sampler_choice
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 DEFAULT_N = 50_000  # the usual FID-50k
 SWEEPABLE = ("guidance", "classifier_scale")
 

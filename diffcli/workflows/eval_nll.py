@@ -41,7 +41,7 @@ from diffcli.runs import OpenedRun, build_datamodule, open_run, pick_device
 from diffcli.viz.plots import plot_vlb_terms
 from diffcli.workflows.sample import checkpoint_to_use
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 Z95 = 1.959964  # two-sided 95% normal quantile
 
 

@@ -46,7 +46,7 @@ from diffcli.runs import (
     run_roots,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 SCALE_IMAGES = 1024  # images whose latents set the scale factor (the "first batches")
 CACHE_FORMAT = 1
 

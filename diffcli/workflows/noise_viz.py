@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 # Data and checkpoint code (torchvision, Lightning) is imported where it is used, so that bad
 # schedules or timesteps are reported before those seconds of imports.
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # timesteps: null -> these x T, T-1 at most
 
 

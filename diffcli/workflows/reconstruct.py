@@ -23,7 +23,7 @@ from diffcli.lit.autoencoder_module import psnr_ssim, recon_grid
 from diffcli.lit.autoencoder_module import reconstruct as reconstruct_images
 from diffcli.runs import build_datamodule, read_autoencoder, restore_autoencoder
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt")
 
 

@@ -41,7 +41,7 @@ from diffcli.runs import (
     sampler_name,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
 
 MAX_SEEDS = 10_000_000  # one call; more is a mistake or a job for several calls
