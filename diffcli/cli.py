@@ -16,12 +16,12 @@ from typing import Any
 
 import typer
 
+from diffcli.components import conf_dir
+
 # Torch's OpenMP threads spin-wait by default; on a small shared CPU that stalls badly.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-if not CONF_DIR.is_dir():  # editable install: the tree lives at the repository root
-    CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()  # diffcli/conf, or conf/ at the repository root (editable install)
 
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
                "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
@@ -548,6 +548,14 @@ hydra_command("noise_viz", "Pictures that explain diffusion: images noised under
               "reverse=true a sampler's x_t and x0 estimates (reverse.png); gif=true adds GIFs. "
               "Writes outputs/noise-viz/<date>_<time>/, or <run>/viz/ with a checkpoint.",
               "diffcli noise-viz schedules=[linear,cosine] timesteps=[0,250,500,999] gif=true")
+
+hydra_command("export", "Export a run (the newest unless ckpt=...) for other tools: "
+              "format=safetensors (weights + JSON config, no pickle; diffcli sample "
+              "ckpt=<file> loads it), format=diffusers (a DDPMPipeline folder: UNet2DModel + "
+              "the run's schedule as the sampler= scheduler), format=onnx (the denoiser, checked "
+              "with onnxruntime). Writes <run dir>/export/<format>/ with a model card.",
+              "diffcli export format=diffusers sampler=ddim")
+
 
 
 @app.command(name="sweep-summary")

@@ -195,6 +195,27 @@ def check_config(tree: Any, source: str, *, stored: bool = True) -> None:
                 raise _refuse(source, str(e)) from None
 
 
+def conf_dir() -> Path:
+    """The shipped config tree: ``diffcli/conf`` when installed, ``conf/`` at the top of the
+    repository in an editable install."""
+    here = Path(__file__).resolve().parent
+    return here / "conf" if (here / "conf").is_dir() else here.parent / "conf"
+
+
+def option(group: str, name: str) -> dict[str, Any]:
+    """The shipped config of ``group=name`` (e.g. ``option("sampler", "ddim")``), as a plain
+    dict; one line listing the options when there is no such one."""
+    import yaml
+
+    folder = conf_dir() / group
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise DiffcliError(f"{group}={name!r}: no such option (choose from {known})")
+    node = yaml.safe_load(path.read_text())
+    return {k: v for k, v in node.items() if k != "defaults"}
+
+
 def check_group(group: str, node: Any, source: str = "config") -> None:
     """:func:`check_config`'s rules for one group node (e.g. the composed ``sampler``)."""
     _walk(node, "callbacks.entry" if group == "callbacks" else group, source, stored=False)

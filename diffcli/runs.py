@@ -184,17 +184,33 @@ def _torch_load(path: Path) -> Any:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's top-level dict, read with ``weights_only=True`` (no pickled code runs)
-    and memory-mapped (tensors are read from disk only when used)."""
+    and memory-mapped (tensors are read from disk only when used). Exported models read the
+    same way: ``<name>.safetensors`` with its JSON sidecar, and diffusers folders (a
+    ``UNet2DModel`` with its scheduler), mapped to a diffcli config and weights."""
     path = Path(path)
+    if path.is_dir():  # an exported diffusers folder, or one from the Hub
+        from diffcli.export.diffusers_io import read_diffusers_folder
+
+        return _with_metadata(read_diffusers_folder(path), path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":  # `diffcli export format=safetensors`
+        from diffcli.export.safetensors_io import read_safetensors
+
+        return _with_metadata(read_safetensors(path), path)
     try:
         ckpt = _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(f"{path} is not a diffcli checkpoint (not a PyTorch file that "
                               "loads without running code; --debug shows why)") from e
+    return _with_metadata(ckpt, path)
+
+
+def _with_metadata(ckpt: Any, path: Path) -> dict[str, Any]:
+    """``ckpt`` if it has diffcli's self-description and weights, else a one-line error."""
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "config" not in meta or "state_dict" not in ckpt:
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or \
+            "state_dict" not in ckpt:
         raise CheckpointError(f"{path} was not written by `diffcli train` (no diffcli metadata)")
     return ckpt
 
@@ -299,6 +315,15 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
         raise CheckpointError(f"{path}: refusing to load: its network predicts "
                               f"{run.prediction!r}, not one of {', '.join(known)}")
     return run
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """Where a model's results go (samples/, eval/, viz/): the run folder of
+    ``<run>/checkpoints/<name>.ckpt``, the folder of an exported file, or a diffusers folder
+    itself."""
+    if ckpt.is_dir():
+        return ckpt
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def run_task(ckpt: Path) -> str:

@@ -42,21 +42,37 @@ __all__ = [
 ]
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+def timestep_embedding(
+    t: Tensor,
+    dim: int,
+    max_period: float = 10000.0,
+    *,
+    freq_shift: float = 0.0,
+    sin_first: bool = False,
+) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps.
 
     The Transformer position encoding (Vaswani et al. 2017, Sec. 3.5) as used for the
-    diffusion step in DDPM (Ho et al. 2020, Appendix B): ``dim // 2`` frequencies
-    spaced geometrically from 1 down to ``1 / max_period``; the output is
-    ``[cos(t * f), sin(t * f)]``, with one zero column appended when ``dim`` is odd.
-    It is meant for raw step indices (0..T-1); continuous times in [0, 1] should be
-    scaled up (e.g. by 1000) first, or the low frequencies barely change.
+    diffusion step in DDPM (Ho et al. 2020, Appendix B): ``half = dim // 2``
+    frequencies ``f_i = max_period ** (-i / (half - freq_shift))``, ``i = 0 .. half - 1``,
+    so with the default ``freq_shift=0`` they are spaced geometrically from 1 down to
+    (just above) ``1 / max_period``; the output is ``[cos(t * f), sin(t * f)]``
+    (``[sin(t * f), cos(t * f)]`` with ``sin_first``), with one zero column appended when
+    ``dim`` is odd. It is meant for raw step indices (0..T-1); continuous times in [0, 1]
+    should be scaled up (e.g. by 1000) first, or the low frequencies barely change.
+
+    The DDPM reference (TensorFlow) code and the diffusers checkpoints converted from it
+    (e.g. ``google/ddpm-cifar10-32``) use ``freq_shift=1, sin_first=True``; the defaults
+    are the ADM convention (diffusers' ``flip_sin_to_cos=True, freq_shift=0``).
 
     Args:
         t: timesteps, shape ``(B,)`` (a 0-d tensor counts as ``B = 1``); any real
             values, integer or float dtype.
         dim: embedding width, at least 1.
         max_period: the longest period, which sets the lowest frequency.
+        freq_shift: subtracted from ``half`` in the frequency exponent's denominator;
+            must leave it positive.
+        sin_first: put the sines before the cosines.
 
     Returns:
         Float32 tensor of shape ``(B, dim)``.
@@ -65,23 +81,34 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
         raise ValueError(f"timestep embedding dim must be >= 1, got {dim}")
     t = t.reshape(-1).to(torch.float32)  # (B,)
     half = dim // 2
-    exponents = torch.arange(half, dtype=torch.float32, device=t.device) / max(half, 1)
-    freqs = torch.exp(-math.log(max_period) * exponents)  # (half,)
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)  # (half,)
+    if freq_shift == 0:
+        freqs = torch.exp(-math.log(max_period) * (steps / max(half, 1)))  # (half,)
+    else:
+        denom = half - freq_shift
+        if half and denom <= 0:
+            raise ValueError(f"timestep embedding freq_shift={freq_shift} must be below "
+                             f"dim // 2 = {half}")
+        # (-log(P) * i) / denom, in this order, so that shifted embeddings equal those of
+        # checkpoints converted from the DDPM reference code bit for bit.
+        freqs = torch.exp(-math.log(max_period) * steps / denom)  # (half,)
     args = t[:, None] * freqs[None, :]  # (B, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, 2 * half)
+    parts = [torch.sin(args), torch.cos(args)] if sin_first else [torch.cos(args), torch.sin(args)]
+    emb = torch.cat(parts, dim=1)  # (B, 2 * half)
     if dim % 2:
         emb = F.pad(emb, (0, 1))  # (B, dim)
     return emb
 
 
-def norm(ch: int, groups: int = 32) -> nn.GroupNorm:
+def norm(ch: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
     """GroupNorm over ``ch`` channels (Wu & He 2018), as in DDPM (Ho et al. 2020, App. B).
 
     Uses the largest group count ``<= groups`` that divides ``ch``, so narrow layers
-    (e.g. 8 or 12 channels) still work with the default of 32 groups.
+    (e.g. 8 or 12 channels) still work with the default of 32 groups. ``eps`` is added
+    to the variance (PyTorch's default 1e-5; the DDPM reference code uses 1e-6).
     """
     g = max(d for d in range(1, min(groups, ch) + 1) if ch % d == 0)
-    return nn.GroupNorm(g, ch)
+    return nn.GroupNorm(g, ch, eps=eps)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -108,12 +135,17 @@ class TimeEmbedding(nn.Module):
         freq_dim: width of the sinusoidal features (DDPM uses the base channel count).
         emb_dim: output width (DDPM uses ``4 * base_channels``).
         max_period: passed to :func:`timestep_embedding`.
+        freq_shift: passed to :func:`timestep_embedding`.
+        sin_first: passed to :func:`timestep_embedding`.
     """
 
-    def __init__(self, freq_dim: int, emb_dim: int, max_period: float = 10000.0) -> None:
+    def __init__(self, freq_dim: int, emb_dim: int, max_period: float = 10000.0, *,
+                 freq_shift: float = 0.0, sin_first: bool = False) -> None:
         super().__init__()
         self.freq_dim = freq_dim
         self.max_period = max_period
+        self.freq_shift = freq_shift
+        self.sin_first = sin_first
         self.mlp = nn.Sequential(
             nn.Linear(freq_dim, emb_dim),
             nn.SiLU(),
@@ -122,7 +154,8 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """Map timesteps ``(B,)`` to embeddings ``(B, emb_dim)``."""
-        feats = timestep_embedding(t, self.freq_dim, self.max_period)  # (B, freq_dim)
+        feats = timestep_embedding(t, self.freq_dim, self.max_period, freq_shift=self.freq_shift,
+                                   sin_first=self.sin_first)  # (B, freq_dim)
         weight = self.mlp[0].weight
         return self.mlp(feats.to(weight.dtype))  # (B, emb_dim)
 
@@ -200,6 +233,7 @@ class ResBlock(TimestepBlock):
         up: double height and width, ``(B, in_ch, H, W) -> (B, out_ch, 2H, 2W)``.
         down: halve height and width, ``(B, in_ch, H, W) -> (B, out_ch, H // 2, W // 2)``.
         use_scale_shift_norm: condition through scale and shift of the second norm.
+        norm_eps: epsilon of both GroupNorms (see :func:`norm`).
     """
 
     def __init__(
@@ -213,6 +247,7 @@ class ResBlock(TimestepBlock):
         up: bool = False,
         down: bool = False,
         use_scale_shift_norm: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if up and down:
@@ -223,7 +258,7 @@ class ResBlock(TimestepBlock):
         self.down = down
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            norm(in_ch, groups),
+            norm(in_ch, groups, norm_eps),
             nn.SiLU(),
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
         )
@@ -231,7 +266,7 @@ class ResBlock(TimestepBlock):
         emb_out = 2 * out_ch if use_scale_shift_norm else out_ch
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, emb_out))
         self.out_layers = nn.Sequential(
-            norm(out_ch, groups),
+            norm(out_ch, groups, norm_eps),
             nn.SiLU(),
             nn.Dropout(dropout),
             zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
@@ -301,6 +336,7 @@ class AttentionBlock(nn.Module):
         num_head_channels: channels per head; when given it overrides ``num_heads``
             (``heads = channels // num_head_channels``) and must divide ``channels``.
         groups: maximum GroupNorm group count (see :func:`norm`).
+        norm_eps: epsilon of the GroupNorm (see :func:`norm`).
     """
 
     def __init__(
@@ -309,6 +345,7 @@ class AttentionBlock(nn.Module):
         num_heads: int = 1,
         num_head_channels: int | None = None,
         groups: int = 32,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if num_head_channels is not None:
@@ -325,7 +362,7 @@ class AttentionBlock(nn.Module):
             )
         self.channels = channels
         self.num_heads = num_heads
-        self.norm = norm(channels, groups)
+        self.norm = norm(channels, groups, norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -344,15 +381,30 @@ class AttentionBlock(nn.Module):
 class Downsample(nn.Module):
     """Halve the spatial size with a 3x3 convolution of stride 2 (Ho et al. 2020, App. B).
 
-    ``(B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))``.
+    ``padding=1`` (default): the conv pads one pixel on every side,
+    ``(B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))``. ``padding=0``: the input is
+    zero-padded by one pixel on the right and bottom only, then convolved without
+    padding, as in the DDPM reference (TensorFlow "SAME" stride-2) code and the diffusers
+    checkpoints converted from it (``downsample_padding=0``);
+    ``(B, C, H, W) -> (B, C, floor(H / 2), floor(W / 2))``. Both give ``H / 2`` for even
+    ``H`` but weigh the border pixels differently.
+
+    Args:
+        ch: input and output channels.
+        padding: 1 (symmetric) or 0 (right / bottom only), as above.
     """
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, padding: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        if padding not in (0, 1):
+            raise ValueError(f"Downsample padding must be 0 or 1, got {padding}")
+        self.padding = padding
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
         """Downsample ``x`` ``(B, C, H, W)``."""
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # (B, C, H + 1, W + 1)
         return self.conv(x)
 
 

@@ -166,6 +166,18 @@ class UNet(nn.Module):
         mid_transformer: put a spatial transformer between the two middle ResBlocks
             (after the middle AttentionBlock, if any); ``None`` means "when any level has
             a transformer" (SD).
+        downsample_padding: padding of the stride-2 :class:`Downsample` convolutions: 1
+            pads every side (default), 0 pads only the right and bottom by one pixel, as
+            the DDPM reference code and diffusers' ``downsample_padding=0`` (e.g.
+            ``google/ddpm-cifar10-32``). Unused with ``resblock_updown``.
+        norm_eps: epsilon of the U-Net's GroupNorms (ResBlocks, AttentionBlocks, output
+            norm; not the spatial transformers'). PyTorch's 1e-5 by default; the DDPM
+            reference code (and diffusers' DDPM checkpoints) use 1e-6.
+        time_freq_shift: ``freq_shift`` of the sinusoidal timestep features (see
+            :func:`~diffcli.nets.layers.timestep_embedding`): 0 (default, ADM) or 1 (DDPM
+            reference code; diffusers' ``freq_shift=1``).
+        time_sin_first: order the timestep features ``[sin, cos]`` (DDPM reference code;
+            diffusers' ``flip_sin_to_cos=False``) instead of ``[cos, sin]`` (default, ADM).
 
     Raises:
         ValueError: transformer levels (or ``mid_transformer``) without ``context_dim``,
@@ -201,6 +213,10 @@ class UNet(nn.Module):
         transformer_depth: int = 1,
         transformer_heads: int = 4,
         mid_transformer: bool | None = None,
+        downsample_padding: int = 1,
+        norm_eps: float = 1e-5,
+        time_freq_shift: float = 0.0,
+        time_sin_first: bool = False,
     ) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
@@ -211,6 +227,8 @@ class UNet(nn.Module):
             raise ValueError(f"UNet num_res_blocks must be >= 1, got {num_res_blocks}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"UNet num_classes must be >= 1 or None, got {num_classes}")
+        if downsample_padding not in (0, 1):
+            raise ValueError(f"UNet downsample_padding must be 0 or 1, got {downsample_padding}")
         self.in_channels = in_channels
         self.learn_sigma = bool(learn_sigma)
         self.out_channels = _out_channels(in_channels, out_channels, self.learn_sigma)
@@ -232,7 +250,8 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels if emb_dim is None else emb_dim
         self.emb_dim = emb_dim
 
-        self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.time_embed = TimeEmbedding(base_channels, emb_dim, freq_shift=time_freq_shift,
+                                        sin_first=time_sin_first)
         # Row ``num_classes`` is the null label (classifier-free guidance).
         self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -249,10 +268,11 @@ class UNet(nn.Module):
                 up=up,
                 down=down,
                 use_scale_shift_norm=use_scale_shift_norm,
+                norm_eps=norm_eps,
             )
 
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, num_head_channels, groups)
+            return AttentionBlock(ch, num_heads, num_head_channels, groups, norm_eps)
 
         def xformer(ch: int) -> SpatialTransformer:
             return SpatialTransformer(ch, int(context_dim or 0), depth=transformer_depth,
@@ -268,7 +288,7 @@ class UNet(nn.Module):
             return layers
 
         def down(ch: int) -> nn.Module:
-            return res(ch, ch, down=True) if resblock_updown else Downsample(ch)
+            return res(ch, ch, down=True) if resblock_updown else Downsample(ch, downsample_padding)
 
         def up(ch: int) -> nn.Module:
             return res(ch, ch, up=True) if resblock_updown else Upsample(ch)
@@ -298,12 +318,13 @@ class UNet(nn.Module):
         self.up_blocks = nn.ModuleList()
         self.out = None
         if decoder:
-            self._build_decoder(ch, skip_chs, base_channels, groups, res, after_res, up)
+            self._build_decoder(ch, skip_chs, base_channels, groups, res, after_res, up,
+                                norm_eps)
 
     def _build_decoder(self, ch: int, skip_chs: list[int], base_channels: int, groups: int,
                        res: Callable[..., nn.Module],
                        after_res: Callable[[int, int], list[nn.Module]],
-                       up: Callable[[int], nn.Module]) -> None:
+                       up: Callable[[int], nn.Module], norm_eps: float = 1e-5) -> None:
         """Decoder: each EmbedSequential consumes one skip; levels end with an upsampler."""
         num_res_blocks = self.num_res_blocks
         for level, mult in reversed(list(enumerate(self.channel_mults))):
@@ -316,7 +337,7 @@ class UNet(nn.Module):
                 self.up_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            norm(ch, groups),
+            norm(ch, groups, norm_eps),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)),
         )

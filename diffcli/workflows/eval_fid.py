@@ -65,6 +65,7 @@ from diffcli.runs import (
     pick_device,
     read_autoencoder,
     restore_autoencoder,
+    run_dir_of,
     sampler_name,
 )
 from diffcli.viz.plots import plot_sweep
@@ -152,7 +153,7 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
                                  decode=opened.decode if opened.codec is not None else None)
 
     stem = "" if ckpt.name == "last.ckpt" else f"-{ckpt.stem}"
-    out = ckpt.parent.parent / "eval" / (f"fid-{name}-{steps}{guided.tag}-n{n}{stem}"
+    out = run_dir_of(ckpt) / "eval" / (f"fid-{name}-{steps}{guided.tag}-n{n}{stem}"
                                          f"{_suffix(cfg)}.json")
     sampler_config = {**OmegaConf.to_container(cfg.sampler, resolve=True),
                       "clip_denoised": bool(cfg.clip_denoised)}
@@ -197,7 +198,7 @@ def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.devi
             yield to_rgb(to_uint8(recon))
 
     shape = tuple(dm.data_shape[-2:])
-    out = ckpt.parent.parent / "eval" / f"rfid-n{n}{_suffix(cfg)}.json"
+    out = run_dir_of(ckpt) / "eval" / f"rfid-n{n}{_suffix(cfg)}.json"
     announce = f"reconstructing {n} images of {ckpt} ({size_text(shape)}): rFID"
     return FakeSide(shape, n, batches, lambda k: f"first {n} images", out, meta,
                     dict(run.config["dataset"]), None, announce)

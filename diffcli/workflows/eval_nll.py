@@ -30,14 +30,14 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from diffcli.api import resolve_options, vlb
 from diffcli.components import plain
 from diffcli.console import progress
 from diffcli.diffusion.generate import to_uint8
-from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.ode_likelihood import image_nll, ode_log_likelihood
 from diffcli.errors import DiffcliError
 from diffcli.files import atomic_write_text, dumps_json
-from diffcli.runs import OpenedRun, build_datamodule, open_run, pick_device
+from diffcli.runs import OpenedRun, build_datamodule, open_run, pick_device, run_dir_of
 from diffcli.viz.plots import plot_vlb_terms
 from diffcli.workflows.sample import checkpoint_to_use
 
@@ -78,59 +78,12 @@ def load_items(cfg: DictConfig, opened: OpenedRun) -> Items:
 
 
 
-def resolve_options(decoder: str, variance: str, kind: str, learned: bool,
-                    where: Path) -> tuple[str, str]:
-    """(decoder, variance) with ``auto`` resolved, checked against the model's data ``kind``
-    and whether it ``learned`` its variances; one line naming the key otherwise."""
-    if decoder == "auto":
-        decoder = "discrete" if kind == "image" else "continuous"
-    if decoder == "discrete" and kind != "image":
-        what = "latents (latent diffusion)" if kind == "latent" else "2-D points"
-        raise DiffcliError(f"decoder=discrete is the 256-bin decoder of 8-bit images, but "
-                           f"{where} models {what}: use decoder=continuous (or auto)")
-    if variance == "learned" and not learned:
-        raise DiffcliError(f"variance=learned, but {where} has no learned variances (train "
-                           "with model.learn_sigma=true); use variance=beta or beta_tilde")
-    if variance == "auto":
-        variance = "learned" if learned else "beta_tilde"
-    return decoder, variance
-
-
-def vlb_timesteps(num_timesteps: int,
-                  steps: int | None) -> tuple[list[int] | None, list[float] | None]:
-    """All T terms (None, None), or ``steps`` terms: t = 0 and one timestep per geometric
-    stratum with the stratum's length as weight (:func:`stratified_terms`; strided terms
-    underestimate the bound, whose terms fall off like 1 / t)."""
-    if steps is None or steps >= num_timesteps:
-        return None, None
-    return stratified_terms(num_timesteps, max(1, steps - 1))
-
-
 def run_vlb(cfg: DictConfig, opened: OpenedRun, items: Items, decoder: str, variance: str,
             device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
-    """(bits/dim per item (N,), mean L_t per evaluated term (K,) in bits/dim, their t)."""
-    T = opened.schedule.num_timesteps
-    timesteps, weights = vlb_timesteps(T, cfg.steps)
-    den = opened.denoiser
-    predict = den if variance == "learned" else (  # a fixed variance: drop the learned one
-        lambda x_t, t: den(x_t, t)._replace(var_frac=None))
-    fixed = "beta_tilde" if variance == "learned" else variance
-    per_item, per_term, ts = [], [], []
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    batches = range(0, len(items.x0), int(cfg.batch_size))
-    total = len(batches) * len(timesteps or range(T))
-    with progress("VLB terms", total, console) as bar, torch.inference_mode():
-        for start in batches:
-            x0 = items.x0[start:start + int(cfg.batch_size)].to(device)
-            out = nll_vlb(predict, opened.schedule, x0, timesteps=timesteps, generator=gen,
-                          decoder=decoder, fixed_variance=fixed, clip_x0=items.kind == "image",
-                          on_step=lambda i, n: bar.advance(), weights=weights)
-            per_item.append(out["bpd"].cpu())
-            per_term.append(out["terms"].cpu() * len(x0))
-            ts = out["timesteps"].tolist()
-    dims = items.x0[0].numel()
-    terms = torch.stack(per_term).sum(0) / len(items.x0) / (dims * math.log(2))
-    return torch.cat(per_item), terms, ts
+    """(bits/dim per item (N,), mean L_t per evaluated term (K,) in bits/dim, their t):
+    :func:`diffcli.api.vlb` with the command's keys."""
+    return vlb(opened, items.x0, items.kind, decoder, variance, steps=cfg.steps,
+               seed=int(cfg.seed), batch_size=int(cfg.batch_size), device=device)
 
 
 def run_ode(cfg: DictConfig, opened: OpenedRun, items: Items,
@@ -202,7 +155,7 @@ def eval_nll(cfg: DictConfig) -> Path:
     items = load_items(cfg, opened)
     methods = ["vlb", "ode"] if cfg.method == "both" else [str(cfg.method)]
     results: dict[str, dict[str, Any]] = {}
-    eval_dir = ckpt.parent.parent / "eval"
+    eval_dir = run_dir_of(ckpt) / "eval"
     stem = f"{items.split}-n{len(items.x0)}"
     written = []
     if "vlb" in methods:

@@ -23,7 +23,7 @@ from torch import Tensor
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
-from diffcli.runs import sampler_name
+from diffcli.runs import run_dir_of, sampler_name
 from diffcli.viz import (
     evenly_spaced,
     forward_frames,
@@ -209,7 +209,7 @@ def output_dir(reverse: Reverse | None) -> Path:
     if reverse is None:
         return Path(HydraConfig.get().runtime.output_dir)
     ckpt = reverse.ckpt.resolve()
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run_dir = run_dir_of(ckpt)
     return run_dir / "viz"
 
 

@@ -230,7 +230,7 @@ def check_groups(cfg: DictConfig) -> None:
 
 def _check_nll(command: str, cfg: DictConfig, run: LoadedRun) -> None:
     """eval-nll's decoder and variance against the checkpoint (a usage error, exit 2)."""
-    from diffcli.workflows.eval_nll import resolve_options
+    from diffcli.api import resolve_options
 
     require_diffusion(run)
     try:

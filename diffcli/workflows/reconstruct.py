@@ -21,7 +21,7 @@ from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
 from diffcli.lit.autoencoder_module import psnr_ssim, recon_grid
 from diffcli.lit.autoencoder_module import reconstruct as reconstruct_images
-from diffcli.runs import build_datamodule, read_autoencoder, restore_autoencoder
+from diffcli.runs import build_datamodule, read_autoencoder, restore_autoencoder, run_dir_of
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt")
@@ -38,7 +38,7 @@ def reconstruct(cfg: DictConfig, ckpt: Path, device: torch.device) -> Path:
     x, _ = build_datamodule(run.config["dataset"]).head(int(cfg.n or 64))
     recon = reconstruct_images(net, x, int(cfg.batch_size)).float()
     metrics = psnr_ssim(x, recon)
-    folder = OutputFolder(ckpt.parent.parent / "samples" / "reconstructions",
+    folder = OutputFolder(run_dir_of(ckpt) / "samples" / "reconstructions",
                           overwrite=bool(cfg.overwrite))
     with folder as tmp:
         _write(tmp, x, recon)

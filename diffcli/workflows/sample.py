@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.api import checkpoint_of
+from diffcli.api import draw as draw_samples
 from diffcli.components import plain
-from diffcli.console import progress
-from diffcli.diffusion.denoiser import Denoiser
-from diffcli.diffusion.generate import Trajectory, compact_seeds, generate, num_steps, to_uint8
+from diffcli.diffusion.generate import Trajectory, compact_seeds, to_uint8
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
@@ -37,6 +37,7 @@ from diffcli.runs import (
     make_sampler,
     open_run,
     pick_device,
+    run_dir_of,
     run_roots,
     sampler_name,
 )
@@ -97,27 +98,13 @@ def sampler_choice() -> str | None:
 
 
 def checkpoint_to_use(ckpt: str | None, runs_root: str) -> Path:
-    """``ckpt=`` as given, else the newest run's last.ckpt (said on the console)."""
+    """``ckpt=`` as given (a run folder: its last.ckpt), else the newest run's last.ckpt (said
+    on the console)."""
     if ckpt:
-        return Path(str(ckpt))
+        return checkpoint_of(str(ckpt))
     found = find_latest_checkpoint(run_roots(runs_root))
     console.print(f"using the newest run's checkpoint: {found}")
     return found
-
-
-def draw_with_progress(sampler: Sampler, opened: OpenedRun, seeds: list[int], batch_size: int,
-                       device: torch.device, trajectory: Trajectory | None = None,
-                       show: bool = True, denoiser: Denoiser | None = None,
-                       labels: Tensor | None = None) -> Tensor:
-    """:func:`diffcli.diffusion.generate.generate` with a progress bar (``denoiser``: a guided
-    one, default the run's; ``labels`` (N,): each seed's class, or (N, L) its prompt's
-    tokens); a latent model's samples decoded to images. (N, *shape)"""
-    denoiser = denoiser or opened.denoiser
-    total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
-    with progress("sampling", total, console, show, unit="steps") as bar:
-        z = generate(sampler, denoiser, opened.sample_shape, seeds, batch_size, device,
-                     trajectory=trajectory, on_step=bar.advance, labels=labels)
-    return opened.decode(z, batch_size)
 
 
 def guidance_keys(cfg: DictConfig) -> Guidance:
@@ -160,7 +147,7 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
     guided = guide(opened, guidance_keys(cfg), device)
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
-    folder = OutputFolder(ckpt.parent.parent / "samples" / f"{name}-{steps}{guided.tag}",
+    folder = OutputFolder(run_dir_of(ckpt) / "samples" / f"{name}-{steps}{guided.tag}",
                           overwrite=bool(cfg.overwrite))
     return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels)
 
@@ -171,9 +158,8 @@ def draw(req: Request, cfg: DictConfig, rank: int, world: int,
     mine = req.seeds[rank::world]
     labels = None if req.labels is None else req.labels[rank::world]
     with autocast(str(cfg.precision), req.device):
-        x = draw_with_progress(req.sampler, req.opened, mine, int(cfg.batch_size), req.device,
-                               trajectory, show=rank == 0, denoiser=req.guided.denoiser,
-                               labels=labels)
+        x = draw_samples(req.sampler, req.opened, mine, int(cfg.batch_size), req.device,
+                         trajectory, show=rank == 0, denoiser=req.guided.denoiser, labels=labels)
     if world > 1:
         x = _gather_shards(x, len(req.seeds), rank, world)
     return x if rank == 0 else None

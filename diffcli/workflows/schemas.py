@@ -124,6 +124,18 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "latent": Key(dict, "latent diffusion: ckpt= an autoencoder checkpoint or pretrained= "
                       "a diffusers AutoencoderKL folder; cache, scale_factor, sample"),
     },
+    "export": {
+        "ckpt": Key(str | None, "a .ckpt or run folder; default: the newest run's last.ckpt",
+                    nonempty=True),
+        "runs_root": Key(str, "where `diffcli train` puts runs", nonempty=True),
+        "format": Key(str, "safetensors | diffusers | onnx",
+                      choices=("safetensors", "diffusers", "onnx")),
+        "weights": Key(str, "ema | raw", choices=("ema", "raw")),
+        "out": Key(str | None, "the folder to write (default <run>/export/<format>/)",
+                   nonempty=True),
+        "overwrite": Key(bool, "replace out/ instead of writing out_2, out_3, ..."),
+        "check": Key(bool, "format=onnx: compare onnxruntime with torch"),
+    },
     "sample": {
         **COMMON_SAMPLING,
         **GUIDANCE,

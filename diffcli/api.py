@@ -1,0 +1,233 @@
+"""diffcli from Python: load a trained model, then sample, score and noise with it.
+
+::
+
+    import diffcli
+
+    pipe = diffcli.load("outputs/2026-11-26/10-00-00")   # a run folder, a .ckpt, an exported
+                                                          # .safetensors or a diffusers folder
+    images = pipe.sample(16, sampler="ddim", steps=50)     # (16, C, H, W) uint8, seeds 0..15
+    pils = pipe.sample(8, sampler="dpmpp_2m", steps=20, output="pil")
+    bits = pipe.nll(x0)                                     # bits/dim per item (variational bound)
+    x_t = pipe.noise(x0, t=500)                             # a draw of q(x_t | x_0)
+
+The command line's workflows use the same functions (:func:`draw` for ``diffcli sample``,
+:func:`vlb` for ``diffcli eval-nll``), so a notebook and the CLI give the same numbers for the
+same seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from diffcli.components import option
+from diffcli.console import progress
+from diffcli.diffusion.denoiser import Denoiser
+from diffcli.diffusion.generate import Trajectory, generate, num_steps, to_uint8
+from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
+from diffcli.diffusion.process import q_sample
+from diffcli.diffusion.samplers import Sampler
+from diffcli.errors import DiffcliError
+from diffcli.guide import Guidance, guide
+from diffcli.runs import OpenedRun, make_sampler, open_run, pick_device
+
+console = Console(stderr=True, soft_wrap=True)
+OUTPUTS = ("uint8", "float", "pil")
+
+
+def draw(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
+         device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
+         denoiser: Denoiser | None = None, labels: Tensor | None = None) -> Tensor:
+    """Sample one item per seed with a progress bar (``denoiser``: a guided one, default the
+    run's; ``labels`` (N,): each seed's class, or (N, L) its prompt's tokens); a latent model's
+    samples decoded to images. (N, *shape) float32 on the CPU, images in [-1, 1]."""
+    denoiser = denoiser or opened.denoiser
+    total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
+    with progress("sampling", total, console, show, unit="steps") as bar:
+        z = generate(sampler, denoiser, opened.sample_shape, list(seeds), batch_size, device,
+                     trajectory=trajectory, on_step=bar.advance, labels=labels)
+    return opened.decode(z, batch_size)
+
+
+def resolve_options(decoder: str, variance: str, kind: str, learned: bool,
+                    where: Path | str) -> tuple[str, str]:
+    """(decoder, variance) of the variational bound with ``auto`` resolved, checked against the
+    model's data ``kind`` and whether it ``learned`` its variances; one line naming the key
+    otherwise."""
+    if decoder == "auto":
+        decoder = "discrete" if kind == "image" else "continuous"
+    if decoder == "discrete" and kind != "image":
+        what = "latents (latent diffusion)" if kind == "latent" else "2-D points"
+        raise DiffcliError(f"decoder=discrete is the 256-bin decoder of 8-bit images, but "
+                           f"{where} models {what}: use decoder=continuous (or auto)")
+    if variance == "learned" and not learned:
+        raise DiffcliError(f"variance=learned, but {where} has no learned variances (train "
+                           "with model.learn_sigma=true); use variance=beta or beta_tilde")
+    if variance == "auto":
+        variance = "learned" if learned else "beta_tilde"
+    return decoder, variance
+
+
+def vlb_timesteps(num_timesteps: int,
+                  steps: int | None) -> tuple[list[int] | None, list[float] | None]:
+    """All T terms (None, None), or ``steps`` terms: t = 0 and one timestep per geometric
+    stratum with the stratum's length as weight (:func:`stratified_terms`; strided terms
+    underestimate the bound, whose terms fall off like 1 / t)."""
+    if steps is None or steps >= num_timesteps:
+        return None, None
+    return stratified_terms(num_timesteps, max(1, steps - 1))
+
+
+def vlb(opened: OpenedRun, x0: Tensor, kind: str, decoder: str, variance: str, *,
+        steps: int | None = None, seed: int = 0, batch_size: int = 64,
+        device: torch.device | None = None, show: bool = True) -> tuple[Tensor, Tensor, list[int]]:
+    """The variational bound (Ho et al. 2020, eq. 5) of ``x0`` (N, ...) as the model sees it
+    (``kind`` "image", "points" or "latent"), with ``decoder`` / ``variance`` resolved
+    (:func:`resolve_options`): (bits/dim per item (N,), mean L_t per evaluated term (K,) in
+    bits/dim, their t)."""
+    device = device or torch.device("cpu")
+    T = opened.schedule.num_timesteps
+    timesteps, weights = vlb_timesteps(T, steps)
+    den = opened.denoiser
+    predict = den if variance == "learned" else (  # a fixed variance: drop the learned one
+        lambda x_t, t: den(x_t, t)._replace(var_frac=None))
+    fixed = "beta_tilde" if variance == "learned" else variance
+    per_item, per_term, ts = [], [], []
+    gen = torch.Generator().manual_seed(int(seed))
+    batches = range(0, len(x0), int(batch_size))
+    total = len(batches) * len(timesteps or range(T))
+    with progress("VLB terms", total, console, show) as bar, torch.inference_mode():
+        for start in batches:
+            batch = x0[start:start + int(batch_size)].to(device)
+            out = nll_vlb(predict, opened.schedule, batch, timesteps=timesteps, generator=gen,
+                          decoder=decoder, fixed_variance=fixed, clip_x0=kind == "image",
+                          on_step=lambda i, n: bar.advance(), weights=weights)
+            per_item.append(out["bpd"].cpu())
+            per_term.append(out["terms"].cpu() * len(batch))
+            ts = out["timesteps"].tolist()
+    dims = x0[0].numel()
+    terms = torch.stack(per_term).sum(0) / len(x0) / (dims * math.log(2))
+    return torch.cat(per_item), terms, ts
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """The checkpoint a path names: a run folder's ``checkpoints/last.ckpt``, else the path
+    (a .ckpt, an exported .safetensors, a diffusers folder)."""
+    path = Path(path).expanduser()
+    last = path / "checkpoints" / "last.ckpt"
+    return last if path.is_dir() and last.is_file() else path
+
+
+class Pipeline:
+    """A trained diffusion model, ready to use from Python (see :func:`load`)."""
+
+    def __init__(self, opened: OpenedRun, device: torch.device) -> None:
+        self.opened = opened
+        self.device = device
+
+    @property
+    def kind(self) -> str:
+        """"image" or "points"."""
+        return self.opened.info.kind
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's shape, e.g. (3, 32, 32)."""
+        return tuple(self.opened.info.shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of a class-conditional model (None: unconditional)."""
+        return self.opened.run.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.opened.info.class_names if self.num_classes else None
+
+    def __repr__(self) -> str:
+        run = self.opened.run
+        return (f"Pipeline({self.opened.ckpt}, {self.kind} {self.shape}, step "
+                f"{run.global_step}, predicts {run.prediction}, {self.opened.weights} weights)")
+
+    def sample(self, n: int = 16, *, sampler: str | dict[str, Any] = "ddim",
+               steps: int | None = None, seeds: Iterable[int] | None = None, seed: int = 0,
+               batch_size: int = 64, guidance: float | None = None, classes: Any = None,
+               prompt: str | Sequence[str] | None = None, classifier: str | None = None,
+               classifier_scale: float | None = None, clip_denoised: bool | None = None,
+               output: str = "uint8", progress: bool = False) -> Any:
+        """Draw samples: one per seed (``seeds``, default ``seed .. seed + n - 1``; each
+        sample depends on its seed only), with ``sampler`` (a name of ``conf/sampler/``:
+        ddpm, ddim, dpmpp_2m, euler, heun; or a sampler config dict) and ``steps``.
+
+        ``guidance``/``classes``/``prompt``/``classifier`` guide as ``diffcli sample`` does.
+        ``output``: "uint8" images (N, C, H, W) (points: float (N, 2)), "float" in [-1, 1],
+        or "pil" (a list of PIL images)."""
+        if output not in OUTPUTS:
+            raise DiffcliError(f"output={output!r}: use one of {', '.join(OUTPUTS)}")
+        seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
+        node = option("sampler", sampler) if isinstance(sampler, str) else dict(sampler)
+        clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
+        smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,
+                              run=self.opened.run)
+        guided = guide(self.opened, Guidance(scale=guidance, classes=classes,
+                                             classifier=classifier,
+                                             classifier_scale=classifier_scale, prompt=prompt),
+                       self.device)
+        x = draw(smp, self.opened, seeds, batch_size, self.device, show=progress,
+                 denoiser=guided.denoiser, labels=guided.labels(len(seeds)))
+        return _as(x, output, self.kind)
+
+    def nll(self, x0: Tensor, *, steps: int | None = None, seed: int = 0, batch_size: int = 64,
+            decoder: str = "auto", variance: str = "auto", progress: bool = False) -> Tensor:
+        """Bits/dim per item (N,) of ``x0`` (images in [-1, 1], (N, C, H, W)) under the
+        variational bound, over all T terms or ``steps`` stratified ones (as ``diffcli
+        eval-nll method=vlb``)."""
+        kind = "latent" if self.opened.codec is not None else self.kind
+        if self.opened.codec is not None:
+            x0 = self.opened.codec.encode_batches(x0.float())
+        decoder, variance = resolve_options(decoder, variance, kind,
+                                            self.opened.run.learned_variance, self.opened.ckpt)
+        bpd, _, _ = vlb(self.opened, x0.float(), kind, decoder, variance, steps=steps,
+                        seed=seed, batch_size=batch_size, device=self.device, show=progress)
+        return bpd
+
+    def noise(self, x0: Tensor, t: int | Tensor, seed: int = 0) -> Tensor:
+        """A draw of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al. 2020, eq. 4):
+        ``x0`` (N, ...), ``t`` an int or (N,) ints; the noise from ``seed``."""
+        t = torch.as_tensor(t, dtype=torch.long).expand(len(x0)).clone()
+        gen = torch.Generator().manual_seed(int(seed))
+        eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+        return q_sample(self.opened.schedule, x0, t, eps)
+
+
+def _as(x: Tensor, output: str, kind: str) -> Any:
+    """Samples (N, ...) in [-1, 1] as ``output`` asks."""
+    if output == "float" or kind != "image":
+        return x
+    images = to_uint8(x)
+    if output == "uint8":
+        return images
+    from torchvision.transforms.functional import to_pil_image
+
+    return [to_pil_image(img) for img in images]
+
+
+def load(path: str | Path, *, device: str = "cpu", use_ema: bool = True,
+         compile: bool = False) -> Pipeline:
+    """A trained model from ``path``: a run folder (its last.ckpt), a checkpoint, an exported
+    ``.safetensors`` (with its JSON sidecar) or a diffusers folder; EMA weights when present
+    (``use_ema``). Loading is as safe as the CLI's: no pickled code runs."""
+    dev = pick_device(device)
+    return Pipeline(open_run(checkpoint_of(path), use_ema=use_ema, device=dev,
+                             compile=compile), dev)
+
+
+__all__ = ["Pipeline", "checkpoint_of", "draw", "load", "resolve_options", "vlb",
+           "vlb_timesteps"]

@@ -1,0 +1,1 @@
+"""Export and import of trained models: safetensors, diffusers folders, ONNX."""

@@ -1,0 +1,140 @@
+"""`diffcli export`: a trained run as a file or folder that other tools (and diffcli) load.
+
+* ``format=safetensors``: ``model.safetensors`` (the network's weights, EMA by default) and
+  ``model.json`` (the run's resolved config): ``diffcli sample ckpt=<out>/model.safetensors``
+  and ``diffcli.load(...)`` use it with no pickle anywhere.
+* ``format=diffusers``: a ``DDPMPipeline`` folder (``unet/`` a ``UNet2DModel``, ``scheduler/``
+  the run's schedule with the chosen ``sampler`` as DDPM / DDIM / DPM-Solver++ scheduler);
+  ``diffcli sample ckpt=<folder>`` reads it back.
+* ``format=onnx``: ``model.onnx``, the denoiser ``(x_t, t[, y]) -> prediction`` with a dynamic
+  batch axis, checked against torch with onnxruntime.
+
+Every export writes a model card, ``README.md``, into ``out`` (default
+``<run dir>/export/<format>/``), which appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from diffcli.errors import DiffcliError
+from diffcli.export.model_card import eval_results, model_card
+from diffcli.export.safetensors_io import write_safetensors
+from diffcli.files import OutputFolder, atomic_write_text
+from diffcli.nets.layers import count_parameters
+from diffcli.runs import LoadedRun, load_checkpoint, require_diffusion, restore_net, run_dir_of
+from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
+
+console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
+
+
+def exported_weights(run: LoadedRun, which: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The network's weights to export: the EMA ones when asked and present, else the trained
+    ones; with the word for what was taken ("ema" or "raw")."""
+    if which == "ema" and any(k.startswith("ema_net.") for k in run.state_dict):
+        return run.weights("ema_net."), "ema"
+    if which == "ema":
+        console.print("[yellow]note[/]: the run has no EMA weights; exporting the trained ones")
+    return run.weights("net."), "raw"
+
+
+def _safetensors(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]]:
+    weights, taken = exported_weights(run, which)
+    info = run.data_info()
+    data = _data(run) or {"kind": info.kind, "shape": list(info.shape)}
+    write_safetensors(folder / "model.safetensors", weights, run.config, data, run.global_step,
+                      taken, str(run.path))
+    return taken, ["import diffcli", "", 'pipe = diffcli.load("{folder}/model.safetensors")',
+                   "images = pipe.sample(16, sampler=\"ddim\", steps=50)",
+                   "# or: diffcli sample ckpt={folder}/model.safetensors"]
+
+
+def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, list[str]]:
+    from diffcli.export.onnx import check_onnx, export_onnx
+
+    net, _, weights = restore_net(run, use_ema=which == "ema", device=torch.device("cpu"))
+    if run.text_encoder is not None:
+        raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports "
+                           "networks of (x_t, t[, y]); export it as format=safetensors")
+    shape, k = run.sample_shape, run.num_classes
+    try:
+        export_onnx(net, shape, folder / "model.onnx", num_classes=k)
+    except ValueError as e:
+        raise DiffcliError(f"format=onnx: {e}") from None
+    if check:
+        diff = check_onnx(folder / "model.onnx", net, shape, num_classes=k)
+        console.print(f"onnxruntime vs torch on a batch of 3: max |difference| {diff:.2e}")
+    inputs = "x_t (B, " + ", ".join(map(str, shape)) + ") float32, t (B,) int64" + (
+        ", y (B,) int64 class labels" if k else "")
+    return "ema" if weights == "ema_net" else "raw", [
+        "import onnxruntime as ort", "", 'session = ort.InferenceSession("{folder}/model.onnx")',
+        f"# inputs: {inputs}; output: prediction ({run.prediction})",
+        "prediction = session.run(None, {\"x_t\": x_t, \"t\": t})[0]"]
+
+
+def _diffusers(run: LoadedRun, folder: Path, which: str, sampler: Any) -> tuple[str, list[str]]:
+    from diffcli.export.diffusers_io import write_diffusers_folder
+
+    weights, taken = exported_weights(run, which)
+    try:
+        pipeline = write_diffusers_folder(folder, run.config, run.data_info().shape, weights,
+                                          prediction=run.prediction,
+                                          learned_variance=run.learned_variance,
+                                          num_classes=run.num_classes,
+                                          text=run.text_encoder is not None,
+                                          latent=run.latent is not None,
+                                          sampler=sampler_choice() or "ddim", sampler_node=sampler)
+    except ValueError as e:
+        raise DiffcliError(f"format=diffusers: {e}") from None
+    if pipeline:
+        load = ["from diffusers import DDPMPipeline", "",
+                'pipe = DDPMPipeline.from_pretrained("{folder}")',
+                "images = pipe(batch_size=16, num_inference_steps=50).images"]
+    else:
+        load = ["from diffusers import UNet2DModel", "",
+                'unet = UNet2DModel.from_pretrained("{folder}", subfolder="unet")',
+                "# class-conditional: unet(x_t, t, class_labels=y).sample"]
+    return taken, load + ["# or: diffcli sample ckpt={folder}"]
+
+
+def _data(run: LoadedRun) -> dict[str, Any] | None:
+    """The checkpoint's data description, as stored."""
+    from diffcli.runs import read_checkpoint
+
+    meta = read_checkpoint(run.path).get("diffcli", {})
+    return meta.get("data")
+
+
+def export(cfg: DictConfig) -> Path:
+    """Export the run of ``ckpt=`` (default the newest) as ``format``; returns the folder."""
+    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
+    run = require_diffusion(load_checkpoint(ckpt))
+    fmt, which = str(cfg.format), str(cfg.weights)
+    out = Path(str(cfg.out)) if cfg.out else run_dir_of(ckpt) / "export" / fmt
+    folder = OutputFolder(out, overwrite=bool(cfg.overwrite))
+    with folder as tmp:
+        if fmt == "safetensors":
+            taken, load = _safetensors(run, tmp, which)
+        elif fmt == "onnx":
+            taken, load = _onnx(run, tmp, which, bool(cfg.check))
+        else:
+            taken, load = _diffusers(run, tmp, which, OmegaConf.to_container(cfg.sampler))
+        net, _, _ = restore_net(run, use_ema=taken == "ema", device=torch.device("cpu"))
+        card = model_card(title=f"{run.config.get('dataset', {}).get('name', 'diffcli')} "
+                                f"diffusion model ({fmt})", fmt=fmt, config=run.config,
+                          data=_data(run), global_step=run.global_step, weights=taken,
+                          source=str(ckpt), parameters=count_parameters(net),
+                          evals=eval_results(run_dir_of(ckpt)),
+                          load=[line.replace("{folder}", str(folder.path)) for line in load])
+        atomic_write_text(tmp / "README.md", card)
+    console.print(f"[green]wrote[/] {fmt} export of {ckpt} ({taken} weights, step "
+                  f"{run.global_step}) to {folder.path}/")
+    return folder.path
+
+
+__all__ = ["export", "exported_weights"]
