@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.api import checkpoint_of
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
@@ -182,7 +183,8 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     from diffcli.runs import find_latest_checkpoint, make_sampler, open_run, pick_device, run_roots
     from diffcli.workflows.sample import guidance_keys, sampler_choice
 
-    ckpt = Path(str(cfg.ckpt)) if cfg.ckpt else find_latest_checkpoint(run_roots(cfg.runs_root))
+    ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \
+        find_latest_checkpoint(run_roots(cfg.runs_root))
     device = pick_device(str(cfg.device))
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
     if opened.info.kind != "image":

@@ -287,7 +287,9 @@ def preflight(command: str, cfg: DictConfig) -> None:
         return
     check = _check_nll if command == "eval_nll" else _check_guidance
     if cfg.get("ckpt"):
-        check(command, cfg, load_checkpoint(Path(str(cfg.ckpt))))
+        from diffcli.api import checkpoint_of
+
+        check(command, cfg, load_checkpoint(checkpoint_of(str(cfg.ckpt))))
         return
     wants_run = {"sample": True, "eval_fid": not cfg.get("samples"), "eval_nll": True,
                  "noise_viz": bool(cfg.get("reverse"))}[command]

@@ -1,0 +1,95 @@
+"""Leaving with a model and using it from Python: ``diffcli export`` (safetensors, diffusers,
+ONNX), loading exported models back, and the ``diffcli.load`` API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import TINY_UNET, assert_one_line_error, run_here
+
+import diffcli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny trained image run (8x8 digits, 3 steps)."""
+    root = tmp_path_factory.mktemp("export")
+    run_here(root, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    return root
+
+
+def _run_dir(root: Path) -> Path:
+    return next(root.glob("outputs/*/*/checkpoints")).parent
+
+
+def _images(folder: Path) -> np.ndarray:
+    return np.load(folder / "samples.npz")["images"]
+
+
+def test_safetensors_export_samples_as_the_checkpoint(tiny_run: Path):
+    run = _run_dir(tiny_run)
+    run_here(tiny_run, "export", "format=safetensors")
+    out = run / "export" / "safetensors"
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md"}
+    card = (out / "README.md").read_text()
+    assert "digits" in card and "3 steps; ema weights" in card and "diffcli.load(" in card
+    common = ["sampler=ddim", "steps=4", "n=5", "overwrite=true"]
+    run_here(tiny_run, "sample", f"ckpt={out / 'model.safetensors'}", *common)
+    run_here(tiny_run, "sample", f"ckpt={run}", *common)  # a run folder names its last.ckpt
+    np.testing.assert_array_equal(_images(out / "samples" / "ddim-4"),
+                                  _images(run / "samples" / "ddim-4"))
+    # the exported weights are the checkpoint's EMA weights, bit for bit
+    from safetensors.torch import load_file
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    exported = load_file(str(out / "model.safetensors"))
+    assert exported.keys() == {"net." + k[len("ema_net."):] for k in ckpt if
+                               k.startswith("ema_net.")}
+    for key, value in exported.items():
+        assert torch.equal(value, ckpt["ema_" + key])
+
+
+def test_an_edited_sidecar_is_refused(tiny_run: Path, tmp_path: Path):
+    run_here(tiny_run, "export", "format=safetensors", f"out={tmp_path / 'x'}")
+    weights, sidecar = tmp_path / "x" / "model.safetensors", tmp_path / "x" / "model.json"
+    original = sidecar.read_text()
+    for edit in ({"model": {"_target_": "os.system"}}, {"model": {"base_channels": 16}}):
+        described = json.loads(original)
+        described["config"]["model"].update(edit["model"])
+        sidecar.write_text(json.dumps(described))
+        assert_one_line_error(run_here(tiny_run, "sample", f"ckpt={weights}", "n=2", ok=False),
+                              "refusing to load", "changed after export")
+    sidecar.unlink()
+    assert_one_line_error(run_here(tiny_run, "sample", f"ckpt={weights}", "n=2", ok=False),
+                          "model.json is missing")
+
+
+def test_python_api_samples_as_the_cli(tiny_run: Path):
+    """diffcli.load + Pipeline.sample give the CLI's images for the same seeds, with two
+    samplers; nll and noise work on the same model."""
+    run = _run_dir(tiny_run)
+    pipe = diffcli.load(run)
+    assert pipe.kind == "image" and pipe.shape == (1, 8, 8)
+    for sampler, steps in (("ddim", 4), ("dpmpp_2m", 3)):
+        run_here(tiny_run, "sample", f"sampler={sampler}", f"steps={steps}", "seeds=3-7",
+                 "overwrite=true")
+        cli = _images(run / "samples" / f"{sampler}-{steps}")
+        mine = pipe.sample(sampler=sampler, steps=steps, seeds=range(3, 8))
+        assert mine.dtype == torch.uint8 and mine.shape == (5, 1, 8, 8)
+        np.testing.assert_array_equal(mine.permute(0, 2, 3, 1).numpy(), cli)
+    pils = pipe.sample(2, sampler="ddim", steps=2, output="pil")
+    assert len(pils) == 2 and pils[0].size == (8, 8)
+    x0 = pipe.sample(3, sampler="ddim", steps=2, output="float")
+    bits = pipe.nll(x0, steps=5)
+    assert bits.shape == (3,) and torch.isfinite(bits).all() and (bits > 0).all()
+    x_t = pipe.noise(x0, t=999, seed=1)
+    assert x_t.shape == x0.shape and torch.equal(x_t, pipe.noise(x0, t=999, seed=1))
+    assert x_t.std() > 0.8  # at t = T - 1 almost pure noise
+    with pytest.raises(diffcli.api.DiffcliError, match="no such option"):
+        pipe.sample(2, sampler="nope")
