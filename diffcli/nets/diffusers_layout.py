@@ -44,6 +44,7 @@ device); diffusers itself is never imported here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -136,7 +137,14 @@ def _plain_number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def _check_exportable(net: UNet) -> None:
+def _option(unet_kwargs: Mapping[str, Any], name: str) -> Any:
+    """The value of UNet option ``name``: from ``unet_kwargs``, else UNet's default."""
+    if name in unet_kwargs:
+        return unet_kwargs[name]
+    return inspect.signature(UNet.__init__).parameters[name].default
+
+
+def _check_exportable(net: UNet, unet_kwargs: Mapping[str, Any]) -> None:
     """Raise a one-line ``ValueError`` for diffcli options UNet2DModel cannot express."""
     if net.context_dim is not None or any(isinstance(m, SpatialTransformer)
                                           for m in net.modules()):
@@ -147,13 +155,14 @@ def _check_exportable(net: UNet) -> None:
         raise ValueError("model.decoder=false: diffusers' UNet2DModel needs the decoder half")
     groups = sorted({m.num_groups for m in net.modules() if isinstance(m, nn.GroupNorm)})
     if len(groups) > 1:
-        raise ValueError(f"model.groups: this net's GroupNorms use {groups} groups (the largest "
+        raise ValueError(f"model.groups={_option(unet_kwargs, 'groups')}: this net's GroupNorms "
+                         f"use {groups} groups (the largest "
                          "divisor of each width up to model.groups), but diffusers' UNet2DModel "
                          "has one norm_num_groups; choose groups dividing every channel count")
-    _attention_head_dim(net)  # raises for mixed head widths
+    _attention_head_dim(net, unet_kwargs)  # raises for mixed head widths
 
 
-def _attention_head_dim(net: UNet) -> int | None:
+def _attention_head_dim(net: UNet, unet_kwargs: Mapping[str, Any]) -> int | None:
     """UNet2DModel's ``attention_head_dim``: ``None`` when every attention has one head."""
     blocks = [m for m in net.modules() if isinstance(m, AttentionBlock)]
     if all(m.num_heads == 1 for m in blocks):
@@ -161,7 +170,9 @@ def _attention_head_dim(net: UNet) -> int | None:
     dims = sorted({m.channels // m.num_heads for m in blocks})
     if len(dims) > 1:
         widths = sorted({m.channels for m in blocks})
-        raise ValueError(f"model.num_heads / model.num_head_channels: attention at widths "
+        raise ValueError(f"model.num_heads={_option(unet_kwargs, 'num_heads')}, "
+                         f"model.num_head_channels={_option(unet_kwargs, 'num_head_channels')}: "
+                         f"attention at widths "
                          f"{widths} has head widths {dims}, but diffusers' UNet2DModel has one "
                          "attention_head_dim; set num_head_channels")
     return dims[0]
@@ -190,7 +201,7 @@ def diffusers_unet_config(unet_kwargs: Mapping[str, Any],
             also anything :class:`~diffcli.nets.unet.UNet` itself refuses.
     """
     net = _meta_unet(unet_kwargs, data_shape)
-    _check_exportable(net)
+    _check_exportable(net, unet_kwargs)
     channels, height, width = (int(d) for d in data_shape)
     base = net.conv_in.out_channels
     levels = len(net.channel_mults)
@@ -222,7 +233,7 @@ def diffusers_unet_config(unet_kwargs: Mapping[str, Any],
         "upsample_type": "resnet" if updown else "conv",
         "dropout": dropouts.pop() if dropouts else 0.0,
         "act_fn": "silu",
-        "attention_head_dim": _attention_head_dim(net),
+        "attention_head_dim": _attention_head_dim(net, unet_kwargs),
         "norm_num_groups": norms[0].num_groups,
         # diffusers drops the mid attention's GroupNorm under scale-shift unless told.
         "attn_norm_num_groups": norms[0].num_groups if scale_shift else None,
@@ -319,7 +330,7 @@ def _layout(unet_kwargs: Mapping[str, Any],
             data_shape: Sequence[int]) -> tuple[list[_Entry], dict[str, torch.Size]]:
     """The weight correspondences and diffcli's parameter shapes."""
     net = _meta_unet(unet_kwargs, data_shape)
-    _check_exportable(net)
+    _check_exportable(net, unet_kwargs)
     entries = _entries(net)
     shapes = {k: v.shape for k, v in net.state_dict().items()}
     assert {e[0] for e in entries} == set(shapes), "diffusers layout out of sync with UNet"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from diffcli.errors import DiffcliError
@@ -77,18 +77,17 @@ def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, l
         "prediction = session.run(None, {\"x_t\": x_t, \"t\": t})[0]"]
 
 
-def _diffusers(run: LoadedRun, folder: Path, which: str, sampler: Any) -> tuple[str, list[str]]:
+def _diffusers(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]]:
     from diffcli.export.diffusers_io import write_diffusers_folder
 
     weights, taken = exported_weights(run, which)
     try:
-        pipeline = write_diffusers_folder(folder, run.config, run.data_info().shape, weights,
-                                          prediction=run.prediction,
-                                          learned_variance=run.learned_variance,
-                                          num_classes=run.num_classes,
-                                          text=run.text_encoder is not None,
-                                          latent=run.latent is not None,
-                                          sampler=sampler_choice() or "ddim", sampler_node=sampler)
+        pipeline = write_diffusers_folder(
+            folder, run.config, run.data_info().shape, weights, prediction=run.prediction,
+            learned_variance=run.learned_variance, num_classes=run.num_classes,
+            text=run.text_encoder is not None, latent=run.latent is not None,
+            sampler=sampler_choice() or "ddim", betas=run.schedule().betas,
+            dataset=run.config.get("dataset"), data=_data(run))
     except ValueError as e:
         raise DiffcliError(f"format=diffusers: {e}") from None
     if pipeline:
@@ -123,7 +122,7 @@ def export(cfg: DictConfig) -> Path:
         elif fmt == "onnx":
             taken, load = _onnx(run, tmp, which, bool(cfg.check))
         else:
-            taken, load = _diffusers(run, tmp, which, OmegaConf.to_container(cfg.sampler))
+            taken, load = _diffusers(run, tmp, which)
         net, _, _ = restore_net(run, use_ema=taken == "ema", device=torch.device("cpu"))
         card = model_card(title=f"{run.config.get('dataset', {}).get('name', 'diffcli')} "
                                 f"diffusion model ({fmt})", fmt=fmt, config=run.config,

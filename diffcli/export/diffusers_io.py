@@ -1,0 +1,209 @@
+"""diffusers folders: a diffcli U-Net as a ``DDPMPipeline`` (``unet/`` + ``scheduler/``), and a
+``UNet2DModel`` folder (exported here, or e.g. google/ddpm-cifar10-32) read back as a diffcli
+checkpoint.
+
+The U-Net's layout and weights map through :mod:`diffcli.nets.diffusers_layout`; the noise
+schedule maps onto the scheduler config (``linear`` betas, ``squaredcos_cap_v2`` for the cosine
+schedule of Nichol & Dhariwal 2021, else the exact ``trained_betas``), with the prediction type
+and the ``trailing`` timestep grid diffcli's samplers use, so a diffusers scheduler of the same
+algorithm takes the same steps as ``diffcli sample clip_denoised=false``. Weights are read from
+``diffusion_pytorch_model.safetensors`` only: a ``.bin`` is a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffcli.errors import CheckpointError
+from diffcli.files import atomic_write_text, dumps_json
+from diffcli.nets.diffusers_layout import (
+    diffusers_unet_config,
+    from_diffusers_config,
+    from_diffusers_state_dict,
+    to_diffusers_state_dict,
+)
+
+UNET_TARGET = "diffcli.nets.unet.UNet"
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler",
+              "dpmpp_2m": "DPMSolverMultistepScheduler"}
+DIFFCLI_FILE = "diffcli.json"  # the run's dataset and classes, for reading the folder back
+LINEAR = "diffcli.diffusion.schedules.linear_schedule"
+COSINE = "diffcli.diffusion.schedules.cosine_schedule"
+
+
+def scheduler_config(schedule: dict[str, Any], betas: torch.Tensor, prediction: str,
+                     learned_variance: bool, sampler: str) -> tuple[str, dict]:
+    """(diffusers scheduler class name, its config) for a diffcli schedule node and its
+    ``betas`` (T,), with ``sampler`` one of :data:`SCHEDULERS`. x0 is not clipped: diffusers'
+    DDIM clips x0 but keeps the network's noise, diffcli's samplers recompute the noise from the
+    clipped x0, so the two agree only unclipped (``diffcli sample clip_denoised=false``)."""
+    if sampler not in SCHEDULERS:
+        raise ValueError(f"sampler={sampler}: diffusers schedulers exist for "
+                         f"{', '.join(SCHEDULERS)}")
+    T = int(betas.numel())
+    cfg: dict[str, Any] = {"num_train_timesteps": T, "prediction_type":
+                           PREDICTION_TYPES[prediction], "timestep_spacing": "trailing",
+                           "steps_offset": 0, "clip_sample": False,
+                           "beta_start": 0.0001, "beta_end": 0.02, "trained_betas": None}
+    target = schedule.get("_target_")
+    if target == LINEAR:
+        cfg |= {"beta_schedule": "linear", "beta_start": float(schedule.get("beta_start", 1e-4)),
+                "beta_end": float(schedule.get("beta_end", 0.02))}
+    elif target == COSINE and float(schedule.get("s", 0.008)) == 0.008 and \
+            float(schedule.get("max_beta", 0.999)) == 0.999:
+        cfg["beta_schedule"] = "squaredcos_cap_v2"
+    else:
+        cfg |= {"beta_schedule": "linear", "trained_betas": betas.double().tolist()}
+    name = SCHEDULERS[sampler]
+    if name == "DDPMScheduler":
+        cfg["variance_type"] = "learned_range" if learned_variance else "fixed_small"
+    elif name == "DPMSolverMultistepScheduler":
+        cfg |= {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True,
+                "thresholding": False}
+        cfg.pop("clip_sample")
+    return name, cfg
+
+
+def schedule_node(config: dict[str, Any]) -> dict[str, Any]:
+    """The diffcli schedule node of a diffusers scheduler config; ValueError (one line) for a
+    schedule diffcli does not have."""
+    T = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        raise ValueError("scheduler trained_betas: a custom beta list is not one of diffcli's "
+                         "schedules (linear, squaredcos_cap_v2 are)")
+    kind = config.get("beta_schedule", "linear")
+    if kind == "linear":
+        return {"_target_": LINEAR, "num_timesteps": T,
+                "beta_start": float(config.get("beta_start", 1e-4)),
+                "beta_end": float(config.get("beta_end", 0.02))}
+    if kind == "squaredcos_cap_v2":
+        return {"_target_": COSINE, "num_timesteps": T, "s": 0.008, "max_beta": 0.999}
+    raise ValueError(f"scheduler beta_schedule={kind}: diffcli has linear and "
+                     "squaredcos_cap_v2 (cosine)")
+
+
+def _refuse_kind(text: bool, latent: bool) -> None:
+    if text:
+        raise ValueError("a text-to-image model needs UNet2DConditionModel with diffcli's text "
+                         "encoder, which this export does not write; use format=safetensors")
+    if latent:
+        raise ValueError("a latent diffusion model needs its autoencoder as diffusers' "
+                         "AutoencoderKL, which this export does not write yet; use "
+                         "format=safetensors (or onnx for the denoiser)")
+
+
+def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tuple[int, ...],
+                           weights: dict[str, torch.Tensor], *, prediction: str,
+                           learned_variance: bool, num_classes: int | None, text: bool,
+                           latent: bool, sampler: str, betas: torch.Tensor,
+                           dataset: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
+    """Write ``unet/`` and ``scheduler/`` into ``folder`` (plus ``model_index.json`` of a
+    ``DDPMPipeline`` when the model is unconditional: returns whether it did). ValueError
+    (one line) for a model diffusers cannot express."""
+    import diffusers
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    _refuse_kind(text, latent)
+    model = config.get("model") or {}
+    if model.get("_target_") != UNET_TARGET:
+        raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
+                         "UNet2DModel takes images; 2-D point models export as safetensors")
+    kwargs = {k: v for k, v in model.items() if k != "_target_"}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    unet = UNet2DModel(**diffusers_unet_config(kwargs, data_shape))
+    unet.load_state_dict(to_diffusers_state_dict(weights, kwargs, data_shape), strict=True)
+    name, sched_cfg = scheduler_config(config.get("schedule") or {}, betas, prediction,
+                                       learned_variance, sampler)
+    scheduler = getattr(diffusers, name).from_config(sched_cfg)
+    if num_classes is None:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder,
+                                                                     safe_serialization=True)
+    else:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        scheduler.save_pretrained(folder / "scheduler")
+    atomic_write_text(folder / DIFFCLI_FILE, dumps_json({"dataset": dataset, "data": data}))
+    return num_classes is None
+
+
+def _unet_folder(folder: Path) -> Path:
+    """The folder holding the UNet2DModel: ``folder/unet`` of a pipeline, or ``folder``."""
+    for candidate in (folder / "unet", folder):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{folder} is not a diffcli run or a diffusers folder (no "
+                          "checkpoints/last.ckpt, unet/config.json or config.json)")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it ({e})") from None
+    if not isinstance(found, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return found
+
+
+def _scheduler(folder: Path, unet_dir: Path) -> dict[str, Any]:
+    for candidate in (folder / "scheduler", unet_dir.parent / "scheduler"):
+        if (candidate / "scheduler_config.json").is_file():
+            return _json(candidate / "scheduler_config.json")
+    raise CheckpointError(f"{folder}: no scheduler/scheduler_config.json beside the U-Net "
+                          "(the noise schedule and what the network predicts come from it)")
+
+
+def _weights(unet_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = unet_dir / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        pickled = (unet_dir / "diffusion_pytorch_model.bin").is_file()
+        raise CheckpointError(f"{unet_dir}: no diffusion_pytorch_model.safetensors" + (
+            " (a .bin is a pickle and is not read; convert it with diffusers' save_pretrained("
+            "safe_serialization=True) where you trust it)" if pickled else ""))
+    return load_file(str(path))
+
+
+def read_diffusers_folder(folder: Path) -> dict[str, Any]:
+    """A diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/`` and
+    ``scheduler/``) as the checkpoint-shaped mapping of a diffcli run (see
+    :func:`diffcli.export.safetensors_io.read_safetensors`)."""
+    unet_dir = _unet_folder(folder)
+    unet_cfg, sched = _json(unet_dir / "config.json"), _scheduler(folder, unet_dir)
+    learned = sched.get("variance_type") in ("learned", "learned_range")
+    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(
+        sched.get("prediction_type", "epsilon"))
+    try:
+        if prediction is None:
+            raise ValueError(f"scheduler prediction_type={sched.get('prediction_type')}: "
+                             "diffcli's networks predict epsilon, sample or v_prediction")
+        kwargs, shape = from_diffusers_config(unet_cfg, learn_sigma=learned)
+        state = from_diffusers_state_dict(_weights(unet_dir), kwargs, shape)
+        schedule = schedule_node(sched)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
+    extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
+    c, h, w = shape
+    num_classes = kwargs.pop("num_classes", None)
+    data = extra.get("data") or {"kind": "image", "shape": [c, h, w]}
+    if num_classes is not None and "num_classes" not in data:
+        data = {**data, "num_classes": num_classes,
+                "class_names": [str(i) for i in range(num_classes)]}
+    dataset = extra.get("dataset") or {"_target_": "diffcli.data.registry.make_datamodule",
+                                       "name": "imagefolder", "root": None, "image_size": h,
+                                       "channels": c}
+    config = {"model": {"_target_": UNET_TARGET, **kwargs}, "schedule": schedule,
+              "module": {"prediction": prediction}, "dataset": dataset, "task": "diffusion",
+              "conditional": num_classes is not None}
+    return {"diffcli": {"config": config, "data": data},
+            "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
+
+
+__all__ = ["read_diffusers_folder", "schedule_node", "scheduler_config",
+           "write_diffusers_folder"]
