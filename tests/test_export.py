@@ -93,3 +93,69 @@ def test_python_api_samples_as_the_cli(tiny_run: Path):
     assert x_t.std() > 0.8  # at t = T - 1 almost pure noise
     with pytest.raises(diffcli.api.DiffcliError, match="no such option"):
         pipe.sample(2, sampler="nope")
+
+
+def _ddim_from(den, x_T: torch.Tensor, steps: int) -> torch.Tensor:
+    """diffcli's DDIM (x0 not clipped) from the noise ``x_T``."""
+    from diffcli.components import option
+    from diffcli.runs import make_sampler
+
+    sampler, _ = make_sampler(option("sampler", "ddim"), den.schedule, steps=steps,
+                              clip_denoised=False)
+    return sampler.sample(den, x_T.clone(), generator=torch.Generator().manual_seed(1))
+
+
+def test_diffusers_export_loads_in_diffusers_and_back(tiny_run: Path):
+    """The exported folder is a DDPMPipeline whose DDIM scheduler, driven from the same noise,
+    gives diffcli's DDIM samples; read back by diffcli it has the same weights."""
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    run = _run_dir(tiny_run)
+    run_here(tiny_run, "export", "format=diffusers", "sampler=ddim")
+    folder = run / "export" / "diffusers"
+    pipe = DDPMPipeline.from_pretrained(folder)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    ours = diffcli.load(run)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = _ddim_from(ours.opened.denoiser, x_T, 5)
+    pipe.scheduler.set_timesteps(5)
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in pipe.scheduler.timesteps:
+            x = pipe.scheduler.step(pipe.unet(x, t).sample, t, x).prev_sample
+    scale = float(expected.abs().max().clamp(min=1))
+    assert float((x - expected).abs().max()) < 1e-4 * scale  # float32 betas in diffusers
+    imported = diffcli.load(folder)
+    original = ours.opened.network.state_dict()
+    for key, value in imported.opened.network.state_dict().items():
+        assert torch.equal(value, original[key]), key
+    run_here(tiny_run, "sample", f"ckpt={folder}", "sampler=ddim", "steps=3", "n=4")
+    run_here(tiny_run, "sample", "sampler=ddim", "steps=3", "n=4", "overwrite=true")
+    np.testing.assert_array_equal(_images(folder / "samples" / "ddim-3"),
+                                  _images(run / "samples" / "ddim-3"))
+    assert "DDPMPipeline.from_pretrained" in (folder / "README.md").read_text()
+
+
+def test_onnx_export_samples_as_torch(tiny_run: Path):
+    pytest.importorskip("onnxruntime")
+    from diffcli.diffusion.denoiser import Denoiser
+    from diffcli.export.onnx import onnx_predict
+
+    run = _run_dir(tiny_run)
+    proc = run_here(tiny_run, "export", "format=onnx")
+    assert "max |difference|" in proc.stderr
+    model = run / "export" / "onnx" / "model.onnx"
+    ours = diffcli.load(run)
+    onnx_den = Denoiser(lambda x, t: onnx_predict(model, x, t), ours.opened.schedule, "eps")
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = _ddim_from(ours.opened.denoiser, x_T, 4)
+    got = _ddim_from(onnx_den, x_T, 4)
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max().clamp(min=1))
+
+
+def test_what_cannot_be_exported_is_one_line(tmp_path: Path):
+    run_here(tmp_path, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=2",
+             "logger=none")
+    assert_one_line_error(run_here(tmp_path, "export", "format=diffusers", ok=False),
+                          "format=diffusers", "UNet2DModel takes images")
+    assert_one_line_error(run_here(tmp_path, "export", "format=keras", ok=False), "format")

@@ -72,6 +72,11 @@ def test_onnx_matches_torch_at_other_batch_sizes(
         assert diff < TOL, f"{name} batch {batch}: max abs diff {diff}"
     assert net.training
     assert not path.with_suffix(".onnx.tmp").exists()
+    # the random weights make the outputs far from 0, so TOL is a real check
+    inputs = [torch.randn(4, *shape), torch.randint(0, 1000, (4,))]
+    if classes is not None:
+        inputs.append(torch.randint(0, classes + 1, (4,)))
+    assert onnx_predict(path, *inputs).abs().max() > 100 * TOL
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -97,6 +97,21 @@ def _refuse_kind(text: bool, latent: bool) -> None:
                          "format=safetensors (or onnx for the denoiser)")
 
 
+def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
+                     num_classes: int | None, text: bool, latent: bool) -> dict[str, Any]:
+    """The ``UNet2DModel`` config of a run's network (its ``config``), or ValueError (one
+    line) for a model that a diffusers folder cannot hold."""
+    _refuse_kind(text, latent)
+    model = config.get("model") or {}
+    if model.get("_target_") != UNET_TARGET:
+        raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
+                         "UNet2DModel takes images; 2-D point models export as safetensors")
+    kwargs = {k: v for k, v in model.items() if k != "_target_"}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return diffusers_unet_config(kwargs, data_shape)
+
+
 def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tuple[int, ...],
                            weights: dict[str, torch.Tensor], *, prediction: str,
                            learned_variance: bool, num_classes: int | None, text: bool,
@@ -108,15 +123,11 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
     import diffusers
     from diffusers import DDPMPipeline, UNet2DModel
 
-    _refuse_kind(text, latent)
-    model = config.get("model") or {}
-    if model.get("_target_") != UNET_TARGET:
-        raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
-                         "UNet2DModel takes images; 2-D point models export as safetensors")
-    kwargs = {k: v for k, v in model.items() if k != "_target_"}
+    unet = UNet2DModel(**diffusers_layout(config, data_shape, num_classes=num_classes,
+                                          text=text, latent=latent))
+    kwargs = {k: v for k, v in (config.get("model") or {}).items() if k != "_target_"}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    unet = UNet2DModel(**diffusers_unet_config(kwargs, data_shape))
     unet.load_state_dict(to_diffusers_state_dict(weights, kwargs, data_shape), strict=True)
     name, sched_cfg = scheduler_config(config.get("schedule") or {}, betas, prediction,
                                        learned_variance, sampler)
@@ -205,5 +216,5 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
             "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
 
 
-__all__ = ["read_diffusers_folder", "schedule_node", "scheduler_config",
+__all__ = ["diffusers_layout", "read_diffusers_folder", "schedule_node", "scheduler_config",
            "write_diffusers_folder"]

@@ -33,6 +33,22 @@ from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
 
+def check_exportable(run: LoadedRun, fmt: str) -> None:
+    """One line, before anything is written, for a model that ``fmt`` cannot hold."""
+    from diffcli.export.diffusers_io import diffusers_layout
+
+    require_diffusion(run)
+    if fmt == "onnx" and run.text_encoder is not None:
+        raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
+                           "of (x_t, t[, y]); export it as format=safetensors")
+    if fmt == "diffusers":
+        try:
+            diffusers_layout(run.config, run.data_info().shape, num_classes=run.num_classes,
+                             text=run.text_encoder is not None, latent=run.latent is not None)
+        except ValueError as e:
+            raise DiffcliError(f"format=diffusers: {e}") from None
+
+
 def exported_weights(run: LoadedRun, which: str) -> tuple[dict[str, torch.Tensor], str]:
     """The network's weights to export: the EMA ones when asked and present, else the trained
     ones; with the word for what was taken ("ema" or "raw")."""
@@ -58,9 +74,6 @@ def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, l
     from diffcli.export.onnx import check_onnx, export_onnx
 
     net, _, weights = restore_net(run, use_ema=which == "ema", device=torch.device("cpu"))
-    if run.text_encoder is not None:
-        raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports "
-                           "networks of (x_t, t[, y]); export it as format=safetensors")
     shape, k = run.sample_shape, run.num_classes
     try:
         export_onnx(net, shape, folder / "model.onnx", num_classes=k)
@@ -112,8 +125,9 @@ def _data(run: LoadedRun) -> dict[str, Any] | None:
 def export(cfg: DictConfig) -> Path:
     """Export the run of ``ckpt=`` (default the newest) as ``format``; returns the folder."""
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    run = require_diffusion(load_checkpoint(ckpt))
+    run = load_checkpoint(ckpt)
     fmt, which = str(cfg.format), str(cfg.weights)
+    check_exportable(run, fmt)
     out = Path(str(cfg.out)) if cfg.out else run_dir_of(ckpt) / "export" / fmt
     folder = OutputFolder(out, overwrite=bool(cfg.overwrite))
     with folder as tmp:
@@ -136,4 +150,4 @@ def export(cfg: DictConfig) -> Path:
     return folder.path
 
 
-__all__ = ["export", "exported_weights"]
+__all__ = ["check_exportable", "export", "exported_weights"]

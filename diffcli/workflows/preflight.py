@@ -56,6 +56,16 @@ def _literal_run_dir(cfg: DictConfig) -> Path | None:
     return Path(value) if isinstance(value, str) and "${" not in value else None
 
 
+def _export(cfg: DictConfig) -> None:
+    """The model fits the format (``diffcli export``), before anything is printed or written."""
+    from diffcli.api import checkpoint_of
+    from diffcli.workflows.export import check_exportable
+
+    ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.get("ckpt") else _newest(cfg)
+    if ckpt is not None:
+        check_exportable(load_checkpoint(ckpt), str(cfg.format))
+
+
 def _newest(cfg: DictConfig) -> Path | None:
     try:
         return find_latest_checkpoint(run_roots(str(cfg.runs_root)))
@@ -282,6 +292,9 @@ def preflight(command: str, cfg: DictConfig) -> None:
             raise UsageError(str(e)) from None
     if command == "train":
         _train(cfg)
+        return
+    if command == "export":
+        _export(cfg)
         return
     if command not in ("sample", "eval_fid", "noise_viz", "eval_nll"):
         return
