@@ -15,6 +15,7 @@ Every export writes a model card, ``README.md``, into ``out`` (default
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ def check_exportable(run: LoadedRun, fmt: str) -> None:
     from diffcli.export.diffusers_io import diffusers_layout
 
     require_diffusion(run)
+    needs = {"diffusers": ("diffusers",), "onnx": ("onnx", "onnxruntime")}.get(fmt, ())
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DiffcliError(f"format={fmt} needs {', '.join(missing)}: pip install "
+                           "'diffcli[export]'")
     if fmt == "onnx" and run.text_encoder is not None:
         raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
                            "of (x_t, t[, y]); export it as format=safetensors")
