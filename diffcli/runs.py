@@ -209,8 +209,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def _with_metadata(ckpt: Any, path: Path) -> dict[str, Any]:
     """``ckpt`` if it has diffcli's self-description and weights, else a one-line error."""
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or \
-            "state_dict" not in ckpt:
+    if not isinstance(meta, dict) or "config" not in meta or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} was not written by `diffcli train` (no diffcli metadata)")
     return ckpt
 

@@ -39,7 +39,7 @@ def _unet(**kwargs: object) -> UNet:
 
 # name -> (net factory, sample_shape, num_classes, output shape of one sample)
 CASES = {
-    "unet": (lambda: _unet(attention_levels=(1,)), (1, 8, 8), None, (1, 8, 8)),
+    "unet": (lambda: _unet(attention_levels=(1,), mid_attention=False), (1, 8, 8), None, (1, 8, 8)),
     # one level (no resampling) keeps this export fast; dropout must be off in the graph
     "unet_classes_sigma": (lambda: _unet(channel_mults=(1,), num_classes=3, learn_sigma=True,
                                          dropout=0.1),

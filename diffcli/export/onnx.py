@@ -152,6 +152,8 @@ def export_onnx(net: nn.Module, sample_shape: tuple[int, ...], path: Path, *,
     was_training = net.training
     net.eval()
     try:
+        with torch.no_grad():  # the network's own checks fail here fast, before tracing
+            net(*example)
         with warnings.catch_warnings():
             # The output's batch axis is tied to the inputs', which torch reports at length.
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
