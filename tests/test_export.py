@@ -159,3 +159,47 @@ def test_what_cannot_be_exported_is_one_line(tmp_path: Path):
     assert_one_line_error(run_here(tmp_path, "export", "format=diffusers", ok=False),
                           "format=diffusers", "UNet2DModel takes images")
     assert_one_line_error(run_here(tmp_path, "export", "format=keras", ok=False), "format")
+
+
+GOOGLE_STYLE = {  # google/ddpm-cifar10-32's UNet options, at a tiny width
+    "sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1,
+    "attention_head_dim": None, "norm_num_groups": 4, "norm_eps": 1e-06,
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1,
+    "act_fn": "silu", "center_input_sample": False, "time_embedding_type": "positional"}
+
+
+def test_a_diffusers_folder_samples_in_diffcli(tmp_path: Path):
+    """A UNet2DModel + DDPMScheduler folder written by diffusers (google/ddpm-cifar10-32's
+    conventions: asymmetric downsampling padding, eps 1e-6, sin-first shifted embedding):
+    any diffcli sampler runs on it and DDIM matches diffusers' from the same noise; a pickled
+    .bin alone is refused."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**GOOGLE_STYLE)
+    for p in unet.parameters():
+        p.data.normal_(0, 0.05)
+    folder = tmp_path / "ddpm-tiny"
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                  beta_end=0.02).save_pretrained(folder / "scheduler")
+    pipe = diffcli.load(folder)
+    assert pipe.shape == (3, 8, 8)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    expected = _ddim_from(pipe.opened.denoiser, x_T, 4)
+    sched = DDIMScheduler.from_config(dict(DDPMScheduler.load_config(folder / "scheduler")),
+                                      timestep_spacing="trailing", clip_sample=False)
+    sched.set_timesteps(4)
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    assert float((x - expected).abs().max()) < 1e-4 * float(expected.abs().max().clamp(min=1))
+    run_here(tmp_path, "sample", f"ckpt={folder}", "sampler=heun", "steps=2", "n=3")
+    assert _images(folder / "samples" / "heun-2").shape == (3, 8, 8, 3)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(
+        folder / "unet" / "diffusion_pytorch_model.bin")
+    assert_one_line_error(run_here(tmp_path, "sample", f"ckpt={folder}", "n=2", ok=False),
+                          "a .bin is a pickle")
