@@ -203,3 +203,37 @@ def test_a_diffusers_folder_samples_in_diffcli(tmp_path: Path):
         folder / "unet" / "diffusion_pytorch_model.bin")
     assert_one_line_error(run_here(tmp_path, "sample", f"ckpt={folder}", "n=2", ok=False),
                           "a .bin is a pickle")
+
+
+def test_a_class_conditional_model_exports_its_unet_and_reads_back(tmp_path: Path):
+    """No DDPMPipeline (it passes no labels): unet/ + scheduler/; diffcli reads the classes
+    back and samples each class as the original."""
+    run_here(tmp_path, "train", *TINY_UNET, "conditional=true", "trainer.max_steps=2",
+             "logger=none")
+    run = _run_dir(tmp_path)
+    run_here(tmp_path, "export", "format=diffusers", "sampler=dpmpp_2m")
+    folder = run / "export" / "diffusers"
+    assert not (folder / "model_index.json").exists()
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    assert config["num_class_embeds"] == 11  # ten digits and the null label
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())[
+        "_class_name"] == "DPMSolverMultistepScheduler"
+    back, ours = diffcli.load(folder), diffcli.load(run)
+    assert back.num_classes == 10 and back.class_names == ours.class_names
+    a, b = (pipe.sample(4, sampler="ddim", steps=2, classes=[3, 7], guidance=2)
+            for pipe in (back, ours))
+    assert torch.equal(a, b)
+
+
+def test_the_model_card_lists_the_runs_evaluations(tmp_path: Path):
+    from diffcli.export.model_card import eval_results
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "fid-ddim-50-n1000.json").write_text(json.dumps(
+        {"summary": {"fid": {"mean": 12.5, "best": 12.5}}, "n": 1000}))
+    (tmp_path / "eval" / "nll-vlb-test-n100.json").write_text(json.dumps(
+        {"results": {"vlb": {"bits_per_dim": 3.25}}, "n": 100}))
+    (tmp_path / "eval" / "broken.json").write_text("{")
+    assert eval_results(tmp_path) == [("fid-ddim-50-n1000.json", {"fid": 12.5, "n": 1000}),
+                                      ("nll-vlb-test-n100.json",
+                                       {"vlb bits/dim": 3.25, "n": 100})]
