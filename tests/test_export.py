@@ -237,3 +237,27 @@ def test_the_model_card_lists_the_runs_evaluations(tmp_path: Path):
     assert eval_results(tmp_path) == [("fid-ddim-50-n1000.json", {"fid": 12.5, "n": 1000}),
                                       ("nll-vlb-test-n100.json",
                                        {"vlb bits/dim": 3.25, "n": 100})]
+
+
+def test_a_latent_model_exports_its_autoencoder_as_autoencoderkl(tmp_path: Path):
+    """unet/ + scheduler/ + vae/ (diffcli's KL autoencoder as AutoencoderKL, scaling_factor =
+    the run's scale factor); read back, the folder decodes the same images."""
+    common = ["dataset=digits", "logger=none", "dataset.batch_size=32"]
+    run_here(tmp_path, "train", "task=autoencoder", *common, "autoencoder.base_channels=8",
+             "autoencoder.groups=4", "autoencoder.z_channels=2", "trainer.max_steps=2",
+             "module.eval_images=4", "callbacks.reconstructions=null", "runs_root=ae")
+    ae = next(tmp_path.glob("ae/*/*/checkpoints/last.ckpt"))
+    run_here(tmp_path, "train", f"latent={ae}", *common, "model.base_channels=8",
+             "model.groups=4", "model.channel_mults=[1]", "trainer.max_steps=2",
+             "callbacks.preview=null")
+    run = _run_dir(tmp_path)
+    run_here(tmp_path, "export", "format=diffusers")
+    folder = run / "export" / "diffusers"
+    ours = diffcli.load(run)
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    assert vae["_class_name"] == "AutoencoderKL" and vae["latent_channels"] == 2
+    assert vae["scaling_factor"] == pytest.approx(ours.opened.run.latent.scale_factor)
+    back = diffcli.load(folder)
+    assert back.opened.run.latent.pretrained and back.shape == ours.shape == (1, 8, 8)
+    a, b = (pipe.sample(3, sampler="ddim", steps=2, output="float") for pipe in (ours, back))
+    assert float((a - b).abs().max()) < 1e-4

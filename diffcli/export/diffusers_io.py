@@ -87,21 +87,18 @@ def schedule_node(config: dict[str, Any]) -> dict[str, Any]:
                      "squaredcos_cap_v2 (cosine)")
 
 
-def _refuse_kind(text: bool, latent: bool) -> None:
+def _refuse_kind(text: bool) -> None:
     if text:
         raise ValueError("a text-to-image model needs UNet2DConditionModel with diffcli's text "
                          "encoder, which this export does not write; use format=safetensors")
-    if latent:
-        raise ValueError("a latent diffusion model needs its autoencoder as diffusers' "
-                         "AutoencoderKL, which this export does not write yet; use "
-                         "format=safetensors (or onnx for the denoiser)")
 
 
 def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
-                     num_classes: int | None, text: bool, latent: bool) -> dict[str, Any]:
-    """The ``UNet2DModel`` config of a run's network (its ``config``), or ValueError (one
-    line) for a model that a diffusers folder cannot hold."""
-    _refuse_kind(text, latent)
+                     num_classes: int | None, text: bool) -> dict[str, Any]:
+    """The ``UNet2DModel`` config of a run's network (its ``config``; ``data_shape``: what the
+    U-Net generates, latents for a latent model), or ValueError (one line) for a model that a
+    diffusers folder cannot hold."""
+    _refuse_kind(text)
     model = config.get("model") or {}
     if model.get("_target_") != UNET_TARGET:
         raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
@@ -115,16 +112,17 @@ def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
 def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tuple[int, ...],
                            weights: dict[str, torch.Tensor], *, prediction: str,
                            learned_variance: bool, num_classes: int | None, text: bool,
-                           latent: bool, sampler: str, betas: torch.Tensor,
-                           dataset: dict[str, Any] | None, data: dict[str, Any] | None) -> bool:
+                           sampler: str, betas: torch.Tensor, dataset: dict[str, Any] | None,
+                           data: dict[str, Any] | None, vae: Any = None) -> bool:
     """Write ``unet/`` and ``scheduler/`` into ``folder`` (plus ``model_index.json`` of a
-    ``DDPMPipeline`` when the model is unconditional: returns whether it did). ValueError
-    (one line) for a model diffusers cannot express."""
+    ``DDPMPipeline`` when the model is unconditional and in pixel space: returns whether it
+    did; a latent model's autoencoder, ``vae``, goes to ``vae/``). ``data_shape``: what the
+    U-Net generates. ValueError (one line) for a model diffusers cannot express."""
     import diffusers
     from diffusers import DDPMPipeline, UNet2DModel
 
     unet = UNet2DModel(**diffusers_layout(config, data_shape, num_classes=num_classes,
-                                          text=text, latent=latent))
+                                          text=text))
     kwargs = {k: v for k, v in (config.get("model") or {}).items() if k != "_target_"}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -132,14 +130,41 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
     name, sched_cfg = scheduler_config(config.get("schedule") or {}, betas, prediction,
                                        learned_variance, sampler)
     scheduler = getattr(diffusers, name).from_config(sched_cfg)
-    if num_classes is None:
+    pipeline = num_classes is None and vae is None
+    if pipeline:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder,
                                                                      safe_serialization=True)
     else:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
         scheduler.save_pretrained(folder / "scheduler")
+    if vae is not None:
+        vae.save_pretrained(folder / "vae", safe_serialization=True)
     atomic_write_text(folder / DIFFCLI_FILE, dumps_json({"dataset": dataset, "data": data}))
-    return num_classes is None
+    return pipeline
+
+
+def autoencoder_kl(ae_config: dict[str, Any], weights: dict[str, torch.Tensor],
+                   image_shape: tuple[int, int, int], scale_factor: float) -> Any:
+    """diffcli's KL autoencoder (its config node and weights) as a diffusers ``AutoencoderKL``
+    with ``scaling_factor`` = the latent model's scale factor; ValueError (one line) for an
+    autoencoder that AutoencoderKL cannot express."""
+    from diffusers import AutoencoderKL
+
+    from diffcli.nets.diffusers_vae import autoencoder_kl_config, to_diffusers_vae_state_dict
+
+    kwargs = vae_kwargs(ae_config)
+    vae = AutoencoderKL(**autoencoder_kl_config(kwargs, image_shape, scale_factor))
+    vae.load_state_dict(to_diffusers_vae_state_dict(weights, kwargs, image_shape), strict=True)
+    return vae
+
+
+def vae_kwargs(ae_config: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a KL autoencoder's config node; ValueError for another kind."""
+    if ae_config.get("_target_") != "diffcli.nets.autoencoder.KLAutoencoder":
+        raise ValueError(f"autoencoder={str(ae_config.get('_target_')).rsplit('.', 1)[-1]}: "
+                         "diffusers' AutoencoderKL holds KL autoencoders only; use "
+                         "format=safetensors")
+    return {k: v for k, v in ae_config.items() if k != "_target_"}
 
 
 def _unet_folder(folder: Path) -> Path:
@@ -181,6 +206,27 @@ def _weights(unet_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def _image_data(folder: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The data description of what the U-Net generates (``shape``): images, or with a
+    ``vae/`` beside it the latents of that AutoencoderKL (read as ``latent.pretrained``)."""
+    from diffcli.nets.latent import pretrained_sha256
+
+    vae = folder / "vae"
+    if not (vae / "config.json").is_file():
+        return {"kind": "image", "shape": list(shape)}
+    config = _json(vae / "config.json")
+    f = 2 ** (len(config.get("block_out_channels", [0])) - 1)
+    sha = pretrained_sha256(vae)
+    if sha is None:
+        raise CheckpointError(f"{vae}: no diffusion_pytorch_model.safetensors (a .bin is a "
+                              "pickle and is not read)")
+    c, h, w = shape
+    return {"kind": "image", "shape": [int(config.get("in_channels", 3)), h * f, w * f],
+            "latent": {"shape": [c, h, w], "scale_factor": float(config.get(
+                "scaling_factor") or 1.0), "source": str(vae.resolve()), "sha256": sha,
+                "pretrained": True}}
+
+
 def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     """A diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/`` and
     ``scheduler/``) as the checkpoint-shaped mapping of a diffcli run (see
@@ -200,9 +246,9 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     except ValueError as e:
         raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
     extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
-    c, h, w = shape
     num_classes = kwargs.pop("num_classes", None)
-    data = extra.get("data") or {"kind": "image", "shape": [c, h, w]}
+    data = {**(extra.get("data") or {}), **_image_data(folder, shape)}
+    c, h, w = data["shape"]
     if num_classes is not None and "num_classes" not in data:
         data = {**data, "num_classes": num_classes,
                 "class_names": [str(i) for i in range(num_classes)]}
@@ -216,5 +262,5 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
             "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
 
 
-__all__ = ["diffusers_layout", "read_diffusers_folder", "schedule_node", "scheduler_config",
-           "write_diffusers_folder"]
+__all__ = ["autoencoder_kl", "diffusers_layout", "read_diffusers_folder", "schedule_node",
+           "scheduler_config", "vae_kwargs", "write_diffusers_folder"]

@@ -16,7 +16,9 @@ A convolutional encoder maps an image ``x`` ``(B, C, H, W)`` in ``[-1, 1]`` to a
 Layout shared by both (the VQGAN / LDM encoder-decoder, Esser et al. 2021, App.):
 
 * encoder: ``conv_in`` 3x3 -> per level ``num_res_blocks`` :class:`ResnetBlock` s and a
-  stride-2 3x3 :class:`~diffcli.nets.layers.Downsample` between levels -> middle
+  stride-2 3x3 :class:`~diffcli.nets.layers.Downsample` between levels (``downsample_padding``
+  1: padded one pixel on every side; 0: on the right and bottom only, as in the LDM / Stable
+  Diffusion reference code and diffusers' ``AutoencoderKL``) -> middle
   (ResnetBlock, optional single-head self-attention, ResnetBlock) -> GroupNorm, SiLU,
   3x3 conv to ``2 * z_channels`` (KL: mean and log-variance) or ``z_channels`` (VQ);
   then a 1x1 ``quant_conv``;
@@ -357,6 +359,7 @@ class _NetConfig:
     mid_attention: bool
     groups: int
     dropout: float
+    downsample_padding: int = 1
 
     def channels(self, level: int) -> int:
         """Feature channels at ``level``: ``base_channels * channel_mults[level]``."""
@@ -375,7 +378,7 @@ class Encoder(nn.Module):
             layers += _blocks(ch, cfg.channels(level), cfg.num_res_blocks, cfg.groups, cfg.dropout)
             ch = cfg.channels(level)
             if level < len(cfg.channel_mults) - 1:
-                layers.append(Downsample(ch))
+                layers.append(Downsample(ch, padding=cfg.downsample_padding))
         self.down = nn.Sequential(*layers)
         self.mid = _middle(ch, attention=cfg.mid_attention, groups=cfg.groups, dropout=cfg.dropout)
         self.out = _head(ch, out_channels, cfg.groups)
@@ -435,7 +438,7 @@ class AutoencoderOutput:
 
 def _net_config(data_shape: Sequence[int], z_channels: int, base_channels: int,
                 channel_mults: Sequence[int], num_res_blocks: int, mid_attention: bool,
-                groups: int, dropout: float) -> _NetConfig:
+                groups: int, dropout: float, downsample_padding: int = 1) -> _NetConfig:
     """Validate the shared constructor arguments (one-line ``ValueError`` s)."""
     if len(data_shape) != 3:
         raise ValueError(f"the autoencoder takes images (C, H, W), got data shape "
@@ -448,9 +451,12 @@ def _net_config(data_shape: Sequence[int], z_channels: int, base_channels: int,
                          f"data_shape must all be >= 1, got data_shape={tuple(data_shape)}, "
                          f"z_channels={z_channels}, base_channels={base_channels}, "
                          f"num_res_blocks={num_res_blocks}, groups={groups}")
+    if downsample_padding not in (0, 1):
+        raise ValueError(f"autoencoder downsample_padding must be 0 (right / bottom, as diffusers' "
+                         f"AutoencoderKL) or 1 (every side), got {downsample_padding!r}")
     check_divisible(int(data_shape[1]), int(data_shape[2]), downsample_factor(mults))
     return _NetConfig(int(data_shape[0]), base_channels, mults, num_res_blocks, mid_attention,
-                      groups, dropout)
+                      groups, dropout, int(downsample_padding))
 
 
 class _Autoencoder(nn.Module):
@@ -519,15 +525,21 @@ class KLAutoencoder(_Autoencoder):
         mid_attention: single-head self-attention in the middle blocks.
         groups: maximum GroupNorm group count (see :func:`~diffcli.nets.layers.norm`).
         dropout: dropout probability inside the ResnetBlocks.
+        downsample_padding: padding of the encoder's stride-2 convs: 1 (default) pads every
+            side; 0 pads only the right and bottom edge (the LDM reference code's layout, which
+            diffusers' ``AutoencoderKL`` hard-codes; needed to export to it, see
+            :mod:`diffcli.nets.diffusers_vae`). Both halve even sizes; weights do not carry
+            over between the two.
     """
 
     regularizer: ClassVar[str] = "kl"
 
     def __init__(self, *, data_shape: Sequence[int], z_channels: int = 4, base_channels: int = 64,
                  channel_mults: Sequence[int] = (1, 2, 3), num_res_blocks: int = 1,
-                 mid_attention: bool = True, groups: int = 32, dropout: float = 0.0) -> None:
+                 mid_attention: bool = True, groups: int = 32, dropout: float = 0.0,
+                 downsample_padding: int = 1) -> None:
         cfg = _net_config(data_shape, z_channels, base_channels, channel_mults, num_res_blocks,
-                          mid_attention, groups, dropout)
+                          mid_attention, groups, dropout, downsample_padding)
         super().__init__(cfg, data_shape, z_channels, moments=2)
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
@@ -569,9 +581,9 @@ class VQAutoencoder(_Autoencoder):
                  channel_mults: Sequence[int] = (1, 2, 3), num_res_blocks: int = 1,
                  mid_attention: bool = True, groups: int = 32, dropout: float = 0.0,
                  n_embed: int = 512, beta: float = 0.25, ema: bool = True, decay: float = 0.99,
-                 restart_dead: bool = True) -> None:
+                 restart_dead: bool = True, downsample_padding: int = 1) -> None:
         cfg = _net_config(data_shape, z_channels, base_channels, channel_mults, num_res_blocks,
-                          mid_attention, groups, dropout)
+                          mid_attention, groups, dropout, downsample_padding)
         super().__init__(cfg, data_shape, z_channels, moments=1)
         self.quantizer = VectorQuantizer(n_embed, z_channels, beta=beta, ema=ema, decay=decay,
                                          restart_dead=restart_dead)

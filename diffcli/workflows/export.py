@@ -28,7 +28,14 @@ from diffcli.export.model_card import eval_results, model_card
 from diffcli.export.safetensors_io import write_safetensors
 from diffcli.files import OutputFolder, atomic_write_text
 from diffcli.nets.layers import count_parameters
-from diffcli.runs import LoadedRun, load_checkpoint, require_diffusion, restore_net, run_dir_of
+from diffcli.runs import (
+    LoadedRun,
+    load_checkpoint,
+    read_autoencoder,
+    require_diffusion,
+    restore_net,
+    run_dir_of,
+)
 from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
@@ -36,7 +43,8 @@ console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
 def check_exportable(run: LoadedRun, fmt: str) -> None:
     """One line, before anything is written, for a model that ``fmt`` cannot hold."""
-    from diffcli.export.diffusers_io import diffusers_layout
+    from diffcli.export.diffusers_io import diffusers_layout, vae_kwargs
+    from diffcli.nets.diffusers_vae import autoencoder_kl_config
 
     require_diffusion(run)
     needs = {"diffusers": ("diffusers",), "onnx": ("onnx", "onnxruntime")}.get(fmt, ())
@@ -49,10 +57,36 @@ def check_exportable(run: LoadedRun, fmt: str) -> None:
                            "of (x_t, t[, y]); export it as format=safetensors")
     if fmt == "diffusers":
         try:
-            diffusers_layout(run.config, run.data_info().shape, num_classes=run.num_classes,
-                             text=run.text_encoder is not None, latent=run.latent is not None)
+            diffusers_layout(run.config, run.sample_shape, num_classes=run.num_classes,
+                             text=run.text_encoder is not None)
+            if run.latent is not None and not run.latent.pretrained:
+                ae = read_autoencoder(run.latent.source)
+                autoencoder_kl_config(vae_kwargs(ae.config["autoencoder"]),
+                                      ae.data_info().shape, run.latent.scale_factor)
         except ValueError as e:
             raise DiffcliError(f"format=diffusers: {e}") from None
+
+
+def _vae(run: LoadedRun) -> Any:
+    """A latent model's autoencoder as diffusers' ``AutoencoderKL`` (None for pixel models):
+    diffcli's KL autoencoder mapped (EMA weights when present), or the ``latent.pretrained``
+    folder it was trained with, as it is."""
+    latent = run.latent
+    if latent is None:
+        return None
+    if latent.pretrained:
+        from diffusers import AutoencoderKL
+
+        from diffcli.nets.latent import pretrained_folder
+
+        return AutoencoderKL.from_pretrained(str(pretrained_folder(latent.source)[0]),
+                                             local_files_only=True, use_safetensors=True)
+    from diffcli.export.diffusers_io import autoencoder_kl
+
+    ae = read_autoencoder(latent.source)
+    ema = any(k.startswith("ema_net.") for k in ae.state_dict)
+    return autoencoder_kl(ae.config["autoencoder"], ae.weights("ema_net." if ema else "net."),
+                          ae.data_info().shape, latent.scale_factor)
 
 
 def exported_weights(run: LoadedRun, which: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -102,11 +136,11 @@ def _diffusers(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]
     weights, taken = exported_weights(run, which)
     try:
         pipeline = write_diffusers_folder(
-            folder, run.config, run.data_info().shape, weights, prediction=run.prediction,
+            folder, run.config, run.sample_shape, weights, prediction=run.prediction,
             learned_variance=run.learned_variance, num_classes=run.num_classes,
-            text=run.text_encoder is not None, latent=run.latent is not None,
-            sampler=sampler_choice() or "ddim", betas=run.schedule().betas,
-            dataset=run.config.get("dataset"), data=_data(run))
+            text=run.text_encoder is not None, sampler=sampler_choice() or "ddim",
+            betas=run.schedule().betas, dataset=run.config.get("dataset"), data=_data(run),
+            vae=_vae(run))
     except ValueError as e:
         raise DiffcliError(f"format=diffusers: {e}") from None
     if pipeline:
@@ -117,6 +151,10 @@ def _diffusers(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]
         load = ["from diffusers import UNet2DModel", "",
                 'unet = UNet2DModel.from_pretrained("{folder}", subfolder="unet")',
                 "# class-conditional: unet(x_t, t, class_labels=y).sample"]
+        if run.latent is not None:
+            load += ["from diffusers import AutoencoderKL",
+                     'vae = AutoencoderKL.from_pretrained("{folder}", subfolder="vae")',
+                     "# images = vae.decode(latents / vae.config.scaling_factor).sample"]
     return taken, load + ["# or: diffcli sample ckpt={folder}"]
 
 
