@@ -159,6 +159,8 @@ def test_what_cannot_be_exported_is_one_line(tmp_path: Path):
     assert_one_line_error(run_here(tmp_path, "export", "format=diffusers", ok=False),
                           "format=diffusers", "UNet2DModel takes images")
     assert_one_line_error(run_here(tmp_path, "export", "format=keras", ok=False), "format")
+    assert_one_line_error(run_here(tmp_path, "export", "format=diffusers", "sampler=heun",
+                                   ok=False), "sampler=ddpm, ddim or dpmpp_2m", "Heun")
 
 
 GOOGLE_STYLE = {  # google/ddpm-cifar10-32's UNet options, at a tiny width

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from diffcli.components import plain
 from diffcli.errors import DiffcliError
 from diffcli.export.model_card import eval_results, model_card
 from diffcli.export.safetensors_io import write_safetensors
@@ -36,13 +37,30 @@ from diffcli.runs import (
     restore_net,
     run_dir_of,
 )
-from diffcli.workflows.sample import checkpoint_to_use, sampler_choice
+from diffcli.workflows.sample import checkpoint_to_use
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
 
-def check_exportable(run: LoadedRun, fmt: str) -> None:
-    """One line, before anything is written, for a model that ``fmt`` cannot hold."""
+SCHEDULER_OF = {"diffcli.diffusion.samplers.ddpm.DDPM": "ddpm",
+                "diffcli.diffusion.samplers.ddim.DDIM": "ddim",
+                "diffcli.diffusion.samplers.dpm_solver.DPMSolverPP2M": "dpmpp_2m"}
+
+
+def scheduler_of(sampler: Any) -> str:
+    """The diffusers scheduler of the ``sampler`` config node (ddpm, ddim or dpmpp_2m); one
+    line for samplers diffusers has no scheduler of the same algorithm for."""
+    name = SCHEDULER_OF.get(str((sampler or {}).get("_target_")))
+    if name is None:
+        raise DiffcliError(f"format=diffusers writes the scheduler of sampler=ddpm, ddim or "
+                           f"dpmpp_2m; {str((sampler or {}).get('_target_')).rsplit('.', 1)[-1]}"
+                           " has no diffusers scheduler of the same algorithm")
+    return name
+
+
+def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
+    """One line, before anything is written, for a model that ``fmt`` cannot hold (and, for
+    diffusers, a ``sampler`` node without a diffusers scheduler)."""
     from diffcli.export.diffusers_io import diffusers_layout, vae_kwargs
     from diffcli.nets.diffusers_vae import autoencoder_kl_config
 
@@ -56,6 +74,7 @@ def check_exportable(run: LoadedRun, fmt: str) -> None:
         raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
                            "of (x_t, t[, y]); export it as format=safetensors")
     if fmt == "diffusers":
+        scheduler_of(sampler)
         try:
             diffusers_layout(run.config, run.sample_shape, num_classes=run.num_classes,
                              text=run.text_encoder is not None)
@@ -130,7 +149,8 @@ def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, l
         "prediction = session.run(None, {\"x_t\": x_t, \"t\": t})[0]"]
 
 
-def _diffusers(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]]:
+def _diffusers(run: LoadedRun, folder: Path, which: str,
+               sampler: Any) -> tuple[str, list[str]]:
     from diffcli.export.diffusers_io import write_diffusers_folder
 
     weights, taken = exported_weights(run, which)
@@ -138,7 +158,7 @@ def _diffusers(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]
         pipeline = write_diffusers_folder(
             folder, run.config, run.sample_shape, weights, prediction=run.prediction,
             learned_variance=run.learned_variance, num_classes=run.num_classes,
-            text=run.text_encoder is not None, sampler=sampler_choice() or "ddim",
+            text=run.text_encoder is not None, sampler=scheduler_of(sampler),
             betas=run.schedule().betas, dataset=run.config.get("dataset"), data=_data(run),
             vae=_vae(run))
     except ValueError as e:
@@ -171,7 +191,7 @@ def export(cfg: DictConfig) -> Path:
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
     run = load_checkpoint(ckpt)
     fmt, which = str(cfg.format), str(cfg.weights)
-    check_exportable(run, fmt)
+    check_exportable(run, fmt, plain(cfg.sampler))
     out = Path(str(cfg.out)) if cfg.out else run_dir_of(ckpt) / "export" / fmt
     folder = OutputFolder(out, overwrite=bool(cfg.overwrite))
     with folder as tmp:
@@ -180,7 +200,7 @@ def export(cfg: DictConfig) -> Path:
         elif fmt == "onnx":
             taken, load = _onnx(run, tmp, which, bool(cfg.check))
         else:
-            taken, load = _diffusers(run, tmp, which)
+            taken, load = _diffusers(run, tmp, which, plain(cfg.sampler))
         net, _, _ = restore_net(run, use_ema=taken == "ema", device=torch.device("cpu"))
         card = model_card(title=f"{run.config.get('dataset', {}).get('name', 'diffcli')} "
                                 f"diffusion model ({fmt})", fmt=fmt, config=run.config,
@@ -194,4 +214,4 @@ def export(cfg: DictConfig) -> Path:
     return folder.path
 
 
-__all__ = ["check_exportable", "export", "exported_weights"]
+__all__ = ["check_exportable", "export", "exported_weights", "scheduler_of"]

@@ -63,7 +63,7 @@ def _export(cfg: DictConfig) -> None:
 
     ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.get("ckpt") else _newest(cfg)
     if ckpt is not None:
-        check_exportable(load_checkpoint(ckpt), str(cfg.format))
+        check_exportable(load_checkpoint(ckpt), str(cfg.format), _group(cfg, "sampler"))
 
 
 def _newest(cfg: DictConfig) -> Path | None:
