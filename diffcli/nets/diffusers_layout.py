@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from diffcli.nets.attention import SpatialTransformer
 from diffcli.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample
 from diffcli.nets.unet import UNet
+from diffcli.nets.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_UNET_DEFAULTS",
@@ -327,34 +328,15 @@ def _entries(net: UNet) -> list[_Entry]:
 
 
 def _layout(unet_kwargs: Mapping[str, Any],
-            data_shape: Sequence[int]) -> tuple[list[_Entry], dict[str, torch.Size]]:
-    """The weight correspondences and diffcli's parameter shapes."""
+            data_shape: Sequence[int]) -> tuple[list[Entry], dict[str, torch.Size]]:
+    """The weight correspondences (:mod:`diffcli.nets.weight_maps`) and diffcli's parameter
+    shapes."""
     net = _meta_unet(unet_kwargs, data_shape)
     _check_exportable(net, unet_kwargs)
-    entries = _entries(net)
+    entries = [(src, dsts, op, 1.0) for src, dsts, op in _entries(net)]
     shapes = {k: v.shape for k, v in net.state_dict().items()}
     assert {e[0] for e in entries} == set(shapes), "diffusers layout out of sync with UNet"
     return entries, shapes
-
-
-def _diffusers_shapes(src_shape: torch.Size, op: str) -> list[torch.Size]:
-    """The diffusers tensor shape(s) of a diffcli tensor of ``src_shape``."""
-    if op == "squeeze":
-        return [torch.Size(src_shape[:2])]
-    if op == "qkv":
-        third = src_shape[0] // 3
-        return [torch.Size((third, *src_shape[1:2]))] * 3
-    return [src_shape]
-
-
-def _key_mismatch(side: str, expected: set[str], got: set[str]) -> ValueError:
-    """One-line error naming a few missing and unexpected keys."""
-    def few(keys: set[str]) -> str:
-        listed = sorted(keys)
-        more = f" (+{len(listed) - 3} more)" if len(listed) > 3 else ""
-        return f"{listed[:3]}{more}"
-    return ValueError(f"{side} state dict does not match this U-Net layout: missing "
-                      f"{few(expected - got)}, unexpected {few(got - expected)}")
 
 
 def to_diffusers_state_dict(state: Mapping[str, Tensor], unet_kwargs: Mapping[str, Any],
@@ -376,19 +358,7 @@ def to_diffusers_state_dict(state: Mapping[str, Tensor], unet_kwargs: Mapping[st
             ``state`` has missing / unexpected keys or wrongly shaped tensors.
     """
     entries, shapes = _layout(unet_kwargs, data_shape)
-    if set(state) != set(shapes):
-        raise _key_mismatch("diffcli", set(shapes), set(state))
-    out: dict[str, Tensor] = {}
-    for src, dsts, op in entries:
-        tensor = state[src]
-        if tensor.shape != shapes[src]:
-            raise ValueError(f"diffcli weight {src} has shape {tuple(tensor.shape)}, this U-Net "
-                             f"layout needs {tuple(shapes[src])}")
-        pieces = tensor.chunk(3, dim=0) if op == "qkv" else (tensor,)
-        for dst, piece, shape in zip(dsts, pieces, _diffusers_shapes(tensor.shape, op),
-                                     strict=True):
-            out[dst] = piece.detach().reshape(shape).clone(memory_format=torch.contiguous_format)
-    return out
+    return map_out(state, entries, shapes, "U-Net")
 
 
 def from_diffusers_state_dict(state: Mapping[str, Tensor], unet_kwargs: Mapping[str, Any],
@@ -415,19 +385,7 @@ def from_diffusers_state_dict(state: Mapping[str, Tensor], unet_kwargs: Mapping[
         if ".attentions." in f".{prefix}" and name in _DEPRECATED_ATTENTION_NAMES:
             key = f"{prefix}.{_DEPRECATED_ATTENTION_NAMES[name]}.{param}"
         renamed[key] = tensor
-    expected = {dst for _, dsts, _ in entries for dst in dsts}
-    if set(renamed) != expected:
-        raise _key_mismatch("diffusers", expected, set(renamed))
-    out: dict[str, Tensor] = {}
-    for src, dsts, op in entries:
-        for dst, shape in zip(dsts, _diffusers_shapes(shapes[src], op), strict=True):
-            if renamed[dst].shape != shape:
-                raise ValueError(f"diffusers weight {dst} has shape {tuple(renamed[dst].shape)}, "
-                                 f"this U-Net layout needs {tuple(shape)}")
-        pieces = [renamed[dst].detach() for dst in dsts]
-        tensor = torch.cat(pieces, dim=0) if op == "qkv" else pieces[0]
-        out[src] = tensor.reshape(shapes[src]).clone(memory_format=torch.contiguous_format)
-    return out
+    return map_in(renamed, entries, shapes, "U-Net")
 
 
 def _strip_unet_res(block_type: str) -> str:

@@ -79,6 +79,7 @@ from torch import Tensor, nn
 
 from diffcli.nets.autoencoder import KLAutoencoder, ResnetBlock
 from diffcli.nets.layers import AttentionBlock, Downsample, Upsample
+from diffcli.nets.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_VAE_NORM_EPS",
@@ -94,7 +95,6 @@ DIFFUSERS_VAE_NORM_EPS = 1e-6
 # factor the diffusers tensor carries (the residual-stream scale c, or 1).
 # ops: "copy" (same shape), "squeeze" (1x1 conv (O, I, 1, 1) <-> Linear (O, I)),
 # "qkv" (fused 1x1 conv weight (3C, C, 1, 1) or bias (3C,) <-> Linear to_q / to_k / to_v).
-_Entry = tuple[str, tuple[str, ...], str, float]
 
 
 # --------------------------------------------------------------------------- config
@@ -218,13 +218,13 @@ def autoencoder_kl_config(ae_kwargs: Mapping[str, Any], data_shape: Sequence[int
 # --------------------------------------------------------------------------- weights
 
 
-def _plain(src: str, dst: str, weight: float = 1.0, bias: float = 1.0) -> list[_Entry]:
+def _plain(src: str, dst: str, weight: float = 1.0, bias: float = 1.0) -> list[Entry]:
     """A module whose ``weight`` / ``bias`` keep their names, with their stream factors."""
     return [(f"{src}.weight", (f"{dst}.weight",), "copy", weight),
             (f"{src}.bias", (f"{dst}.bias",), "copy", bias)]
 
 
-def _resnet(src: str, dst: str, block: ResnetBlock, c: float) -> list[_Entry]:
+def _resnet(src: str, dst: str, block: ResnetBlock, c: float) -> list[Entry]:
     """diffcli ResnetBlock ``src`` <-> diffusers ResnetBlock2D ``dst``."""
     entries = _plain(f"{src}.body.0", f"{dst}.norm1")
     entries += _plain(f"{src}.body.2", f"{dst}.conv1", c, c)
@@ -235,7 +235,7 @@ def _resnet(src: str, dst: str, block: ResnetBlock, c: float) -> list[_Entry]:
     return entries
 
 
-def _attention(src: str, dst: str, c: float) -> list[_Entry]:
+def _attention(src: str, dst: str, c: float) -> list[Entry]:
     """diffcli AttentionBlock ``src`` (one head) <-> diffusers Attention ``dst``."""
     entries = _plain(f"{src}.norm", f"{dst}.group_norm")
     for p in ("weight", "bias"):
@@ -246,7 +246,7 @@ def _attention(src: str, dst: str, c: float) -> list[_Entry]:
     return entries
 
 
-def _middle(src: str, dst: str, mid: nn.Sequential, c: float) -> list[_Entry]:
+def _middle(src: str, dst: str, mid: nn.Sequential, c: float) -> list[Entry]:
     """ResnetBlock, attention (or identity), ResnetBlock -> UNetMidBlock2D ``dst``."""
     first, attn, last = mid
     assert isinstance(first, ResnetBlock) and isinstance(last, ResnetBlock)
@@ -256,10 +256,10 @@ def _middle(src: str, dst: str, mid: nn.Sequential, c: float) -> list[_Entry]:
     return entries + _resnet(f"{src}.2", f"{dst}.resnets.1", last, c)
 
 
-def _levels(src: str, dst: str, seq: nn.Sequential, c: float) -> list[_Entry]:
+def _levels(src: str, dst: str, seq: nn.Sequential, c: float) -> list[Entry]:
     """The encoder's ``down`` / decoder's ``up`` sequence -> diffusers' down / up blocks:
     ResnetBlocks go to ``resnets.j`` of the current block; a resampler ends the block."""
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     block, j = 0, 0
     for idx, layer in enumerate(seq):
         here = f"{src}.{idx}"
@@ -275,7 +275,7 @@ def _levels(src: str, dst: str, seq: nn.Sequential, c: float) -> list[_Entry]:
     return entries
 
 
-def _entries(net: KLAutoencoder, c: float) -> list[_Entry]:
+def _entries(net: KLAutoencoder, c: float) -> list[Entry]:
     """Every weight correspondence of ``net`` (already checked exportable)."""
     enc, dec = net.encoder, net.decoder
     entries = _plain("encoder.conv_in", "encoder.conv_in", c, c)
@@ -294,7 +294,7 @@ def _entries(net: KLAutoencoder, c: float) -> list[_Entry]:
 
 
 def _layout(ae_kwargs: Mapping[str, Any],
-            data_shape: Sequence[int]) -> tuple[list[_Entry], dict[str, torch.Size]]:
+            data_shape: Sequence[int]) -> tuple[list[Entry], dict[str, torch.Size]]:
     """The weight correspondences and diffcli's parameter shapes (exportable nets only)."""
     net = _meta_autoencoder(ae_kwargs, data_shape)
     _check_exportable(net, ae_kwargs)
@@ -302,32 +302,6 @@ def _layout(ae_kwargs: Mapping[str, Any],
     shapes = {k: v.shape for k, v in net.state_dict().items()}
     assert {e[0] for e in entries} == set(shapes), "VAE layout out of sync with KLAutoencoder"
     return entries, shapes
-
-
-def _diffusers_shapes(src_shape: torch.Size, op: str) -> list[torch.Size]:
-    """The diffusers tensor shape(s) of a diffcli tensor of ``src_shape``."""
-    if op == "squeeze":
-        return [torch.Size(src_shape[:2])]
-    if op == "qkv":
-        third = src_shape[0] // 3
-        return [torch.Size((third, *src_shape[1:2]))] * 3
-    return [src_shape]
-
-
-def _key_mismatch(side: str, expected: set[str], got: set[str]) -> ValueError:
-    """One-line error naming a few missing and unexpected keys."""
-    def few(keys: set[str]) -> str:
-        listed = sorted(keys)
-        more = f" (+{len(listed) - 3} more)" if len(listed) > 3 else ""
-        return f"{listed[:3]}{more}"
-    return ValueError(f"{side} state dict does not match this autoencoder layout: missing "
-                      f"{few(expected - got)}, unexpected {few(got - expected)}")
-
-
-def _scaled(tensor: Tensor, factor: float) -> Tensor:
-    """``tensor * factor`` as a new contiguous tensor of the same dtype (a copy when 1)."""
-    out = tensor.detach().clone(memory_format=torch.contiguous_format)
-    return out if factor == 1.0 else out.mul_(factor)
 
 
 def to_diffusers_vae_state_dict(state: Mapping[str, Tensor], ae_kwargs: Mapping[str, Any],
@@ -352,19 +326,7 @@ def to_diffusers_vae_state_dict(state: Mapping[str, Tensor], ae_kwargs: Mapping[
             ``state`` has missing / unexpected keys or wrongly shaped tensors.
     """
     entries, shapes = _layout(ae_kwargs, data_shape)
-    if set(state) != set(shapes):
-        raise _key_mismatch("diffcli", set(shapes), set(state))
-    out: dict[str, Tensor] = {}
-    for src, dsts, op, factor in entries:
-        tensor = state[src]
-        if tensor.shape != shapes[src]:
-            raise ValueError(f"diffcli weight {src} has shape {tuple(tensor.shape)}, this "
-                             f"autoencoder layout needs {tuple(shapes[src])}")
-        pieces = tensor.chunk(3, dim=0) if op == "qkv" else (tensor,)
-        for dst, piece, shape in zip(dsts, pieces, _diffusers_shapes(tensor.shape, op),
-                                     strict=True):
-            out[dst] = _scaled(piece.reshape(shape), factor)
-    return out
+    return map_out(state, entries, shapes, "autoencoder")
 
 
 def from_diffusers_vae_state_dict(state: Mapping[str, Tensor], ae_kwargs: Mapping[str, Any],
@@ -380,20 +342,4 @@ def from_diffusers_vae_state_dict(state: Mapping[str, Tensor], ae_kwargs: Mappin
             wrongly shaped tensors.
     """
     entries, shapes = _layout(ae_kwargs, data_shape)
-    expected = {
-        dst: shape
-        for src, dsts, op, _ in entries
-        for dst, shape in zip(dsts, _diffusers_shapes(shapes[src], op), strict=True)
-    }
-    if set(state) != set(expected):
-        raise _key_mismatch("diffusers", set(expected), set(state))
-    for key, shape in expected.items():
-        if state[key].shape != shape:
-            raise ValueError(f"diffusers weight {key} has shape {tuple(state[key].shape)}, this "
-                             f"autoencoder layout needs {tuple(shape)}")
-    out: dict[str, Tensor] = {}
-    for src, dsts, _, factor in entries:
-        pieces = [state[dst] for dst in dsts]
-        tensor = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
-        out[src] = _scaled(tensor.reshape(shapes[src]), 1.0 / factor)
-    return out
+    return map_in(state, entries, shapes, "autoencoder")
