@@ -201,6 +201,8 @@ def test_a_diffusers_folder_samples_in_diffcli(tmp_path: Path):
     assert float((x - expected).abs().max()) < 1e-4 * float(expected.abs().max().clamp(min=1))
     run_here(tmp_path, "sample", f"ckpt={folder}", "sampler=heun", "steps=2", "n=3")
     assert _images(folder / "samples" / "heun-2").shape == (3, 8, 8, 3)
+    assert_one_line_error(run_here(tmp_path, "eval-fid", f"ckpt={folder}", "n=4",
+                                   "extractor=standin", ok=False), "pass ref=")
     (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(
         folder / "unet" / "diffusion_pytorch_model.bin")
     assert_one_line_error(run_here(tmp_path, "sample", f"ckpt={folder}", "n=2", ok=False),

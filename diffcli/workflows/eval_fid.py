@@ -224,6 +224,10 @@ def _reference_source(cfg: DictConfig, fake: FakeSide) -> tuple[Callable[[], Ima
         return lambda: folder.open(ref_n, workers), key
     if fake.dataset is None:
         raise DiffcliError("samples= needs ref=<folder | .npz>: the real images to compare with")
+    if fake.dataset.get("root") is None and cfg.ref_root is None and \
+            fake.dataset.get("name") == "imagefolder":  # e.g. an imported diffusers folder
+        raise DiffcliError("this model names no training data (an imported diffusers folder): "
+                           "pass ref=<folder of images | .npz>, the real images to compare with")
     dataset = DatasetRef.from_mapping(
         fake.dataset, image_size=require_square(fake.size, "the training dataset"),
         split=cfg.ref_split, root=None if cfg.ref_root is None else str(cfg.ref_root))
