@@ -48,17 +48,22 @@ from diffcli.diffusion.samplers import (  # noqa: E402
     DDPM,
     Denoiser,
     DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
     Euler,
     GridKind,
     Heun,
     Sampler,
+    UniPC,
 )
 from diffcli.diffusion.schedules import make_schedule  # noqa: E402
 from diffcli.eval.distances import sliced_wasserstein  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
 OURS: dict[str, type[Sampler]] = {
-    "ddpm": DDPM, "ddim": DDIM, "dpmpp_2m": DPMSolverPP2M, "euler": Euler, "heun": Heun,
+    "ddpm": DDPM, "ddim": DDIM, "dpmpp_2m": DPMSolverPP2M, "dpmpp_3m": DPMSolverPP3M,
+    "dpmpp_2m_sde": DPMSolverPP2MSDE, "euler": Euler, "heun": Heun,
+    "unipc": UniPC,
 }
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 # (B, 2) noise, number of steps -> (B, 2) samples

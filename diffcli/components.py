@@ -58,8 +58,11 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.diffusion.samplers.ddpm.DDPM",
         "diffcli.diffusion.samplers.ddim.DDIM",
         "diffcli.diffusion.samplers.dpm_solver.DPMSolverPP2M",
+        "diffcli.diffusion.samplers.dpm_solver_3m.DPMSolverPP3M",
+        "diffcli.diffusion.samplers.dpm_solver_sde.DPMSolverPP2MSDE",
         "diffcli.diffusion.samplers.euler.Euler",
         "diffcli.diffusion.samplers.heun.Heun",
+        "diffcli.diffusion.samplers.unipc.UniPC",
     }),
     "logger": frozenset({
         "diffcli.lit.loggers.make_wandb_logger",

@@ -95,6 +95,7 @@ def test_train_then_sample_points(points_run: Path):
 
 
 @pytest.mark.parametrize("sampler, nfe", [("ddpm", 3), ("ddim", 3), ("dpmpp_2m", 3),
+                                          ("dpmpp_3m", 3), ("dpmpp_2m_sde", 3),
                                           ("euler", 3), ("heun", 5)])
 def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: int):
     run_here(points_run, "sample", f"sampler={sampler}", "steps=3", "n=50")

@@ -14,7 +14,8 @@ def test_keys_groups_and_nested_keys():
 
 def test_values_follow_the_config_being_typed():
     assert complete_override("sample", "sampler=d", []) == [
-        "sampler=ddim", "sampler=ddpm", "sampler=dpmpp_2m"]
+        "sampler=ddim", "sampler=ddpm", "sampler=dpmpp_2m", "sampler=dpmpp_2m_sde",
+        "sampler=dpmpp_3m"]
     assert complete_override("sample", "clip_denoised=", []) == [
         "clip_denoised=true", "clip_denoised=false"]
     ddim = complete_override("sample", "sampler.", ["sampler=ddim"])

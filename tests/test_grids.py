@@ -12,10 +12,18 @@ from omegaconf import OmegaConf
 from diffcli.components import build
 from diffcli.diffusion import grids
 from diffcli.diffusion.grids import Grid, GridKind, make_grid
-from diffcli.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Euler, Heun
+from diffcli.diffusion.samplers import (
+    DDIM,
+    DDPM,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    Euler,
+    Heun,
+)
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
-SAMPLERS = (DDPM, DDIM, DPMSolverPP2M, Euler, Heun)
+SAMPLERS = (DDPM, DDIM, DPMSolverPP2M, DPMSolverPP3M, DPMSolverPP2MSDE, Euler, Heun)
 SAMPLER_CONFS = Path(__file__).resolve().parent.parent / "conf" / "sampler"
 
 
@@ -140,6 +148,7 @@ def test_grid_round_trip_between_timesteps_and_sigmas():
 def test_samplers_default_to_their_previous_grids():
     sched = linear_schedule()
     for sampler, kind in [(DDPM(), "trailing"), (DDIM(), "trailing"), (DPMSolverPP2M(), "trailing"),
+                          (DPMSolverPP3M(), "trailing"), (DPMSolverPP2MSDE(), "trailing"),
                           (Euler(), "karras"), (Heun(), "karras")]:
         assert sampler.grid is GridKind(kind)
     assert DDIM().timesteps(sched) == timestep_sequence_before_grids(1000, 50, "trailing")

@@ -28,7 +28,15 @@ from diffcli.diffusion.gaussian import (
 from diffcli.diffusion.generate import CountingNet, generate
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffcli.diffusion.process import Parameterization, alpha_bar, to_x0_eps
-from diffcli.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Euler, Heun
+from diffcli.diffusion.samplers import (
+    DDIM,
+    DDPM,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    Euler,
+    Heun,
+)
 from diffcli.diffusion.schedules import linear_schedule
 from diffcli.eval.distances import sliced_wasserstein
 
@@ -44,7 +52,8 @@ SCHED = linear_schedule()
 # distances measured 0.6-1.01 floors; over 6 other noise seeds, at most 1.17 floors. With 50
 # (DDPM), 25 (DDIM, Euler) or 10 (DPM++, Heun) steps the distance to the class measured 2.1-4.1
 # floors, so the bound FACTOR * floor does catch an unconverged (or wrongly guided) sampler.
-STEPS = {DDPM: 250, DDIM: 100, DPMSolverPP2M: 50, Euler: 150, Heun: 50}
+STEPS = {DDPM: 250, DDIM: 100, DPMSolverPP2M: 50, DPMSolverPP3M: 50, DPMSolverPP2MSDE: 100,
+         Euler: 150, Heun: 50}
 FACTOR = 1.5  # an exact sampler's distance to the truth, over the floor's mean
 
 

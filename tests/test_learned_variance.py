@@ -23,7 +23,15 @@ from diffcli.diffusion.denoiser import Denoiser, split_learned
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffcli.diffusion.process import Parameterization, Prediction, alpha_bar, to_x0_eps
-from diffcli.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Euler, Heun
+from diffcli.diffusion.samplers import (
+    DDIM,
+    DDPM,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    Euler,
+    Heun,
+)
 from diffcli.diffusion.samplers.base import learned_variance, step_betas
 from diffcli.diffusion.samplers.ddpm import Variance, VarianceChoice
 from diffcli.diffusion.schedules import linear_schedule
@@ -296,7 +304,8 @@ def test_ddim_uses_the_learned_variance_for_eta_above_zero(steps):
 
 def test_ode_samplers_ignore_the_learned_variance():
     fixed, learned = _pair(v=0.7)
-    for sampler in (DPMSolverPP2M(steps=8), Euler(steps=8), Heun(steps=8)):
+    for sampler in (DPMSolverPP2M(steps=8), DPMSolverPP3M(steps=8), Euler(steps=8), Heun(steps=8),
+                    DPMSolverPP2MSDE(steps=8)):  # the SDE solver, too, uses x0_hat only
         assert torch.equal(_run(sampler, learned), _run(sampler, fixed)), sampler
 
 

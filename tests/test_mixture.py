@@ -14,7 +14,16 @@ from diffcli.diffusion.gaussian import (
     two_d_mixture,
 )
 from diffcli.diffusion.process import Parameterization
-from diffcli.diffusion.samplers import DDIM, DDPM, Denoiser, DPMSolverPP2M, Euler, Heun
+from diffcli.diffusion.samplers import (
+    DDIM,
+    DDPM,
+    Denoiser,
+    DPMSolverPP2M,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3M,
+    Euler,
+    Heun,
+)
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 from diffcli.eval.distances import sliced_wasserstein
 
@@ -29,6 +38,8 @@ LADDERS = {
     DDPM: (3, 10, 1000),
     DDIM: (5, 20, 200),
     DPMSolverPP2M: (4, 8, 50),
+    DPMSolverPP3M: (4, 8, 50),
+    DPMSolverPP2MSDE: (4, 6, 50),  # its own noise hides gains past ~6 steps (over 8 seeds)
     Euler: (10, 30, 100),
     Heun: (6, 10, 50),
 }

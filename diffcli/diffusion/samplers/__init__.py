@@ -7,10 +7,14 @@ from diffcli.diffusion.samplers.base import Sampler, SamplerStep, timestep_seque
 from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.samplers.ddpm import DDPM
 from diffcli.diffusion.samplers.dpm_solver import DPMSolverPP2M
+from diffcli.diffusion.samplers.dpm_solver_3m import DPMSolverPP3M
+from diffcli.diffusion.samplers.dpm_solver_sde import DPMSolverPP2MSDE
 from diffcli.diffusion.samplers.euler import Euler
 from diffcli.diffusion.samplers.heun import Heun
+from diffcli.diffusion.samplers.unipc import UniPC
 
 __all__ = [
-    "DDIM", "DDPM", "DPMSolverPP2M", "Denoiser", "Euler", "Grid", "GridKind", "Heun", "Sampler",
-    "SamplerStep", "timestep_sequence",
+    "DDIM", "DDPM", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "Denoiser", "Euler",
+    "Grid", "GridKind", "Heun", "Sampler", "SamplerStep", "timestep_sequence",
+    "UniPC",
 ]
