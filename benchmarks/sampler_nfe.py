@@ -8,12 +8,32 @@ for every cell) between ``--n`` samples (default 10,000) and ``--n`` exact draws
 mixture; the noise floor printed above the table is that distance between two independent sets
 of exact draws. All samplers start from the same x_T noise, in float64 on the CPU.
 
-Rows: DDPM (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022), Euler
-and Heun on the Karras sigma grid (Karras et al. 2022); and, when ``diffusers`` is importable,
-its ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` (dpmsolver++, order 2) stepping the
-same network over ``trained_betas`` = our betas, with ``timestep_spacing="trailing"`` like our
-samplers and ``clip_sample=False`` (the data leave [-1, 1]). Heun spends 2N - 1 evaluations on
-N steps, so it runs (NFE + 1) // 2 steps and its cells give the actual NFE in parentheses.
+Rows: DDPM (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M), (3M) and (2M SDE)
+(Lu et al. 2022), Euler and Heun on the Karras sigma grid (Karras et al. 2022) and UniPC (Zhao et
+al. 2023); and, when ``diffusers`` is importable, its schedulers as peer rows, each stepping the
+same network over ``trained_betas`` = our betas with ``timestep_spacing="trailing"`` like our
+samplers: ``DDIMScheduler`` (``clip_sample=False``: the data leave [-1, 1]),
+``DPMSolverMultistepScheduler`` as dpmsolver++ order 2 and order 3 (3M) and as sde-dpmsolver++
+order 2 (2M SDE, also with ``use_karras_sigmas=True``), ``UniPCMultistepScheduler`` bh2
+(``predict_x0=True``, ``solver_order=2``, corrector on: its default; also with
+``use_karras_sigmas=True``), ``DEISMultistepScheduler`` order 3 and
+``EulerAncestralDiscreteScheduler``. The loop is x = noise * ``init_noise_sigma``, then per
+timestep t: out = net(``scale_model_input(x, t)``, t), x = ``step(out, t, x).prev_sample``
+(``scale_model_input`` is the identity except for Euler ancestral, which steps on
+x / sqrt(alpha_bar)). The stochastic rows (2M SDE, Euler ancestral) get a fresh
+``torch.Generator`` seeded 4 at every cell, passed to every ``step(..., generator=g)``, so they
+are reproducible. With ``use_karras_sigmas=True`` diffusers ignores ``timestep_spacing`` (it is
+passed but unused: the sigmas are Karras' rho = 7 grid between our sigma_max and sigma_min) and
+calls the network at the nearest integer timestep of each Karras sigma, as in its pipelines.
+All rows run in float64 (noise and network output; each scheduler still upcasts/downcasts
+internally, see below): in diffusers 0.42 none of them, UniPC included, fails or gives NaN in
+float64 here, and float32 inputs (``diffusers_run(..., dtype=torch.float32)``) give the same
+cells to 4 decimals (checked at NFE 5-50, linear schedule, eps, n = 2,000), except Euler
+ancestral, whose noise draws differ with the dtype. Euler ancestral on the trailing grid is
+DDPM's ancestral step in sigma coordinates, with the same seeded draws, so it reproduces the
+ddpm row (to ~1e-4 per sample). A cell that ends with NaN or inf samples reads "NaN". Heun
+spends 2N - 1 evaluations on N steps, so it runs (NFE + 1) // 2 steps and its cells give the
+actual NFE in parentheses.
 
 Every sampler steps on its own default grid (trailing timesteps; Karras sigmas for Euler and
 Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on that grid instead
@@ -21,9 +41,10 @@ Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on t
 
 Run: ``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
 [--grid karras]``.
-With the default n = 10,000 it takes about 1 minute on 2 CPU cores (a row is ~1,200 network
-calls of 4-15 ms each, depending on the load), and the time grows linearly with n, while the
-noise floor shrinks only like n^(-1/4) (it is dominated by the scatter of the mode weights).
+With the default n = 10,000 it takes about 3 minutes on 2 CPU cores with the 17 rows (80 s at
+n = 4,000; a row is ~1,200 network calls of 4-15 ms each, depending on the load), and the time
+grows linearly with n, while the noise floor shrinks only like n^(-1/4) (it is dominated by the
+scatter of the mode weights).
 The diffusers schedulers compute in float32, so they agree with ours to ~1e-5, not 1e-12.
 """
 
@@ -31,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import time
 from collections.abc import Callable
@@ -90,20 +112,27 @@ def our_run(cls: type[Sampler], den: Denoiser, seed: int, grid: str | None = Non
 
 
 def diffusers_run(scheduler_cls: Any, net: IdealNetwork, prediction: str,
+                  dtype: torch.dtype = torch.float64, seed: int | None = None,
                   **extra: Any) -> Run:
-    """A diffusers scheduler driven by ``net``: x <- step(net(x, t), t, x).prev_sample over
-    ``set_timesteps(steps)``, from x_T = noise (init_noise_sigma is 1 for these schedulers)."""
+    """A diffusers scheduler driven by ``net``: x <- step(net(scale_model_input(x, t), t), t,
+    x).prev_sample over ``set_timesteps(steps)``, from x_T = noise * init_noise_sigma (1 for the
+    VP schedulers; the Euler ones work on x / sqrt(alpha_bar) and ``scale_model_input`` maps it
+    back to x_t, the identity for the others). The noise and the network output are cast to
+    ``dtype`` (the samples come back in float64); a ``seed`` makes the scheduler stochastic: a
+    fresh seeded generator goes to every ``step``, so every cell sees the same noise."""
     def run(noise: Tensor, steps: int) -> Tensor:
         sched = scheduler_cls(num_train_timesteps=net.schedule.num_timesteps,
                               trained_betas=net.schedule.betas.numpy(),
                               prediction_type=DIFFUSERS_PREDICTION[prediction],
                               timestep_spacing="trailing", **extra)
         sched.set_timesteps(steps)
-        x = noise * sched.init_noise_sigma
+        options = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
+        x = noise.to(dtype) * sched.init_noise_sigma
         for t in sched.timesteps:
-            out = net(x, torch.full((x.shape[0],), int(t), dtype=torch.long))
-            x = sched.step(out, t, x).prev_sample
-        return x
+            x_in = sched.scale_model_input(x, t).to(torch.float64)
+            out = net(x_in, torch.full((x.shape[0],), int(t), dtype=torch.long)).to(dtype)
+            x = sched.step(out, t, x, **options).prev_sample
+        return x.to(torch.float64)
     return run
 
 
@@ -115,13 +144,32 @@ def rows(net: IdealNetwork, prediction: str, grid: str | None = None) -> dict[st
     out: dict[str, Run] = {name + suffix: our_run(cls, den, seed=4, grid=grid)
                            for name, cls in OURS.items()}
     if grid is None and importlib.util.find_spec("diffusers") is not None:
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+        from diffusers import (
+            DDIMScheduler,
+            DEISMultistepScheduler,
+            DPMSolverMultistepScheduler,
+            EulerAncestralDiscreteScheduler,
+            UniPCMultistepScheduler,
+        )
 
-        out["diffusers DDIMScheduler"] = diffusers_run(DDIMScheduler, net, prediction,
-                                                       clip_sample=False)
-        out["diffusers DPMSolverMultistep"] = diffusers_run(
-            DPMSolverMultistepScheduler, net, prediction, algorithm_type="dpmsolver++",
-            solver_order=2)
+        def peer(name: str, cls: Any, **extra: Any) -> None:
+            out["diffusers " + name] = diffusers_run(cls, net, prediction, **extra)
+
+        unipc = {"solver_type": "bh2", "predict_x0": True, "solver_order": 2}
+        sde = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4}
+        peer("DDIMScheduler", DDIMScheduler, clip_sample=False)
+        peer("DPMSolverMultistep", DPMSolverMultistepScheduler, algorithm_type="dpmsolver++",
+             solver_order=2)
+        peer("DPMSolverMultistep 3M", DPMSolverMultistepScheduler,
+             algorithm_type="dpmsolver++", solver_order=3)
+        peer("DPMSolverMultistep 2M SDE", DPMSolverMultistepScheduler, **sde)
+        peer("DPMSolverMultistep 2M SDE karras", DPMSolverMultistepScheduler, **sde,
+             use_karras_sigmas=True)
+        peer("UniPCMultistep bh2", UniPCMultistepScheduler, **unipc)
+        peer("UniPCMultistep bh2 karras", UniPCMultistepScheduler, **unipc,
+             use_karras_sigmas=True)
+        peer("DEISMultistep 3", DEISMultistepScheduler, solver_order=3)
+        peer("EulerAncestralDiscrete", EulerAncestralDiscreteScheduler, seed=4)
     return out
 
 
@@ -138,7 +186,8 @@ def cell(run: Run, name: str, nfe: int, noise: Tensor, truth: Tensor,
     except ValueError:  # a grid this sampler cannot step on
         return "n/a", 0.0
     seconds = time.perf_counter() - t0
-    text = f"{sliced_wasserstein(x, truth):.4f}"
+    distance = sliced_wasserstein(x, truth)
+    text = f"{distance:.4f}" if math.isfinite(distance) else "NaN"  # NaN/inf samples
     return (text if actual == nfe else f"{text} ({actual})"), seconds
 
 

@@ -62,6 +62,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.diffusion.samplers.dpm_solver_sde.DPMSolverPP2MSDE",
         "diffcli.diffusion.samplers.euler.Euler",
         "diffcli.diffusion.samplers.heun.Heun",
+        "diffcli.diffusion.samplers.restart.Restart",
         "diffcli.diffusion.samplers.unipc.UniPC",
     }),
     "logger": frozenset({

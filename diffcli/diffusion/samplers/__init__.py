@@ -11,10 +11,12 @@ from diffcli.diffusion.samplers.dpm_solver_3m import DPMSolverPP3M
 from diffcli.diffusion.samplers.dpm_solver_sde import DPMSolverPP2MSDE
 from diffcli.diffusion.samplers.euler import Euler
 from diffcli.diffusion.samplers.heun import Heun
+from diffcli.diffusion.samplers.restart import Restart
 from diffcli.diffusion.samplers.unipc import UniPC
 
 __all__ = [
     "DDIM", "DDPM", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "Denoiser", "Euler",
     "Grid", "GridKind", "Heun", "Sampler", "SamplerStep", "timestep_sequence",
     "UniPC",
+    "Restart",
 ]
