@@ -36,7 +36,7 @@ from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.guide import Guidance, guide
-from diffcli.runs import OpenedRun, make_sampler, open_run, pick_device
+from diffcli.runs import OpenedRun, checkpoint_of, make_sampler, open_run, pick_device
 
 console = Console(stderr=True, soft_wrap=True)
 OUTPUTS = ("uint8", "float", "pil")
@@ -115,14 +115,6 @@ def vlb(opened: OpenedRun, x0: Tensor, kind: str, decoder: str, variance: str, *
     dims = x0[0].numel()
     terms = torch.stack(per_term).sum(0) / len(x0) / (dims * math.log(2))
     return torch.cat(per_item), terms, ts
-
-
-def checkpoint_of(path: str | Path) -> Path:
-    """The checkpoint a path names: a run folder's ``checkpoints/last.ckpt``, else the path
-    (a .ckpt, an exported .safetensors, a diffusers folder)."""
-    path = Path(path).expanduser()
-    last = path / "checkpoints" / "last.ckpt"
-    return last if path.is_dir() and last.is_file() else path
 
 
 class Pipeline:
@@ -229,5 +221,5 @@ def load(path: str | Path, *, device: str = "cpu", use_ema: bool = True,
                              compile=compile), dev)
 
 
-__all__ = ["Pipeline", "checkpoint_of", "draw", "load", "resolve_options", "vlb",
+__all__ = ["Pipeline", "draw", "load", "resolve_options", "vlb",
            "vlb_timesteps"]

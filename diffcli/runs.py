@@ -168,6 +168,23 @@ class LoadedRun:
         n = len(prefix)
         return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
+    def network_weights(self, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
+        """The EMA weights (when asked and present) or the trained ones, with the prefix they
+        came from ("ema_net" or "net")."""
+        ema = use_ema and any(k.startswith("ema_net.") for k in self.state_dict)
+        prefix = "ema_net" if ema else "net"
+        return self.weights(prefix + "."), prefix
+
+    def describe_data(self) -> dict[str, Any]:
+        """The checkpoint's ``data`` entry: kind, shape, classes, and the latent space."""
+        info = self.data_info()
+        out: dict[str, Any] = {"kind": info.kind, "shape": list(info.shape)}
+        if info.num_classes is not None:
+            out |= {"num_classes": info.num_classes, "class_names": list(info.class_names or ())}
+        if self.latent is not None:
+            out["latent"] = self.latent.describe()
+        return out
+
 
 def _torch_load(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``, memory-mapped when the file allows it; torch's
@@ -316,6 +333,14 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
     return run
 
 
+def checkpoint_of(path: str | Path) -> Path:
+    """The checkpoint a path names: a run folder's ``checkpoints/last.ckpt``, else the path
+    (a .ckpt, an exported .safetensors, a diffusers folder)."""
+    path = Path(path).expanduser()
+    last = path / "checkpoints" / "last.ckpt"
+    return last if path.is_dir() and last.is_file() else path
+
+
 def run_dir_of(ckpt: Path) -> Path:
     """Where a model's results go (samples/, eval/, viz/): the run folder of
     ``<run>/checkpoints/<name>.ckpt``, the folder of an exported file, or a diffusers folder
@@ -391,14 +416,13 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
 def _load_weights(net: nn.Module, run: LoadedRun, use_ema: bool, what: str = "network") -> str:
     """Load the EMA weights (when asked and present) or the trained ones into ``net``; returns
     the prefix used ("ema_net" or "net")."""
-    prefix = "ema_net." if use_ema and any(k.startswith("ema_net.") for k in run.state_dict) \
-        else "net."
+    weights, prefix = run.network_weights(use_ema)
     try:
-        net.load_state_dict(run.weights(prefix))
+        net.load_state_dict(weights)
     except RuntimeError as e:
         raise DiffcliError(f"{run.path}: weights do not fit the configured {what} "
                            f"({str(e).splitlines()[0]})") from None
-    return prefix.rstrip(".")
+    return prefix
 
 
 def restore_net(run: LoadedRun, use_ema: bool,

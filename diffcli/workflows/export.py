@@ -103,27 +103,23 @@ def _vae(run: LoadedRun) -> Any:
     from diffcli.export.diffusers_io import autoencoder_kl
 
     ae = read_autoencoder(latent.source)
-    ema = any(k.startswith("ema_net.") for k in ae.state_dict)
-    return autoencoder_kl(ae.config["autoencoder"], ae.weights("ema_net." if ema else "net."),
+    return autoencoder_kl(ae.config["autoencoder"], ae.network_weights(use_ema=True)[0],
                           ae.data_info().shape, latent.scale_factor)
 
 
 def exported_weights(run: LoadedRun, which: str) -> tuple[dict[str, torch.Tensor], str]:
     """The network's weights to export: the EMA ones when asked and present, else the trained
     ones; with the word for what was taken ("ema" or "raw")."""
-    if which == "ema" and any(k.startswith("ema_net.") for k in run.state_dict):
-        return run.weights("ema_net."), "ema"
-    if which == "ema":
+    weights, prefix = run.network_weights(use_ema=which == "ema")
+    if which == "ema" and prefix == "net":
         console.print("[yellow]note[/]: the run has no EMA weights; exporting the trained ones")
-    return run.weights("net."), "raw"
+    return weights, "ema" if prefix == "ema_net" else "raw"
 
 
 def _safetensors(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[str]]:
     weights, taken = exported_weights(run, which)
-    info = run.data_info()
-    data = _data(run) or {"kind": info.kind, "shape": list(info.shape)}
-    write_safetensors(folder / "model.safetensors", weights, run.config, data, run.global_step,
-                      taken, str(run.path))
+    write_safetensors(folder / "model.safetensors", weights, run.config, run.describe_data(),
+                      run.global_step, taken, str(run.path))
     return taken, ["import diffcli", "", 'pipe = diffcli.load("{folder}/model.safetensors")',
                    "images = pipe.sample(16, sampler=\"ddim\", steps=50)",
                    "# or: diffcli sample ckpt={folder}/model.safetensors"]
@@ -159,7 +155,7 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
             folder, run.config, run.sample_shape, weights, prediction=run.prediction,
             learned_variance=run.learned_variance, num_classes=run.num_classes,
             text=run.text_encoder is not None, sampler=scheduler_of(sampler),
-            betas=run.schedule().betas, dataset=run.config.get("dataset"), data=_data(run),
+            betas=run.schedule().betas, dataset=run.config.get("dataset"), data=run.describe_data(),
             vae=_vae(run))
     except ValueError as e:
         raise DiffcliError(f"format=diffusers: {e}") from None
@@ -176,14 +172,6 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
                      'vae = AutoencoderKL.from_pretrained("{folder}", subfolder="vae")',
                      "# images = vae.decode(latents / vae.config.scaling_factor).sample"]
     return taken, load + ["# or: diffcli sample ckpt={folder}"]
-
-
-def _data(run: LoadedRun) -> dict[str, Any] | None:
-    """The checkpoint's data description, as stored."""
-    from diffcli.runs import read_checkpoint
-
-    meta = read_checkpoint(run.path).get("diffcli", {})
-    return meta.get("data")
 
 
 def export(cfg: DictConfig) -> Path:
@@ -204,7 +192,7 @@ def export(cfg: DictConfig) -> Path:
         net, _, _ = restore_net(run, use_ema=taken == "ema", device=torch.device("cpu"))
         card = model_card(title=f"{run.config.get('dataset', {}).get('name', 'diffcli')} "
                                 f"diffusion model ({fmt})", fmt=fmt, config=run.config,
-                          data=_data(run), global_step=run.global_step, weights=taken,
+                          data=run.describe_data(), global_step=run.global_step, weights=taken,
                           source=str(ckpt), parameters=count_parameters(net),
                           evals=eval_results(run_dir_of(ckpt)),
                           load=[line.replace("{folder}", str(folder.path)) for line in load])

@@ -20,11 +20,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
-from diffcli.api import checkpoint_of
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
-from diffcli.runs import run_dir_of, sampler_name
+from diffcli.runs import checkpoint_of, run_dir_of, sampler_name
 from diffcli.viz import (
     evenly_spaced,
     forward_frames,

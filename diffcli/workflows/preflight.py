@@ -31,6 +31,7 @@ from diffcli.guide import check_guidance, class_labels, parse_classes
 from diffcli.runs import (
     LoadedRun,
     check_sampler_variance,
+    checkpoint_of,
     find_latest_checkpoint,
     load_checkpoint,
     read_autoencoder,
@@ -58,7 +59,6 @@ def _literal_run_dir(cfg: DictConfig) -> Path | None:
 
 def _export(cfg: DictConfig) -> None:
     """The model fits the format (``diffcli export``), before anything is printed or written."""
-    from diffcli.api import checkpoint_of
     from diffcli.workflows.export import check_exportable
 
     ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.get("ckpt") else _newest(cfg)
@@ -151,8 +151,10 @@ def _train_latent(cfg: DictConfig) -> None:
 
 def _train_requeue(cfg: DictConfig) -> None:
     """``requeue_signals`` names signals that training stops on: USR1, TERM, INT."""
+    from diffcli.workflows.slurm import signal_name
+
     for name in cfg.get("requeue_signals") or []:
-        if str(name).upper().removeprefix("SIG") not in ("USR1", "TERM", "INT"):
+        if signal_name(name) not in ("USR1", "TERM", "INT"):
             raise UsageError(f"requeue_signals: {name!r} is not a signal training stops on; "
                              "use USR1, TERM or INT (e.g. requeue_signals=[USR1])")
 
@@ -300,8 +302,6 @@ def preflight(command: str, cfg: DictConfig) -> None:
         return
     check = _check_nll if command == "eval_nll" else _check_guidance
     if cfg.get("ckpt"):
-        from diffcli.api import checkpoint_of
-
         check(command, cfg, load_checkpoint(checkpoint_of(str(cfg.ckpt))))
         return
     wants_run = {"sample": True, "eval_fid": not cfg.get("samples"), "eval_nll": True,

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
-from diffcli.api import checkpoint_of
 from diffcli.api import draw as draw_samples
 from diffcli.components import plain
 from diffcli.diffusion.generate import Trajectory, compact_seeds, to_uint8
@@ -32,6 +31,7 @@ from diffcli.runs import (
     autocast,
     build_datamodule,
     check_precision,
+    checkpoint_of,
     find_latest_checkpoint,
     load_checkpoint,
     make_sampler,

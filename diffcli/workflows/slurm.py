@@ -50,6 +50,11 @@ def slurm_job(env: Mapping[str, str] | None = None) -> SlurmJob | None:
                     int(env.get("SLURM_PROCID") or 0))
 
 
+def signal_name(name: object) -> str:
+    """"USR1" for "USR1", "usr1" or "SIGUSR1" (how ``requeue_signals`` names signals)."""
+    return str(name).upper().removeprefix("SIG")
+
+
 def requeue(job: SlurmJob) -> str:
     """``scontrol requeue <job>``: put this job back in the queue (SLURM ends this attempt and
     starts a new one later, with the same job id). Returns what happened, in words."""
@@ -104,4 +109,4 @@ def _wait_for(pointer: Path, job: SlurmJob) -> Path:
                        f"folder in {pointer} within {POINTER_WAIT_S:.0f} s")
 
 
-__all__ = ["SlurmJob", "job_run_dir", "requeue", "slurm_job"]
+__all__ = ["SlurmJob", "job_run_dir", "requeue", "signal_name", "slurm_job"]

@@ -50,7 +50,7 @@ from diffcli.workflows.latent_space import (
 )
 from diffcli.workflows.results import RunClock, write_result
 from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
-from diffcli.workflows.slurm import SlurmJob, requeue, slurm_job
+from diffcli.workflows.slurm import SlurmJob, requeue, signal_name, slurm_job
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
@@ -410,7 +410,6 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
                           stop.signum)
     if trainer.is_global_zero:
         write_result(run_dir, trainer, last, clock, "done")
-    if trainer.is_global_zero:
         after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
                  "diffusion run)" if isinstance(module, ClassifierModule)
                  else f"[bold]diffcli train latent={last}[/] (latent diffusion), or [bold]diffcli "
@@ -425,8 +424,8 @@ def _requeue(cfg: DictConfig, signum: int) -> str | None:
     """In a SLURM job stopped by one of ``requeue_signals`` (USR1, TERM): requeue it; what
     happened, in words. None outside SLURM or for other signals."""
     job = slurm_job()
-    wanted = {str(s).upper().removeprefix("SIG") for s in cfg.get("requeue_signals") or []}
-    if job is None or signal.Signals(signum).name.removeprefix("SIG") not in wanted:
+    if job is None or signal_name(signal.Signals(signum).name) not in \
+            {signal_name(s) for s in cfg.get("requeue_signals") or []}:
         return None
     return requeue(job)
 
