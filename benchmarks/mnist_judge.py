@@ -15,6 +15,7 @@ to ``benchmarks/out/mnist_judge.pt`` and are reused by ``benchmarks/guidance_mni
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from diffcli.eval.fid import frechet_distance
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE / "out" / "mnist_judge.pt"
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = Path(os.environ.get("MNIST_ROOT", HERE.parent.parent / "shared" / "data"))  # MNIST/raw/
 HELD_OUT = 1000
 
 
@@ -71,14 +72,15 @@ def _shift(x: Tensor, gen: torch.Generator, pixels: int = 2) -> Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def train(epochs: int = 4, seed: int = 0) -> tuple[Judge, float]:
-    """Train on images 0..8999, return (judge, accuracy on 9000..9999)."""
+def train(epochs: int = 4, seed: int = 0, make: type[nn.Module] = Judge) -> tuple[nn.Module, float]:
+    """Train a ``make()`` classifier (``features`` + ``head``) on images 0..8999; return it and
+    its accuracy on 9000..9999."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, labels = read_mnist_test()
     x, y = to_input(images), labels
     xt, yt, xv, yv = x[:-HELD_OUT], y[:-HELD_OUT], x[-HELD_OUT:], y[-HELD_OUT:]
-    judge = Judge()
+    judge = make()
     opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
     for epoch in range(epochs):
         order = torch.randperm(len(xt), generator=gen)
@@ -93,19 +95,19 @@ def train(epochs: int = 4, seed: int = 0) -> tuple[Judge, float]:
 
 
 @torch.inference_mode()
-def predict(judge: Judge, x: Tensor, batch: int = 500) -> tuple[Tensor, Tensor]:
-    """(labels (N,), features (N, 128)) of inputs (N, 1, 28, 28) in [-1, 1]."""
+def predict(judge: nn.Module, x: Tensor, batch: int = 500) -> tuple[Tensor, Tensor]:
+    """(labels (N,), features (N, D)) of inputs (N, 1, 28, 28) in [-1, 1]."""
     judge.eval()
     feats = torch.cat([judge.features(x[i:i + batch]) for i in range(0, len(x), batch)])
     return judge.head(feats).argmax(1), feats
 
 
-def accuracy(judge: Judge, x: Tensor, y: Tensor) -> float:
+def accuracy(judge: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((predict(judge, x)[0] == y).float().mean())
 
 
 def feature_distance(a: Tensor, b: Tensor) -> float:
-    """Frechet distance between two feature sets (N, 128) (FID's formula, this feature space)."""
+    """Frechet distance between two feature sets (N, D) (FID's formula, this feature space)."""
     a64, b64 = a.double().numpy(), b.double().numpy()
     return float(frechet_distance(a64.mean(0), np.cov(a64, rowvar=False),
                                   b64.mean(0), np.cov(b64, rowvar=False)))

@@ -26,6 +26,11 @@ CASES = [  # (name, channels, size, UNet kwargs)
     ("MNIST 28x28", 1, 28, {}),
     ("RGB 32x32", 3, 32, {}),
 ]
+CUDA_CASES = [  # only on a GPU: the 35.7M DDPM CIFAR-10 net (experiment=ddpm_cifar10)
+    ("DDPM CIFAR-10 net 32x32", 3, 32,
+     dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+          attention_resolutions=(16,), image_size=32, groups=32)),
+]
 
 
 def images_per_second(net: torch.nn.Module, shape: tuple, batch: int, steps: int,
@@ -56,7 +61,7 @@ def main() -> None:
     print(f"device: {where}; torch {torch.__version__}; DDIM {args.steps} steps (NFE)\n")
     print("| data | params | batch | images/s | ms per network call |")
     print("| --- | --- | --- | --- | --- |")
-    for name, ch, size, kw in CASES:
+    for name, ch, size, kw in CASES + (CUDA_CASES if device.type == "cuda" else []):
         net = UNet(in_channels=ch, **kw).to(device).eval()
         params = sum(p.numel() for p in net.parameters())
         for batch in args.batch:

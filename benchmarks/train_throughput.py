@@ -127,7 +127,20 @@ def run_one(spec: dict) -> dict:
     sec = (time.perf_counter() - t0) / spec["steps"]
     peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda else
             (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
-    return {"params": params, "ms": 1000 * sec, "ips": spec["batch"] / sec, "peak_mib": peak}
+    flops = step_flops(spec) if spec.get("flops") else 0.0
+    return {"params": params, "ms": 1000 * sec, "ips": spec["batch"] / sec, "peak_mib": peak,
+            "tflops": flops / sec / 1e12}
+
+
+def step_flops(spec: dict) -> float:
+    """Model FLOPs of one training step (forward + backward, counted by
+    ``torch.utils.flop_counter`` on the eager network: matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, step = trainer({**spec, "compile": False}, spec["net"], spec["batch"])
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
 
 
 def machine(device: str) -> str:
@@ -164,6 +177,9 @@ def main() -> None:
                     help="default: both on CUDA, off on CPU")
     ap.add_argument("--compile", nargs="+", choices=["off", "on"],
                     help="default: both on CUDA, off on CPU")
+    ap.add_argument("--peak-tflops", type=float,
+                    help="the accelerator's dense bf16 peak for the MFU column; default 989 "
+                         "on H100/H200 (SXM), none elsewhere")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: JSON row spec
     args = ap.parse_args()
     if args.one:
@@ -198,25 +214,35 @@ def main() -> None:
            "tiny priming step")
     print(f"device {device}; {steps} timed steps after {warmup} warm-up; one fresh process "
           f"per row; peak memory = {mem}\n")
+    peak_tflops = args.peak_tflops
+    if peak_tflops is None and cuda and any(g in torch.cuda.get_device_name()
+                                            for g in ("H100", "H200")):
+        peak_tflops = 989.4
+    if peak_tflops:
+        print(f"model FLOPs per step counted by torch.utils.flop_counter (forward + backward); "
+              f"MFU = model FLOP/s / {peak_tflops:g} TFLOP/s (dense bf16 peak)\n")
     print("| network | implementation | params | batch | precision | channels_last | compile "
-          "| images/s | ms/step | peak memory |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| images/s | ms/step | peak memory | TFLOP/s | MFU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     for net, prec, cl, comp, impl in itertools.product(args.nets, precisions, layouts,
                                                        compiles, impls):
         spec = dict(net=net, impl=impl, device=device, batch=batch, steps=steps,
-                    warmup=warmup, precision=prec, channels_last=cl, compile=comp)
+                    warmup=warmup, precision=prec, channels_last=cl, compile=comp,
+                    flops=bool(peak_tflops))
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                               capture_output=True, text=True, env=env)
         row = f"| {net} | {impl} | "
         flags = f"| {batch} | {prec} | {'yes' if cl else 'no'} | {'yes' if comp else 'no'} |"
         if proc.returncode:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1][:120].replace("|", "/")
-            print(f"{row}? {flags} failed: {err} | | |", flush=True)
+            print(f"{row}? {flags} failed: {err} | | | | |", flush=True)
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        mfu = (f"{r['tflops']:.1f} | {100 * r['tflops'] / peak_tflops:.1f}%" if peak_tflops
+               else "- | -")
         print(f"{row}{r['params']:,} {flags} {r['ips']:.1f} | {r['ms']:.1f} | "
-              f"{r['peak_mib']:.0f} MiB |", flush=True)
+              f"{r['peak_mib']:.0f} MiB | {mfu} |", flush=True)
 
 
 if __name__ == "__main__":

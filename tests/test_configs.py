@@ -17,6 +17,7 @@ from diffcli.errors import DatasetNotFoundError, DiffcliError
 from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.module import DiffusionModule
+from diffcli.lit.schedulers import build_lr_scheduler
 from diffcli.nets.autoencoder import KLAutoencoder
 from diffcli.runs import build_autoencoder, build_datamodule, build_net, make_sampler
 
@@ -133,7 +134,7 @@ def test_every_module_optimizer_and_lr_schedule_build(module: str, optimizer: st
     assert isinstance(lit, expected.get(module, DiffusionModule))
     opt = lit.make_optimizer(lit.net.parameters())
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
-    lit.make_lr_scheduler(opt)
+    build_lr_scheduler(lit.make_lr_scheduler, opt)
 
 
 @pytest.mark.parametrize("name", options("autoencoder"))

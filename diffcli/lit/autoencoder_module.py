@@ -39,15 +39,16 @@ from torchmetrics.functional.image import (
 )
 
 from diffcli.lit.callbacks import ProgressPictures
+from diffcli.lit.ema import check_ema
 from diffcli.lit.module import (
     CHECKPOINT_KEY,
     EMAMixin,
     batch_data,
-    check_ema_decay,
     check_optimizer,
     checkpoint_meta,
     optimizers_for,
 )
+from diffcli.lit.schedulers import run_progress
 from diffcli.nets.autoencoder import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss
 
 DISC_BETAS = (0.5, 0.9)  # the discriminator's Adam betas (Esser et al. 2021)
@@ -193,7 +194,7 @@ class AutoencoderModule(EMAMixin, L.LightningModule):
         _check_weights(l1_weight=l1_weight, l2_weight=l2_weight, kl_weight=kl_weight,
                        perceptual_weight=perceptual_weight, disc_weight=disc_weight)
         _check_disc(disc_start, disc_layers, disc_channels)
-        check_ema_decay(ema_decay)
+        check_ema(ema_decay)
         if not (isinstance(eval_images, int) and eval_images >= 0):
             raise ValueError(f"eval_images={eval_images!r} must be an integer >= 0")
         self.make_optimizer = optimizer or functools.partial(torch.optim.Adam, lr=1e-4)
@@ -333,7 +334,8 @@ class AutoencoderModule(EMAMixin, L.LightningModule):
     def configure_optimizers(self) -> Any:
         """The autoencoder's optimizer (and LR schedule); with a discriminator also Adam over
         it (the main optimizer's lr, betas (0.5, 0.9)), stepped by :meth:`training_step`."""
-        main = optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler)
+        main = optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
+                              functools.partial(run_progress, self.trainer))
         if self.discriminator is None:
             return main
         opt = main["optimizer"]

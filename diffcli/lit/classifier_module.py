@@ -27,6 +27,7 @@ from diffcli.lit.module import (
     checkpoint_meta,
     optimizers_for,
 )
+from diffcli.lit.schedulers import run_progress
 
 T_BUCKETS = 4  # accuracy is reported for t in [0, T/4), [T/4, T/2), ...
 
@@ -80,7 +81,8 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler)
+        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
+                              functools.partial(run_progress, self.trainer))
 
     @property
     def sampling_net(self) -> nn.Module:

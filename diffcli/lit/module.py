@@ -16,19 +16,12 @@ from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.losses import vlb_estimate
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.schedules import NoiseSchedule
+from diffcli.lit.ema import check_ema, ema_decay_for
 from diffcli.lit.objectives import VLB, Objective, Simple, Step
+from diffcli.lit.schedulers import build_lr_scheduler, run_progress
 
 CHECKPOINT_KEY = "diffcli"  # where the self-description of a checkpoint lives
 CHECKPOINT_FORMAT = 1
-
-
-def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
-    """EMA decay after ``step`` optimizer steps: ``min(decay, (1 + n) / (10 + n))`` with warm-up.
-
-    The warm-up (as in TensorFlow's ExponentialMovingAverage with ``num_updates``) keeps the
-    first EMA weights from being dominated by the random initialisation.
-    """
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 @torch.no_grad()
@@ -39,13 +32,6 @@ def update_ema(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
     for e, b in zip(ema_net.buffers(), net.buffers(), strict=True):
         e.copy_(b)
-
-
-def check_ema_decay(ema_decay: float | None) -> None:
-    """Raise ValueError unless ``ema_decay`` is None or in [0, 1) (1 or more diverges)."""
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay={ema_decay} is out of range: use 0 <= ema_decay < 1 "
-                         "(e.g. 0.999), or null to keep no EMA")
 
 
 def batch_data(batch: Tensor | tuple | list) -> Tensor:
@@ -80,18 +66,20 @@ def check_optimizer(make_optimizer: Callable[..., Any],
         raise ValueError(f"lr={lr} must be a positive, finite learning rate")
     opt = make_optimizer([nn.Parameter(torch.zeros(1))])
     if make_lr_scheduler is not None:
-        make_lr_scheduler(opt)
+        build_lr_scheduler(make_lr_scheduler, opt)
 
 
 def optimizers_for(net: nn.Module, make_optimizer: Callable[..., Any],
-                   make_lr_scheduler: Callable[..., Any] | None) -> dict[str, Any]:
+                   make_lr_scheduler: Callable[..., Any] | None,
+                   progress: Callable[[int], float] | None = None) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: the optimizer over ``net``'s parameters and
-    the LR schedule stepped every optimizer step."""
+    the LR schedule stepped every optimizer step (``progress(step)``: the fraction of the run
+    done, for schedules that decay over a time budget)."""
     opt = make_optimizer(net.parameters())
     if make_lr_scheduler is None:
         return {"optimizer": opt}
-    return {"optimizer": opt,
-            "lr_scheduler": {"scheduler": make_lr_scheduler(opt), "interval": "step"}}
+    scheduler = build_lr_scheduler(make_lr_scheduler, opt, progress)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def checkpoint_meta(run_config: dict[str, Any], data_info: dict[str, Any] | None) -> dict:
@@ -110,12 +98,14 @@ def _call_with_labels(net: Callable[..., Tensor], x: Tensor, t: Tensor, *, y: Te
 class EMAMixin:
     """One EMA update of ``ema_net`` toward ``net`` per optimizer step (not per accumulated
     micro-batch), for LightningModules that set ``net``, ``ema_net`` (None: no EMA),
-    ``ema_decay``, ``ema_warmup`` and ``_ema_step`` (the step of the last update)."""
+    ``ema_decay``, ``ema_warmup``, ``ema_sigma_rel`` (:func:`diffcli.lit.ema.ema_decay_for`)
+    and ``_ema_step`` (the step of the last update)."""
 
     net: nn.Module
     ema_net: nn.Module | None
     ema_decay: float | None
     ema_warmup: bool
+    ema_sigma_rel: float | None = None
     _ema_step: int
 
     @property
@@ -129,7 +119,8 @@ class EMAMixin:
         if self.ema_net is None or step == self._ema_step:
             return
         self._ema_step = step
-        update_ema(self.ema_net, self.net, ema_decay_at(step - 1, self.ema_decay, self.ema_warmup))
+        update_ema(self.ema_net, self.net,
+                   ema_decay_for(step - 1, self.ema_decay, self.ema_warmup, self.ema_sigma_rel))
 
 
 class DiffusionModule(EMAMixin, L.LightningModule):
@@ -148,8 +139,10 @@ class DiffusionModule(EMAMixin, L.LightningModule):
             lr=2e-4)``, what a config with ``_partial_: true`` builds); default Adam, lr 1e-3.
         lr_scheduler: ``optimizer -> LRScheduler`` stepped every optimizer step (e.g.
             :func:`diffcli.lit.schedulers.linear_warmup`); None: a constant rate.
-        ema_decay: EMA decay; None disables the EMA copy.
-        ema_warmup: use :func:`ema_decay_at`'s warm-up.
+        ema_decay: constant EMA decay; None (and no ``ema_sigma_rel``) disables the EMA copy.
+        ema_warmup: use :func:`diffcli.lit.ema.constant_ema_decay`'s warm-up.
+        ema_sigma_rel: the power-function EMA's relative width (Karras et al. 2024, Eq. 3),
+            which scales with the run's length; when set it replaces ``ema_decay``.
         min_snr_gamma: Min-SNR-gamma loss weighting, None for L_simple.
         compile: run the training forward pass through ``torch.compile`` (the saved weights
             keep their plain names).
@@ -181,6 +174,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         lr_scheduler: Callable[..., Any] | None = None,
         ema_decay: float | None = 0.999,
         ema_warmup: bool = True,
+        ema_sigma_rel: float | None = None,
         min_snr_gamma: float | None = None,
         compile: bool = False,
         channels_last: bool = False,
@@ -192,7 +186,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         latent_cached: bool = False,
     ) -> None:
         super().__init__()
-        check_ema_decay(ema_decay)
+        check_ema(ema_decay, ema_sigma_rel)
         check_cond_drop_prob(cond_drop_prob)
         self.num_classes: int | None = getattr(net, "num_classes", None)
         self.cond_drop_prob = cond_drop_prob
@@ -200,10 +194,12 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         self.make_lr_scheduler = lr_scheduler
         check_optimizer(self.make_optimizer, lr_scheduler)
         self.net = net
-        self.ema_net = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
+        keep_ema = ema_decay is not None or ema_sigma_rel is not None
+        self.ema_net = copy.deepcopy(net).requires_grad_(False) if keep_ema else None
         self.schedule = schedule
         self.prediction = Parameterization(prediction)
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
+        self.ema_sigma_rel = ema_sigma_rel
         self.min_snr_gamma = min_snr_gamma
         self.learned_variance = bool(getattr(net, "learn_sigma", False))
         self.objective = loss or Simple()
@@ -306,7 +302,12 @@ class DiffusionModule(EMAMixin, L.LightningModule):
             self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler)
+        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
+                              self.run_progress)
+
+    def run_progress(self, step: int) -> float:
+        """The fraction of the run done after ``step`` steps (steps or ``trainer.max_time``)."""
+        return run_progress(self.trainer, step)
 
     def denoiser(self, net: nn.Module) -> Denoiser:
         """``net`` (this module's network or its EMA copy) as a :class:`Denoiser` of this

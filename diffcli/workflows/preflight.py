@@ -200,16 +200,18 @@ def check_groups(cfg: DictConfig) -> None:
             check_group(name, node)
             check_kwargs(resolve_target(name, str(node["_target_"])), kwargs, name)
             if name == "module":
-                from diffcli.lit.module import check_ema_decay
+                from diffcli.lit.ema import check_ema
 
-                check_ema_decay(node.get("ema_decay"))
+                check_ema(node.get("ema_decay"), node.get("ema_sigma_rel"))
             if name in CHEAP:
                 built = build(name, node)
                 if name == "optimizer":
                     opt = built([torch.nn.Parameter(torch.zeros(1))])
                     scheduler = _group(cfg, "lr_scheduler")
                     if scheduler:
-                        build("lr_scheduler", scheduler)(opt)
+                        from diffcli.lit.schedulers import build_lr_scheduler
+
+                        build_lr_scheduler(build("lr_scheduler", scheduler), opt)
         except UsageError:
             raise
         except DiffcliError as e:

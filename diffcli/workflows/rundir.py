@@ -71,9 +71,17 @@ def at_least_one(value: object) -> int:
     return max(1, int(value or 0))
 
 
+def steps_unless_timed(steps: object, max_time: object) -> int:
+    """Resolver of ``trainer.max_steps``: the dataset's suggested length, or -1 (no step limit)
+    when ``trainer.max_time`` bounds the run, so that a time budget is used to its end (and the
+    LR and EMA schedules stretch over it)."""
+    return -1 if max_time not in (None, "") else int(steps)
+
+
 def register_resolvers() -> None:
     for name, fn in ((RESOLVER, fresh_dir), ("diffcli.sweep_group", sweep_group),
-                     ("diffcli.job_name", job_name), ("diffcli.at_least_one", at_least_one)):
+                     ("diffcli.job_name", job_name), ("diffcli.at_least_one", at_least_one),
+                     ("diffcli.steps_unless_timed", steps_unless_timed)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
