@@ -12,7 +12,7 @@ model scores about that.
 Commands (2 CPU cores):
   python benchmarks/lenet_fid.py train                # ~1 min; benchmarks/out/lenet.pt
   python benchmarks/lenet_fid.py eval RUN [RUN ...]   # a run dir or checkpoint each
-      [--sampler dpmpp_3m --steps 20 --n 500 --grid out.png]
+      [--sampler dpmpp_3m --steps 20 --on logsnr --n 500 --grid out.png]
 """
 
 from __future__ import annotations
@@ -83,21 +83,25 @@ def lenet_fid(images: Tensor, net: LeNet5, ref: Tensor) -> float:
 
 
 def evaluate(run: str, net: LeNet5, ref: Tensor, *, sampler: str, steps: int | None, n: int,
-             grid: Path | None) -> float:
-    """Sample ``n`` digits (seeds 0..n-1) from ``run`` and return their LeNet-FID."""
+             grid: Path | None, on: str | None = None) -> float:
+    """Sample ``n`` digits (seeds 0..n-1) from ``run`` with ``sampler`` (on its grid ``on``,
+    None: its default) and return their LeNet-FID."""
     from torchvision.utils import save_image
 
     import diffcli
+    from diffcli.components import option
 
     pipe = diffcli.load(run)
     start = time.perf_counter()
-    images = pipe.sample(n, sampler=sampler, steps=steps, batch_size=250)  # uint8 (n, 1, 28, 28)
+    chosen = sampler if on is None else {**option("sampler", sampler), "grid": on}
+    images = pipe.sample(n, sampler=chosen, steps=steps, batch_size=250)  # uint8 (n, 1, 28, 28)
     sec = time.perf_counter() - start
     fid = lenet_fid(images, net, ref)
     if grid is not None:
         grid.parent.mkdir(parents=True, exist_ok=True)
         save_image(images[:64].float() / 255, grid, nrow=8, padding=1)
-    print(f"{run}: LeNet-FID {fid:.2f} ({n} samples, {sampler} {steps or 'default'} steps, "
+    print(f"{run}: LeNet-FID {fid:.2f} ({n} samples, {sampler} {steps or 'default'} steps"
+          f"{'' if on is None else ' on ' + on}, "
           f"{sec:.0f} s to sample)", flush=True)
     return fid
 
@@ -112,6 +116,7 @@ def main() -> None:
     ev.add_argument("--sampler", default="dpmpp_3m")
     ev.add_argument("--steps", type=int, default=20)
     ev.add_argument("--n", type=int, default=500)
+    ev.add_argument("--on", help="the sampler's grid (sampler.grid), e.g. logsnr or karras")
     ev.add_argument("--grid", type=Path, help="save the first 64 samples here (one run)")
     args = parser.parse_args()
     if args.cmd == "train":
@@ -127,7 +132,7 @@ def main() -> None:
     print(f"floor ({args.n} real digits vs the split): {floor(net, ref, args.n):.2f}")
     for run in args.runs:
         evaluate(run, net, ref, sampler=args.sampler, steps=args.steps, n=args.n,
-                 grid=args.grid)
+                 grid=args.grid, on=args.on)
 
 
 if __name__ == "__main__":

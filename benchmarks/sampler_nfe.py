@@ -9,10 +9,16 @@ mixture; the noise floor printed above the table is that distance between two in
 of exact draws. All samplers start from the same x_T noise, in float64 on the CPU.
 
 Rows: DDPM (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M), (3M) and (2M SDE)
-(Lu et al. 2022), Euler and Heun on the Karras sigma grid (Karras et al. 2022) and UniPC (Zhao et
-al. 2023); and, when ``diffusers`` is importable, its schedulers as peer rows, each stepping the
-same network over ``trained_betas`` = our betas with ``timestep_spacing="trailing"`` like our
-samplers: ``DDIMScheduler`` (``clip_sample=False``: the data leave [-1, 1]),
+(Lu et al. 2022), Euler and Heun on the Karras sigma grid (Karras et al. 2022), UniPC (Zhao et
+al. 2023) and Restart (Xu et al. 2023; one restart cycle of two Heun steps, K = 1, so that it
+fits small budgets: the most main-pass steps whose 2N - 1 + 4 evaluations fit the NFE, the
+actual NFE in parentheses when it differs); some of them again with another grid or variant,
+rows "name (option)" (``VARIANT_ROWS``): DPM-Solver++(2M), (3M) and UniPC on the
+uniform-logSNR grid, UniPC on Karras', and UniPC with B1(h) = h (orders 2 and 3), the variant
+Zhao et al. recommend for unconditional sampling; and, when ``diffusers`` is importable, its
+schedulers as peer rows, each stepping the same network over ``trained_betas`` = our betas
+with ``timestep_spacing="trailing"`` like our samplers: ``DDIMScheduler``
+(``clip_sample=False``: the data leave [-1, 1]),
 ``DPMSolverMultistepScheduler`` as dpmsolver++ order 2 and order 3 (3M) and as sde-dpmsolver++
 order 2 (2M SDE, also with ``use_karras_sigmas=True``), ``UniPCMultistepScheduler`` bh2
 (``predict_x0=True``, ``solver_order=2``, corrector on: its default; also with
@@ -51,6 +57,7 @@ The diffusers schedulers compute in float32, so they agree with ours to ~1e-5, n
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import os
@@ -75,35 +82,61 @@ from diffcli.diffusion.samplers import (  # noqa: E402
     Euler,
     GridKind,
     Heun,
+    Restart,
     Sampler,
     UniPC,
 )
-from diffcli.diffusion.schedules import make_schedule  # noqa: E402
+from diffcli.diffusion.schedules import (
+    NoiseSchedule,  # noqa: E402
+    make_schedule,  # noqa: E402
+)
 from diffcli.eval.distances import sliced_wasserstein  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
-OURS: dict[str, type[Sampler]] = {
+# Restart with one cycle of two Heun steps (4 extra evaluations), so that it fits NFE 5
+RESTART = functools.partial(Restart, restart_k=1, restart_steps=2)
+OURS: dict[str, Callable[..., Sampler]] = {
     "ddpm": DDPM, "ddim": DDIM, "dpmpp_2m": DPMSolverPP2M, "dpmpp_3m": DPMSolverPP3M,
     "dpmpp_2m_sde": DPMSolverPP2MSDE, "euler": Euler, "heun": Heun,
-    "unipc": UniPC,
+    "unipc": UniPC, "restart": RESTART,
+}
+# our samplers again with another grid or variant than their default: row -> (sampler, options)
+VARIANT_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpmpp_2m (logsnr)": ("dpmpp_2m", {"grid": "logsnr"}),
+    "dpmpp_3m (logsnr)": ("dpmpp_3m", {"grid": "logsnr"}),  # the default of diffcli sample
+    "unipc (logsnr)": ("unipc", {"grid": "logsnr"}),
+    "unipc (karras)": ("unipc", {"grid": "karras"}),
+    "unipc (bh1)": ("unipc", {"variant": "bh1"}),  # B1(h): Zhao et al.'s choice unconditionally
+    "unipc (order 3, bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
 }
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 # (B, 2) noise, number of steps -> (B, 2) samples
 Run = Callable[[Tensor, int], Tensor]
 
 
-def steps_for(name: str, nfe: int) -> tuple[int, int]:
-    """(steps, actual NFE) for a budget of ``nfe`` evaluations: Heun uses 2N - 1 per N steps."""
+def steps_for(name: str, nfe: int, schedule: NoiseSchedule) -> tuple[int, int]:
+    """(steps, actual NFE) for a budget of ``nfe`` evaluations: Heun uses 2N - 1 per N steps,
+    Restart 2N - 1 plus its restart cycle's (when the grid reaches its interval): the most
+    steps that fit."""
     if name == "heun":
         steps = (nfe + 1) // 2
         return steps, 2 * steps - 1
+    if name == "restart":
+        for steps in range((nfe + 1) // 2, 0, -1):
+            actual = RESTART(steps=steps).nfe(schedule)
+            if actual <= nfe:
+                return steps, actual
+        return 1, RESTART(steps=1).nfe(schedule)
     return nfe, nfe
 
 
-def our_run(cls: type[Sampler], den: Denoiser, seed: int, grid: str | None = None) -> Run:
-    """A diffcli sampler with ``steps`` steps on ``grid`` (None: its default grid); stochastic
-    ones draw from a fresh seeded generator, so every cell sees the same noise."""
-    options = {} if grid is None else {"grid": grid}
+def our_run(cls: Callable[..., Sampler], den: Denoiser, seed: int, grid: str | None = None,
+            **options: Any) -> Run:
+    """A diffcli sampler with ``steps`` steps on ``grid`` (None: its default grid) and these
+    options; stochastic ones draw from a fresh seeded generator, so every cell sees the same
+    noise."""
+    if grid is not None:
+        options["grid"] = grid
 
     def run(noise: Tensor, steps: int) -> Tensor:
         sampler = cls(steps=steps, **options)
@@ -143,6 +176,9 @@ def rows(net: IdealNetwork, prediction: str, grid: str | None = None) -> dict[st
     suffix = "" if grid is None else f" ({grid})"
     out: dict[str, Run] = {name + suffix: our_run(cls, den, seed=4, grid=grid)
                            for name, cls in OURS.items()}
+    if grid is None:
+        out.update({row: our_run(OURS[name], den, seed=4, **options)
+                    for row, (name, options) in VARIANT_ROWS.items()})
     if grid is None and importlib.util.find_spec("diffusers") is not None:
         from diffusers import (
             DDIMScheduler,
@@ -174,10 +210,10 @@ def rows(net: IdealNetwork, prediction: str, grid: str | None = None) -> dict[st
 
 
 def cell(run: Run, name: str, nfe: int, noise: Tensor, truth: Tensor,
-         num_timesteps: int) -> tuple[str, float]:
+         schedule: NoiseSchedule) -> tuple[str, float]:
     """(the table entry, seconds spent sampling) for one sampler at one NFE budget."""
-    steps, actual = steps_for(name.split(" ")[0], nfe)
-    if not 1 <= steps <= num_timesteps:
+    steps, actual = steps_for(name.split(" ")[0], nfe, schedule)
+    if not 1 <= steps <= schedule.num_timesteps:
         return "n/a", 0.0
     t0 = time.perf_counter()
     try:
@@ -224,7 +260,7 @@ def main() -> None:
     sw: dict[str, list[str]] = {}
     secs: dict[str, list[str]] = {}
     for name, run in rows(net, args.prediction, args.grid).items():
-        results = [cell(run, name, nfe, noise, truth, schedule.num_timesteps) for nfe in NFES]
+        results = [cell(run, name, nfe, noise, truth, schedule) for nfe in NFES]
         sw[name] = [text for text, _ in results]
         secs[name] = [f"{s:.2f}" for _, s in results]
         print(f"  {name}: done", flush=True)

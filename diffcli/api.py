@@ -40,7 +40,7 @@ from diffcli.runs import OpenedRun, checkpoint_of, make_sampler, open_run, pick_
 
 console = Console(stderr=True, soft_wrap=True)
 OUTPUTS = ("uint8", "float", "pil")
-
+DEFAULT_SAMPLER = "dpmpp_3m"  # the default of `diffcli sample` (conf/sample.yaml)
 
 def draw(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
          device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
@@ -148,7 +148,7 @@ class Pipeline:
         return (f"Pipeline({self.opened.ckpt}, {self.kind} {self.shape}, step "
                 f"{run.global_step}, predicts {run.prediction}, {self.opened.weights} weights)")
 
-    def sample(self, n: int = 16, *, sampler: str | dict[str, Any] = "ddim",
+    def sample(self, n: int = 16, *, sampler: str | dict[str, Any] = DEFAULT_SAMPLER,
                steps: int | None = None, seeds: Iterable[int] | None = None, seed: int = 0,
                batch_size: int = 64, guidance: float | None = None, classes: Any = None,
                prompt: str | Sequence[str] | None = None, classifier: str | None = None,
@@ -156,7 +156,8 @@ class Pipeline:
                output: str = "uint8", progress: bool = False) -> Any:
         """Draw samples: one per seed (``seeds``, default ``seed .. seed + n - 1``; each
         sample depends on its seed only), with ``sampler`` (a name of ``conf/sampler/``:
-        ddpm, ddim, dpmpp_2m, euler, heun; or a sampler config dict) and ``steps``.
+        dpmpp_3m (default, as ``diffcli sample``), ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, unipc,
+        euler, heun, restart; or a sampler config dict) and ``steps``.
 
         ``guidance``/``classes``/``prompt``/``classifier`` guide as ``diffcli sample`` does.
         ``output``: "uint8" images (N, C, H, W) (points: float (N, 2)), "float" in [-1, 1],
