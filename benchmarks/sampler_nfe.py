@@ -47,8 +47,8 @@ Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on t
 
 Run: ``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
 [--grid karras]``.
-With the default n = 10,000 it takes about 3 minutes on 2 CPU cores with the 17 rows (80 s at
-n = 4,000; a row is ~1,200 network calls of 4-15 ms each, depending on the load), and the time
+With the default n = 10,000 it takes about 3 minutes on 2 CPU cores with the 28 rows (192 s;
+a row is ~1,200 network calls of 4-15 ms each, depending on the load), and the time
 grows linearly with n, while the noise floor shrinks only like n^(-1/4) (it is dominated by the
 scatter of the mode weights).
 The diffusers schedulers compute in float32, so they agree with ours to ~1e-5, not 1e-12.

@@ -51,7 +51,8 @@ def test_power_ema_averages_with_weights_t_to_the_gamma(steps: int):
     t = torch.arange(1, steps + 1, dtype=torch.float64)
     w = (t ** (gamma + 1) - (t - 1) ** (gamma + 1)) / steps ** (gamma + 1)
     assert float(w.sum()) == pytest.approx(1.0)
-    assert float(ema.weight.detach()) == pytest.approx(float((w * values).sum()), rel=1e-5, abs=1e-6)
+    expected = float((w * values).sum())
+    assert float(ema.weight.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert power_ema_decay(1, gamma) == 0.0  # the first update copies the weights
 
 
@@ -129,3 +130,12 @@ def test_python_and_cli_share_the_default_sampler():
     for command in ("sample", "eval_fid"):
         defaults = yaml.safe_load((conf_dir() / f"{command}.yaml").read_text())["defaults"]
         assert {"sampler": DEFAULT_SAMPLER} in defaults, command
+
+
+def test_progress_lines_give_the_time_left_of_a_timed_run():
+    from diffcli.lit.callbacks import plain_progress_line
+
+    line = plain_progress_line(120, -1, 2.0, {}, time_left=61.0)
+    assert line.startswith("step 120 |") and line.endswith("ETA 0:01:01")
+    assert plain_progress_line(120, 1000, 2.0, {}, time_left=61.0).endswith("ETA 0:01:01")
+    assert plain_progress_line(990, 1000, 2.0, {}, time_left=61.0).endswith("ETA 0:00:05")

@@ -146,7 +146,8 @@ def test_onnx_export_samples_as_torch(tiny_run: Path):
     assert "max |difference|" in proc.stderr
     model = run / "export" / "onnx" / "model.onnx"
     ours = diffcli.load(run)
-    onnx_den = Denoiser(lambda x, t: onnx_predict(model, x, t), ours.opened.schedule, "eps")
+    onnx_den = Denoiser(lambda x, t: onnx_predict(model, x, t), ours.opened.schedule,
+                        ours.opened.run.prediction)
     x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     expected = _ddim_from(ours.opened.denoiser, x_T, 4)
     got = _ddim_from(onnx_den, x_T, 4)

@@ -86,7 +86,7 @@ def _misuse(runs: dict[str, Path]) -> list[tuple[list[str], str, int]]:
         (["eval-nll", f"ckpt={runs['hybrid']}", "steps=0"], "steps=0", 2),
         (["eval-nll", f"ckpt={runs['simple']}", "variance=learned"], "no learned variances", 2),
         (["eval-nll", f"ckpt={runs['simple']}", "method=exact"], "method", 2),
-        (["sample", f"ckpt={runs['simple']}", "sampler.variance=learned"],
+        (["sample", f"ckpt={runs['simple']}", "sampler=ddpm", "sampler.variance=learned"],
          "sampler.variance=learned needs", 2),
         (["train", "loss=hybrid"], "set model.learn_sigma=true", 2),
         (["train", "model.learn_sigma=true"], "use loss=hybrid or loss=vlb", 2),

@@ -30,6 +30,7 @@ from diffcli.console import duration, log_only, screen
 from diffcli.diffusion.generate import generate, to_uint8
 from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
 from diffcli.lit.module import batch_data
+from diffcli.lit.schedulers import budget_timer
 
 
 class StepProgress(L.Callback):
@@ -104,7 +105,8 @@ class StepProgress(L.Callback):
             return
         self.last_step = step
         self.last_line = now
-        line = plain_progress_line(step, total, self._steps_per_s(step), trainer.callback_metrics)
+        line = plain_progress_line(step, total, self._steps_per_s(step), trainer.callback_metrics,
+                                   time_left(trainer))
         if self.plain:
             self.console.print(line, soft_wrap=True, highlight=False)
         else:
@@ -117,9 +119,10 @@ class StepProgress(L.Callback):
 
 
 def plain_progress_line(step: int, total: int, steps_per_s: float,
-                        metrics: dict[str, Any]) -> str:
+                        metrics: dict[str, Any], time_left: float | None = None) -> str:
     """"step 120/1000 | 2.10 steps/s | 134 img/s | loss 0.0312 | lr 2.0e-03 | ETA 0:07:01" from
-    Lightning's ``callback_metrics`` (missing values are left out)."""
+    Lightning's ``callback_metrics`` (missing values are left out). ``time_left``: seconds to
+    ``trainer.max_time``; the ETA is the nearer of the two ends."""
     parts = [f"step {step}/{total}" if total > 0 else f"step {step}",
              f"{steps_per_s:.2f} steps/s"]
     ips, loss, lr = (metrics.get(k) for k in ("train/images_per_s", "train/loss", "train/lr"))
@@ -129,9 +132,18 @@ def plain_progress_line(step: int, total: int, steps_per_s: float,
         parts.append(f"loss {float(loss):.4f}")
     if lr is not None:
         parts.append(f"lr {float(lr):.1e}")
+    ends = [time_left] if time_left is not None else []
     if total > 0 and steps_per_s > 0:
-        parts.append(f"ETA {duration((total - step) / steps_per_s)}")
+        ends.append((total - step) / steps_per_s)
+    if ends:
+        parts.append(f"ETA {duration(max(0.0, min(ends)))}")
     return " | ".join(parts)
+
+
+def time_left(trainer: L.Trainer) -> float | None:
+    """Seconds until ``trainer.max_time`` ends the run (Lightning's Timer); None without one."""
+    timer = budget_timer(trainer)
+    return None if timer is None else timer.time_remaining("train")
 
 
 class Throughput(L.Callback):

@@ -70,6 +70,12 @@ def build_lr_scheduler(make_lr_scheduler: Callable[..., LRScheduler], optimizer:
     return make_lr_scheduler(optimizer, progress=progress or (lambda step: 0.0))
 
 
+def budget_timer(trainer: L.Trainer) -> Timer | None:
+    """Lightning's Timer of ``trainer.max_time`` (None when the run has no time limit)."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer if timer is not None and timer._duration else None
+
+
 def run_progress(trainer: L.Trainer, step: int) -> float:
     """The fraction of the run done after ``step`` optimizer steps: the larger of the step
     fraction (``trainer.max_steps`` / ``max_epochs``, when finite) and the time fraction
@@ -78,7 +84,7 @@ def run_progress(trainer: L.Trainer, step: int) -> float:
     total = trainer.estimated_stepping_batches
     if math.isfinite(total) and total > 0:
         done = step / total
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    if timer is not None and timer._duration:
+    timer = budget_timer(trainer)
+    if timer is not None:
         done = max(done, timer.time_elapsed("train") / timer._duration)
     return min(1.0, done)

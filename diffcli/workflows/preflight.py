@@ -187,9 +187,27 @@ def _group(cfg: DictConfig, name: str) -> Any:
         return None
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    """``trainer.X`` keys are Trainer arguments within their ranges (checked before the groups:
+    the LR schedule reads ``trainer.max_steps``, so that key's own line comes first)."""
+    trainer = _group(cfg, "trainer")
+    if isinstance(trainer, Mapping):
+        known = trainer_keys()
+        for key, value in trainer.items():
+            if key not in known:
+                raise UsageError(f"trainer.{key} is not a Lightning Trainer argument"
+                                 f"{nearest(key, known)}")
+            if key in TRAINER:
+                TRAINER[key].check(f"trainer.{key}", value)
+        if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
+                             "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
+
+
 def check_groups(cfg: DictConfig) -> None:
     """Each group node fits its component's signature; the cheap ones are built (their own
     range checks run); ``trainer.X`` keys are Trainer arguments."""
+    check_trainer(cfg)
     for name in GROUPS:
         node = _group(cfg, name)
         if not isinstance(node, Mapping) or "_target_" not in node:
@@ -228,18 +246,6 @@ def check_groups(cfg: DictConfig) -> None:
             build_callbacks(cheap, context)
         except DiffcliError as e:
             raise UsageError(str(e)) from None
-    trainer = _group(cfg, "trainer")
-    if isinstance(trainer, Mapping):
-        known = trainer_keys()
-        for key, value in trainer.items():
-            if key not in known:
-                raise UsageError(f"trainer.{key} is not a Lightning Trainer argument"
-                                 f"{nearest(key, known)}")
-            if key in TRAINER:
-                TRAINER[key].check(f"trainer.{key}", value)
-        if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
-                             "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
 
 
 def _check_nll(command: str, cfg: DictConfig, run: LoadedRun) -> None:

@@ -218,6 +218,8 @@ SCHEMAS: dict[str, dict[str, Key]] = {
 
 TRAINER: dict[str, Key] = {  # ranges Lightning checks late, or not at all
     "max_steps": Key(int, "optimizer steps (-1: no limit)", ge=-1),
+    "max_time": Key(str | None, "wall-clock budget DD:HH:MM:SS, e.g. 00:00:15:00",
+                    pattern=r"\d+:\d{1,2}:\d{1,2}:\d{1,2}"),
     "min_steps": Key(int | None, "at least this many steps", ge=0),
     "max_epochs": Key(int | None, "epochs (-1: no limit)", ge=-1),
     "accumulate_grad_batches": Key(int, "micro-batches per optimizer step", ge=1),
