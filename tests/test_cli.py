@@ -96,7 +96,9 @@ def test_train_then_sample_points(points_run: Path):
 
 @pytest.mark.parametrize("sampler, nfe", [("ddpm", 3), ("ddim", 3), ("dpmpp_2m", 3),
                                           ("dpmpp_3m", 3), ("dpmpp_2m_sde", 3),
-                                          ("euler", 3), ("heun", 5)])
+                                          ("euler", 3), ("heun", 5), ("unipc", 3),
+                                          # 2N - 1 = 5 Heun calls + K=2 cycles x 3 steps x 2
+                                          ("restart", 17)])
 def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: int):
     run_here(points_run, "sample", f"sampler={sampler}", "steps=3", "n=50")
     out = next(points_run.glob(f"outputs/*/*/samples/{sampler}-3"))
