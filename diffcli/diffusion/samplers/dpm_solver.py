@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +25,49 @@ def half_log_snr(abar: float) -> float:
     return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
+def midpoint_x0(x0: Tensor, history: Sequence[tuple[Tensor, float]], h: float) -> Tensor:
+    """DPM-Solver++(2M)'s D (Lu et al. 2022, Algorithm 2): (1 + 1/(2r)) x0_t - 1/(2r) x0_prev
+    with r = h_prev / h, from the last ``(x0_prev, h_prev)`` of ``history``; x0_t without one."""
+    if not history:
+        return x0
+    x0_prev, h_prev = history[-1]
+    r = h_prev / h
+    return (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+
+
+class DataPredictionMultistep(Sampler):
+    """The loop of the multistep solvers in data prediction (DPM-Solver++ 2M, 3M, 2M SDE) on
+    the grid's consecutive points t > s: evaluate x0_hat at t, stop with it when s reaches
+    alpha-bar = 1 (lambda = inf), else let :meth:`update` step x_t to x_s given h = lambda_s -
+    lambda_t (:func:`half_log_snr`) and the last two ``(x0_hat, h)`` pairs. One network
+    evaluation per step."""
+
+    @abstractmethod
+    def update(self, x: Tensor, x0: Tensor, history: Sequence[tuple[Tensor, float]],
+               abar_t: float, abar_s: float, h: float, generator: Generator) -> Tensor:
+        """x_s from x_t (B, ...), x0_hat(x_t) (B, ...) and the earlier (x0_hat, h) pairs."""
+
+    @torch.inference_mode()
+    def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
+               callback: StepCallback | None = None) -> Tensor:
+        grid = self.make_grid(model.schedule)
+        x, n = noise, len(grid)
+        history: list[tuple[Tensor, float]] = []  # (x0, length of the step that followed it)
+        for i in range(n):
+            abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
+            x0 = self.denoised(model.predict(x, grid.sigmas[i]).x0)
+            if callback is not None:
+                callback(SamplerStep(i, n, grid.timesteps[i], x, x0))
+            if abar_s >= 1.0:
+                return x0
+            h = half_log_snr(abar_s) - half_log_snr(abar_t)
+            x = self.update(x, x0, history, abar_t, abar_s, h, generator)
+            history = [*history[-1:], (x0, h)]
+        return x
+
+
 @dataclass(frozen=True)
-class DPMSolverPP2M(Sampler):
+class DPMSolverPP2M(DataPredictionMultistep):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the grid's consecutive points t > s.
 
     x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, with h = lambda_s - lambda_t and
@@ -37,25 +80,7 @@ class DPMSolverPP2M(Sampler):
 
     steps: int | None = 20
 
-    @torch.inference_mode()
-    def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
-               callback: StepCallback | None = None) -> Tensor:
-        grid = self.make_grid(model.schedule)
-        x, n = noise, len(grid)
-        x0_prev, h_prev = None, None
-        for i in range(n):
-            abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
-            x0 = self.denoised(model.predict(x, grid.sigmas[i]).x0)
-            if callback is not None:
-                callback(SamplerStep(i, n, grid.timesteps[i], x, x0))
-            if abar_s >= 1.0:
-                return x0
-            h = half_log_snr(abar_s) - half_log_snr(abar_t)
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
-            x = sigma_ratio * x - math.sqrt(abar_s) * math.expm1(-h) * d
-            x0_prev, h_prev = x0, h
-        return x
+    def update(self, x: Tensor, x0: Tensor, history: Sequence[tuple[Tensor, float]],
+               abar_t: float, abar_s: float, h: float, generator: Generator) -> Tensor:
+        sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
+        return sigma_ratio * x - math.sqrt(abar_s) * math.expm1(-h) * midpoint_x0(x0, history, h)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from diffcli.diffusion.samplers.base import (
-    Denoiser,
     Generator,
-    Sampler,
-    SamplerStep,
-    StepCallback,
 )
-from diffcli.diffusion.samplers.dpm_solver import half_log_snr
+from diffcli.diffusion.samplers.dpm_solver import DataPredictionMultistep, midpoint_x0
 
 
 def exp_integrator_weights(h: float) -> tuple[float, float, float]:
@@ -30,10 +26,11 @@ def exp_integrator_weights(h: float) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class DPMSolverPP3M(Sampler):
+class DPMSolverPP3M(DataPredictionMultistep):
     """DPM-Solver++(3M) (Lu et al. 2022, "DPM-Solver++", the multistep solver of order 3) on the
     grid's consecutive points t > s, with alpha = sqrt(abar), sigma = sqrt(1 - abar),
-    lambda = log(alpha / sigma) (:func:`half_log_snr`) and h = lambda_s - lambda_t.
+    lambda = log(alpha / sigma) (:func:`~diffcli.diffusion.samplers.dpm_solver.half_log_snr`)
+    and h = lambda_s - lambda_t.
 
     The diffusion ODE in data prediction has the exact solution (Lu et al. 2022)
     x_s = (sigma_s / sigma_t) x_t + sigma_s int_{lambda_t}^{lambda_s} e^lambda x0(lambda) dlambda;
@@ -59,33 +56,15 @@ class DPMSolverPP3M(Sampler):
 
     steps: int | None = 20
 
-    @torch.inference_mode()
-    def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
-               callback: StepCallback | None = None) -> Tensor:
-        grid = self.make_grid(model.schedule)
-        x, n = noise, len(grid)
-        history: list[tuple[Tensor, float]] = []  # (x0, length of the step that followed it)
-        for i in range(n):
-            abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
-            x0 = self.denoised(model.predict(x, grid.sigmas[i]).x0)
-            if callback is not None:
-                callback(SamplerStep(i, n, grid.timesteps[i], x, x0))
-            if abar_s >= 1.0:
-                return x0
-            h = half_log_snr(abar_s) - half_log_snr(abar_t)
-            c1, c2, c3 = exp_integrator_weights(h)
-            if not history:  # first order
-                d = c1 * x0
-            elif len(history) == 1:  # second order: DPM-Solver++(2M)
-                x0_1, h1 = history[-1]
-                r = h1 / h
-                d = c1 * ((1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_1)
-            else:  # third order
-                (x0_2, h2), (x0_1, h1) = history[-2:]
-                d1 = (x0 - x0_1) / h1
-                d2 = (d1 - (x0_1 - x0_2) / h2) / (h1 + h2)
-                d = c1 * x0 + c2 * (d1 + h1 * d2) + (2 * c3) * d2
-            sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
-            x = sigma_ratio * x + math.sqrt(abar_s) * d
-            history = [*history[-1:], (x0, h)]
-        return x
+    def update(self, x: Tensor, x0: Tensor, history: Sequence[tuple[Tensor, float]],
+               abar_t: float, abar_s: float, h: float, generator: Generator) -> Tensor:
+        c1, c2, c3 = exp_integrator_weights(h)
+        if len(history) < 2:  # first order, then second order: DPM-Solver++(2M)
+            d = c1 * midpoint_x0(x0, history, h)
+        else:  # third order
+            (x0_2, h2), (x0_1, h1) = history[-2:]
+            d1 = (x0 - x0_1) / h1
+            d2 = (d1 - (x0_1 - x0_2) / h2) / (h1 + h2)
+            d = c1 * x0 + c2 * (d1 + h1 * d2) + (2 * c3) * d2
+        sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
+        return sigma_ratio * x + math.sqrt(abar_s) * d

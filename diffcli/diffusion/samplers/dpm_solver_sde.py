@@ -4,25 +4,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from diffcli.diffusion.samplers.base import (
-    Denoiser,
     Generator,
-    Sampler,
-    SamplerStep,
-    StepCallback,
     check,
     randn_like,
 )
-from diffcli.diffusion.samplers.dpm_solver import half_log_snr
+from diffcli.diffusion.samplers.dpm_solver import DataPredictionMultistep, midpoint_x0
 
 
 @dataclass(frozen=True)
-class DPMSolverPP2MSDE(Sampler):
+class DPMSolverPP2MSDE(DataPredictionMultistep):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE-DPM-Solver++ with the
     multistep second-order correction) on the grid's consecutive points t > s, with
     alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and
@@ -58,30 +54,14 @@ class DPMSolverPP2MSDE(Sampler):
         check(isinstance(self.eta, int | float) and not isinstance(self.eta, bool)
               and math.isfinite(self.eta) and self.eta >= 0, f"eta must be >= 0, got {self.eta!r}")
 
-    @torch.inference_mode()
-    def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
-               callback: StepCallback | None = None) -> Tensor:
-        grid = self.make_grid(model.schedule)
-        x, n = noise, len(grid)
-        x0_prev, h_prev = None, None
-        for i in range(n):
-            abar_t, abar_s = grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1]
-            x0 = self.denoised(model.predict(x, grid.sigmas[i]).x0)
-            if callback is not None:
-                callback(SamplerStep(i, n, grid.timesteps[i], x, x0))
-            if abar_s >= 1.0:
-                return x0
-            h = half_log_snr(abar_s) - half_log_snr(abar_t)
-            eta_h = self.eta * h
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
-            # expm1(-(1 + eta) h) = -(1 - e^{-(1 + eta) h}); written as 2M's step for eta = 0
-            x = sigma_ratio * math.exp(-eta_h) * x - math.sqrt(abar_s) * math.expm1(-h - eta_h) * d
-            if eta_h > 0:
-                std = math.sqrt(1 - abar_s) * math.sqrt(-math.expm1(-2 * eta_h))
-                x = x + std * randn_like(x, generator)
-            x0_prev, h_prev = x0, h
+    def update(self, x: Tensor, x0: Tensor, history: Sequence[tuple[Tensor, float]],
+               abar_t: float, abar_s: float, h: float, generator: Generator) -> Tensor:
+        eta_h = self.eta * h
+        d = midpoint_x0(x0, history, h)
+        sigma_ratio = math.sqrt((1 - abar_s) / (1 - abar_t))
+        # expm1(-(1 + eta) h) = -(1 - e^{-(1 + eta) h}); written as 2M's step for eta = 0
+        x = sigma_ratio * math.exp(-eta_h) * x - math.sqrt(abar_s) * math.expm1(-h - eta_h) * d
+        if eta_h > 0:
+            std = math.sqrt(1 - abar_s) * math.sqrt(-math.expm1(-2 * eta_h))
+            x = x + std * randn_like(x, generator)
         return x
