@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_judge import (  # noqa: E402
     HELD_OUT,
     feature_distance,
+    load_trained,
     predict,
     read_mnist_test,
     to_input,
@@ -58,11 +59,8 @@ class LeNet5(nn.Module):
 
 
 def load_lenet(path: Path = WEIGHTS) -> LeNet5:
-    if not path.is_file():
-        raise SystemExit(f"no LeNet weights at {path}: run python benchmarks/lenet_fid.py train")
-    net = LeNet5()
-    net.load_state_dict(torch.load(path, weights_only=True))
-    return net.eval()
+    """The trained LeNet-5 (``python benchmarks/lenet_fid.py train`` first)."""
+    return load_trained(LeNet5, path, "benchmarks/lenet_fid.py train")
 
 
 def reference(net: LeNet5) -> Tensor:

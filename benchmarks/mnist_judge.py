@@ -124,13 +124,18 @@ def run_diffcli(*args: str) -> None:
                    env={**os.environ, "COLUMNS": "120"})
 
 
+def load_trained(make: type[nn.Module], path: Path, script: str) -> nn.Module:
+    """A ``make()`` network with the weights saved at ``path`` by ``script``, in eval mode."""
+    if not path.is_file():
+        raise SystemExit(f"no weights at {path}: run python {script} first")
+    net = make()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net.eval()
+
+
 def load_judge(path: Path = WEIGHTS) -> Judge:
     """The trained judge (train it first with this script)."""
-    if not path.is_file():
-        raise SystemExit(f"no judge weights at {path}: run python benchmarks/mnist_judge.py")
-    judge = Judge()
-    judge.load_state_dict(torch.load(path, weights_only=True))
-    return judge.eval()
+    return load_trained(Judge, path, "benchmarks/mnist_judge.py")
 
 
 def main() -> None:
