@@ -79,7 +79,7 @@ def budget_timer(trainer: L.Trainer) -> Timer | None:
 def run_progress(trainer: L.Trainer, step: int) -> float:
     """The fraction of the run done after ``step`` optimizer steps: the larger of the step
     fraction (``trainer.max_steps`` / ``max_epochs``, when finite) and the time fraction
-    (``trainer.max_time``: Lightning's Timer, whose elapsed time survives a resume), in [0, 1]."""
+    (``trainer.max_time``: Lightning's Timer), in [0, 1]."""
     done = 0.0
     total = trainer.estimated_stepping_batches
     if math.isfinite(total) and total > 0:
