@@ -48,7 +48,6 @@ from diffcli.lit.module import (
     checkpoint_meta,
     optimizers_for,
 )
-from diffcli.lit.schedulers import run_progress
 from diffcli.nets.autoencoder import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss
 
 DISC_BETAS = (0.5, 0.9)  # the discriminator's Adam betas (Esser et al. 2021)
@@ -335,7 +334,7 @@ class AutoencoderModule(EMAMixin, L.LightningModule):
         """The autoencoder's optimizer (and LR schedule); with a discriminator also Adam over
         it (the main optimizer's lr, betas (0.5, 0.9)), stepped by :meth:`training_step`."""
         main = optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
-                              functools.partial(run_progress, self.trainer))
+                              self.trainer)
         if self.discriminator is None:
             return main
         opt = main["optimizer"]

@@ -27,7 +27,6 @@ from diffcli.lit.module import (
     checkpoint_meta,
     optimizers_for,
 )
-from diffcli.lit.schedulers import run_progress
 
 T_BUCKETS = 4  # accuracy is reported for t in [0, T/4), [T/4, T/2), ...
 
@@ -82,7 +81,7 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
-                              functools.partial(run_progress, self.trainer))
+                              self.trainer)
 
     @property
     def sampling_net(self) -> nn.Module:

@@ -14,6 +14,7 @@ Two profiles:
 
 from __future__ import annotations
 
+import functools
 import math
 
 
@@ -24,6 +25,7 @@ def sigma_rel_of_gamma(gamma: float) -> float:
     return math.sqrt(gamma + 1) / ((gamma + 2) * math.sqrt(gamma + 3))
 
 
+@functools.cache  # solved once per width, not at every EMA update
 def gamma_of_sigma_rel(sigma_rel: float) -> float:
     """The exponent gamma >= 0 whose profile has relative width ``sigma_rel`` in
     (0, 0.2886] (EDM2 Eq. 3 inverted by bisection; e.g. 0.05 -> 16.97, 0.10 -> 6.94)."""

@@ -71,13 +71,14 @@ def check_optimizer(make_optimizer: Callable[..., Any],
 
 def optimizers_for(net: nn.Module, make_optimizer: Callable[..., Any],
                    make_lr_scheduler: Callable[..., Any] | None,
-                   progress: Callable[[int], float] | None = None) -> dict[str, Any]:
+                   trainer: L.Trainer | None = None) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: the optimizer over ``net``'s parameters and
-    the LR schedule stepped every optimizer step (``progress(step)``: the fraction of the run
-    done, for schedules that decay over a time budget)."""
+    the LR schedule stepped every optimizer step (schedules that decay over a time budget read
+    ``trainer``'s progress, :func:`~diffcli.lit.schedulers.run_progress`)."""
     opt = make_optimizer(net.parameters())
     if make_lr_scheduler is None:
         return {"optimizer": opt}
+    progress = None if trainer is None else functools.partial(run_progress, trainer)
     scheduler = build_lr_scheduler(make_lr_scheduler, opt, progress)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -303,11 +304,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
-                              self.run_progress)
-
-    def run_progress(self, step: int) -> float:
-        """The fraction of the run done after ``step`` steps (steps or ``trainer.max_time``)."""
-        return run_progress(self.trainer, step)
+                              self.trainer)
 
     def denoiser(self, net: nn.Module) -> Denoiser:
         """``net`` (this module's network or its EMA copy) as a :class:`Denoiser` of this
