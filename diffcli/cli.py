@@ -21,7 +21,7 @@ from diffcli.components import conf_dir
 # Torch's OpenMP threads spin-wait by default; on a small shared CPU that stalls badly.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-CONF_DIR = conf_dir()  # diffcli/conf, or conf/ at the repository root (editable install)
+CONF_DIR = conf_dir()  # diffcli/conf, shipped inside the package
 
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
                "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}

@@ -200,10 +200,8 @@ def check_config(tree: Any, source: str, *, stored: bool = True) -> None:
 
 
 def conf_dir() -> Path:
-    """The shipped config tree: ``diffcli/conf`` when installed, ``conf/`` at the top of the
-    repository in an editable install."""
-    here = Path(__file__).resolve().parent
-    return here / "conf" if (here / "conf").is_dir() else here.parent / "conf"
+    """The shipped config tree, ``diffcli/conf`` (package data of the installed package)."""
+    return Path(__file__).resolve().parent / "conf"
 
 
 def option(group: str, name: str) -> dict[str, Any]:
@@ -239,8 +237,18 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     target = fn if dataclasses.is_dataclass(fn) else fn.__init__ if inspect.isclass(fn) else fn
     try:
         return typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - unresolvable hints: fall back to plain-value checks
-        return {}
+    except Exception:  # noqa: BLE001 - e.g. a return type imported lazily (a Lightning class)
+        pass
+    hints: dict[str, Any] = {}  # the parameters one by one; what cannot be resolved is skipped
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    for name, annotation in getattr(target, "__annotations__", {}).items():
+        if name == "return":
+            continue
+        try:  # our own source's annotation strings (PEP 563), never user input
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except Exception:  # noqa: BLE001 - unresolvable: plain-value checks only
+            continue
+    return hints
 
 
 def fits(value: Any, hint: Any) -> bool:

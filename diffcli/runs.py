@@ -19,14 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffcli.checkpoint import CHECKPOINT_KEY, first_nonfinite
 from diffcli.components import build, check_config, plain
 from diffcli.diffusion.generate import CountingNet
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.samplers import Denoiser, Sampler
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import CheckpointError, DiffcliError, user_errors
-from diffcli.lit.checkpoint import first_nonfinite
-from diffcli.lit.module import CHECKPOINT_KEY
 from diffcli.nets.latent import LatentCodec, file_sha256, load_pretrained_autoencoder
 
 LEGACY_MODEL_KEYS = ("in_channels", "image_size", "dim")  # set from the data, never stored now

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers.logger import Logger
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from diffcli.checkpoint import CHECKPOINT_KEY
 from diffcli.lit.autoencoder_module import (
     NO_LPIPS_NOTE,
     AutoencoderModule,
@@ -22,7 +23,6 @@ from diffcli.lit.autoencoder_module import (
     psnr_ssim,
     recon_grid,
 )
-from diffcli.lit.module import CHECKPOINT_KEY
 from diffcli.lit.schedulers import linear_warmup
 from diffcli.nets.autoencoder import KLAutoencoder, VQAutoencoder
 from diffcli.nets.perceptual import LPIPS

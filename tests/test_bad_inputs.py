@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_points_run
 from test_cli import TINY_UNET, assert_one_line_error
 from test_cli import run_here as run
 
@@ -142,11 +143,10 @@ def _digest(folder: Path) -> dict[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, points_checkpoint: Path) -> Path:
     """A folder holding one trained run (so commands that want the newest run find one)."""
     cwd = tmp_path_factory.mktemp("bad-inputs")
-    run(cwd, "train", "dataset=moons", "model=mlp", "trainer.max_steps=2", "logger=none",
-        "dataset.n_points=64", "callbacks.preview=null")
+    copy_points_run(points_checkpoint, cwd)
     return cwd
 
 

@@ -74,9 +74,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture(scope="module")
 def points_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("points")
-    run(cwd, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=40",
-        "callbacks.last.every_n_steps=20", "callbacks.snapshot.every_n_steps=20",
-        "dataset.n_points=2000", "logger=csv")
+    run_here(cwd, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=40",
+             "callbacks.last.every_n_steps=20", "callbacks.snapshot.every_n_steps=20",
+             "dataset.n_points=2000", "logger=csv")
     return cwd
 
 
@@ -106,6 +106,7 @@ def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: in
     assert np.isfinite(np.load(out / "samples.npz")["points"]).all()
 
 
+@pytest.mark.serial
 def test_sampling_shards_seeds_across_processes(points_run: Path):
     """Under torchrun (2 CPU processes, gloo) each process draws every 2nd seed; the gathered
     result equals the single-process one (to float rounding)."""
@@ -135,18 +136,18 @@ def test_checkpoint_is_self_describing_and_safe(points_run: Path):
 
 def test_train_and_sample_images(tmp_path: Path):
     run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
-    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=4")
+    run_here(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=4")
     out = next(tmp_path.glob("outputs/*/*/samples/ddpm-4"))
     images = np.load(out / "samples.npz")["images"]
     assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
     assert (out / "grid.png").is_file()
     # Each image depends on its seed only, not on the batch it was drawn in.
-    run(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6", "overwrite=true")
+    run_here(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=6", "overwrite=true")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["images"], images)
     # Karras samplers evaluate between training timesteps; Heun reports 2N - 1 evaluations.
     # Explicit seeds, per-seed PNGs, the trajectory of the first samples.
-    run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=3-8", "batch_size=4",
-        "trajectory=2", "sampler.dynamic_threshold=0.99")
+    run_here(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=3-8", "batch_size=4",
+             "trajectory=2", "sampler.dynamic_threshold=0.99")
     heun = next(tmp_path.glob("outputs/*/*/samples/heun-2"))
     assert "Infinity" not in (heun / "meta.json").read_text()  # strict JSON (s_tmax = inf)
     meta = json.loads((heun / "meta.json").read_text())
@@ -156,7 +157,8 @@ def test_train_and_sample_images(tmp_path: Path):
     traj = np.load(heun / "trajectory.npz")
     assert traj["x_t"].shape == (2, 2, 1, 8, 8) and traj["x0"].shape == (2, 2, 1, 8, 8)
     # seed 5 is the same image whether drawn with seeds 3-8 or on its own
-    run(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=5", "sampler.dynamic_threshold=0.99")
+    run_here(tmp_path, "sample", "sampler=heun", "steps=2", "seeds=5",
+             "sampler.dynamic_threshold=0.99")
     alone = np.load(heun.with_name("heun-2_2") / "samples.npz")  # a new folder per call
     assert list(alone["seeds"]) == [5]
     np.testing.assert_array_equal(alone["images"][0], together[2])

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 import diffcli.data.datamodule
-from diffcli.components import ADVISORY_KEYS, COMPONENTS, build, resolve_target
+from diffcli.components import ADVISORY_KEYS, COMPONENTS, build, conf_dir, resolve_target
 from diffcli.data.datamodule import DiffusionDataModule, TensorDataModule
 from diffcli.data.registry import (
     DATASETS,
@@ -200,7 +200,7 @@ def test_unknown_dataset_name(call) -> None:
 
 # --- synthetic stand-ins for the datasets that are not available offline --------------------
 
-CONF_DIR = Path(__file__).parents[1] / "conf"
+CONF_DIR = conf_dir()
 CIFAR_PER_BATCH = 10
 CIFAR_TEST_SIZE = 7
 KNOWN_PIXEL = (1, 2, 5)  # (channel, row, column) of image 0 that holds KNOWN_VALUE

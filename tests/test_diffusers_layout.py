@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from diffcli.components import conf_dir
 from diffcli.nets.diffusers_layout import (
     DIFFUSERS_UNET_DEFAULTS,
     diffusers_unet_config,
@@ -25,7 +25,7 @@ from diffcli.nets.unet import UNet
 diffusers = pytest.importorskip("diffusers")
 UNet2DModel = diffusers.UNet2DModel
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = conf_dir()
 
 # google/ddpm-cifar10-32's unet/config.json (the DDPM CIFAR-10 model converted from the
 # reference TensorFlow checkpoint).

@@ -3,13 +3,12 @@ sampler options that choose them."""
 
 import math
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffcli.components import build
+from diffcli.components import build, conf_dir
 from diffcli.diffusion import grids
 from diffcli.diffusion.grids import Grid, GridKind, make_grid
 from diffcli.diffusion.samplers import (
@@ -24,7 +23,7 @@ from diffcli.diffusion.samplers import (
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
 SAMPLERS = (DDPM, DDIM, DPMSolverPP2M, DPMSolverPP3M, DPMSolverPP2MSDE, Euler, Heun)
-SAMPLER_CONFS = Path(__file__).resolve().parent.parent / "conf" / "sampler"
+SAMPLER_CONFS = conf_dir() / "sampler"
 
 
 def timestep_sequence_before_grids(T, steps, spacing):

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from diffcli.components import conf_dir
 from diffcli.diffusion.denoiser import Denoiser, split_learned
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
@@ -44,7 +44,7 @@ DATA = GaussianData(torch.tensor([1.0, -0.5, 0.0], dtype=F64),
                     torch.tensor([0.5, 1.0, 1.5], dtype=F64))
 SCHED = linear_schedule()
 SHORT = linear_schedule(200)  # full chains of T = 200 steps keep the exactness tests fast
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = conf_dir() / "model"
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -54,6 +54,7 @@ def test_stop_other_ranks_defers_to_a_failed_child_or_ends_the_children():
     assert failing[0].returncode is not None
 
 
+@pytest.mark.serial
 def test_rank_watcher_ends_rank_zero_with_the_childs_status():
     script = (
         "import subprocess, sys, time\n"
@@ -83,6 +84,7 @@ def _folder_with_one_bad_image(root: Path, bad: str) -> Path:
 
 
 # which file each rank reads first is fixed by Lightning's DistributedSampler (seed 0)
+@pytest.mark.serial
 @pytest.mark.parametrize("bad, rank", [("0", "rank 1: "), ("7", "")])
 def test_a_failing_rank_ends_the_run_with_its_one_line(tmp_path: Path, bad: str, rank: str):
     images = _folder_with_one_bad_image(tmp_path / "images", bad)

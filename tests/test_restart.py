@@ -3,21 +3,20 @@ sampler is affine in its inputs (x_T and each cycle's restart noise), so its out
 can be read off by probing."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from test_samplers import DATA, F64, _denoiser, _mc
 
-from diffcli.components import build
+from diffcli.components import build, conf_dir
 from diffcli.diffusion.gaussian import IdealNetwork
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.samplers import Denoiser, Heun, Restart
 from diffcli.diffusion.samplers import restart as restart_module
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler" / "restart.yaml"
+CONF = conf_dir() / "sampler" / "restart.yaml"
 
 
 def _exact_moments(sampler, den, monkeypatch):

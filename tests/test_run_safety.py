@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import EXE, assert_one_line_error, run
+from test_cli import EXE, assert_one_line_error, run_here
 
+from diffcli.checkpoint import first_nonfinite
 from diffcli.diffusion.generate import check_finite
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, claim_dir
-from diffcli.lit.checkpoint import AtomicCheckpointIO, TrainingDiverged, first_nonfinite
+from diffcli.lit.saving import AtomicCheckpointIO, TrainingDiverged
 from diffcli.workflows.rundir import LOCK, RunLock, check_run_dir, live_holder
 
 POINTS = ["dataset=moons", "model=mlp", "dataset.n_points=256", "logger=none",
@@ -140,35 +141,35 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path):
 
 @pytest.mark.slow
 def test_an_existing_run_folder_is_refused_unless_resumed_in_place(tmp_path: Path):
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=6", "hydra.run.dir=outputs/mine")
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=6", "hydra.run.dir=outputs/mine")
     run_dir = tmp_path / "outputs" / "mine"
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=2", f"hydra.run.dir={run_dir}",
+    proc = run_here(tmp_path, "train", *POINTS, "trainer.max_steps=2", f"hydra.run.dir={run_dir}",
                ok=False)
     assert_one_line_error(proc, "already holds a run", "resume=auto")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     last = run_dir / "checkpoints" / "last.ckpt"
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
         f"ckpt_path={last}")
     assert _step(last) == 9
 
 
 @pytest.mark.slow
 def test_resume_refuses_another_dataset_and_a_live_run(tmp_path: Path):
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=4")
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=4")
     other = [a.replace("moons", "swiss_roll") for a in POINTS]
-    proc = run(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
+    proc = run_here(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
     assert_one_line_error(proc, "dataset.name: moons -> swiss_roll")
     (ckpt,) = _ckpts(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (ckpt.parent.parent / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
-        proc = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
+        proc = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
         assert_one_line_error(proc, f"process {sleeper.pid} is still writing")
     finally:
         sleeper.kill()
         sleeper.wait()
-    out = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
+    out = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
     assert f"resuming from step 4 of {ckpt.relative_to(tmp_path)}" in out.stderr.replace("\n", "")
     assert len(_ckpts(tmp_path)) == 2 and len(list(tmp_path.glob("outputs/**/run.lock"))) == 1
 
@@ -185,6 +186,7 @@ def _train_until_checkpoint(cwd: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum: int,
@@ -205,6 +207,7 @@ def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum
     assert "Traceback" not in err and not (ckpt.parent.parent / LOCK).exists()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_previous_checkpoint(tmp_path: Path):
     proc = _train_until_checkpoint(tmp_path)
@@ -221,7 +224,7 @@ def test_a_second_ctrl_c_exits_at_once_and_keeps_the_previous_checkpoint(tmp_pat
 
 @pytest.mark.slow
 def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path):
-    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=50", "optimizer.lr=1e9",
+    proc = run_here(tmp_path, "train", *POINTS, "trainer.max_steps=50", "optimizer.lr=1e9",
                "lr_scheduler.warmup_steps=0", "callbacks.last.every_n_steps=1", ok=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr  # after the run's header:
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged at step")
@@ -229,7 +232,7 @@ def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path)
     for ckpt in _ckpts(tmp_path):  # what was kept is finite
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert first_nonfinite(state) is None
-    proc = run(tmp_path, "train", *POINTS, "trainer.max_steps=3", "module.ema_decay=2",
+    proc = run_here(tmp_path, "train", *POINTS, "trainer.max_steps=3", "module.ema_decay=2",
                "module.ema_warmup=false", ok=False)
     assert_one_line_error(proc, "ema_decay=2")
     assert proc.returncode == 2  # refused before a run folder was made
@@ -237,7 +240,7 @@ def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path)
 
 @pytest.mark.slow
 def test_sampling_refuses_to_write_non_finite_samples(tmp_path: Path):
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=2")
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=2")
     (ckpt,) = _ckpts(tmp_path)
     data = torch.load(ckpt, weights_only=True)
     for k, v in data["state_dict"].items():  # finite, but far too large for float32 maths
@@ -245,19 +248,19 @@ def test_sampling_refuses_to_write_non_finite_samples(tmp_path: Path):
             v.mul_(1e30)
     huge = tmp_path / "huge.ckpt"
     torch.save(data, huge)
-    proc = run(tmp_path, "sample", f"ckpt={huge}", "steps=3", "sampler=ddim", "n=8", ok=False)
+    proc = run_here(tmp_path, "sample", f"ckpt={huge}", "steps=3", "sampler=ddim", "n=8", ok=False)
     assert_one_line_error(proc, "non-finite values", "nothing was written")
     assert not list(tmp_path.glob("outputs/**/samples/*"))
 
 
 @pytest.mark.slow
 def test_each_sampling_call_gets_its_own_folder(tmp_path: Path):
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=2")
-    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=40")
-    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4")
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=2")
+    run_here(tmp_path, "sample", "sampler=ddim", "steps=3", "n=40")
+    run_here(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4")
     first, second = sorted(tmp_path.glob("outputs/*/*/samples/ddim-3*"))
     assert (first.name, second.name) == ("ddim-3", "ddim-3_2")
     assert np.load(first / "samples.npz")["points"].shape == (40, 2)
-    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4", "overwrite=true")
+    run_here(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4", "overwrite=true")
     assert np.load(first / "samples.npz")["points"].shape == (4, 2)
     assert len(list(first.parent.iterdir())) == 2  # no temporaries left behind

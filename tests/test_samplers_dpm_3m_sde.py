@@ -3,7 +3,6 @@ probability-flow ODE of Gaussian data in closed form, x0 quadratic in lambda (wh
 step integrates exactly), and the output moments of the SDE solver by an exact recursion."""
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from test_samplers import DATA, F64, KINDS, _denoiser
 
-from diffcli.components import build
+from diffcli.components import build, conf_dir
 from diffcli.diffusion.gaussian import GaussianData, IdealNetwork
 from diffcli.diffusion.generate import generate
 from diffcli.diffusion.samplers import (
@@ -23,7 +22,7 @@ from diffcli.diffusion.samplers import (
 from diffcli.diffusion.samplers.dpm_solver import half_log_snr
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule
 
-SAMPLER_CONFS = Path(__file__).resolve().parent.parent / "conf" / "sampler"
+SAMPLER_CONFS = conf_dir() / "sampler"
 NEW = (DPMSolverPP3M, DPMSolverPP2MSDE)
 PROBES = torch.tensor([[0.0] * 3, [1.0] * 3, [-2.0] * 3], dtype=F64)
 

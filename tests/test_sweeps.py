@@ -29,6 +29,7 @@ def _result(run_dir: Path) -> dict:
     return json.loads((run_dir / "result.json").read_text())
 
 
+@pytest.mark.serial
 def test_local_launcher_sweep_lists_both_points(tmp_path: Path):
     """Two points through submitit's local executor (a process per job, as on SLURM): each
     trains, writes result.json, and the summary after the sweep lists both."""
@@ -47,6 +48,7 @@ def test_local_launcher_sweep_lists_both_points(tmp_path: Path):
     assert "schedule=cosine" in again.stdout and "4/4" in again.stdout
 
 
+@pytest.mark.serial
 def test_slurm_sweep_preempted_job_requeues_and_continues(tmp_path: Path):
     """hydra/launcher=slurm on a fake cluster: job 0 gets USR1 mid-run (its time limit), saves,
     runs ``scontrol requeue``, and its second attempt continues the same folder to max_steps;
@@ -73,6 +75,7 @@ def test_slurm_sweep_preempted_job_requeues_and_continues(tmp_path: Path):
     assert _result(sweep / "1")["attempts"] == 1
 
 
+@pytest.mark.serial
 def test_sbatch_job_logs_while_running_and_requeues_into_the_same_folder(tmp_path: Path):
     """``diffcli train > log 2>&1`` in a SLURM job: the log shows progress lines while it runs;
     USR1 saves and requeues (the fake scontrol records it); the restarted job (SLURM sets

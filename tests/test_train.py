@@ -12,13 +12,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diffcli.checkpoint import atomic_torch_save
 from diffcli.data.datamodule import TensorDataModule
 from diffcli.diffusion.schedules import linear_schedule
 from diffcli.errors import DiffcliError
-from diffcli.lit.checkpoint import AtomicCheckpointIO, atomic_torch_save
 from diffcli.lit.ema import constant_ema_decay as ema_decay_at
 from diffcli.lit.loggers import make_wandb_logger, resolve_wandb_mode
 from diffcli.lit.module import DiffusionModule
+from diffcli.lit.saving import AtomicCheckpointIO
 from diffcli.lit.schedulers import linear_warmup
 from diffcli.nets.unet import UNet
 

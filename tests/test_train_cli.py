@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_cli import EXE, assert_one_line_error, run
+from test_cli import EXE, assert_one_line_error, run, run_here
 
 from diffcli.cli import CONF_DIR
 from diffcli.nets.layers import count_parameters
@@ -49,6 +49,7 @@ def test_experiment_presets(name: str, params: float | None) -> None:
         assert "cosine" in cfg.schedule._target_ and cfg.schedule.num_timesteps == 4000
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path: Path):
     args = [*TINY, "logger=csv", "callbacks.last.every_n_steps=4", "trainer.max_steps=100000"]
@@ -86,18 +87,19 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
 
 @pytest.mark.slow
 def test_resume_refuses_a_different_network_and_a_finished_run(tmp_path: Path):
-    run(tmp_path, "train", *TINY, "logger=none", "trainer.max_steps=2")
+    run_here(tmp_path, "train", *TINY, "logger=none", "trainer.max_steps=2")
     ckpt = last_checkpoints(tmp_path)[0]
-    proc = run(tmp_path, "train", *TINY, "logger=none", f"ckpt_path={ckpt}",
+    proc = run_here(tmp_path, "train", *TINY, "logger=none", f"ckpt_path={ckpt}",
                "model.base_channels=16", ok=False)
     assert_one_line_error(proc, "model.base_channels: 8 -> 16")
-    proc = run(tmp_path, "train", *TINY, "logger=none", "resume=auto", "trainer.max_steps=2",
+    proc = run_here(tmp_path, "train", *TINY, "logger=none", "resume=auto", "trainer.max_steps=2",
                ok=False)
     assert_one_line_error(proc, "already at step 2")
-    proc = run(tmp_path, "train", *TINY, "logger=none", "ckpt_path=nope.ckpt", ok=False)
+    proc = run_here(tmp_path, "train", *TINY, "logger=none", "ckpt_path=nope.ckpt", ok=False)
     assert_one_line_error(proc, "nope.ckpt")
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path: Path):
     out = run(tmp_path, "train", *TINY_NET, "logger=csv", "trainer=ddp", "trainer.accelerator=cpu",
@@ -132,7 +134,7 @@ def test_wandb_is_offline_by_default_and_never_prompts(tmp_path: Path):
 
 @pytest.mark.slow
 def test_tensorboard_logger_gets_scalars_and_sample_grids(tmp_path: Path):
-    run(tmp_path, "train", *TINY_NET, "logger=tensorboard", "trainer.max_steps=4",
+    run_here(tmp_path, "train", *TINY_NET, "logger=tensorboard", "trainer.max_steps=4",
         "trainer.log_every_n_steps=1", "callbacks.preview.every_n_steps=2")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -19,9 +19,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from diffcli.data.labels import LabelledDataset, class_info, numbered_names, unlabelled
+from diffcli.data.labels import LabelledDataset, class_info, collate, numbered_names, unlabelled
 from diffcli.data.vision import RandomHorizontalFlip, TensorSamples, sample_shape
 from diffcli.errors import DiffcliError
 
@@ -43,12 +43,6 @@ def _check_count(value: object, key: str, minimum: int) -> int:
         adjective = "positive" if minimum > 0 else "non-negative"
         raise DiffcliError(f"{key} must be a {adjective} integer, got {value!r}")
     return int(value)
-
-
-def collate(items: list[Any]) -> Any:
-    """torch's default collation, with a tuple ``(x, y)`` (not a list) for ``(x, y)`` items."""
-    batch = default_collate(items)
-    return tuple(batch) if isinstance(batch, list) else batch
 
 
 class DiffusionDataModule(L.LightningDataModule):

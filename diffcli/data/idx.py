@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from diffcli.errors import DatasetNotFoundError, DiffcliError, one_line
 
@@ -64,6 +63,8 @@ def read_idx_split(raw: Path, split: str, label: str = "MNIST") -> tuple[Tensor,
     image_name, label_name = IDX_FILES[split]
     image_path = _find(raw, image_name, split, label)
     label_path = _find(raw, label_name, split, label)
+    from torchvision.datasets.mnist import read_image_file, read_label_file  # slow to import
+
     try:
         images = _read(image_path, read_image_file)
         labels = _read(label_path, read_label_file)

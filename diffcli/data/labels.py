@@ -10,10 +10,11 @@ wrapper off again (the bare dataset, as callers that want no labels get it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from diffcli.data.vision import sample_shape
 from diffcli.errors import DiffcliError
@@ -99,3 +100,14 @@ def class_info(dataset: Dataset) -> tuple[int | None, tuple[str, ...] | None]:
         return None, None
     names = tuple(names)
     return len(names), names
+
+
+def collate(items: list[Any]) -> Any:
+    """torch's default collation, with a tuple ``(x, y)`` (not a list) for ``(x, y)`` items."""
+    batch = default_collate(items)
+    return tuple(batch) if isinstance(batch, list) else batch
+
+
+def batch_data(batch: Tensor | tuple | list) -> Tensor:
+    """The data tensor of a batch: the batch itself, or its first item ((data, labels))."""
+    return batch[0] if isinstance(batch, tuple | list) else batch

@@ -21,16 +21,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffcli.data import captions as text
 from diffcli.data import sources, toy
-from diffcli.data.datamodule import DiffusionDataModule
 from diffcli.data.labels import unlabelled
 from diffcli.data.vision import RandomHorizontalFlip, check_image_size
 from diffcli.errors import DiffcliError
+
+if TYPE_CHECKING:
+    from diffcli.data.datamodule import DiffusionDataModule
 
 __all__ = [
     "DATASETS", "IMAGE_DATASETS", "LABELLED_DATASETS", "NATIVE_SIZES", "POINT_DATASETS",
@@ -264,6 +267,8 @@ def make_datamodule(
                             cache=cache, attribute=attribute, labels=True)
     if captions:
         dataset = text.CaptionedDataset(dataset, dataset_captions(name, root, dataset, caption))
+    from diffcli.data.datamodule import DiffusionDataModule  # Lightning: only when training
+
     return DiffusionDataModule(dataset, batch_size, num_workers, random_flip=flip,
                                kind=spec.kind)
 

@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.datasets
-from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -131,7 +129,9 @@ def digits_dataset(image_size: int = DIGITS_SIZE) -> LabelledDataset:
     Pixel values 0..16 map linearly to [-1, 1] (background -1); sizes other than 8 are an
     antialiased bilinear resize (16: upsampled). Item i is (float32 (1, S, S), the digit 0..9).
     """
-    bunch = load_digits()
+    from sklearn.datasets import load_digits  # scikit-learn and torchvision load slowly:
+
+    bunch = load_digits()  # only for the data sets that need them
     pixels = torch.from_numpy(bunch.images).reshape(-1, 1, DIGITS_SIZE, DIGITS_SIZE)
     images = pixels.to(torch.float32) * (2.0 / 16.0) - 1.0  # (N, 1, 8, 8) in [-1, 1]
     samples = TensorSamples(resize_images(images, image_size).contiguous())
@@ -155,6 +155,8 @@ def _idx_dataset(
     root_path = _root_path(root, label, f"{folder}/raw")
     raw = root_path / folder / "raw"
     if download:
+        import torchvision.datasets
+
         fetch = partial(getattr(torchvision.datasets, folder), str(root_path),
                         train=split == "train", download=True)
         _download(fetch, label, raw, f"{FETCH_ADVICE}, or unpack the idx files there")
@@ -238,6 +240,8 @@ def load_cifar10_uint8(
     folder = root_path / CIFAR_DIR
     unpack = f"unpack cifar-10-python.tar.gz from {CIFAR_URL} into {root_path}"
     if download:
+        import torchvision.datasets
+
         fetch = partial(torchvision.datasets.CIFAR10, str(root_path), train=split == "train",
                         download=True)
         _download(fetch, "CIFAR-10", folder, f"{FETCH_ADVICE}, or {unpack}")
@@ -308,6 +312,8 @@ def celeba_files(
                            f"{', '.join(CELEBA_SPLITS)}")
     root_path = _root_path(root, "CelebA", "celeba/img_align_celeba")
     if download:
+        import torchvision.datasets
+
         fetch = partial(torchvision.datasets.CelebA, str(root_path), split="all",
                         target_type=[], download=True)
         _download(fetch, "CelebA", root_path / "celeba", "torchvision fetches it from Google "

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.datasets import make_moons, make_swiss_roll
 from torch import Tensor
 
 from diffcli.errors import DiffcliError
@@ -58,6 +57,8 @@ def swiss_roll(n: int, seed: int = 0) -> Tensor:
         Points, float32, shape (n, 2).
     """
     _check_n(n)
+    from sklearn.datasets import make_swiss_roll
+
     xyz, _ = make_swiss_roll(int(n), noise=0.5, random_state=seed)  # (n, 3)
     return _to_tensor((xyz[:, [0, 2]] - _SWISS_CENTRE) * _SWISS_SCALE)
 
@@ -78,6 +79,8 @@ def labelled_moons(n: int, seed: int = 0) -> LabelledPoints:
     """The points of :func:`moons` and which moon each lies on: 0 the upper one (before
     scaling the unit half circle y >= 0 around (0, 0)), 1 the lower one (around (1, 0.5))."""
     _check_n(n)
+    from sklearn.datasets import make_moons
+
     xy, which = make_moons(int(n), noise=0.05, random_state=seed)  # (n, 2), (n,)
     points = _to_tensor((xy - _MOONS_CENTRE) * _MOONS_SCALE)
     return LabelledPoints(points, torch.from_numpy(which.astype(np.int64)), MOONS_CLASSES)

@@ -27,9 +27,9 @@ from rich.progress import (
 from torch import Tensor
 
 from diffcli.console import duration, log_only, screen
+from diffcli.data.labels import batch_data
 from diffcli.diffusion.generate import generate, to_uint8
-from diffcli.lit.checkpoint import SnapshotCheckpoint, TrainingDiverged
-from diffcli.lit.module import batch_data
+from diffcli.lit.saving import SnapshotCheckpoint, TrainingDiverged
 from diffcli.lit.schedulers import budget_timer
 
 

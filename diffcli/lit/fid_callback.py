@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from rich.console import Console
 
+from diffcli.data.labels import batch_data
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.eval.cache import DatasetReferenceStats, RefStats
@@ -18,7 +19,6 @@ from diffcli.eval.features import extract_features
 from diffcli.eval.fid import frechet_distance
 from diffcli.eval.images import DatasetRef
 from diffcli.eval.sampling import generated_batches, seed_set
-from diffcli.lit.module import batch_data
 
 ReferenceProvider = Callable[[Extractor, torch.device], RefStats]
 METRIC = "val/fid_proxy"

@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffcli.checkpoint import CHECKPOINT_KEY
+from diffcli.data.labels import batch_data
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.losses import vlb_estimate
 from diffcli.diffusion.process import Parameterization
@@ -20,7 +22,6 @@ from diffcli.lit.ema import check_ema, ema_decay_for
 from diffcli.lit.objectives import VLB, Objective, Simple, Step
 from diffcli.lit.schedulers import build_lr_scheduler, run_progress
 
-CHECKPOINT_KEY = "diffcli"  # where the self-description of a checkpoint lives
 CHECKPOINT_FORMAT = 1
 
 
@@ -32,11 +33,6 @@ def update_ema(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
     for e, b in zip(ema_net.buffers(), net.buffers(), strict=True):
         e.copy_(b)
-
-
-def batch_data(batch: Tensor | tuple | list) -> Tensor:
-    """The data tensor of a batch: the batch itself, or its first item ((data, labels))."""
-    return batch[0] if isinstance(batch, tuple | list) else batch
 
 
 def batch_labels(batch: Tensor | tuple | list) -> Tensor | None:

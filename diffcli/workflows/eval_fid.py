@@ -28,7 +28,7 @@ from rich.table import Table
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from diffcli.data.datamodule import collate
+from diffcli.data.labels import batch_data, collate
 from diffcli.diffusion.generate import CountingNet, compact_seeds, to_uint8
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.eval.cache import RefStats, default_cache_dir, reference_key, reference_statistics
@@ -54,7 +54,6 @@ from diffcli.eval.metrics import (
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import atomic_write_text, dumps_json
 from diffcli.guide import Guidance, guide
-from diffcli.lit.module import batch_data
 from diffcli.runs import (
     autocast,
     build_datamodule,

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.checkpoint import atomic_torch_save
 from diffcli.components import plain
 from diffcli.console import progress
 from diffcli.data.captions import CaptionedDataset
@@ -29,7 +30,6 @@ from diffcli.data.datamodule import DiffusionDataModule
 from diffcli.data.labels import LabelledDataset
 from diffcli.data.vision import TensorSamples
 from diffcli.errors import CheckpointError, DiffcliError
-from diffcli.lit.checkpoint import atomic_torch_save
 from diffcli.nets.latent import (
     LatentCodec,
     file_sha256,

@@ -27,11 +27,11 @@ from diffcli.lit.callbacks import (
     StepProgress,
     Throughput,
 )
-from diffcli.lit.checkpoint import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
 from diffcli.lit.loggers import RunCSVLogger, finish_loggers, trim_metrics
 from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
+from diffcli.lit.saving import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
     LoadedRun,
