@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import EXE, assert_one_line_error, run_here
+from test_cli import EXE, assert_one_line_error, run, run_here
 
 from diffcli.checkpoint import first_nonfinite
 from diffcli.diffusion.generate import check_finite
@@ -156,20 +156,20 @@ def test_an_existing_run_folder_is_refused_unless_resumed_in_place(tmp_path: Pat
 
 @pytest.mark.slow
 def test_resume_refuses_another_dataset_and_a_live_run(tmp_path: Path):
-    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=4")
+    run(tmp_path, "train", *POINTS, "trainer.max_steps=4")
     other = [a.replace("moons", "swiss_roll") for a in POINTS]
-    proc = run_here(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
+    proc = run(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
     assert_one_line_error(proc, "dataset.name: moons -> swiss_roll")
     (ckpt,) = _ckpts(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (ckpt.parent.parent / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
-        proc = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
+        proc = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
         assert_one_line_error(proc, f"process {sleeper.pid} is still writing")
     finally:
         sleeper.kill()
         sleeper.wait()
-    out = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
+    out = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
     assert f"resuming from step 4 of {ckpt.relative_to(tmp_path)}" in out.stderr.replace("\n", "")
     assert len(_ckpts(tmp_path)) == 2 and len(list(tmp_path.glob("outputs/**/run.lock"))) == 1
 
