@@ -41,7 +41,7 @@ def run_here(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProc
 
     GlobalHydra.instance().clear()
     out, err = io.StringIO(), io.StringIO()
-    here, argv = Path.cwd(), sys.argv
+    here, argv, environ = Path.cwd(), sys.argv, dict(os.environ)
     code: int | str | None = 0
     try:
         os.chdir(cwd)
@@ -54,6 +54,8 @@ def run_here(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProc
     finally:
         os.chdir(here)
         sys.argv = argv
+        os.environ.clear()  # a command sets variables for its own child processes (ranks)
+        os.environ.update(environ)
     returncode = code if isinstance(code, int) else (0 if code is None else 1)
     proc = subprocess.CompletedProcess(["diffcli", *args], returncode, out.getvalue(),
                                        err.getvalue())
