@@ -285,6 +285,52 @@ def _config_dirs(args: list[str]) -> list[str]:
     return dirs
 
 
+def _flag_value(args: list[str], *flags: str) -> str | None:
+    """The value of the last ``--flag value`` / ``--flag=value`` among ``args``."""
+    found = None
+    for i, a in enumerate(args):
+        if a in flags and i + 1 < len(args):
+            found = args[i + 1]
+        elif "=" in a and a.split("=", 1)[0] in flags:
+            found = a.split("=", 1)[1]
+    return found
+
+
+def check_hydra_config(config_name: str, args: list[str]) -> None:
+    """Compose what Hydra will compose - the ``--config-path`` / ``--config-name`` /
+    ``--config-dir`` files and every override, ``hydra.*`` included, with the search path
+    ``hydra.main`` builds - and refuse its ``hydra`` node when it would run code
+    (:mod:`diffcli.hydra_nodes`), before Hydra acts on it."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from diffcli.components import UnsafeConfigError
+    from diffcli.hydra_nodes import SWEEP_GUARDED, check_hydra_node
+
+    parsed = OverridesParser.create().parse_overrides([o for o in _split_args(args) if "=" in o])
+    for o in parsed:
+        if o.is_sweep_override() and o.get_key_element().lstrip("+~").startswith(SWEEP_GUARDED):
+            raise UnsafeConfigError(f"{o.input_line}: refusing to sweep over Hydra's callbacks, "
+                                    "logging, launcher or job environment; give one value")
+    concrete = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+                if o.is_sweep_override() else o.input_line for o in parsed]
+    path = _flag_value(args, "--config-path", "-cp")
+    primary = CONF_DIR if path is None else (Path(__file__).resolve().parent / path).resolve()
+    search_path = create_config_search_path(f"file://{primary}")
+    for folder in _config_dirs(args):  # as hydra.main adds --config-dir
+        search_path.prepend(provider="command-line", path=f"file://{folder}",
+                            anchor=SearchPathQuery(provider="schema"))
+    name = _flag_value(args, "--config-name", "-cn")
+    cfg = ConfigLoaderImpl(config_search_path=search_path).load_configuration(
+        name or config_name, overrides=concrete, run_mode=RunMode.RUN)
+    check_hydra_node(OmegaConf.to_container(cfg.hydra, resolve=False),
+                     f"{name}.yaml: " if name else "")
+
+
 def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()) -> Any:
     """Compose the config once so a bad override fails fast with one line (no traceback);
     returns it (with its ``hydra`` node)."""
@@ -403,11 +449,23 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     args = expand_aliases(config_name, list(args))
     bad_flag = unknown_flag(args)
     if bad_flag is not None:
-        name = bad_flag.lstrip("-").split("=")[0]
-        fail(f"unknown option {bad_flag}: settings are key=value overrides (e.g. {name}=...); "
-             f"see diffcli {config_name.replace('_', '-')} --help", 2)
+        from diffcli.workflows.schemas import flag_hint
+
+        fail(f"unknown option {bad_flag}: settings are key=value overrides"
+             f"{flag_hint(config_name, bad_flag)} (see diffcli {config_name.replace('_', '-')} "
+             "--help)", 2)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
+    try:  # Hydra's own nodes (callbacks, logging, launcher) are data too: before Hydra acts
+        check_hydra_config(config_name, args)
+    except DiffcliError as e:
+        if debug:
+            raise
+        fail(str(e), 2, e.label)
+    except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
+        if debug:
+            raise
+        fail(f"bad override: {_override_message(config_name, e)}", 2)
     cfg = None
     if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
         try:

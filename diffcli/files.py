@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from diffcli.errors import DiffcliError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -53,8 +55,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a full disk says ENOSPC, not where
+            e.filename = str(path)
         raise
     fsync_dir(path.parent)
     return path
@@ -96,6 +100,81 @@ def claim_dir(path: Path) -> Path:
     raise FileExistsError(f"no free folder name next to {path}")
 
 
+MARKER = ".diffcli-output"  # in every output folder: what kind of output diffcli wrote there
+OUTPUT_KEY = "diffcli_output"  # in every JSON output file: its kind
+
+
+class OutputRefused(DiffcliError):
+    """``out=`` names something that diffcli must not replace (a user's file or folder, the
+    working directory, HOME, /): one line, exit 2, nothing written."""
+
+    exit_code = 2
+
+
+def output_kind(path: Path) -> str | None:
+    """The kind of diffcli output at ``path``: a folder's marker file, a JSON file's
+    ``diffcli_output`` key; None for anything diffcli did not write."""
+    try:
+        if path.is_dir():
+            return json.loads((path / MARKER).read_text()).get("kind")
+        if path.is_file() and path.stat().st_size < 64 << 20:
+            record = json.loads(path.read_text())
+            return record.get(OUTPUT_KEY) if isinstance(record, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _what_is_there(path: Path) -> str:
+    if path.is_dir():
+        names = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"a folder diffcli did not write ({shown or 'empty'})"
+    return "a file diffcli did not write" if path.exists() else "nothing"
+
+
+def check_output(path: Path, kind: str, *, overwrite: bool, folder: bool) -> None:
+    """Refuse (:class:`OutputRefused`, one line) an output ``path`` that is the working
+    directory, one of its parents, HOME or /, and, with ``overwrite``, an existing ``path``
+    that is not an earlier diffcli output of the same ``kind`` (a folder for a folder, a file
+    for a file). Nothing is touched."""
+    where = path.expanduser().resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    protected = {Path("/"): "/", home: "HOME", cwd: "the working directory"}
+    protected.update({p: "a parent of the working directory" for p in cwd.parents
+                      if p not in protected})
+    if where in protected:
+        raise OutputRefused(f"out={path} is {protected[where]}: refusing to write there; "
+                            "name a new folder")
+    if not overwrite or not (path.exists() or path.is_symlink()):
+        return
+    found = output_kind(path)
+    if path.is_symlink() or path.is_dir() != folder or found != kind:
+        what = f"an earlier {found} output" if found else _what_is_there(path)
+        raise OutputRefused(f"overwrite=true would replace {path}, which is {what}, not an "
+                            f"earlier {kind} output: refusing; without overwrite=true the new one "
+                            "goes next to it")
+
+
+def free_file(path: Path) -> Path:
+    """``path``, or the first of ``stem_2.suffix``, ``stem_3.suffix``, ... that does not exist."""
+    for i in range(1, 10_000):
+        candidate = path if i == 1 else path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+    raise FileExistsError(f"no free file name next to {path}")
+
+
+def write_json_output(path: Path, record: dict[str, Any], kind: str, *,
+                      overwrite: bool = False) -> Path:
+    """Write ``record`` (strict JSON, marked as a ``kind`` output) to ``path`` - or, when
+    ``path`` exists and ``overwrite`` is false, to the first free ``path_2``, ... - atomically;
+    returns the file written. ``overwrite`` replaces only an earlier output of ``kind``."""
+    check_output(path, kind, overwrite=overwrite, folder=False)
+    target = path if overwrite else free_file(path)
+    return atomic_write_text(target, dumps_json({OUTPUT_KEY: kind, **record}))
+
+
 class OutputFolder:
     """A results folder that appears complete or not at all.
 
@@ -107,21 +186,25 @@ class OutputFolder:
     replaced as a whole, only once the new folder is complete.
     """
 
-    def __init__(self, final: str | Path, overwrite: bool = False) -> None:
+    def __init__(self, final: str | Path, overwrite: bool = False, kind: str = "output") -> None:
         self.final = Path(final)
         self.overwrite = overwrite
+        self.kind = kind
         self.path = self.final
         self.tmp: Path | None = None
         self._claimed = False
+        check_output(self.final, kind, overwrite=overwrite, folder=True)  # before any work
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         if not self.overwrite:
             self.path = claim_dir(self.final)
             self._claimed = True
+        check_output(self.final, self.kind, overwrite=self.overwrite, folder=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                          dir=self.path.parent))
         os.chmod(self.tmp, 0o777 & ~_umask())
+        (self.tmp / MARKER).write_text(json.dumps({"kind": self.kind}) + "\n")
         return self.tmp
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -129,17 +212,35 @@ class OutputFolder:
         assert self.tmp is not None
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not exc.filename:  # name the folder being written
+                exc.filename = str(self.path)
             if self._claimed:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
             return
-        if self.overwrite and self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old",
-                                        dir=self.path.parent))
-            os.replace(self.path, old / "x")
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)  # onto the empty folder claimed in __enter__
+        try:
+            if self.overwrite and self.path.exists():
+                self._replace()
+            else:
+                os.replace(self.tmp, self.path)  # onto the empty folder claimed in __enter__
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         fsync_dir(self.path.parent)
+
+    def _replace(self) -> None:
+        """Swap the complete new folder in for the earlier output (checked again first)."""
+        assert self.tmp is not None
+        check_output(self.path, self.kind, overwrite=True, folder=True)
+        old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old",
+                                    dir=self.path.parent))
+        try:
+            os.replace(self.path, old / "x")
+            try:
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                os.replace(old / "x", self.path)  # put the earlier output back
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 

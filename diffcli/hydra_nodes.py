@@ -98,17 +98,7 @@ def check_hydra_node(hydra: Mapping[str, Any], source: str = "") -> None:
                           "command starts load other code")
 
 
-def sweep_keys_refused(overrides: list[str]) -> str | None:
-    """The first sweep override (``key=a,b``) over Hydra's callbacks, logging, launcher,
-    sweeper or job environment: each point would need its own check before it runs, so such
-    sweeps are refused as a whole. None when there is none."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    guarded = ("hydra.callbacks", "hydra.job_logging", "hydra.hydra_logging", "hydra.launcher",
-               "hydra.sweeper", "hydra.job.env_set", "hydra/job_logging", "hydra/hydra_logging",
-               "hydra/launcher", "hydra/sweeper", "hydra/callbacks")
-    for o in OverridesParser.create().parse_overrides(overrides):
-        key = o.get_key_element().lstrip("+~")
-        if o.is_sweep_override() and key.startswith(guarded):
-            return o.input_line
-    return None
+# sweeping over these would need each point checked before it runs: such sweeps are refused
+SWEEP_GUARDED = ("hydra.callbacks", "hydra.job_logging", "hydra.hydra_logging", "hydra.launcher",
+                 "hydra.sweeper", "hydra.job.env_set", "hydra/job_logging",
+                 "hydra/hydra_logging", "hydra/launcher", "hydra/sweeper", "hydra/callbacks")

@@ -209,7 +209,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
         return _with_metadata(read_diffusers_folder(path), path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket): not a "
+                              "checkpoint" if path.exists() else f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":  # `diffcli export format=safetensors`
         from diffcli.export.safetensors_io import read_safetensors
 
@@ -281,7 +282,7 @@ def _weights(state: Any, path: Path, check_finite: bool) -> dict[str, torch.Tens
     if bad is not None:
         raise CheckpointError(f"{path}: refusing to load: {bad} (training diverged); use an "
                               "earlier checkpoint (checkpoints/step-N.ckpt) or retrain with a "
-                              "lower lr")
+                              "lower optimizer.lr")
     return state
 
 
@@ -362,10 +363,10 @@ def run_task(ckpt: Path) -> str:
 
 
 def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None,
-                           task: str = "diffusion") -> Path:
+                           task: str = "diffusion", key: str = "ckpt") -> Path:
     """The newest ``checkpoints/last.ckpt`` of a ``task`` run ("diffusion" or "classifier")
     under any of ``roots`` (Hydra run dirs), ignoring any inside the folder ``exclude`` (e.g.
-    the run that is asking)."""
+    the run that is asking). ``key`` is the asking command's checkpoint key, for the hint."""
     skip = exclude.resolve() if exclude is not None else None
     found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")
              if skip is None or skip not in p.resolve().parents]
@@ -376,7 +377,7 @@ def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None,
     what = "trained run" if task == "diffusion" else f"{task} run"
     raise CheckpointError(f"no {what} found under {where}; run `diffcli train"
                           f"{'' if task == 'diffusion' else ' task=' + task}` first or pass "
-                          "ckpt=<path to a .ckpt>")
+                          f"{key}=<path to a .ckpt>")
 
 
 def run_roots(runs_root: str | Path) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,12 @@ MISSING = "missing.ckpt"
 USAGE: list[tuple[list[str], str, int]] = [
     # train: moved, misspelt, mistyped and out-of-range keys
     (["train", "lr=abc"], "lr is now optimizer.lr", 2),
+    # hints name keys that exist for the command (checked for every case: _suggested_keys)
+    (["train", "trainer.max_steps=0"], "trainer.max_steps=0 trains nothing", 2),
+    (["train", "resume=auto", "runs_root=nowhere"], "pass ckpt_path=<path to a .ckpt>", 1),
+    (["sample", "--cfg-scale=3"], "did you mean guidance=3?", 2),
+    (["train", "--lr=1e-3"], "did you mean optimizer.lr=1e-3?", 2),
+    (["sample", "ckpt=/dev/zero"], "/dev/zero is not a regular file", 1),
     (["train", "checkpoint_every=abc"], "callbacks.last.every_n_steps", 2),
     (["train", "prediction=v"], "module.prediction", 2),
     (["train", "ema_decay=0.9"], "module.ema_decay", 2),
@@ -165,6 +172,48 @@ def test_bad_input(args: list[str], fragment: str, code: int, workdir: Path,
     assert fragment in lines[0], lines[0]
     assert not any("Traceback" in ln for ln in lines)
     assert _digest(workdir) == before  # nothing written, no checkpoint changed
+    choices = re.findall(r"\b([a-z_]+=[a-z0-9_]+)\b", lines[0])  # e.g. sampler=ddim
+    for key in _suggested_keys(lines[0], args):
+        assert _is_a_key(args[0].replace("-", "_"), key, choices), f"{key} in: {lines[0]}"
+
+
+SUGGESTION = re.compile(r"(?:did you mean|is now|use|pass|set|or|lower|e\.g\.) "
+                        r"`?(?:diffcli \w+ )?([a-z_][a-z0-9_.]*)(?:=|\?|\b)")
+
+
+def _suggested_keys(line: str, args: list[str]) -> list[str]:
+    """The keys an error line suggests (``did you mean X=``, ``is now X``, ``pass X=``, ...),
+    without the ones the user typed."""
+    typed = {a.lstrip("-+~").split("=")[0] for a in args}
+    message = line.split(": ", 1)[1]
+    found = [m for m in SUGGESTION.findall(message) if "." in m or f"{m}=" in message]
+    placeholders = {"key", "group"}  # "overrides look like key=value or group=option"
+    return [k for k in found if k not in typed | placeholders and not k[0].isdigit()]
+
+
+def _is_a_key(command: str, key: str, choices: list[str] = ()) -> bool:
+    """Whether ``key`` (``optimizer.lr``, ``trainer.max_steps``, ``ckpt_path``) is an override
+    that ``diffcli <command>`` takes, with the group ``choices`` the same hint suggests."""
+    from omegaconf import OmegaConf
+
+    from diffcli.cli import group_names, validate
+    from diffcli.workflows.schemas import trainer_keys
+
+    groups = group_names(command)
+    cfg = validate(command, [c for c in choices if c.split("=")[0] in groups])
+    top, _, rest = key.partition(".")
+    if top not in cfg:
+        return False
+    if top == "trainer" and rest:
+        return rest.split(".")[0] in trainer_keys()
+    return not rest or OmegaConf.select(cfg, key, default="<missing>") != "<missing>"
+
+
+def test_the_hint_checker_can_fail():
+    assert _suggested_keys("error: x is unknown; pass ckpt=<path>", ["train"]) == ["ckpt"]
+    assert not _is_a_key("train", "ckpt")  # train's key is ckpt_path
+    assert _is_a_key("train", "ckpt_path") and _is_a_key("train", "optimizer.lr")
+    assert _is_a_key("sample", "guidance") and not _is_a_key("sample", "cfg_scale")
 
 
 @pytest.mark.slow

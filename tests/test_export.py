@@ -12,6 +12,7 @@ import torch
 from test_cli import TINY_UNET, assert_one_line_error, run_here
 
 import diffcli
+from diffcli.files import MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,8 @@ def test_safetensors_export_samples_as_the_checkpoint(tiny_run: Path):
     run = _run_dir(tiny_run)
     run_here(tiny_run, "export", "format=safetensors")
     out = run / "export" / "safetensors"
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md",
+                                               MARKER}
     card = (out / "README.md").read_text()
     assert "digits" in card and "3 steps; ema weights" in card and "diffcli.load(" in card
     common = ["sampler=ddim", "steps=4", "n=5", "overwrite=true"]

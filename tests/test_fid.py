@@ -449,7 +449,8 @@ def test_eval_fid_on_two_image_folders(tmp_path: Path):
     assert "fid" in first.stdout  # the table
     second = run(tmp_path, *args)
     assert "using cached reference statistics" in second.stderr
-    assert json.loads((fake / "fid-n40-standin.json").read_text())["reference"]["cached"]
+    assert json.loads((fake / "fid-n40-standin_2.json").read_text())["reference"]["cached"]
+    assert json.loads((fake / "fid-n40-standin.json").read_text()) == record  # kept
     assert not (tmp_path / "outputs").exists()  # nothing else written (no Hydra run dir)
 
 

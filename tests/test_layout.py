@@ -8,6 +8,8 @@ import ast
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "diffcli"
 EDGE = ("cli", "__main__", "relaunch", "workflows")  # the only ones that may touch Hydra
 HYDRA = ("hydra", "omegaconf")
@@ -85,3 +87,29 @@ def test_lower_layers_do_not_import_higher_ones():
 def test_no_two_files_share_a_name():
     names = Counter(p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
     assert [n for n, k in names.items() if k > 1] == []
+
+
+@pytest.mark.slow
+def test_only_training_imports_lightning(points_checkpoint: Path, tmp_path: Path):
+    """``diffcli.load(...).sample()`` and ``diffcli export`` in a fresh interpreter leave
+    Lightning (and scikit-learn) unimported: their start-up stays short. (Commands that read the
+    training data - a 2-D run's scatter plot, eval-fid's reference, eval-nll - still import it
+    through the data module.)"""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, diffcli\n"
+        "from diffcli.cli import app\n"
+        f"diffcli.load({str(points_checkpoint)!r}).sample(n=2, steps=2, sampler='ddim')\n"
+        "assert 'hydra' not in sys.modules, 'diffcli.load imported hydra'\n"
+        f"for args in (['export', 'ckpt={points_checkpoint}', 'out={tmp_path / 'x'}'],):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+        "print(sorted(m for m in ('lightning', 'sklearn', 'torchmetrics') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

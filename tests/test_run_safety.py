@@ -23,7 +23,7 @@ from test_cli import EXE, assert_one_line_error, run, run_here
 from diffcli.checkpoint import first_nonfinite
 from diffcli.diffusion.generate import check_finite
 from diffcli.errors import DiffcliError
-from diffcli.files import OutputFolder, claim_dir
+from diffcli.files import MARKER, OutputFolder, claim_dir
 from diffcli.lit.saving import AtomicCheckpointIO, TrainingDiverged
 from diffcli.workflows.rundir import LOCK, RunLock, check_run_dir, live_holder
 
@@ -55,7 +55,7 @@ def test_output_folder_appears_whole_or_not_at_all(tmp_path: Path):
     assert sorted(p.name for p in final.parent.iterdir()) == ["ddim-5", "ddim-5_2"]
     with OutputFolder(final, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("replaced")
-    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # no stale files
+    assert sorted(p.name for p in final.iterdir()) == [MARKER, "b.txt"]  # no stale files
     assert sorted(p.name for p in final.parent.iterdir()) == ["ddim-5", "ddim-5_2"]
 
 
@@ -228,7 +228,7 @@ def test_divergence_stops_training_and_nothing_broken_is_sampled(tmp_path: Path)
                "lr_scheduler.warmup_steps=0", "callbacks.last.every_n_steps=1", ok=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr  # after the run's header:
     assert proc.stderr.strip().splitlines()[-1].startswith("error: training diverged at step")
-    assert "lower lr" in proc.stderr
+    assert "lower optimizer.lr" in proc.stderr and "trainer.gradient_clip_val (now 1" in proc.stderr
     for ckpt in _ckpts(tmp_path):  # what was kept is finite
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert first_nonfinite(state) is None

@@ -29,7 +29,7 @@ from torch import Tensor
 from diffcli.console import duration, log_only, screen
 from diffcli.data.labels import batch_data
 from diffcli.diffusion.generate import generate, to_uint8
-from diffcli.lit.saving import SnapshotCheckpoint, TrainingDiverged
+from diffcli.lit.saving import SnapshotCheckpoint, TrainingDiverged, divergence_hint
 from diffcli.lit.schedulers import budget_timer
 
 
@@ -402,4 +402,4 @@ class DivergenceGuard(L.Callback):
         raise TrainingDiverged(
             f"training diverged at step {trainer.global_step}: the loss is "
             f"{float(loss.detach().float().mean())}; no checkpoint of this state was written; "
-            f"lower lr (now {lr:.3g}) or set trainer.gradient_clip_val=1")
+            f"{divergence_hint(lr, trainer.gradient_clip_val)}")

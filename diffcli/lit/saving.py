@@ -15,6 +15,15 @@ LAST = "last.ckpt"
 DIVERGED = "diverged.ckpt"
 
 
+def divergence_hint(lr: float | None, clip: float | None) -> str:
+    """What to change after a divergence, with the keys that set it (and their values now)."""
+    now_lr = f" (now {lr:.3g})" if lr is not None else ""
+    if clip:
+        return (f"lower optimizer.lr{now_lr} or trainer.gradient_clip_val (now {clip:g}, "
+                f"e.g. trainer.gradient_clip_val={clip / 2:g})")
+    return f"lower optimizer.lr{now_lr} or clip gradients (trainer.gradient_clip_val=1.0)"
+
+
 class TrainingDiverged(DiffcliError):
     """The loss or the weights became NaN or infinite."""
 
@@ -35,7 +44,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TrainingDiverged(
                 f"training diverged by step {checkpoint.get('global_step', '?')}: {bad}; "
                 f"{Path(path).name} was left as it was and this state went to {diverged}; "
-                "lower lr or set trainer.gradient_clip_val=1")
+                f"{divergence_hint(None, None)}")
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None,

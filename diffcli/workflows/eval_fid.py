@@ -52,7 +52,7 @@ from diffcli.eval.metrics import (
     parse_metrics,
 )
 from diffcli.eval.sampling import generated_batches, seed_set
-from diffcli.files import atomic_write_text, dumps_json
+from diffcli.files import write_json_output
 from diffcli.guide import Guidance, guide
 from diffcli.runs import (
     autocast,
@@ -350,8 +350,7 @@ def _evaluate_one(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics
                      int(cfg.batch_size))
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(str(cfg.out)).expanduser() if cfg.out else fake.out_path
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, dumps_json(record))
+    out = write_json_output(out, record, "eval-fid", overwrite=bool(cfg.overwrite))
     title = f"{extractor.name}, n={fake.n}" + (f", {repeats} seed sets" if repeats > 1 else "")
     Console().print(_table(record["summary"], repeats, title))
     if fake.meta.get("reconstructions"):
@@ -400,7 +399,8 @@ def _write_sweep(swept: str, guidances: list[Guidance], written: list[tuple[Path
             for w, (path, rec) in zip(scales, written, strict=True)]
     stem = first.out_path.stem.split("-w")[0].split("-cls")[0]
     out = first.out_path.with_name(f"{stem}-{swept}-sweep.json")
-    atomic_write_text(out, dumps_json({"swept": swept, "rows": rows}))
+    out = write_json_output(out, {"swept": swept, "rows": rows}, "eval-fid-sweep",
+                            overwrite=True)  # the sweep's own summary, rewritten each sweep
     metric_names = [k for k in rows[0] if k not in (swept, "file")]
     table = Table(title=f"{swept} sweep")
     for col in (swept, *metric_names):

@@ -36,7 +36,7 @@ from diffcli.console import progress
 from diffcli.diffusion.generate import to_uint8
 from diffcli.diffusion.ode_likelihood import image_nll, ode_log_likelihood
 from diffcli.errors import DiffcliError
-from diffcli.files import atomic_write_text, dumps_json
+from diffcli.files import write_json_output
 from diffcli.runs import OpenedRun, build_datamodule, open_run, pick_device, run_dir_of
 from diffcli.viz.plots import plot_vlb_terms
 from diffcli.workflows.sample import checkpoint_to_use
@@ -187,8 +187,7 @@ def eval_nll(cfg: DictConfig) -> Path:
               "seconds": round(time.perf_counter() - started, 1)}
     out = Path(str(cfg.out)).expanduser() if cfg.out else \
         eval_dir / f"nll-{cfg.method}-{stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, dumps_json(record))
+    out = write_json_output(out, record, "eval-nll", overwrite=bool(cfg.overwrite))
     Console().print(_table(results, items))
     console.print(f"[green]wrote[/] {out}" + "".join(f", {p}" for p in written))
     return out

@@ -181,7 +181,7 @@ def export(cfg: DictConfig) -> Path:
     fmt, which = str(cfg.format), str(cfg.weights)
     check_exportable(run, fmt, plain(cfg.sampler))
     out = Path(str(cfg.out)) if cfg.out else run_dir_of(ckpt) / "export" / fmt
-    folder = OutputFolder(out, overwrite=bool(cfg.overwrite))
+    folder = OutputFolder(out, overwrite=bool(cfg.overwrite), kind=f"export-{fmt}")
     with folder as tmp:
         if fmt == "safetensors":
             taken, load = _safetensors(run, tmp, which)

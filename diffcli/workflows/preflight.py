@@ -27,6 +27,7 @@ from diffcli.components import (
 from diffcli.data.captions import METADATA_FILE, folder_captions
 from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.files import check_output
 from diffcli.guide import check_guidance, class_labels, parse_classes
 from diffcli.runs import (
     LoadedRun,
@@ -199,6 +200,9 @@ def check_trainer(cfg: DictConfig) -> None:
                                  f"{nearest(key, known)}")
             if key in TRAINER:
                 TRAINER[key].check(f"trainer.{key}", value)
+        if trainer.get("max_steps") == 0:
+            raise UsageError("trainer.max_steps=0 trains nothing: give the number of steps "
+                             "(or -1 for no limit, e.g. with trainer.max_time)")
         if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
                              "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
@@ -284,6 +288,21 @@ def _check_guidance(command: str, cfg: DictConfig, run: LoadedRun) -> None:
         raise UsageError(str(e)) from None
 
 
+def output_kind_of(command: str, cfg: DictConfig) -> tuple[str, bool] | None:
+    """The kind of output ``command`` writes to ``out=`` and whether it is a folder."""
+    kinds = {"export": (f"export-{cfg.get('format')}", True), "eval_fid": ("eval-fid", False),
+             "eval_nll": ("eval-nll", False)}
+    return kinds.get(command)
+
+
+def _check_out(command: str, cfg: DictConfig) -> None:
+    """``out=`` is checked (:func:`diffcli.files.check_output`) before anything is printed."""
+    kind = output_kind_of(command, cfg)
+    if kind is not None and cfg.get("out"):
+        check_output(Path(str(cfg.out)).expanduser(), kind[0],
+                     overwrite=bool(cfg.get("overwrite")), folder=kind[1])
+
+
 def preflight(command: str, cfg: DictConfig) -> None:
     """Raise a one-line :class:`~diffcli.errors.DiffcliError` for what ``command`` would
     refuse later anyway, before anything is written: top-level keys against their schema,
@@ -293,6 +312,7 @@ def preflight(command: str, cfg: DictConfig) -> None:
               or k in ("trainer", "callbacks")}
     check_top_level(command, {k: _group(cfg, k) for k in top if k not in groups}, groups)
     check_groups(cfg)
+    _check_out(command, cfg)
     if command == "sample":
         from diffcli.workflows.sample import parse_seeds
 

@@ -39,7 +39,7 @@ def reconstruct(cfg: DictConfig, ckpt: Path, device: torch.device) -> Path:
     recon = reconstruct_images(net, x, int(cfg.batch_size)).float()
     metrics = psnr_ssim(x, recon)
     folder = OutputFolder(run_dir_of(ckpt) / "samples" / "reconstructions",
-                          overwrite=bool(cfg.overwrite))
+                          overwrite=bool(cfg.overwrite), kind="reconstructions")
     with folder as tmp:
         _write(tmp, x, recon)
         meta = {"checkpoint": str(ckpt), "global_step": run.global_step, "n": len(x),

@@ -148,7 +148,7 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
     folder = OutputFolder(run_dir_of(ckpt) / "samples" / f"{name}-{steps}{guided.tag}",
-                          overwrite=bool(cfg.overwrite))
+                          overwrite=bool(cfg.overwrite), kind="samples")
     return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels)
 
 

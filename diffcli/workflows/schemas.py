@@ -174,6 +174,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "cache": Key(bool, "cache the reference statistics"),
         "cache_dir": Key(str | None, "where reference statistics are cached", nonempty=True),
         "out": Key(str | None, "the JSON file", nonempty=True),
+        "overwrite": Key(bool, "replace an earlier result file instead of writing <name>_2.json"),
         "batch_size": Key(int, "images per sampling / feature batch", ge=1),
         "num_workers": Key(int, "DataLoader workers decoding reference images", ge=0),
     },
@@ -195,6 +196,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "probes": Key(int, "Hutchinson probes per item", ge=1),
         "seed": Key(int, "noise of the terms, dequantization and probes", ge=0, le=2**63 - 1),
         "out": Key(str | None, "the JSON file", nonempty=True),
+        "overwrite": Key(bool, "replace an earlier result file instead of writing <name>_2.json"),
     },
     "noise_viz": {
         **COMMON_SAMPLING,
@@ -275,6 +277,29 @@ def unknown_key_hint(command: str, key: str) -> str:
     if "." in key:
         return f"unknown key {key}"
     return f"unknown key {key}{nearest(top, sorted(SCHEMAS.get(command, {})))}"
+
+
+FLAG_ALIASES = {  # --options users bring from other tools -> the key that does that here
+    "cfg_scale": "guidance", "guidance_scale": "guidance", "num_inference_steps": "steps",
+    "num_samples": "n", "num_images": "n", "output_dir": "out", "output": "out",
+    "checkpoint": "ckpt", "resume_from_checkpoint": "ckpt_path", "lr": "optimizer.lr",
+    "learning_rate": "optimizer.lr", "max_steps": "trainer.max_steps",
+}
+
+
+def flag_hint(command: str, flag: str) -> str:
+    """For an unknown ``--flag[=value]``: the override that does it for ``command``
+    (``--cfg-scale=3`` -> ``guidance=3``), or "" when none is close."""
+    name, _, value = flag.lstrip("-").partition("=")
+    name = name.replace("-", "_")
+    schema = sorted(SCHEMAS.get(command, {}))
+    key = name if name in schema else FLAG_ALIASES.get(name)
+    if key is None or key.split(".")[0] not in (*schema, "optimizer", "trainer"):
+        close = difflib.get_close_matches(name, schema, n=1, cutoff=0.75)
+        key = close[0] if close else None
+    if key is None or (command != "train" and key.split(".")[0] in ("optimizer", "trainer")):
+        return ""
+    return f"; did you mean {key}={value or '...'}?"
 
 
 def trainer_keys() -> list[str]:

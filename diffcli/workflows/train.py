@@ -87,7 +87,7 @@ def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
     return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here,
-                                  task=str(cfg.get("task", "diffusion")))
+                                  task=str(cfg.get("task", "diffusion")), key="ckpt_path")
 
 
 def _comparable(key: str, value: object) -> object:

@@ -70,7 +70,8 @@ class DDPM(Sampler):
                                                      "variance"))
         check(self.grid not in (GridKind.KARRAS, GridKind.LOGSNR),
               f"grid={self.grid.value} is off the training timesteps, which DDPM's ancestral "
-              "chain needs: use grid=leading|trailing|linspace|custom (or sampler=ddim eta=1)")
+              "chain needs: use sampler.grid=leading|trailing|linspace|custom (or sampler=ddim "
+              "sampler.eta=1)")
         ts = self.custom_timesteps or ()
         check(all(float(t).is_integer() for t in ts),
               f"custom_timesteps must be integers for DDPM (training timesteps), got {list(ts)}")
