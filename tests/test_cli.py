@@ -109,9 +109,13 @@ def test_every_sampler_runs_from_the_cli(points_run: Path, sampler: str, nfe: in
 
 
 @pytest.mark.serial
-def test_sampling_shards_seeds_across_processes(points_run: Path):
+def test_sampling_shards_seeds_across_processes(points_checkpoint: Path, tmp_path: Path):
     """Under torchrun (2 CPU processes, gloo) each process draws every 2nd seed; the gathered
     result equals the single-process one (to float rounding)."""
+    from conftest import copy_points_run
+
+    points_run = tmp_path
+    copy_points_run(points_checkpoint, points_run)
     common = ["sampler=ddim", "steps=5", "seeds=0-10", "batch_size=4", "overwrite=true"]
     run(points_run, "sample", *common)
     out = next(points_run.glob("outputs/*/*/samples/ddim-5"))

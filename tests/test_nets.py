@@ -59,13 +59,26 @@ def test_unet_zero_output_at_init() -> None:
     assert torch.count_nonzero(out) == 0
 
 
-def test_unet_rejects_indivisible_size() -> None:
+def test_unet_pads_sizes_its_levels_do_not_halve() -> None:
+    """28x28 through 4 levels (multiples of 8): the input is padded to 32x32 and the output
+    cropped back; sizes that already fit are not padded at all (the same function as before).
+    The export check still names the multiple."""
     net = _small_unet(channel_mults=(1, 2, 2, 2))
+    _randomise_(net)
     with pytest.raises(ValueError, match="divisible by 8"):
         net.check_image_size(28)
-    with pytest.raises(ValueError, match="divisible by 8"):
-        net(torch.randn(1, 1, 28, 28), torch.zeros(1))
     net.check_image_size(32, 16)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3.0, 500.0])
+    out = net(x, t)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    padded = net.pad(x)
+    assert padded.shape[-2:] == (32, 32)
+    torch.testing.assert_close(padded[..., :28, :28], x)  # the data itself is untouched
+    torch.testing.assert_close(out, net(padded, t)[..., :28, :28])
+    fits = torch.randn(2, 1, 32, 16)
+    assert net.pad(fits) is fits
+    tiny = torch.randn(1, 1, 3, 5)  # smaller than the padding: replicated, not reflected
+    assert net(tiny, t[:1]).shape == tiny.shape
 
 
 def test_unet_rejects_wrong_channels() -> None:

@@ -29,7 +29,6 @@ def _result(run_dir: Path) -> dict:
     return json.loads((run_dir / "result.json").read_text())
 
 
-@pytest.mark.serial
 def test_local_launcher_sweep_lists_both_points(tmp_path: Path):
     """Two points through submitit's local executor (a process per job, as on SLURM): each
     trains, writes result.json, and the summary after the sweep lists both."""

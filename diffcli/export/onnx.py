@@ -152,6 +152,8 @@ def export_onnx(net: nn.Module, sample_shape: tuple[int, ...], path: Path, *,
     was_training = net.training
     net.eval()
     try:
+        if hasattr(net, "check_image_size"):  # a padded size would not match the graph's levels
+            net.check_image_size(*sample_shape[-2:])
         with torch.no_grad():  # the network's own checks fail here fast, before tracing
             net(*example)
         with warnings.catch_warnings():

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffcli.nets.attention import SpatialTransformer
@@ -54,8 +55,10 @@ __all__ = ["UNet"]
 
 
 def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Feature-map side length at each level: ``image_size`` halved (rounding up) per level."""
-    sizes = [image_size]
+    """Feature-map side length at each level: ``image_size`` padded to a multiple of
+    ``2 ** (num_levels - 1)`` (:meth:`UNet.pad`), then halved per level."""
+    m = 2 ** (num_levels - 1)
+    sizes = [-(-image_size // m) * m]
     for _ in range(num_levels - 1):
         sizes.append(-(-sizes[-1] // 2))
     return sizes
@@ -117,8 +120,8 @@ class UNet(nn.Module):
             prediction), or ``2 * in_channels`` with ``learn_sigma``.
         base_channels: channels at the first level; also the sinusoidal feature width.
         channel_mults: channel multiplier per level; ``len(channel_mults) - 1``
-            downsamplings, so height and width must be divisible by
-            ``2 ** (len(channel_mults) - 1)`` (see :meth:`check_image_size`).
+            downsamplings; inputs whose height or width is not a multiple of
+            ``2 ** (len(channel_mults) - 1)`` are padded and the output cropped (:meth:`pad`).
         num_res_blocks: residual blocks per encoder level (the decoder has one more).
         dropout: dropout inside the residual blocks (DDPM: 0.1 on CIFAR-10).
         groups: maximum GroupNorm group count (DDPM: 32; 8 suits narrow nets).
@@ -255,8 +258,6 @@ class UNet(nn.Module):
         # Row ``num_classes`` is the null label (classifier-free guidance).
         self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        if data_shape is not None:
-            self.check_image_size(int(data_shape[-2]), int(data_shape[-1]))
 
         def res(cin: int, cout: int, *, up: bool = False, down: bool = False) -> ResBlock:
             return ResBlock(
@@ -348,11 +349,8 @@ class UNet(nn.Module):
         return 2 ** (len(self.channel_mults) - 1)
 
     def check_image_size(self, height: int, width: int | None = None) -> None:
-        """Raise ``ValueError`` unless a ``height x width`` image fits the level count.
-
-        Callers that know the image size (e.g. from the data config) should call this
-        right after construction; :meth:`forward` calls it on every input as well.
-        """
+        """Raise ``ValueError`` unless a ``height x width`` image fits the level count without
+        padding (:meth:`pad`): for exports to tools that do not pad (diffusers, ONNX)."""
         width = height if width is None else width
         m = self.size_multiple
         if height % m or width % m:
@@ -398,10 +396,9 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        self.check_image_size(x.shape[-2], x.shape[-1])
         self.check_context(x.shape[0], context, context_mask)
         emb = self.embed(t, y)  # (B, emb_dim)
-        h = self.conv_in(x)  # (B, base, H, W)
+        h = self.conv_in(self.pad(x))  # (B, base, H', W'), H' and W' multiples of size_multiple
         skips = [h]
         for block in self.down_blocks:
             h = block(h, emb, context, context_mask)
@@ -449,7 +446,19 @@ class UNet(nn.Module):
         h, skips, emb = self.encode(x, t, y, context=context, context_mask=context_mask)
         for block in self.up_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)  # (B, out_channels, H, W)
+        return self.out(h)[..., : x.shape[-2], : x.shape[-1]]  # (B, out_channels, H, W)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, C, H, W)`` padded at the bottom and right (reflected) to the next
+        multiple of :attr:`size_multiple`, as latent diffusion pads 7x7 latents to 8x8; an
+        input that already fits is returned as it is, so its outputs do not change.
+        :meth:`forward` crops its output back to ``H x W``."""
+        m = self.size_multiple
+        below, right = -x.shape[-2] % m, -x.shape[-1] % m
+        if not below and not right:
+            return x
+        reflect = below < x.shape[-2] and right < x.shape[-1]
+        return F.pad(x, (0, right, 0, below), mode="reflect" if reflect else "replicate")
 
 
 def _check_context(context_dim: int | None, levels: frozenset[int],

@@ -70,6 +70,8 @@ def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
     if missing:
         raise DiffcliError(f"format={fmt} needs {', '.join(missing)}: pip install "
                            "'diffcli[export]'")
+    if fmt in ("diffusers", "onnx"):
+        _check_unpadded(run, fmt)
     if fmt == "onnx" and run.text_encoder is not None:
         raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
                            "of (x_t, t[, y]); export it as format=safetensors")
@@ -84,6 +86,26 @@ def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
                                       ae.data_info().shape, run.latent.scale_factor)
         except ValueError as e:
             raise DiffcliError(f"format=diffusers: {e}") from None
+
+
+def _check_unpadded(run: LoadedRun, fmt: str) -> None:
+    """diffusers' UNet2DModel (and our ONNX graph's fixed levels) need sizes that the U-Net's
+    levels halve exactly: diffcli pads other sizes, which the other tools do not."""
+    model = run.config.get("model") or {}
+    if not str(model.get("_target_", "")).endswith(".UNet") or len(run.sample_shape) != 3:
+        return
+    import inspect
+
+    from diffcli.nets.unet import UNet
+
+    default = inspect.signature(UNet).parameters["channel_mults"].default
+    mults = model.get("channel_mults") or default
+    m = 2 ** (len(mults) - 1)
+    h, w = run.sample_shape[-2:]
+    if h % m or w % m:
+        raise DiffcliError(f"format={fmt}: the U-Net pads its {h}x{w} inputs to multiples of {m} "
+                           f"(its {m.bit_length()} levels), which {fmt} would not; export it as "
+                           "format=safetensors")
 
 
 def _vae(run: LoadedRun) -> Any:

@@ -258,8 +258,6 @@ def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.Lig
         return _autoencoder_module(cfg, dm)
     num_classes = check_labels(cfg, dm)
     shape = space.info.shape if space is not None else dm.data_shape
-    if space is not None:
-        check_latent_levels(space, cfg.model.get("channel_mults"), dm.data_shape)
     net = build_net(cfg.model, shape, num_classes=num_classes,
                     text_encoder_cfg=cfg.get("text_encoder"))
     channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
@@ -277,23 +275,6 @@ def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.Lig
                  optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
                  channels_last=channels_last, **extra,
                  run_config=OmegaConf.to_container(cfg, resolve=True), data_info=data_info)
-
-
-def check_latent_levels(space: LatentSpace, channel_mults: Any, image_shape: Any) -> None:
-    """A U-Net halves its input once per level after the first: refuse latents it cannot
-    halve, in one line that says which image size (or level count) fits."""
-    if not channel_mults:
-        return
-    m = 2 ** (len(channel_mults) - 1)
-    c, h, w = space.info.shape
-    if h % m == 0 and w % m == 0:
-        return
-    f = int(image_shape[-1]) // w
-    size = -(-int(image_shape[-1]) // (f * m)) * f * m
-    raise DiffcliError(f"the autoencoder's latents are {c}x{h}x{w}, which a U-Net of "
-                       f"{len(channel_mults)} levels cannot halve {len(channel_mults) - 1} "
-                       f"time(s): use dataset.image_size={size} (latents {size // f}x{size // f})"
-                       f" for both stages, or model.channel_mults=[1]")
 
 
 def _autoencoder_module(cfg: DictConfig, dm: Any) -> L.LightningModule:
