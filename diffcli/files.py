@@ -156,6 +156,26 @@ def check_output(path: Path, kind: str, *, overwrite: bool, folder: bool) -> Non
                             "goes next to it")
 
 
+def check_writable(path: Path, key: str) -> None:
+    """Refuse (:class:`OutputRefused`, one line) a folder ``path`` (``key=`` names it) that
+    cannot be created or written: its nearest existing ancestor is not a folder, is on a
+    read-only file system, or refuses a new folder (an empty probe folder, removed at once)."""
+    where = path.expanduser().absolute()
+    existing = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    reason = None
+    if not existing.is_dir():
+        reason = f"{existing} is not a folder"
+    elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+        reason = f"{existing} is on a read-only file system"
+    else:
+        try:  # root passes every permission check, and /proc looks writable: try it
+            os.rmdir(tempfile.mkdtemp(prefix=".diffcli-probe-", dir=existing))
+        except OSError as e:
+            reason = f"{existing}: {e.strerror or e}"
+    if reason is not None:
+        raise OutputRefused(f"{key}={path}: cannot write there ({reason}); name a writable folder")
+
+
 def free_file(path: Path) -> Path:
     """``path``, or the first of ``stem_2.suffix``, ``stem_3.suffix``, ... that does not exist."""
     for i in range(1, 10_000):

@@ -27,7 +27,7 @@ from diffcli.components import (
 from diffcli.data.captions import METADATA_FILE, folder_captions
 from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
-from diffcli.files import check_output
+from diffcli.files import check_output, check_writable
 from diffcli.guide import check_guidance, class_labels, parse_classes
 from diffcli.runs import (
     LoadedRun,
@@ -296,11 +296,15 @@ def output_kind_of(command: str, cfg: DictConfig) -> tuple[str, bool] | None:
 
 
 def _check_out(command: str, cfg: DictConfig) -> None:
-    """``out=`` is checked (:func:`diffcli.files.check_output`) before anything is printed."""
+    """``out=`` is checked (:func:`diffcli.files.check_output`) before anything is printed;
+    ``out=`` and ``runs_root=`` must be places that can be written."""
     kind = output_kind_of(command, cfg)
     if kind is not None and cfg.get("out"):
-        check_output(Path(str(cfg.out)).expanduser(), kind[0],
-                     overwrite=bool(cfg.get("overwrite")), folder=kind[1])
+        out = Path(str(cfg.out)).expanduser()
+        check_output(out, kind[0], overwrite=bool(cfg.get("overwrite")), folder=kind[1])
+        check_writable(out if kind[1] else out.parent, "out")
+    if command in ("train", "noise_viz") and cfg.get("runs_root"):
+        check_writable(Path(str(cfg.runs_root)), "runs_root")
 
 
 def preflight(command: str, cfg: DictConfig) -> None:
