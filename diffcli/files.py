@@ -156,8 +156,8 @@ def check_output(path: Path, kind: str, *, overwrite: bool, folder: bool) -> Non
                             "goes next to it")
 
 
-def check_writable(path: Path, key: str) -> None:
-    """Refuse (:class:`OutputRefused`, one line) a folder ``path`` (``key=`` names it) that
+def check_writable(path: Path, key: str, shown: Path | None = None) -> None:
+    """Refuse (:class:`OutputRefused`, one line) a folder ``path`` (``key=shown`` names it) that
     cannot be created or written: its nearest existing ancestor is not a folder, is on a
     read-only file system, or refuses a new folder (an empty probe folder, removed at once)."""
     where = path.expanduser().absolute()
@@ -173,7 +173,8 @@ def check_writable(path: Path, key: str) -> None:
         except OSError as e:
             reason = f"{existing}: {e.strerror or e}"
     if reason is not None:
-        raise OutputRefused(f"{key}={path}: cannot write there ({reason}); name a writable folder")
+        raise OutputRefused(f"{key}={shown or path}: cannot write there ({reason}); name a "
+                            "writable folder")
 
 
 def free_file(path: Path) -> Path:

@@ -39,3 +39,4 @@ def copy_points_run(checkpoint: Path, cwd: Path) -> Path:
     copy = cwd / "outputs" / run_dir.parent.name / run_dir.name
     shutil.copytree(run_dir, copy)
     return copy / "checkpoints" / checkpoint.name
+

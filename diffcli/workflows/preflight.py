@@ -302,7 +302,7 @@ def _check_out(command: str, cfg: DictConfig) -> None:
     if kind is not None and cfg.get("out"):
         out = Path(str(cfg.out)).expanduser()
         check_output(out, kind[0], overwrite=bool(cfg.get("overwrite")), folder=kind[1])
-        check_writable(out if kind[1] else out.parent, "out")
+        check_writable(out.parent, "out", out)  # where the new file or folder is created
     if command in ("train", "noise_viz") and cfg.get("runs_root"):
         check_writable(Path(str(cfg.runs_root)), "runs_root")
 
