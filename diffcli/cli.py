@@ -300,42 +300,15 @@ def _flag_value(args: list[str], *flags: str) -> str | None:
 
 
 def check_hydra_config(config_name: str, args: list[str]) -> None:
-    """Compose what Hydra will compose - the ``--config-path`` / ``--config-name`` /
-    ``--config-dir`` files and every override, ``hydra.*`` included, with the search path
-    ``hydra.main`` builds - and refuse its ``hydra`` node when it would run code
-    (:mod:`diffcli.hydra_nodes`), before Hydra acts on it."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
+    """Refuse, before Hydra acts, a ``hydra`` node that would run code: see
+    :func:`diffcli.workflows.hydra_check.check_composed_hydra` (given the config-file flags)."""
+    from diffcli.workflows.hydra_check import check_composed_hydra
 
-    from diffcli.components import UnsafeConfigError
-    from diffcli.hydra_nodes import SWEEP_GUARDED, check_hydra_node
-
-    parsed = OverridesParser.create().parse_overrides([o for o in _split_args(args) if "=" in o])
-    files = any(a.split("=", 1)[0] in CONFIG_FILE_FLAGS for a in args)
-    if not files and not any(o.get_key_element().lstrip("+~").startswith(("hydra.", "hydra/"))
-                             for o in parsed):
-        return  # only the shipped tree, whose Hydra nodes tests/test_ways_in.py checks
-    for o in parsed:
-        if o.is_sweep_override() and o.get_key_element().lstrip("+~").startswith(SWEEP_GUARDED):
-            raise UnsafeConfigError(f"{o.input_line}: refusing to sweep over Hydra's callbacks, "
-                                    "logging, launcher or job environment; give one value")
-    concrete = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
-                if o.is_sweep_override() else o.input_line for o in parsed]
     path = _flag_value(args, "--config-path", "-cp")
     primary = CONF_DIR if path is None else (Path(__file__).resolve().parent / path).resolve()
-    search_path = create_config_search_path(f"file://{primary}")
-    for folder in _config_dirs(args):  # as hydra.main adds --config-dir
-        search_path.prepend(provider="command-line", path=f"file://{folder}",
-                            anchor=SearchPathQuery(provider="schema"))
-    name = _flag_value(args, "--config-name", "-cn")
-    cfg = ConfigLoaderImpl(config_search_path=search_path).load_configuration(
-        name or config_name, overrides=concrete, run_mode=RunMode.RUN)
-    check_hydra_node(OmegaConf.to_container(cfg.hydra, resolve=False),
-                     f"{name}.yaml: " if name else "")
+    check_composed_hydra(config_name, [o for o in _split_args(args) if "=" in o], primary,
+                         _config_dirs(args), _flag_value(args, "--config-name", "-cn"),
+                         files=any(a.split("=", 1)[0] in CONFIG_FILE_FLAGS for a in args))
 
 
 def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()) -> Any:

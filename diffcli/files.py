@@ -221,7 +221,6 @@ class OutputFolder:
         if not self.overwrite:
             self.path = claim_dir(self.final)
             self._claimed = True
-        check_output(self.final, self.kind, overwrite=self.overwrite, folder=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                          dir=self.path.parent))
         os.chmod(self.tmp, 0o777 & ~_umask())
