@@ -54,7 +54,6 @@ def test_stop_other_ranks_defers_to_a_failed_child_or_ends_the_children():
     assert failing[0].returncode is not None
 
 
-@pytest.mark.serial
 def test_rank_watcher_ends_rank_zero_with_the_childs_status():
     script = (
         "import subprocess, sys, time\n"

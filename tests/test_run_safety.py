@@ -156,20 +156,22 @@ def test_an_existing_run_folder_is_refused_unless_resumed_in_place(tmp_path: Pat
 
 @pytest.mark.slow
 def test_resume_refuses_another_dataset_and_a_live_run(tmp_path: Path):
-    run(tmp_path, "train", *POINTS, "trainer.max_steps=4")
+    """In-process: what is under test is the check of the stored config and the lock, not the
+    process (the signal tests below are real processes)."""
+    run_here(tmp_path, "train", *POINTS, "trainer.max_steps=4")
     other = [a.replace("moons", "swiss_roll") for a in POINTS]
-    proc = run(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
+    proc = run_here(tmp_path, "train", *other, "resume=auto", "trainer.max_steps=8", ok=False)
     assert_one_line_error(proc, "dataset.name: moons -> swiss_roll")
     (ckpt,) = _ckpts(tmp_path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         (ckpt.parent.parent / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
-        proc = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
+        proc = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8", ok=False)
         assert_one_line_error(proc, f"process {sleeper.pid} is still writing")
     finally:
         sleeper.kill()
         sleeper.wait()
-    out = run(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
+    out = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
     assert f"resuming from step 4 of {ckpt.relative_to(tmp_path)}" in out.stderr.replace("\n", "")
     assert len(_ckpts(tmp_path)) == 2 and len(list(tmp_path.glob("outputs/**/run.lock"))) == 1
 
@@ -186,7 +188,6 @@ def _train_until_checkpoint(cwd: Path) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum: int,
@@ -207,7 +208,6 @@ def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum
     assert "Traceback" not in err and not (ckpt.parent.parent / LOCK).exists()
 
 
-@pytest.mark.serial
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_previous_checkpoint(tmp_path: Path):
     proc = _train_until_checkpoint(tmp_path)

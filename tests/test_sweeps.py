@@ -74,7 +74,6 @@ def test_slurm_sweep_preempted_job_requeues_and_continues(tmp_path: Path):
     assert _result(sweep / "1")["attempts"] == 1
 
 
-@pytest.mark.serial
 def test_sbatch_job_logs_while_running_and_requeues_into_the_same_folder(tmp_path: Path):
     """``diffcli train > log 2>&1`` in a SLURM job: the log shows progress lines while it runs;
     USR1 saves and requeues (the fake scontrol records it); the restarted job (SLURM sets

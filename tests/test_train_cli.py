@@ -49,7 +49,6 @@ def test_experiment_presets(name: str, params: float | None) -> None:
         assert "cosine" in cfg.schedule._target_ and cfg.schedule.num_timesteps == 4000
 
 
-@pytest.mark.serial
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path: Path):
     args = [*TINY, "logger=csv", "callbacks.last.every_n_steps=4", "trainer.max_steps=100000"]
@@ -75,7 +74,7 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     killed = last_checkpoints(tmp_path)[0]
     saved = checkpoint_step(killed)  # loads cleanly: the kill never leaves a torn file
     assert saved >= 8 and saved % 4 == 0
-    out = run(tmp_path, "train", *args[:-1], "resume=auto", f"trainer.max_steps={saved + 3}",
+    out = run_here(tmp_path, "train", *args[:-1], "resume=auto", f"trainer.max_steps={saved + 3}",
               "trainer.log_every_n_steps=1")
     assert f"resuming from step {saved} of {killed.relative_to(tmp_path)}" in out.stderr.replace(
         "\n", "")
