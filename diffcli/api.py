@@ -19,7 +19,7 @@ same seeds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +30,48 @@ from torch import Tensor
 from diffcli.components import option
 from diffcli.console import progress
 from diffcli.diffusion.denoiser import Denoiser
-from diffcli.diffusion.generate import Trajectory, generate, num_steps, to_uint8
+from diffcli.diffusion.generate import Trajectory, generate_batches, num_steps, to_uint8
 from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.guide import Guidance, guide
-from diffcli.runs import OpenedRun, checkpoint_of, make_sampler, open_run, pick_device
+from diffcli.runs import (
+    OpenedRun,
+    check_sampling_fits,
+    checkpoint_of,
+    make_sampler,
+    open_run,
+    pick_device,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 OUTPUTS = ("uint8", "float", "pil")
 DEFAULT_SAMPLER = "dpmpp_3m"  # the default of `diffcli sample` (conf/sample.yaml)
 
-def draw(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
-         device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
-         denoiser: Denoiser | None = None, labels: Tensor | None = None) -> Tensor:
+def draw_batches(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
+                 device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
+                 denoiser: Denoiser | None = None,
+                 labels: Tensor | None = None) -> Iterator[Tensor]:
     """Sample one item per seed with a progress bar (``denoiser``: a guided one, default the
-    run's; ``labels`` (N,): each seed's class, or (N, L) its prompt's tokens); a latent model's
-    samples decoded to images. (N, *shape) float32 on the CPU, images in [-1, 1]."""
+    run's; ``labels`` (N,): each seed's class, or (N, L) its prompt's tokens), ``batch_size``
+    at a time, a latent model's samples decoded to images: (B, *shape) float32 CPU batches in
+    seed order, images in [-1, 1]. Memory holds one batch, whatever ``len(seeds)`` is."""
     denoiser = denoiser or opened.denoiser
     total = num_steps(sampler, denoiser) * math.ceil(len(seeds) / batch_size)
     with progress("sampling", total, console, show, unit="steps") as bar:
-        z = generate(sampler, denoiser, opened.sample_shape, list(seeds), batch_size, device,
-                     trajectory=trajectory, on_step=bar.advance, labels=labels)
-    return opened.decode(z, batch_size)
+        for z in generate_batches(sampler, denoiser, opened.sample_shape, list(seeds),
+                                  batch_size, device, trajectory=trajectory,
+                                  on_step=bar.advance, labels=labels):
+            yield opened.decode(z, batch_size)
+
+
+def draw(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
+         device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
+         denoiser: Denoiser | None = None, labels: Tensor | None = None) -> Tensor:
+    """All of :func:`draw_batches` in one tensor: (N, *shape) float32 on the CPU."""
+    return torch.cat(list(draw_batches(sampler, opened, seeds, batch_size, device, trajectory,
+                                       show, denoiser, labels)))
 
 
 def resolve_options(decoder: str, variance: str, kind: str, learned: bool,
@@ -161,10 +179,42 @@ class Pipeline:
 
         ``guidance``/``classes``/``prompt``/``classifier`` guide as ``diffcli sample`` does.
         ``output``: "uint8" images (N, C, H, W) (points: float (N, 2)), "float" in [-1, 1],
-        or "pil" (a list of PIL images)."""
+        or "pil" (a list of PIL images). Memory holds the result and one batch; for more
+        samples than fit at once, iterate :meth:`sample_batches`."""
+        seeds = self._seeds(n, seeds, seed)
+        parts = self.sample_batches(
+            n, sampler=sampler, steps=steps, seeds=seeds, seed=seed, batch_size=batch_size,
+            guidance=guidance, classes=classes, prompt=prompt, classifier=classifier,
+            classifier_scale=classifier_scale, clip_denoised=clip_denoised, output=output,
+            progress=progress)
+        if output == "pil":
+            return [img for part in parts for img in part]
+        first = next(parts)
+        out = torch.empty(len(seeds), *first.shape[1:], dtype=first.dtype)
+        out[:len(first)] = first
+        done = len(first)
+        for part in parts:  # filled batch by batch: no second copy of all samples
+            out[done:done + len(part)] = part
+            done += len(part)
+        return out
+
+    def sample_batches(self, n: int = 16, *, sampler: str | dict[str, Any] = DEFAULT_SAMPLER,
+                       steps: int | None = None, seeds: Iterable[int] | None = None,
+                       seed: int = 0, batch_size: int = 64, guidance: float | None = None,
+                       classes: Any = None, prompt: str | Sequence[str] | None = None,
+                       classifier: str | None = None, classifier_scale: float | None = None,
+                       clip_denoised: bool | None = None, output: str = "uint8",
+                       progress: bool = False) -> Iterator[Any]:
+        """:meth:`sample` one batch at a time (same arguments): yields the samples of
+        ``batch_size`` seeds after another, in seed order, as ``output`` asks; memory holds
+        one batch, so any number of samples can be streamed to disk."""
         if output not in OUTPUTS:
             raise DiffcliError(f"output={output!r}: use one of {', '.join(OUTPUTS)}")
-        seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
+        seeds = self._seeds(n, seeds, seed)
+        if not seeds:
+            raise DiffcliError(f"no seeds to sample (n={n}): ask for n >= 1")
+        check_sampling_fits(self.opened.run, batch_size, self.device,
+                            rows_per_item=1 if guidance is None else 2)
         node = option("sampler", sampler) if isinstance(sampler, str) else dict(sampler)
         clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
         smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,
@@ -173,9 +223,13 @@ class Pipeline:
                                              classifier=classifier,
                                              classifier_scale=classifier_scale, prompt=prompt),
                        self.device)
-        x = draw(smp, self.opened, seeds, batch_size, self.device, show=progress,
-                 denoiser=guided.denoiser, labels=guided.labels(len(seeds)))
-        return _as(x, output, self.kind)
+        for x in draw_batches(smp, self.opened, seeds, batch_size, self.device, show=progress,
+                              denoiser=guided.denoiser, labels=guided.labels(len(seeds))):
+            yield _as(x, output, self.kind)
+
+    @staticmethod
+    def _seeds(n: int, seeds: Iterable[int] | None, seed: int) -> list[int]:
+        return list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
 
     def nll(self, x0: Tensor, *, steps: int | None = None, seed: int = 0, batch_size: int = 64,
             decoder: str = "auto", variance: str = "auto", progress: bool = False) -> Tensor:

@@ -34,6 +34,25 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Train, sample, evaluate and visualize denoising diffusion models.")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler) raised where the command is, like Ctrl-C: every
+    ``finally`` and temporary folder is cleaned up; exit 143. Training replaces the handler
+    while it trains (it saves a checkpoint first)."""
+
+    signum = 15
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end this command as Ctrl-C does (main thread only)."""
+    import signal
+    import threading
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise)
+
 def versions(verbose: bool) -> str:
     """"diffcli X.Y.Z", and with ``verbose`` the versions of the stack it runs on."""
     import importlib.metadata as md
@@ -472,6 +491,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
             return _run_task(cfg)
 
     def _run_task(cfg):  # noqa: ANN001, ANN202
+        stop_on_sigterm()
         try:
             return workflow(cfg)
         except Exception as e:
@@ -485,8 +505,11 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
                 raise SystemExit(user_error.exit_code) from None
             fail(_rank_prefix(_worker_message(str(user_error))), user_error.exit_code,
                  user_error.label)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Terminated) else 2
+            fail(f"interrupted by {'SIGTERM' if signum == 15 else 'Ctrl-C'} before the command "
+                 "finished: its outputs appear whole or not at all, so nothing partial was "
+                 "written", 128 + signum)
 
     # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
     os.environ["DIFFCLI_COMMAND"] = config_name.replace("_", "-")

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -196,6 +197,42 @@ def write_json_output(path: Path, record: dict[str, Any], kind: str, *,
     return atomic_write_text(target, dumps_json({OUTPUT_KEY: kind, **record}))
 
 
+def _dead(owner: dict[str, Any]) -> bool:
+    """Whether the process that wrote an output-folder marker ``owner`` is gone (this host's
+    processes only; another host's are assumed alive)."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def sweep_stale(parent: Path) -> list[Path]:
+    """Remove what a killed command (``kill -9``, a power cut) left in ``parent``: its hidden
+    temporary folders (``.<name>.<random>.tmp`` whose marker names a process of this host that
+    is gone) and the empty folder each had claimed. Returns what was removed."""
+    removed = []
+    for tmp in parent.glob(".*.tmp"):
+        try:
+            owner = json.loads((tmp / MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(owner, dict) or not _dead(owner):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+        claimed = parent / tmp.name[1:-len(".tmp")].rsplit(".", 1)[0]
+        with contextlib.suppress(OSError):
+            claimed.rmdir()  # only when empty: a finished output is never touched
+            removed.append(claimed)
+    return removed
+
+
 class OutputFolder:
     """A results folder that appears complete or not at all.
 
@@ -213,18 +250,21 @@ class OutputFolder:
         self.kind = kind
         self.path = self.final
         self.tmp: Path | None = None
-        self._claimed = False
+        self._claimed = self._made_parent = False
         check_output(self.final, kind, overwrite=overwrite, folder=True)  # before any work
 
     def __enter__(self) -> Path:
+        self._made_parent = not self.final.parent.exists()
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(self.final.parent)
         if not self.overwrite:
             self.path = claim_dir(self.final)
             self._claimed = True
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                          dir=self.path.parent))
         os.chmod(self.tmp, 0o777 & ~_umask())
-        (self.tmp / MARKER).write_text(json.dumps({"kind": self.kind}) + "\n")
+        owner = {"kind": self.kind, "pid": os.getpid(), "host": socket.gethostname()}
+        (self.tmp / MARKER).write_text(json.dumps(owner) + "\n")
         return self.tmp
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -232,11 +272,16 @@ class OutputFolder:
         assert self.tmp is not None
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and not exc.filename:  # name the folder being written
-                exc.filename = str(self.path)
+            if isinstance(exc, OSError):  # name the output, not its temporary folder
+                inside = exc.filename and Path(str(exc.filename)).is_relative_to(self.tmp)
+                exc.filename = str(self.path / Path(str(exc.filename)).relative_to(self.tmp)) \
+                    if inside else exc.filename or str(self.path)
             if self._claimed:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
+            if self._made_parent:  # e.g. export/ made for this output alone: leave no trace
+                with contextlib.suppress(OSError):
+                    self.final.parent.rmdir()
             return
         try:
             if self.overwrite and self.path.exists():
@@ -264,3 +309,90 @@ class OutputFolder:
         finally:
             shutil.rmtree(old, ignore_errors=True)
 
+
+
+@contextlib.contextmanager
+def staged_files(folder: Path) -> Iterator[Path]:
+    """``with staged_files(folder) as tmp:`` writes files into a hidden temporary folder
+    inside ``folder``; on success each file is renamed into ``folder`` (replacing an earlier
+    file of that name), on any error or Ctrl-C the temporary folder is removed and ``folder``
+    is as it was. For commands whose pictures join earlier ones (noise-viz's ``viz/``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=folder))
+    owner = {"kind": "staged", "pid": os.getpid(), "host": socket.gethostname()}
+    (tmp / MARKER).write_text(json.dumps(owner) + "\n")  # a killed command's: swept later
+    try:
+        yield tmp
+        for path in sorted(tmp.iterdir()):
+            if path.name != MARKER:
+                os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class NpzStream:
+    """An ``.npz`` written a chunk at a time: one large array (``name``, of a ``shape`` and
+    ``dtype`` known up front) streamed row block by row block into a deflated zip member, the
+    small arrays added by :meth:`close`. ``np.load`` reads it as one of ``np.savez_compressed``;
+    memory holds one chunk, not the array.
+
+    >>> with NpzStream(path, "images", (n, 8, 8, 1), np.uint8) as out:  # doctest: +SKIP
+    ...     for chunk in chunks: out.write(chunk)                        # (B, 8, 8, 1) each
+    ...     out.close(seeds=np.arange(n))
+    """
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+        import zipfile
+
+        import numpy as np
+
+        self.path, self.name = Path(path), name
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.rows = 0
+        self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
+                                    allowZip64=True)
+        self._member: BinaryIO | None = self._zip.open(f"{name}.npy", "w", force_zip64=True)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_2_0(self._member, header)
+
+    def write(self, chunk: Any) -> None:
+        """Append ``chunk`` (B, *shape[1:]) of the declared dtype: the next B rows."""
+        import numpy as np
+
+        chunk = np.ascontiguousarray(chunk)
+        if chunk.dtype != self.dtype or tuple(chunk.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"chunk {chunk.dtype} {chunk.shape} does not fit {self.name}: "
+                             f"{self.dtype} {self.shape}")
+        if self.rows + len(chunk) > self.shape[0] or self._member is None:
+            raise ValueError(f"{self.name} holds {self.shape[0]} rows; got more")
+        self._member.write(chunk.tobytes())
+        self.rows += len(chunk)
+
+    def close(self, **small: Any) -> Path:
+        """Finish the streamed array (every declared row written) and add ``small`` arrays."""
+        import numpy as np
+
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.name}: {self.rows} of {self.shape[0]} rows were written")
+        if self._member is not None:
+            self._member.close()
+            self._member = None
+        for key, value in small.items():
+            with self._zip.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+        self._zip.close()
+        return self.path
+
+    def __enter__(self) -> NpzStream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._member is not None:  # an error before close(): leave no half-written member
+            with contextlib.suppress(Exception):
+                self._member.close()
+            self._member = None
+        with contextlib.suppress(Exception):
+            self._zip.close()

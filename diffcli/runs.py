@@ -10,6 +10,7 @@ through :func:`load_checkpoint` - ``weights_only`` unpickling, the stored config
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -558,11 +559,27 @@ def require_diffusion(run: LoadedRun) -> LoadedRun:
     return run
 
 
-def open_run(ckpt: Path, *, use_ema: bool, device: torch.device,
-             compile: bool = False) -> OpenedRun:
+def check_sampling_fits(run: LoadedRun, batch_size: int, device: torch.device,
+                        rows_per_item: int = 1) -> None:
+    """One line, before the network is built, when ``batch_size`` samples of ``run`` at once
+    cannot fit in ``device``'s memory (the sampler keeps about 8 copies of a batch)."""
+    from diffcli.nets.memory import check_fits
+
+    shape = tuple(run.sample_shape)
+    check_fits(lambda: build_net(run.config["model"], shape, num_classes=run.num_classes),
+               shape, batch_size, device, what=f"sampling {run.path}:",
+               rows_per_item=rows_per_item, extra_per_item=8 * 4 * math.prod(shape))
+
+
+def open_run(ckpt: Path, *, use_ema: bool, device: torch.device, compile: bool = False,
+             batch_size: int | None = None, rows_per_item: int = 1) -> OpenedRun:
     """Load ``ckpt`` safely and rebuild its network (EMA weights when asked and present),
-    schedule and denoiser, with an NFE counter around the network."""
+    schedule and denoiser, with an NFE counter around the network. ``batch_size``: refuse
+    first, in one line, a sampling batch (``rows_per_item`` network rows a sample) that
+    cannot fit in ``device``'s memory (:func:`diffcli.nets.memory.check_fits`)."""
     run = require_diffusion(load_checkpoint(ckpt))
+    if batch_size is not None:
+        check_sampling_fits(run, batch_size, device, rows_per_item)
     net, info, weights = restore_net(run, use_ema, device)
     codec = open_codec(run, device)
     counter = CountingNet(torch.compile(net) if compile else net)

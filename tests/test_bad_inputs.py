@@ -307,3 +307,95 @@ def test_an_edited_image_shape_is_refused(workdir: Path, tmp_path: Path):
     torch.save(data, tmp_path / "edited.ckpt")
     with pytest.raises(CheckpointError, match="images are 64x64 but its dataset says"):
         load_checkpoint(tmp_path / "edited.ckpt")
+
+
+def test_a_shape_or_batch_that_cannot_fit_is_one_line_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """A checkpoint whose images and dataset both say 4096x4096 (consistent, so only its
+    memory gives it away), and a batch of ten million 8x8 images: refused from the traced
+    footprint before the network is built, naming what would fit; nothing written."""
+    import diffcli
+    from diffcli.errors import DiffcliError
+
+    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=1", "logger=none",
+        "callbacks.preview=null")
+    ckpt = next(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))
+    data = torch.load(ckpt, weights_only=True)
+    data["diffcli"]["data"]["shape"] = [1, 4096, 4096]
+    data["diffcli"]["config"]["dataset"]["image_size"] = 4096
+    big = tmp_path / "big.ckpt"
+    torch.save(data, big)
+    before = _digest(tmp_path)
+    cases = [(["sample", f"ckpt={big}"], "1x4096x4096 samples 64 at a time"),
+             (["eval-fid", f"ckpt={big}", "extractor=standin", "n=64"],
+              "1x4096x4096 samples 64 at a time"),
+             (["sample", f"ckpt={ckpt}", "n=10000000", "batch_size=10000000", "sampler=ddim"],
+              "batch_size=10000000 does not fit in memory")]
+    for args, fragment in cases:
+        code, lines = run_in_process(args, tmp_path, monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert fragment in lines[0], lines[0]
+        assert re.search(r"(batch_size=\d+ fits|even batch_size=1 needs)$", lines[0]), lines[0]
+    with pytest.raises(DiffcliError, match="1x4096x4096 samples 8 at a time"):
+        diffcli.load(big).sample(n=8, batch_size=8)
+    assert _digest(tmp_path) == before
+
+
+def test_a_training_batch_that_cannot_fit_is_one_line_before_the_network_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Forward and backward traced with 5 copies of the weights, against a device with 64 MiB
+    free (set here): the one line names the batch size that fits; no run folder is made."""
+    from diffcli.nets import memory
+
+    monkeypatch.setattr(memory, "free_memory", lambda device: 64 * 2**20)
+    code, lines = run_in_process(["train", *TINY_UNET, "dataset.batch_size=1024", "logger=none"],
+                                 tmp_path, monkeypatch, capsys)
+    assert code == 1 and lines[-1].startswith("error: dataset.batch_size=1024 does not fit"), lines
+    fits = int(re.search(r"dataset\.batch_size=(\d+) fits$", lines[-1]).group(1))
+    assert 1 <= fits < 1024
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    """A folder holding one tiny trained 8x8 image run."""
+    cwd = tmp_path_factory.mktemp("image-run")
+    run(cwd, "train", *TINY_UNET, "trainer.max_steps=1", "logger=none", "callbacks.preview=null")
+    return cwd
+
+
+@pytest.mark.parametrize("args, written", [
+    (["export", "format=safetensors"], "export/safetensors/model.safetensors"),
+    (["export", "format=diffusers"], "export/diffusers/"),
+    (["eval-fid", "n=8", "extractor=standin", "sampler=ddim", "steps=2"], "eval/fid-ddim-2-n8"),
+    (["eval-nll", "n=8"], "eval/nll-"),
+    (["train", *TINY_UNET, "trainer.max_steps=1", "logger=none", "callbacks.preview=null"],
+     "checkpoints/last.ckpt"),
+], ids=["export-safetensors", "export-diffusers", "eval-fid-json", "eval-nll-json",
+        "train-checkpoint"])
+def test_a_full_disk_is_one_line_naming_the_final_file(args: list[str], written: str,
+                                                       image_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture):
+    """Every durable write ends in an fsync; making it fail as a full disk does gives one line
+    that names the output's final path (not its temporary name), exit 1, and no partial
+    output: the run's files are as they were."""
+    import errno
+    import os
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ckpt = next(image_run.glob("outputs/*/*/checkpoints/last.ckpt"))
+    before = _digest(image_run)
+    monkeypatch.setattr(os, "fsync", full)
+    code, lines = run_in_process([*args, f"ckpt={ckpt}"] if args[0] != "train" else args,
+                                 image_run, monkeypatch, capsys)
+    assert code == 1 and lines[-1].startswith("error: cannot write "), lines
+    assert written in lines[-1] and ".tmp" not in lines[-1], lines[-1]
+    assert lines[-1].endswith("No space left on device (errno 28)")
+    after = _digest(image_run)
+    assert {p: d for p, d in after.items() if p in before} == before
+    new = [p for p in after if p not in before]
+    assert all(p.name in ("cli.log", "config.yaml", "hydra.yaml", "overrides.yaml", "run.json")
+               for p in new), new  # a failed training leaves its log, never a checkpoint

@@ -183,3 +183,27 @@ def test_latents_the_unet_levels_do_not_halve_train_and_sample(runs, monkeypatch
         code, lines = run_in_process(["export", f"ckpt={ckpt}", f"format={fmt}"], runs["cwd"],
                                      monkeypatch, capsys)
         assert code == 1 and "pads its 2x2 inputs to multiples of 4" in lines[-1], lines
+
+
+def test_a_latent_cache_that_cannot_be_written_is_one_warning_and_training_goes_on(
+        runs, tmp_path: Path, monkeypatch, capsys):
+    """A full disk under the cache: one warning line naming the file; the run trains from the
+    moments it encoded and leaves no partial cache file."""
+    import errno
+    import os
+
+    from diffcli.files import atomic_write
+
+    def full(path, write):  # noqa: ANN001, ANN202 - the cache's atomic write meets ENOSPC
+        if "latent-cache" not in str(path):
+            return atomic_write(path, write)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("diffcli.checkpoint.atomic_write", full)
+    code, lines = run_in_process(["train", f"latent={runs['ae']}", *LDM], tmp_path, monkeypatch,
+                                 capsys)
+    assert code in (0, None), lines
+    warned = [ln for ln in lines if ln.startswith("warning: latent cache")]
+    assert len(warned) == 1 and "No space left on device" in warned[0], lines
+    assert not list(tmp_path.glob("outputs/latent-cache/*")) and os.path.isdir(tmp_path / "outputs")
+    assert list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))

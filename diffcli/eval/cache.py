@@ -114,8 +114,16 @@ def reference_statistics(open_source: Callable[[], ImageSource], key: dict[str, 
                               console=console)
     ref = RefStats(result.stats, result.kept.get(pool), path, cached=False)
     if path is not None:
-        save_stats(path, ref, key)
-        console.print(f"computed reference statistics ({source.description}) cached at {path}")
+        try:
+            save_stats(path, ref, key)
+        except OSError as e:  # a cache is an aid: the evaluation goes on without it
+            console.print(f"warning: computed reference statistics ({source.description}) but "
+                          f"could not cache them at {path} ({e.strerror or e}); set "
+                          "cache_dir=<a writable folder> or cache=false")
+            ref.path = None
+        else:
+            console.print(f"computed reference statistics ({source.description}) cached at "
+                          f"{path}")
     else:
         console.print(f"computed reference statistics ({source.description}); cache off")
     return ref

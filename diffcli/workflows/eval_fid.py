@@ -132,7 +132,9 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
     ckpt = _checkpoint(cfg)
     if load_checkpoint(ckpt).task == "autoencoder":
         return _reconstruction_side(cfg, ckpt, n, device)
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
+                      batch_size=min(int(cfg.batch_size), n),
+                      rows_per_item=1 if cfg.get("guidance") is None else 2)
     guided = guide(opened, guidance or Guidance(), device)
     labels = guided.labels(n, cyclic=True)
     info = opened.info

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def eval_nll(cfg: DictConfig) -> Path:
     results: dict[str, dict[str, Any]] = {}
     eval_dir = run_dir_of(ckpt) / "eval"
     stem = f"{items.split}-n{len(items.x0)}"
-    written = []
+    pictures: list[Callable[[], Path]] = []  # drawn once the JSON is written
     if "vlb" in methods:
         bpd, terms, ts = run_vlb(cfg, opened, items, decoder, variance, device)
         every = len(ts) == opened.schedule.num_timesteps
@@ -166,11 +167,10 @@ def eval_nll(cfg: DictConfig) -> Path:
                           "t = 0 and one t per geometric stratum, weighted by its length "
                           "(an estimate of the bound)", "decoder": decoder,
                           "variance": variance}
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        written.append(plot_vlb_terms(ts, terms.tolist(), eval_dir / f"vlb-terms-{stem}.png",
-                                      title=f"{items.dataset} {items.split}: L_t per term "
-                                            f"(bits/dim), {len(ts)} of "
-                                            f"{opened.schedule.num_timesteps} terms"))
+        title = (f"{items.dataset} {items.split}: L_t per term (bits/dim), {len(ts)} of "
+                 f"{opened.schedule.num_timesteps} terms")
+        pictures.append(lambda ts=ts, terms=terms, title=title: plot_vlb_terms(
+            ts, terms.tolist(), eval_dir / f"vlb-terms-{stem}.png", title=title))
     if "ode" in methods:
         bpd, nfe = run_ode(cfg, opened, items, device)
         results["ode"] = {**summary(bpd), "nfe_per_solve": nfe, "rtol": float(cfg.rtol),
@@ -188,6 +188,7 @@ def eval_nll(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out)).expanduser() if cfg.out else \
         eval_dir / f"nll-{cfg.method}-{stem}.json"
     out = write_json_output(out, record, "eval-nll", overwrite=bool(cfg.overwrite))
+    written = [draw() for draw in pictures]
     Console().print(_table(results, items))
     console.print(f"[green]wrote[/] {out}" + "".join(f", {p}" for p in written))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from diffcli.components import UnsafeConfigError
 from diffcli.hydra_nodes import SWEEP_GUARDED, check_hydra_node
@@ -26,6 +27,7 @@ def check_composed_hydra(config_name: str, overrides: Sequence[str], primary: Pa
     from omegaconf import OmegaConf
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
+    check_run_dirs(parsed)
     if not files and not any(o.get_key_element().lstrip("+~").startswith(("hydra.", "hydra/"))
                              for o in parsed):
         return
@@ -43,3 +45,22 @@ def check_composed_hydra(config_name: str, overrides: Sequence[str], primary: Pa
         file_name or config_name, overrides=concrete, run_mode=RunMode.RUN)
     check_hydra_node(OmegaConf.to_container(cfg.hydra, resolve=False),
                      f"{file_name}.yaml: " if file_name else "")
+
+
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def check_run_dirs(parsed: Sequence[Any]) -> None:
+    """``hydra.run.dir=`` / ``hydra.sweep.dir=`` overrides name folders that can be made and
+    written (their part before any ``${...}``), or one line before Hydra tries (its own error
+    is a traceback)."""
+    from diffcli.files import check_writable
+
+    for o in parsed:
+        key = o.get_key_element().lstrip("+~")
+        if key not in RUN_DIR_KEYS or o.is_sweep_override():
+            continue
+        value = o.value()
+        static = str(value).split("${", 1)[0] if isinstance(value, str) else ""
+        if static.strip():
+            check_writable(Path(static), key, Path(str(value)))

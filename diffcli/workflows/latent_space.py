@@ -170,10 +170,16 @@ def cached_datamodule(dm: DiffusionDataModule, codec: LatentCodec, sha: str, fol
     moments = read_cache(path, sha)
     if moments is None or len(moments) != dm.num_samples:
         moments = encode_all(dm, codec)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"format": CACHE_FORMAT, "autoencoder_sha256": sha,
-                           "dataset": dataset, "moments": moments}, path)
-        console.print(f"latent cache: encoded {len(moments)} images into {path}")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"format": CACHE_FORMAT, "autoencoder_sha256": sha,
+                               "dataset": dataset, "moments": moments}, path)
+        except OSError as e:  # a cache is an aid: training goes on from the encoded moments
+            console.print(f"warning: latent cache: encoded {len(moments)} images but could not "
+                          f"write {path} ({e.strerror or e}); training goes on without the "
+                          "cache (free space there, or set latent.cache=false)")
+        else:
+            console.print(f"latent cache: encoded {len(moments)} images into {path}")
     else:
         console.print(f"latent cache: reusing {path}")
     return _moments_datamodule(dm, moments)

@@ -23,6 +23,7 @@ from torch import Tensor
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
+from diffcli.files import staged_files
 from diffcli.runs import checkpoint_of, run_dir_of, sampler_name
 from diffcli.viz import (
     evenly_spaced,
@@ -185,7 +186,9 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \
         find_latest_checkpoint(run_roots(cfg.runs_root))
     device = pick_device(str(cfg.device))
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
+                      batch_size=_positive(cfg.num_images, "num_images"),
+                      rows_per_item=1 if cfg.get("guidance") is None else 2)
     if opened.info.kind != "image":
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")
@@ -342,14 +345,14 @@ def _noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
     if rev is not None and not cfg.ckpt:
         console.print(f"using the newest run's checkpoint: {rev.ckpt}", soft_wrap=True)
     out = output_dir(rev)
-    out.mkdir(parents=True, exist_ok=True)
     console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
                   f"{', '.join(names)} at t = {timesteps}", soft_wrap=True)
-    written = draw_forward(cfg, x0, schedules, names, timesteps, out)
-    if rev is not None:
-        written += draw_reverse(cfg, rev, out)
-        if rev.opened.codec is not None:
-            written.append(draw_latent_forward(cfg, rev, timesteps, out))
+    with staged_files(out) as tmp:  # the pictures join out/ together, once all are drawn
+        written = draw_forward(cfg, x0, schedules, names, timesteps, tmp)
+        if rev is not None:
+            written += draw_reverse(cfg, rev, tmp)
+            if rev.opened.codec is not None:
+                written.append(draw_latent_forward(cfg, rev, timesteps, tmp))
     console.print(f"[green]wrote[/] {', '.join(p.name for p in written)} to {out}/",
                   soft_wrap=True)
     return out

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
-from diffcli.api import draw as draw_samples
+from diffcli.api import draw_batches
 from diffcli.components import plain
-from diffcli.diffusion.generate import Trajectory, compact_seeds, to_uint8
+from diffcli.diffusion.generate import Trajectory, compact_seeds
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
@@ -41,6 +41,7 @@ from diffcli.runs import (
     run_roots,
     sampler_name,
 )
+from diffcli.workflows.sample_files import ImageSink, PointSink
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
@@ -72,21 +73,6 @@ def parse_seeds(spec: str | int | list | None, n: int, seed: int) -> list[int]:
     if any(lo < 0 for lo, _ in ranges):
         raise DiffcliError(f"seeds must be >= 0, got {spec if spec is not None else seed}")
     return [s for lo, hi in ranges for s in range(lo, hi + 1)]
-
-
-def check_memory(n: int, shape: tuple[int, ...], batch_size: int) -> None:
-    """Refuse, in one line, a call whose samples (float32 + uint8 copies) or one batch's noise
-    alone would not fit in the memory available now."""
-    per_item = 5 * math.prod(shape)  # bytes: float32 + uint8
-    need = n * per_item + min(batch_size, n) * 4 * math.prod(shape) * 8
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > 0.8 * free:
-        raise DiffcliError(f"{n:,} samples of shape {tuple(shape)} with batch_size={batch_size} "
-                           f"need about {need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is "
-                           "free: draw fewer per call (n=, seeds=) or lower batch_size")
 
 
 def sampler_choice() -> str | None:
@@ -136,14 +122,16 @@ class Request:
 def resolve(cfg: DictConfig, device: torch.device) -> Request:
     """Checkpoint, network, sampler and seeds of ``cfg``; every input checked."""
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile))
+    asked = len(parse_seeds(cfg.seeds, cfg.n or 64, cfg.seed))
+    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile),
+                      batch_size=min(int(cfg.batch_size), asked),
+                      rows_per_item=1 if cfg.get("guidance") is None else 2)
     kind = opened.info.kind
     clip = kind == "image" if cfg.clip_denoised is None else bool(cfg.clip_denoised)
     sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=clip)
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     check_precision(str(cfg.precision), device)
-    check_memory(len(seeds), opened.info.shape, int(cfg.batch_size))
     guided = guide(opened, guidance_keys(cfg), device)
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
@@ -153,53 +141,80 @@ def resolve(cfg: DictConfig, device: torch.device) -> Request:
 
 
 def draw(req: Request, cfg: DictConfig, rank: int, world: int,
-         trajectory: Trajectory | None) -> Tensor | None:
-    """This process's seeds (every ``world``-th), gathered on rank 0 (None elsewhere)."""
+         trajectory: Trajectory | None) -> Iterator[Tensor]:
+    """The samples, batch by batch in seed order (B, *shape) float32 CPU: this process's
+    seeds are every ``world``-th; rank 0 yields every process's batch j together, the others
+    yield nothing."""
     mine = req.seeds[rank::world]
     labels = None if req.labels is None else req.labels[rank::world]
-    with autocast(str(cfg.precision), req.device):
-        x = draw_samples(req.sampler, req.opened, mine, int(cfg.batch_size), req.device,
-                         trajectory, show=rank == 0, denoiser=req.guided.denoiser, labels=labels)
-    if world > 1:
-        x = _gather_shards(x, len(req.seeds), rank, world)
-    return x if rank == 0 else None
+    batch_size = int(cfg.batch_size)
+    batches = _autocast_each(
+        draw_batches(req.sampler, req.opened, mine, batch_size, req.device, trajectory,
+                     show=rank == 0, denoiser=req.guided.denoiser, labels=labels),
+        str(cfg.precision), req.device)
+    if world == 1:
+        yield from batches
+    else:
+        yield from _gathered(batches, len(req.seeds), rank, world, batch_size)
 
 
-def write(req: Request, cfg: DictConfig, x: Tensor, trajectory: Trajectory | None,
-          world: int) -> Path:
-    """Pictures, samples.npz, meta.json (and trajectory.npz) into one new folder."""
+def _autocast_each(batches: Iterator[Tensor], precision: str,
+                   device: torch.device) -> Iterator[Tensor]:
+    """``batches``, each drawn under ``precision``'s autocast (and written outside it)."""
+    while True:
+        with autocast(precision, device):
+            x = next(batches, None)
+        if x is None:
+            return
+        yield x
+
+
+def write(req: Request, cfg: DictConfig, batches: Iterable[Tensor],
+          trajectory: Trajectory | None, world: int) -> Path:
+    """Pictures, samples.npz, meta.json (and trajectory.npz) into one new folder, each batch
+    written as it is drawn (:mod:`diffcli.workflows.sample_files`)."""
     seeds, name, steps = req.seeds, req.name, req.steps
     span = f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    nfe = req.opened.counter.rows // len(seeds[0::world])  # evaluations per sample
-    meta = {"sampler": name, "sampler_config": OmegaConf.to_container(cfg.sampler),
-            "steps": steps, "nfe": nfe, "n": len(seeds), "seeds": compact_seeds(seeds),
-            "checkpoint": str(req.opened.ckpt), "global_step": req.opened.run.global_step,
-            "weights": req.opened.weights, "clip_denoised": req.clip,
-            "precision": str(cfg.precision), "processes": world, **req.guided.meta}
-    if req.guided.class_names is not None and req.guided.classes is not None \
-            and req.guided.tokens is None:
-        meta["class_names"] = [req.guided.class_names[c] for c in req.guided.classes]
     rows = None if req.labels is None else math.ceil(len(seeds) / len(req.guided.classes or [1]))
     image = req.opened.info.kind == "image"
-    data = None if image else build_datamodule(req.opened.run.config["dataset"]).data
     labels = req.labels if req.guided.tokens is None else req.guided.indices(len(seeds))
-    if req.guided.tokens is not None:  # samples.npz: labels = the prompt number of each image
-        meta["prompts"] = list(req.guided.meta["prompts"])
     with req.folder as tmp:  # all or nothing: the folder appears only once complete
-        if data is None:
-            _save_images(x, seeds, tmp, labels, per_row=rows)
+        if image:
+            sink: ImageSink | PointSink = ImageSink(tmp, seeds, req.opened.info.shape, labels,
+                                                    per_row=rows)
         else:  # the training points, drawn behind the samples
-            _save_points(x, seeds, data, tmp, f"{name}, {steps} steps, {span}{_guided(req)}",
-                         req.labels)
+            data = build_datamodule(req.opened.run.config["dataset"]).data
+            sink = PointSink(tmp, seeds, data, f"{name}, {steps} steps, {span}{_guided(req)}",
+                             req.labels)
+        for x in batches:
+            sink.add(x)
+        sink.close()
         if trajectory is not None:
             trajectory.save(tmp / "trajectory.npz")
-        (tmp / "meta.json").write_text(dumps_json(meta))
+        nfe = req.opened.counter.rows // len(seeds[0::world])  # evaluations per sample
+        (tmp / "meta.json").write_text(dumps_json(_meta(req, cfg, nfe, world)))
     picture = "grid.png, images/" if image else "scatter.png"
     console.print(f"[green]wrote[/] {len(seeds)} samples ({name}, {steps} steps, {nfe} NFE per "
                   f"sample, {req.opened.weights} weights, {span}{_guided(req)}) to "
                   f"{req.folder.path}/ : "
                   f"{picture}, samples.npz, meta.json" + (", trajectory.npz" if trajectory else ""))
     return req.folder.path
+
+
+def _meta(req: Request, cfg: DictConfig, nfe: int, world: int) -> dict:
+    """meta.json of a sampling call."""
+    meta = {"sampler": req.name, "sampler_config": OmegaConf.to_container(cfg.sampler),
+            "steps": req.steps, "nfe": nfe, "n": len(req.seeds),
+            "seeds": compact_seeds(req.seeds), "checkpoint": str(req.opened.ckpt),
+            "global_step": req.opened.run.global_step, "weights": req.opened.weights,
+            "clip_denoised": req.clip, "precision": str(cfg.precision), "processes": world,
+            **req.guided.meta}
+    if req.guided.class_names is not None and req.guided.classes is not None \
+            and req.guided.tokens is None:
+        meta["class_names"] = [req.guided.class_names[c] for c in req.guided.classes]
+    if req.guided.tokens is not None:  # samples.npz: labels = the prompt number of each image
+        meta["prompts"] = list(req.guided.meta["prompts"])
+    return meta
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -216,10 +231,12 @@ def sample(cfg: DictConfig) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     req = resolve(cfg, device)
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
-    x = draw(req, cfg, rank, world, trajectory)
-    if x is None:
+    batches = draw(req, cfg, rank, world, trajectory)
+    if rank != 0:
+        for _ in batches:  # this rank's share, sent to rank 0
+            pass
         return req.folder.final
-    return write(req, cfg, x, trajectory, world)
+    return write(req, cfg, batches, trajectory, world)
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -234,20 +251,27 @@ def _init_distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def _gather_shards(x: Tensor, n: int, rank: int, world: int) -> Tensor:
-    """Reassemble on rank 0 the samples that rank r drew for seeds[r::world]. (n, ...)"""
+def _gathered(batches: Iterator[Tensor], n: int, rank: int, world: int,
+              batch_size: int) -> Iterator[Tensor]:
+    """Rank r draws seeds[r::world]; its batch j holds seeds[world * (j * B + i) + r], so
+    batch j of every rank together is the contiguous block of seeds
+    [j * B * world, (j + 1) * B * world): rank 0 interleaves and yields it (no rank holds more
+    than a batch)."""
     import torch.distributed as dist
 
-    parts: list = [None] * world if rank == 0 else None
-    dist.gather_object(x, parts, dst=0)
+    rounds = math.ceil(math.ceil(n / world) / batch_size)  # rank 0 draws the most
+    for _ in range(rounds):
+        x = next(batches, None)  # None: this rank has drawn all of its seeds
+        parts: list | None = [None] * world if rank == 0 else None
+        dist.gather_object(x, parts, dst=0)
+        if rank == 0:
+            got = [p for p in parts if p is not None]
+            block = torch.empty(sum(len(p) for p in got), *got[0].shape[1:], dtype=got[0].dtype)
+            for r, part in enumerate(got):
+                block[r::world] = part
+            yield block
     dist.barrier()
     dist.destroy_process_group()  # all ranks, before any of them exits (gloo aborts otherwise)
-    if rank != 0:
-        return x
-    full = torch.empty(n, *x.shape[1:], dtype=x.dtype)
-    for r, part in enumerate(parts):
-        full[r::world] = part
-    return full
 
 
 def _guided(req: Request) -> str:
@@ -265,55 +289,3 @@ def _guided(req: Request) -> str:
     if "classifier_scale" in meta:
         text += f", classifier scale {meta['classifier_scale']:g}"
     return text
-
-
-def _extra_arrays(labels: Tensor | None) -> dict[str, np.ndarray]:
-    return {} if labels is None else {"labels": labels.numpy()}
-
-
-def _save_images(x: Tensor, seeds: list[int], out_dir: Path, labels: Tensor | None = None,
-                 per_row: int | None = None) -> None:
-    """samples.npz, images/<seed>.png and grid.png (``per_row`` images a row: one row per
-    class for class-conditional samples)."""
-    from torchvision.io import write_png
-    from torchvision.utils import make_grid, save_image
-
-    imgs = to_uint8(x)  # (N, C, H, W)
-    np.savez_compressed(out_dir / "samples.npz", images=imgs.permute(0, 2, 3, 1).numpy(),
-                        seeds=np.array(seeds), **_extra_arrays(labels))
-    (out_dir / "images").mkdir(exist_ok=True)
-    for img, seed in zip(imgs, seeds, strict=True):
-        write_png(img, str(out_dir / "images" / f"{seed:06d}.png"))
-    nrow = per_row or math.ceil(math.sqrt(len(x)))
-    grid = make_grid(imgs.float() / 255, nrow=nrow, padding=1, pad_value=1)
-    scale = max(1, 256 // max(x.shape[-1], 1) // 2)
-    grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
-    save_image(grid, out_dir / "grid.png")
-
-
-def _save_points(x: Tensor, seeds: list[int], data: Tensor, out_dir: Path, title: str,
-                 labels: Tensor | None = None) -> None:
-    """samples.npz and scatter.png: the samples (coloured by class when labelled) over the
-    training points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    np.savez_compressed(out_dir / "samples.npz", points=x.numpy(), seeds=np.array(seeds),
-                        **_extra_arrays(labels))
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(data[:, 0], data[:, 1], s=2, c="0.75", label="data")
-    if labels is None:
-        ax.scatter(x[:, 0], x[:, 1], s=2, c="tab:red", label="samples")
-    for c in ([] if labels is None else sorted(set(labels.tolist()))):
-        pick = labels == c
-        ax.scatter(x[pick, 0], x[pick, 1], s=2, label=f"class {c}")
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_dir / "scatter.png")
-    plt.close(fig)
-
-

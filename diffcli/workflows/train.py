@@ -251,6 +251,20 @@ def data_description(dm: Any, num_classes: int | None) -> dict[str, Any]:
     return info
 
 
+def check_training_fits(cfg: DictConfig, shape: tuple[int, ...], num_classes: int | None,
+                        batch_size: int) -> None:
+    """One line, before the network is built, when a training batch (forward and backward;
+    weights, gradients, Adam's two moments and the EMA: 5 copies of the weights) cannot fit
+    in the memory of the device it trains on (:func:`diffcli.nets.memory.check_fits`)."""
+    from diffcli.nets.memory import check_fits
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    check_fits(lambda: build_net(cfg.model, shape, num_classes=num_classes),
+               shape, batch_size, torch.device("cuda" if cuda else "cpu"),
+               key="dataset.batch_size", what="training", grad=True, weight_copies=5)
+
+
 def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.LightningModule:
     """The ``module`` group built around the network, schedule, optimizer and LR schedule
     (and, for latent diffusion, the latent space)."""
@@ -258,6 +272,7 @@ def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.Lig
         return _autoencoder_module(cfg, dm)
     num_classes = check_labels(cfg, dm)
     shape = space.info.shape if space is not None else dm.data_shape
+    check_training_fits(cfg, tuple(shape), num_classes, int(dm.batch_size))
     net = build_net(cfg.model, shape, num_classes=num_classes,
                     text_encoder_cfg=cfg.get("text_encoder"))
     channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
