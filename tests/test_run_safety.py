@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import EXE, assert_one_line_error, run, run_here
+from test_cli import EXE, assert_one_line_error, run_here
 
 from diffcli.checkpoint import first_nonfinite
 from diffcli.diffusion.generate import check_finite
