@@ -115,17 +115,23 @@ def test_the_installed_wheel_trains_exports_and_samples(installed: dict[str, str
         assert any((run / "export" / fmt).iterdir())
     exported = run / "export" / "safetensors" / "model.safetensors"
     _diffcli(installed, tmp_path, "sample", f"ckpt={exported}", *common)
-    _diffcli(installed, tmp_path, "sample", f"ckpt={run / 'export' / 'diffusers'}", *common)
-    images = [json.loads((d / "meta.json").read_text())["nfe"]
-              for d in (run / "export").glob("*/samples/ddim-4")]
-    assert images == [4, 4]
-    api = ("import sys, diffcli; p = diffcli.load(sys.argv[1]); "
-           "x = p.sample(n=3, steps=4, sampler='ddim'); print(tuple(x.shape), diffcli.__file__)")
-    proc = subprocess.run([sys.executable, "-c", api, str(exported)], cwd=tmp_path, env=installed,
-                          capture_output=True, text=True, timeout=600)
+    meta = json.loads((run / "export" / "safetensors" / "samples" / "ddim-4" / "meta.json")
+                      .read_text())
+    assert (meta["nfe"], meta["n"]) == (4, 6)
+    # diffcli.load from the installed package: the safetensors file and the diffusers folder
+    api = ("import sys, diffcli\n"
+           "for path in sys.argv[1:]:\n"
+           "    x = diffcli.load(path).sample(n=3, steps=4, sampler='ddim')\n"
+           "    print(tuple(x.shape), diffcli.__file__)\n")
+    proc = subprocess.run([sys.executable, "-c", api, str(exported), str(run / "export" /
+                                                                       "diffusers")],
+                          cwd=tmp_path, env=installed, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shape, where = proc.stdout.split(")")[0] + ")", proc.stdout.split(")")[1].strip()
-    assert shape == "(3, 1, 8, 8)" and where.startswith(target)
+    printed = proc.stdout.strip().splitlines()
+    assert len(printed) == 2, proc.stdout
+    for line in printed:
+        shape, where = line.split(")")[0] + ")", line.split(")")[1].strip()
+        assert shape == "(3, 1, 8, 8)" and where.startswith(target)
 
 
 def test_the_suite_runs_against_the_installed_package():

@@ -7,7 +7,8 @@ the user had was changed and no partial output is left.
   checkpoint whose shape cannot fit (in this process: the refusal comes before any work);
 - Ctrl-C in every command that runs a network (raised where the network is first called);
 - real signals: ``kill -9`` during ``sample`` and ``export``, Ctrl-C during ``sample``, SIGTERM
-  during ``export``, two samplers started at once on one run, SIGTERM to a DDP run (serial).
+  during ``export``, two samplers started at once on one run, SIGTERM to a DDP run (serial;
+  it also checks DDP training itself).
 
 Deeper tables of the same guarantees: tests/test_crafted_checkpoints.py (26 crafted
 checkpoints x 7 ways in), tests/test_bad_inputs.py, tests/test_ways_in.py,
@@ -257,21 +258,31 @@ def test_two_samplers_at_once_on_one_run_write_two_whole_folders(run_copy: Path)
 
 
 @pytest.mark.serial
-def test_sigterm_to_a_ddp_run_saves_once_and_ends_every_rank(tmp_path: Path):
-    """SIGTERM to rank 0 of a 2-process DDP run on the CPU: the step finishes, last.ckpt is
-    saved, one ``interrupted`` line, exit 143, and no rank is left running."""
-    args = ["train", *TINY_UNET, "logger=none", "callbacks.preview=null", "trainer=ddp",
-            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=100000",
-            "callbacks.last.every_n_steps=2"]
+def test_ddp_on_the_cpu_trains_one_model_and_sigterm_saves_once_and_ends_every_rank(
+        tmp_path: Path):
+    """Two DDP processes on the CPU (was test_train_cli's DDP test, merged here to launch DDP
+    once): the header counts both devices, previews come from rank 0 only, and SIGTERM to rank
+    0 once a checkpoint exists finishes the step, saves last.ckpt, prints one ``interrupted``
+    line and exits 143 with no rank left running; sampling from the run works."""
+    args = ["train", *TINY_UNET, "dataset.batch_size=16", "logger=csv", "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2", "trainer.precision=32", "trainer.max_steps=100000",
+            "callbacks.last.every_n_steps=3", "callbacks.preview.every_n_steps=3"]
     proc = _start(tmp_path, *args)
-    ckpts = _wait_for(proc, lambda: list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")))
+    _wait_for(proc, lambda: list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
+    assert "16 per device x 2 device(s) x 1 accumulation = 32" in err.replace("\n", "")
     lines = [ln for ln in err.splitlines() if ln.startswith(("interrupted", "error"))]
     assert len(lines) == 1 and lines[0].startswith("interrupted: SIGTERM at step"), err[-3000:]
     assert "Traceback" not in err
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a rank outlived the run"
-    assert torch.load(ckpts[0], weights_only=True)["global_step"] >= 2
+    (ckpt,) = tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")
+    step = torch.load(ckpt, weights_only=True)["global_step"]
+    assert step >= 3 and f"at step {step}" in lines[0]
+    previews = list(ckpt.parent.parent.glob("progress/step-*.png"))
+    assert 1 <= len(previews) <= step // 3  # rank 0 only, every 3 steps
+    run_here(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4")  # one model, as any run

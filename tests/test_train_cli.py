@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_cli import EXE, assert_one_line_error, run, run_here
+from test_cli import EXE, assert_one_line_error, run_here
 
 from diffcli.cli import CONF_DIR
 from diffcli.nets.layers import count_parameters
@@ -96,21 +96,6 @@ def test_resume_refuses_a_different_network_and_a_finished_run(tmp_path: Path):
     assert_one_line_error(proc, "already at step 2")
     proc = run_here(tmp_path, "train", *TINY, "logger=none", "ckpt_path=nope.ckpt", ok=False)
     assert_one_line_error(proc, "nope.ckpt")
-
-
-@pytest.mark.serial
-@pytest.mark.slow
-def test_ddp_on_cpu_with_two_processes(tmp_path: Path):
-    out = run(tmp_path, "train", *TINY_NET, "logger=csv", "trainer=ddp", "trainer.accelerator=cpu",
-              "trainer.devices=2", "trainer.precision=32", "trainer.max_steps=6",
-              "callbacks.last.every_n_steps=3", "callbacks.preview.every_n_steps=3")
-    text = out.stderr.replace("\n", "")
-    assert "16 per device x 2 device(s) x 1 accumulation = 32" in text
-    ckpt = last_checkpoints(tmp_path)[0]
-    assert checkpoint_step(ckpt) == 6
-    assert len(list(ckpt.parent.parent.glob("progress/step-*.png"))) == 2  # rank 0 only
-    # the two ranks trained one model: sampling from it works like any other run
-    run(tmp_path, "sample", "sampler=ddim", "steps=3", "n=4")
 
 
 @pytest.mark.slow

@@ -188,6 +188,8 @@ def eval_nll(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out)).expanduser() if cfg.out else \
         eval_dir / f"nll-{cfg.method}-{stem}.json"
     out = write_json_output(out, record, "eval-nll", overwrite=bool(cfg.overwrite))
+    if pictures:
+        eval_dir.mkdir(parents=True, exist_ok=True)
     written = [draw() for draw in pictures]
     Console().print(_table(results, items))
     console.print(f"[green]wrote[/] {out}" + "".join(f", {p}" for p in written))

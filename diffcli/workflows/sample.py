@@ -186,9 +186,10 @@ def write(req: Request, cfg: DictConfig, batches: Iterable[Tensor],
             data = build_datamodule(req.opened.run.config["dataset"]).data
             sink = PointSink(tmp, seeds, data, f"{name}, {steps} steps, {span}{_guided(req)}",
                              req.labels)
-        for x in batches:
-            sink.add(x)
-        sink.close()
+        with sink:
+            for x in batches:
+                sink.add(x)
+            sink.close()
         if trajectory is not None:
             trajectory.save(tmp / "trajectory.npz")
         nfe = req.opened.counter.rows // len(seeds[0::world])  # evaluations per sample

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import torch
@@ -55,6 +56,14 @@ class ImageSink:
         self.done = 0
         (folder / "images").mkdir(exist_ok=True)
 
+    def __enter__(self) -> ImageSink:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is not None:  # an error or Ctrl-C: drop the half-written samples.npz
+            self.npz.__exit__(kind, exc, tb)
+
     def add(self, x: Tensor) -> None:
         """The next ``len(x)`` samples: their PNGs, their rows of samples.npz, grid picks."""
         from torchvision.io import write_png
@@ -87,6 +96,12 @@ class PointSink:
         self.folder, self.seeds, self.data, self.title = folder, seeds, data, title
         self.labels = labels
         self.parts: list[Tensor] = []
+
+    def __enter__(self) -> PointSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def add(self, x: Tensor) -> None:
         self.parts.append(x)
