@@ -442,7 +442,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
     import hydra
 
     from diffcli.errors import DiffcliError
-    from diffcli.workflows.rundir import register_resolvers
+    from diffcli.workflows.rundir import forget_claims, register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
     args = expand_aliases(config_name, list(args))
@@ -455,6 +455,7 @@ def run_hydra(config_name: str, workflow: Callable, args: list[str], multirun: b
              "--help)", 2)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
+    forget_claims()
     try:  # Hydra's own nodes (callbacks, logging, launcher) are data too: before Hydra acts
         check_hydra_config(config_name, args)
     except DiffcliError as e:

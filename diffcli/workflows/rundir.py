@@ -78,6 +78,12 @@ def steps_unless_timed(steps: object, max_time: object) -> int:
     return -1 if max_time not in (None, "") else int(steps)
 
 
+def forget_claims() -> None:
+    """A new command in this process (the app called again, e.g. from Python or tests): its
+    run folder is claimed anew, not the previous command's (which may be the same second's)."""
+    _claimed.clear()
+
+
 def register_resolvers() -> None:
     for name, fn in ((RESOLVER, fresh_dir), ("diffcli.sweep_group", sweep_group),
                      ("diffcli.job_name", job_name), ("diffcli.at_least_one", at_least_one),
