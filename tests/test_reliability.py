@@ -32,6 +32,7 @@ import pytest
 import torch
 from test_bad_inputs import run_in_process
 from test_cli import EXE, TINY_UNET, run_here
+from test_crafted_checkpoints import Touch
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +55,6 @@ def _ckpt(home: Path) -> Path:
 def _digest(*roots: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest()
             for root in roots for p in root.rglob("*") if p.is_file()}
-
-
-class Touch:
-    """A pickled payload: unpickling it would create ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):  # noqa: ANN204
-        return (Path.touch, (self.path,))
 
 
 # ---------------------------------------------------------------- crafted files, in process
