@@ -35,7 +35,7 @@ from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
-from diffcli.guide import Guidance, guide
+from diffcli.guide import Guidance, forward_rows, guide
 from diffcli.runs import (
     OpenedRun,
     check_sampling_fits,
@@ -214,7 +214,7 @@ class Pipeline:
         if not seeds:
             raise DiffcliError(f"no seeds to sample (n={n}): ask for n >= 1")
         check_sampling_fits(self.opened.run, batch_size, self.device,
-                            rows_per_item=1 if guidance is None else 2)
+                            rows_per_item=forward_rows(guidance))
         node = option("sampler", sampler) if isinstance(sampler, str) else dict(sampler)
         clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
         smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,

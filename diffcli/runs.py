@@ -571,13 +571,16 @@ def check_sampling_fits(run: LoadedRun, batch_size: int, device: torch.device,
                rows_per_item=rows_per_item, extra_per_item=8 * 4 * math.prod(shape))
 
 
-def open_run(ckpt: Path, *, use_ema: bool, device: torch.device, compile: bool = False,
-             batch_size: int | None = None, rows_per_item: int = 1) -> OpenedRun:
-    """Load ``ckpt`` safely and rebuild its network (EMA weights when asked and present),
-    schedule and denoiser, with an NFE counter around the network. ``batch_size``: refuse
-    first, in one line, a sampling batch (``rows_per_item`` network rows a sample) that
-    cannot fit in ``device``'s memory (:func:`diffcli.nets.memory.check_fits`)."""
-    run = require_diffusion(load_checkpoint(ckpt))
+def open_run(ckpt: Path | LoadedRun, *, use_ema: bool, device: torch.device,
+             compile: bool = False, batch_size: int | None = None,
+             rows_per_item: int = 1) -> OpenedRun:
+    """Load ``ckpt`` safely (or take the run already loaded from it) and rebuild its network
+    (EMA weights when asked and present), schedule and denoiser, with an NFE counter around the
+    network. ``batch_size``: refuse first, in one line, a sampling batch (``rows_per_item``
+    network rows a sample) that cannot fit in ``device``'s memory
+    (:func:`diffcli.nets.memory.check_fits`)."""
+    run = require_diffusion(ckpt if isinstance(ckpt, LoadedRun) else load_checkpoint(ckpt))
+    ckpt = run.path
     if batch_size is not None:
         check_sampling_fits(run, batch_size, device, rows_per_item)
     net, info, weights = restore_net(run, use_ema, device)

@@ -53,7 +53,7 @@ from diffcli.eval.metrics import (
 )
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import write_json_output
-from diffcli.guide import Guidance, guide
+from diffcli.guide import Guidance, forward_rows, guide
 from diffcli.runs import (
     autocast,
     build_datamodule,
@@ -134,7 +134,7 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
         return _reconstruction_side(cfg, ckpt, n, device)
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
                       batch_size=min(int(cfg.batch_size), n),
-                      rows_per_item=1 if cfg.get("guidance") is None else 2)
+                      rows_per_item=forward_rows(cfg.get("guidance")))
     guided = guide(opened, guidance or Guidance(), device)
     labels = guided.labels(n, cyclic=True)
     info = opened.info

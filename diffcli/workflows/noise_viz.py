@@ -179,7 +179,7 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     sampler, or None when no reverse picture is asked for."""
     if not cfg.ckpt and not cfg.reverse:
         return None
-    from diffcli.guide import guide
+    from diffcli.guide import forward_rows, guide
     from diffcli.runs import find_latest_checkpoint, make_sampler, open_run, pick_device, run_roots
     from diffcli.workflows.sample import guidance_keys, sampler_choice
 
@@ -188,7 +188,7 @@ def prepare_reverse(cfg: DictConfig) -> Reverse | None:
     device = pick_device(str(cfg.device))
     opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
                       batch_size=_positive(cfg.num_images, "num_images"),
-                      rows_per_item=1 if cfg.get("guidance") is None else 2)
+                      rows_per_item=forward_rows(cfg.get("guidance")))
     if opened.info.kind != "image":
         raise DiffcliError(f"{ckpt} was trained on 2-D points; noise-viz draws images: use a run "
                            "trained on images (e.g. dataset=digits)")

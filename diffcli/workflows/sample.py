@@ -25,8 +25,9 @@ from diffcli.diffusion.generate import Trajectory, compact_seeds
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
-from diffcli.guide import Guidance, GuidedRun, guide
+from diffcli.guide import Guidance, GuidedRun, forward_rows, guide
 from diffcli.runs import (
+    LoadedRun,
     OpenedRun,
     autocast,
     build_datamodule,
@@ -37,6 +38,7 @@ from diffcli.runs import (
     make_sampler,
     open_run,
     pick_device,
+    require_diffusion,
     run_dir_of,
     run_roots,
     sampler_name,
@@ -119,18 +121,19 @@ class Request:
     labels: Tensor | None  # (N,) each seed's class; None: unconditional
 
 
-def resolve(cfg: DictConfig, device: torch.device) -> Request:
-    """Checkpoint, network, sampler and seeds of ``cfg``; every input checked."""
+def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun | None = None) -> Request:
+    """Checkpoint (``run``: already loaded from it), network, sampler and seeds of ``cfg``;
+    every input checked."""
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    asked = len(parse_seeds(cfg.seeds, cfg.n or 64, cfg.seed))
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile),
-                      batch_size=min(int(cfg.batch_size), asked),
-                      rows_per_item=1 if cfg.get("guidance") is None else 2)
-    kind = opened.info.kind
+    run = require_diffusion(run or load_checkpoint(ckpt))
+    kind = run.data_info().kind
+    seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
+    opened = open_run(run, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile),
+                      batch_size=min(int(cfg.batch_size), len(seeds)),
+                      rows_per_item=forward_rows(cfg.get("guidance")))
     clip = kind == "image" if cfg.clip_denoised is None else bool(cfg.clip_denoised)
     sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=clip)
-    seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     check_precision(str(cfg.precision), device)
     guided = guide(opened, guidance_keys(cfg), device)
     labels = guided.labels(len(seeds))
@@ -223,14 +226,15 @@ def sample(cfg: DictConfig) -> Path:
     rank, world = _init_distributed()
     device = pick_device(cfg.device)
     ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    if load_checkpoint(ckpt).task == "autoencoder":
+    run = load_checkpoint(ckpt)  # read once, handed on
+    if run.task == "autoencoder":
         from diffcli.workflows.reconstruct import reconstruct
 
         return reconstruct(cfg, ckpt, device)
     cfg.ckpt = str(ckpt)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    req = resolve(cfg, device)
+    req = resolve(cfg, device, run)
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
     batches = draw(req, cfg, rank, world, trajectory)
     if rank != 0:
