@@ -206,14 +206,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ``UNet2DModel`` with its scheduler), mapped to a diffcli config and weights."""
     path = Path(path)
     if path.is_dir():  # an exported diffusers folder, or one from the Hub
-        from diffcli.export.diffusers_io import read_diffusers_folder
+        from diffcli.interop.diffusers_io import read_diffusers_folder
 
         return _with_metadata(read_diffusers_folder(path), path)
     if not path.is_file():
         raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket): not a "
                               "checkpoint" if path.exists() else f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":  # `diffcli export format=safetensors`
-        from diffcli.export.safetensors_io import read_safetensors
+        from diffcli.interop.safetensors_io import read_safetensors
 
         return _with_metadata(read_safetensors(path), path)
     try:

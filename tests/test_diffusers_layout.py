@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from diffcli.components import conf_dir
-from diffcli.nets.diffusers_layout import (
+from diffcli.interop.diffusers_layout import (
     DIFFUSERS_UNET_DEFAULTS,
     diffusers_unet_config,
     from_diffusers_config,

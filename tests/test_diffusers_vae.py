@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from diffcli.nets.autoencoder import KLAutoencoder, VQAutoencoder
-from diffcli.nets.diffusers_vae import (
+from diffcli.interop.diffusers_vae import (
     DIFFUSERS_VAE_NORM_EPS,
     autoencoder_kl_config,
     from_diffusers_vae_state_dict,

@@ -141,7 +141,7 @@ def test_diffusers_export_loads_in_diffusers_and_back(tiny_run: Path):
 def test_onnx_export_samples_as_torch(tiny_run: Path):
     pytest.importorskip("onnxruntime")
     from diffcli.diffusion.denoiser import Denoiser
-    from diffcli.export.onnx import onnx_predict
+    from diffcli.interop.onnx import onnx_predict
 
     run = _run_dir(tiny_run)
     proc = run_here(tiny_run, "export", "format=onnx")
@@ -233,7 +233,7 @@ def test_a_class_conditional_model_exports_its_unet_and_reads_back(tmp_path: Pat
 
 
 def test_the_model_card_lists_the_runs_evaluations(tmp_path: Path):
-    from diffcli.export.model_card import eval_results
+    from diffcli.interop.model_card import eval_results
 
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "fid-ddim-50-n1000.json").write_text(json.dumps(

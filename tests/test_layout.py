@@ -74,7 +74,7 @@ def test_only_the_edge_imports_hydra_and_the_workflows():
 def test_lower_layers_do_not_import_higher_ones():
     """workflows -> api -> guide -> runs -> lit / eval / export -> data / viz -> diffusion /
     nets (errors, files, components, console are leaves any layer may use)."""
-    order = {"diffusion": 0, "nets": 0, "data": 1, "viz": 1, "eval": 2, "export": 2, "lit": 3,
+    order = {"diffusion": 0, "nets": 0, "data": 1, "viz": 1, "eval": 2, "interop": 1, "lit": 3,
              "runs": 4, "guide": 5, "api": 6}
     for unit, targets in _graph().items():
         if unit not in order:

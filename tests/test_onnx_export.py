@@ -13,8 +13,8 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
 from diffcli.errors import DiffcliError  # noqa: E402
-from diffcli.export import onnx as onnx_export  # noqa: E402
-from diffcli.export.onnx import check_onnx, export_onnx, onnx_available, onnx_predict  # noqa: E402
+from diffcli.interop import onnx as onnx_export  # noqa: E402
+from diffcli.interop.onnx import check_onnx, export_onnx, onnx_available, onnx_predict  # noqa: E402
 from diffcli.nets.mlp import MLP  # noqa: E402
 from diffcli.nets.unet import UNet  # noqa: E402
 

@@ -54,7 +54,7 @@ def test_the_wheel_holds_every_module_and_config(wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = sorted(source_files() - names)
     assert not missing, f"left out of the wheel: {missing}"
-    assert "diffcli/export/__init__.py" in names  # the module a hand-kept list once forgot
+    assert "diffcli/interop/__init__.py" in names  # the module a hand-kept list once forgot
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "diffcli = diffcli.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -72,10 +72,10 @@ def test_a_module_left_out_of_the_packaging_is_caught(tmp_path: Path):
     assert 'include = ["diffcli*", "hydra_plugins*"]' in toml
     (src / "pyproject.toml").write_text(toml.replace(
         'include = ["diffcli*", "hydra_plugins*"]',
-        'include = ["diffcli*", "hydra_plugins*"]\nexclude = ["diffcli.export"]'))
+        'include = ["diffcli*", "hydra_plugins*"]\nexclude = ["diffcli.interop"]'))
     names = set(zipfile.ZipFile(build_wheel(src, tmp_path / "out")).namelist())
     missing = {p for p in source_files() if p not in names}
-    assert missing == {p for p in source_files() if p.startswith("diffcli/export/")
+    assert missing == {p for p in source_files() if p.startswith("diffcli/interop/")
                        and p.count("/") == 2}
 
 

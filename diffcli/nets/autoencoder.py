@@ -528,7 +528,7 @@ class KLAutoencoder(_Autoencoder):
         downsample_padding: padding of the encoder's stride-2 convs: 1 (default) pads every
             side; 0 pads only the right and bottom edge (the LDM reference code's layout, which
             diffusers' ``AutoencoderKL`` hard-codes; needed to export to it, see
-            :mod:`diffcli.nets.diffusers_vae`). Both halve even sizes; weights do not carry
+            :mod:`diffcli.interop.diffusers_vae`). Both halve even sizes; weights do not carry
             over between the two.
     """
 

@@ -25,8 +25,8 @@ from rich.console import Console
 
 from diffcli.components import plain
 from diffcli.errors import DiffcliError
-from diffcli.export.model_card import eval_results, model_card
-from diffcli.export.safetensors_io import write_safetensors
+from diffcli.interop.model_card import eval_results, model_card
+from diffcli.interop.safetensors_io import write_safetensors
 from diffcli.files import OutputFolder, atomic_write_text
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
@@ -61,8 +61,8 @@ def scheduler_of(sampler: Any) -> str:
 def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
     """One line, before anything is written, for a model that ``fmt`` cannot hold (and, for
     diffusers, a ``sampler`` node without a diffusers scheduler)."""
-    from diffcli.export.diffusers_io import diffusers_layout, vae_kwargs
-    from diffcli.nets.diffusers_vae import autoencoder_kl_config
+    from diffcli.interop.diffusers_io import diffusers_layout, vae_kwargs
+    from diffcli.interop.diffusers_vae import autoencoder_kl_config
 
     require_diffusion(run)
     needs = {"diffusers": ("diffusers",), "onnx": ("onnx", "onnxruntime")}.get(fmt, ())
@@ -122,7 +122,7 @@ def _vae(run: LoadedRun) -> Any:
 
         return AutoencoderKL.from_pretrained(str(pretrained_folder(latent.source)[0]),
                                              local_files_only=True, use_safetensors=True)
-    from diffcli.export.diffusers_io import autoencoder_kl
+    from diffcli.interop.diffusers_io import autoencoder_kl
 
     ae = read_autoencoder(latent.source)
     return autoencoder_kl(ae.config["autoencoder"], ae.network_weights(use_ema=True)[0],
@@ -148,7 +148,7 @@ def _safetensors(run: LoadedRun, folder: Path, which: str) -> tuple[str, list[st
 
 
 def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, list[str]]:
-    from diffcli.export.onnx import check_onnx, export_onnx
+    from diffcli.interop.onnx import check_onnx, export_onnx
 
     net, _, weights = restore_net(run, use_ema=which == "ema", device=torch.device("cpu"))
     shape, k = run.sample_shape, run.num_classes
@@ -169,7 +169,7 @@ def _onnx(run: LoadedRun, folder: Path, which: str, check: bool) -> tuple[str, l
 
 def _diffusers(run: LoadedRun, folder: Path, which: str,
                sampler: Any) -> tuple[str, list[str]]:
-    from diffcli.export.diffusers_io import write_diffusers_folder
+    from diffcli.interop.diffusers_io import write_diffusers_folder
 
     weights, taken = exported_weights(run, which)
     try:

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from diffcli.nets.attention import SpatialTransformer
 from diffcli.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample
 from diffcli.nets.unet import UNet
-from diffcli.nets.weight_maps import Entry, map_in, map_out
+from diffcli.interop.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_UNET_DEFAULTS",
@@ -329,7 +329,7 @@ def _entries(net: UNet) -> list[_Entry]:
 
 def _layout(unet_kwargs: Mapping[str, Any],
             data_shape: Sequence[int]) -> tuple[list[Entry], dict[str, torch.Size]]:
-    """The weight correspondences (:mod:`diffcli.nets.weight_maps`) and diffcli's parameter
+    """The weight correspondences (:mod:`diffcli.interop.weight_maps`) and diffcli's parameter
     shapes."""
     net = _meta_unet(unet_kwargs, data_shape)
     _check_exportable(net, unet_kwargs)

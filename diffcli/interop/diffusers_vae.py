@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from diffcli.nets.autoencoder import KLAutoencoder, ResnetBlock
 from diffcli.nets.layers import AttentionBlock, Downsample, Upsample
-from diffcli.nets.weight_maps import Entry, map_in, map_out
+from diffcli.interop.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_VAE_NORM_EPS",

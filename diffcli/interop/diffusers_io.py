@@ -2,7 +2,7 @@
 ``UNet2DModel`` folder (exported here, or e.g. google/ddpm-cifar10-32) read back as a diffcli
 checkpoint.
 
-The U-Net's layout and weights map through :mod:`diffcli.nets.diffusers_layout`; the noise
+The U-Net's layout and weights map through :mod:`diffcli.interop.diffusers_layout`; the noise
 schedule maps onto the scheduler config (``linear`` betas, ``squaredcos_cap_v2`` for the cosine
 schedule of Nichol & Dhariwal 2021, else the exact ``trained_betas``), with the prediction type
 and the ``trailing`` timestep grid diffcli's samplers use, so a diffusers scheduler of the same
@@ -20,7 +20,7 @@ import torch
 
 from diffcli.errors import CheckpointError
 from diffcli.files import atomic_write_text, dumps_json
-from diffcli.nets.diffusers_layout import (
+from diffcli.interop.diffusers_layout import (
     diffusers_unet_config,
     from_diffusers_config,
     from_diffusers_state_dict,
@@ -150,7 +150,7 @@ def autoencoder_kl(ae_config: dict[str, Any], weights: dict[str, torch.Tensor],
     autoencoder that AutoencoderKL cannot express."""
     from diffusers import AutoencoderKL
 
-    from diffcli.nets.diffusers_vae import autoencoder_kl_config, to_diffusers_vae_state_dict
+    from diffcli.interop.diffusers_vae import autoencoder_kl_config, to_diffusers_vae_state_dict
 
     kwargs = vae_kwargs(ae_config)
     vae = AutoencoderKL(**autoencoder_kl_config(kwargs, image_shape, scale_factor))
@@ -230,7 +230,7 @@ def _image_data(folder: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
 def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     """A diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/`` and
     ``scheduler/``) as the checkpoint-shaped mapping of a diffcli run (see
-    :func:`diffcli.export.safetensors_io.read_safetensors`)."""
+    :func:`diffcli.interop.safetensors_io.read_safetensors`)."""
     unet_dir = _unet_folder(folder)
     unet_cfg, sched = _json(unet_dir / "config.json"), _scheduler(folder, unet_dir)
     learned = sched.get("variance_type") in ("learned", "learned_range")

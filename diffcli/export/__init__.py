@@ -1,1 +1,0 @@
-"""Export and import of trained models: safetensors, diffusers folders, ONNX."""
