@@ -39,8 +39,8 @@ from mnist_judge import (  # noqa: E402
 )
 
 from diffcli.diffusion.generate import generate, to_uint8  # noqa: E402
-from diffcli.guide import Guidance, guide  # noqa: E402
-from diffcli.runs import make_sampler, open_run  # noqa: E402
+from diffcli.guided_run import Guidance, guide  # noqa: E402
+from diffcli.restore import make_sampler, open_run  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "guidance-mnist"
 COMMON = ["dataset=mnist", f"dataset.root={DATA}", "dataset.split=test", "logger=none",

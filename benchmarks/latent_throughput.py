@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffcli.cli import CONF_DIR
+from diffcli.components import build_autoencoder
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.generate import generate
 from diffcli.diffusion.losses import diffusion_loss
@@ -34,7 +35,6 @@ from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.schedules import linear_schedule
 from diffcli.nets.latent import LatentCodec
 from diffcli.nets.unet import UNet
-from diffcli.runs import build_autoencoder
 
 CASES = ("pixel", "latent (encode every batch)", "latent (cached)")
 

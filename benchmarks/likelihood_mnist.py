@@ -39,7 +39,7 @@ from mnist_judge import (  # noqa: E402
 )
 
 from diffcli.diffusion.generate import generate, to_uint8  # noqa: E402
-from diffcli.runs import make_sampler, open_run  # noqa: E402
+from diffcli.restore import make_sampler, open_run  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "likelihood-mnist"
 COMMON = ["dataset=mnist", f"dataset.root={DATA}", "dataset.split=test", "logger=none",

@@ -35,15 +35,9 @@ from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
-from diffcli.guide import Guidance, forward_rows, guide
-from diffcli.runs import (
-    OpenedRun,
-    check_sampling_fits,
-    checkpoint_of,
-    make_sampler,
-    open_run,
-    pick_device,
-)
+from diffcli.guided_run import Guidance, forward_rows, guide
+from diffcli.restore import OpenedRun, check_sampling_fits, make_sampler, open_run, pick_device
+from diffcli.runs import checkpoint_of
 
 console = Console(stderr=True, soft_wrap=True)
 OUTPUTS = ("uint8", "float", "pil")

@@ -32,9 +32,12 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffcli.errors import DiffcliError, user_errors
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # group -> exact names of the callables its configs may name (every `_target_` under conf/).
 COMPONENTS: dict[str, frozenset[str]] = {
@@ -357,3 +360,48 @@ def build(group: str, node: Any, *, source: str = "config", where: str | None = 
     with user_errors(where):
         return fn(**kwargs)
 
+
+LEGACY_MODEL_KEYS = ("in_channels", "image_size", "dim")  # set from the data, never stored now
+
+
+def build_datamodule(dataset_cfg: Any, *, download_ok: bool = False,
+                     captions: bool = False) -> Any:
+    """Build the dataset group's datamodule (``train_steps`` is advice for the trainer).
+    Only ``diffcli train`` passes ``download_ok``: a dataset rebuilt from a checkpoint's config
+    never downloads (a stored ``download: true`` would write files where the file says).
+    ``captions``: items (x, caption) for text-to-image training."""
+    node = {k: v for k, v in plain(dataset_cfg).items() if k != "train_steps"}
+    if captions:
+        node["captions"] = True
+    if not download_ok and "download" in node:
+        node["download"] = False
+    return build("dataset", node)
+
+
+def build_net(model_cfg: Any, data_shape: Sequence[int], num_classes: int | None = None,
+              text_encoder_cfg: Any = None) -> nn.Module:
+    """The network of the model group's config for samples of ``data_shape`` (every diffcli
+    network takes ``data_shape``; it refuses data it cannot model, e.g. a U-Net and points),
+    class-conditional (or a classifier) over ``num_classes`` labels when given, text-conditional
+    (:class:`~diffcli.nets.text.TextConditionedNet`) when ``text_encoder_cfg`` is given."""
+    node = {k: v for k, v in plain(model_cfg).items() if k not in LEGACY_MODEL_KEYS}
+    if num_classes is not None:
+        node["num_classes"] = int(num_classes)
+    shape = [int(d) for d in data_shape]
+    if not text_encoder_cfg:
+        return build("model", node, data_shape=shape)
+    from diffcli.nets.text import TextConditionedNet
+
+    encoder = build("text_encoder", text_encoder_cfg)
+    node["context_dim"] = int(encoder.width)
+    if not node.get("transformer_levels") and not node.get("transformer_resolutions") \
+            and not node.get("mid_transformer"):
+        # the default: cross-attention at the lowest resolution and in the middle block
+        node["transformer_levels"] = [len(node.get("channel_mults") or (1, 2)) - 1]
+    with user_errors("model"):
+        return TextConditionedNet(build("model", node, data_shape=shape), encoder)
+
+
+def build_autoencoder(autoencoder_cfg: Any, data_shape: Sequence[int]) -> nn.Module:
+    """The autoencoder group's network (KL or VQ) for images of ``data_shape`` (C, H, W)."""
+    return build("autoencoder", autoencoder_cfg, data_shape=[int(d) for d in data_shape])

@@ -199,7 +199,7 @@ def _is_a_key(command: str, key: str, choices: list[str] = ()) -> bool:
     that ``diffcli <command>`` takes, with the group ``choices`` the same hint suggests."""
     from omegaconf import OmegaConf
 
-    from diffcli.cli import group_names, validate
+    from diffcli.cli.overrides import group_names, validate
     from diffcli.workflows.rundir import register_resolvers
     from diffcli.workflows.schemas import trainer_keys
 
@@ -298,8 +298,8 @@ def test_an_image_folder_with_a_symlink_loop_is_read_once(tmp_path: Path):
 
 
 def test_an_edited_image_shape_is_refused(workdir: Path, tmp_path: Path):
+    from diffcli.checkpoint import load_checkpoint
     from diffcli.errors import CheckpointError
-    from diffcli.runs import load_checkpoint
 
     run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=1", "logger=none",
         "callbacks.preview=null")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from diffcli.cli import complete_override
+from diffcli.cli.completion import complete_override as _complete
+from diffcli.commands import registry
+
+
+def complete_override(name: str, incomplete: str, typed: list[str]) -> list[str]:
+    return _complete(registry()[name], incomplete, typed)
 
 
 def test_keys_groups_and_nested_keys():

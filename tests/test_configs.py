@@ -12,14 +12,21 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from diffcli.cli import CONF_DIR
-from diffcli.components import COMPONENTS, build, plain
+from diffcli.components import (
+    COMPONENTS,
+    build,
+    build_autoencoder,
+    build_datamodule,
+    build_net,
+    plain,
+)
 from diffcli.errors import DatasetNotFoundError, DiffcliError
 from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.module import DiffusionModule
 from diffcli.lit.schedulers import build_lr_scheduler
 from diffcli.nets.autoencoder import KLAutoencoder
-from diffcli.runs import build_autoencoder, build_datamodule, build_net, make_sampler
+from diffcli.restore import make_sampler
 
 SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32), "classifier": (1, 16, 16),
           "mlp_classifier": (2,)}

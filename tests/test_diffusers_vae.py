@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from diffcli.nets.autoencoder import KLAutoencoder, VQAutoencoder
 from diffcli.interop.diffusers_vae import (
     DIFFUSERS_VAE_NORM_EPS,
     autoencoder_kl_config,
     from_diffusers_vae_state_dict,
     to_diffusers_vae_state_dict,
 )
+from diffcli.nets.autoencoder import KLAutoencoder, VQAutoencoder
 from diffcli.nets.layers import Downsample
 
 TOL = 1e-5

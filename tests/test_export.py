@@ -100,7 +100,7 @@ def test_python_api_samples_as_the_cli(tiny_run: Path):
 def _ddim_from(den, x_T: torch.Tensor, steps: int) -> torch.Tensor:
     """diffcli's DDIM (x0 not clipped) from the noise ``x_T``."""
     from diffcli.components import option
-    from diffcli.runs import make_sampler
+    from diffcli.restore import make_sampler
 
     sampler, _ = make_sampler(option("sampler", "ddim"), den.schedule, steps=steps,
                               clip_denoised=False)

@@ -183,7 +183,7 @@ def test_clip_and_pretrained_autoencoder_runs_from_the_command_line(tmp_path, mo
     code, lines = run_in_process(args, tmp_path, monkeypatch, capsys)
     assert code in (0, None), lines
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    from diffcli.runs import load_checkpoint
+    from diffcli.checkpoint import load_checkpoint
 
     run = load_checkpoint(ckpt)
     assert run.latent.pretrained and run.latent.scale_factor == 0.5

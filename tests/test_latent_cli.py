@@ -64,8 +64,8 @@ def test_the_autoencoder_run_writes_reconstruction_grids_and_metrics(runs, monke
 
 
 def test_the_latent_run_records_its_autoencoder_and_scale(runs):
+    from diffcli.checkpoint import load_checkpoint
     from diffcli.nets.latent import file_sha256
-    from diffcli.runs import load_checkpoint
 
     run = load_checkpoint(runs["ldm"])
     assert run.latent is not None and run.latent.shape == (2, 2, 2)

@@ -104,7 +104,7 @@ def test_a_failing_rank_ends_the_run_with_its_one_line(tmp_path: Path, bad: str,
 
 
 def test_a_rank_started_as_python_m_diffcli_gets_its_command_back():
-    from diffcli.cli import worker_args
+    from diffcli.cli.app import worker_args
 
     env = {"DIFFCLI_COMMAND": "train", "LOCAL_RANK": "1"}
     assert worker_args(["seed=1", "hydra.run.dir=x"], env) == ["train", "seed=1", "hydra.run.dir=x"]

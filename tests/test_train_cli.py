@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from test_cli import EXE, assert_one_line_error, run_here
 
 from diffcli.cli import CONF_DIR
+from diffcli.components import build_net
 from diffcli.nets.layers import count_parameters
-from diffcli.runs import build_net
 
 TINY_NET = ["dataset.image_size=8", "model.base_channels=8", "model.groups=4",
             "dataset.batch_size=16"]

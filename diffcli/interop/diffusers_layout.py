@@ -51,10 +51,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffcli.interop.weight_maps import Entry, map_in, map_out
 from diffcli.nets.attention import SpatialTransformer
 from diffcli.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample
 from diffcli.nets.unet import UNet
-from diffcli.interop.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_UNET_DEFAULTS",

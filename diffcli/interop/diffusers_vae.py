@@ -77,9 +77,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffcli.interop.weight_maps import Entry, map_in, map_out
 from diffcli.nets.autoencoder import KLAutoencoder, ResnetBlock
 from diffcli.nets.layers import AttentionBlock, Downsample, Upsample
-from diffcli.interop.weight_maps import Entry, map_in, map_out
 
 __all__ = [
     "DIFFUSERS_VAE_NORM_EPS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ class TrainingDiverged(DiffcliError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO: every save goes through :func:`atomic_torch_save`, a state with
     non-finite weights never replaces a checkpoint (it goes to ``diverged.ckpt`` beside it and
-    training stops with :class:`TrainingDiverged`), and loads never unpickle code."""
+    training stops with :class:`TrainingDiverged`), and loads never unpickle code. ``read``
+    reads a checkpoint for Lightning's restore (the command's reader, which hands back the
+    file its checks already read)."""
+
+    def __init__(self, read: Callable[[Path], dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.read = read
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any | None = None) -> None:
@@ -49,6 +56,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
+        if self.read is not None:
+            return self.read(Path(path))
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 

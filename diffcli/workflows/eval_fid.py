@@ -28,6 +28,8 @@ from rich.table import Table
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from diffcli.checkpoint import LoadedRun
+from diffcli.components import build_datamodule
 from diffcli.data.labels import batch_data, collate
 from diffcli.diffusion.generate import CountingNet, compact_seeds, to_uint8
 from diffcli.errors import CheckpointError, DiffcliError
@@ -53,22 +55,19 @@ from diffcli.eval.metrics import (
 )
 from diffcli.eval.sampling import generated_batches, seed_set
 from diffcli.files import write_json_output
-from diffcli.guide import Guidance, forward_rows, guide
-from diffcli.runs import (
+from diffcli.guided_run import Guidance, forward_rows, guide
+from diffcli.restore import (
     autocast,
-    build_datamodule,
     check_precision,
-    load_checkpoint,
     make_sampler,
     open_run,
     pick_device,
-    read_autoencoder,
     restore_autoencoder,
-    run_dir_of,
     sampler_name,
 )
+from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz.plots import plot_sweep
-from diffcli.workflows.sample import checkpoint_to_use, guidance_keys, sampler_choice
+from diffcli.workflows.sample import guidance_keys, sampler_choice
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 DEFAULT_N = 50_000  # the usual FID-50k
@@ -118,21 +117,22 @@ def _samples_side(cfg: DictConfig) -> FakeSide:
                     {"samples": str(path.resolve()), "description": source.description})
 
 
-def _checkpoint(cfg: DictConfig) -> Path:
+def _run(cfg: DictConfig, run: LoadedRun | None) -> LoadedRun:
     try:
-        return checkpoint_to_use(cfg.ckpt, cfg.runs_root)
+        return run_to_use(cfg.ckpt, cfg.runs_root, run)
     except CheckpointError as e:
         raise CheckpointError(f"{e}, or samples=<folder | .npz> to evaluate image files") from None
 
 
-def _run_side(cfg: DictConfig, n: int, device: torch.device,
+def _run_side(cfg: DictConfig, run: LoadedRun, n: int, device: torch.device,
               guidance: Guidance | None = None) -> FakeSide:
     """A trained run: sample seed set k on demand with the configured sampler (and guidance:
-    classes balanced over the n images, :func:`diffcli.guide.class_labels`)."""
-    ckpt = _checkpoint(cfg)
-    if load_checkpoint(ckpt).task == "autoencoder":
-        return _reconstruction_side(cfg, ckpt, n, device)
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
+    classes balanced over the n images, :func:`diffcli.guided_run.class_labels`); an
+    autoencoder: its reconstructions."""
+    ckpt = run.path
+    if run.kind.encodes:
+        return _reconstruction_side(cfg, run, n, device)
+    opened = open_run(run, use_ema=bool(cfg.use_ema), device=device,
                       batch_size=min(int(cfg.batch_size), n),
                       rows_per_item=forward_rows(cfg.get("guidance")))
     guided = guide(opened, guidance or Guidance(), device)
@@ -171,7 +171,8 @@ def _run_side(cfg: DictConfig, n: int, device: torch.device,
                     out, meta, dict(opened.run.config["dataset"]), opened.counter, announce)
 
 
-def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.device) -> FakeSide:
+def _reconstruction_side(cfg: DictConfig, run: LoadedRun, n: int,
+                         device: torch.device) -> FakeSide:
     """An autoencoder: its reconstructions of the first ``n`` images of its dataset (rFID,
     Rombach et al. 2022, Table 8), with their mean PSNR and SSIM in the record."""
     from diffcli.lit.autoencoder_module import psnr_ssim, reconstruct
@@ -179,7 +180,7 @@ def _reconstruction_side(cfg: DictConfig, ckpt: Path, n: int, device: torch.devi
     if int(cfg.repeats) != 1:
         raise DiffcliError(f"repeats={cfg.repeats}: an autoencoder's reconstructions are one "
                            "fixed set of images; use repeats=1")
-    run = read_autoencoder(ckpt)
+    ckpt = run.path
     net = restore_autoencoder(run, device, use_ema=bool(cfg.use_ema))
     dm = build_datamodule(run.config["dataset"])
     n = min(n, dm.num_samples)
@@ -361,8 +362,9 @@ def _evaluate_one(cfg: DictConfig, fake: FakeSide, extractor: Extractor, metrics
     return out, record
 
 
-def eval_fid(cfg: DictConfig) -> Path:
-    """Evaluate FID (and the other requested metrics); returns the JSON file written (for a
+def eval_fid(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
+    """Evaluate FID (and the other requested metrics) of ``samples=`` or of a run (``run``: its
+    checkpoint, when the command's check read it); returns the JSON file written (for a
     guidance sweep, the sweep's JSON; its plot beside it)."""
     started = time.perf_counter()
     metrics = parse_metrics(OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics)
@@ -376,8 +378,11 @@ def eval_fid(cfg: DictConfig) -> Path:
     extractor = open_extractor(str(cfg.extractor), metrics, cfg.weights,
                                bool(cfg.download_weights), device)
     n = DEFAULT_N if cfg.n is None else int(cfg.n)
-    sides = ([_samples_side(cfg)] if cfg.samples
-             else [_run_side(cfg, n, device, g) for g in guidances])
+    if cfg.samples:
+        sides = [_samples_side(cfg)]
+    else:
+        run = _run(cfg, run)
+        sides = [_run_side(cfg, run, n, device, g) for g in guidances]
     ref = (_reference(cfg, sides[0], extractor, metrics, device)
            if REFERENCE_METRICS & set(metrics) else (None, {}))
     written = [_evaluate_one(cfg, fake, extractor, metrics, ref, device, started)

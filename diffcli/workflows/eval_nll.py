@@ -32,15 +32,16 @@ from rich.table import Table
 from torch import Tensor
 
 from diffcli.api import resolve_options, vlb
-from diffcli.components import plain
+from diffcli.checkpoint import LoadedRun
+from diffcli.components import build_datamodule, plain
 from diffcli.console import progress
 from diffcli.diffusion.generate import to_uint8
 from diffcli.diffusion.ode_likelihood import image_nll, ode_log_likelihood
 from diffcli.errors import DiffcliError
 from diffcli.files import write_json_output
-from diffcli.runs import OpenedRun, build_datamodule, open_run, pick_device, run_dir_of
+from diffcli.restore import OpenedRun, open_run, pick_device
+from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz.plots import plot_vlb_terms
-from diffcli.workflows.sample import checkpoint_to_use
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 Z95 = 1.959964  # two-sided 95% normal quantile
@@ -144,12 +145,14 @@ def _table(results: dict[str, dict[str, float]], items: Items) -> Table:
     return table
 
 
-def eval_nll(cfg: DictConfig) -> Path:
-    """Evaluate the NLL; returns the JSON file written."""
+def eval_nll(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
+    """Evaluate the NLL of a run (``run``: its checkpoint, when the command's check read it);
+    returns the JSON file written."""
     started = time.perf_counter()
     device = pick_device(str(cfg.device))
-    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device)
+    run = run_to_use(cfg.ckpt, cfg.runs_root, run)
+    ckpt = run.path
+    opened = open_run(run, use_ema=bool(cfg.use_ema), device=device)
     kind = "latent" if opened.codec is not None else opened.info.kind
     decoder, variance = resolve_options(str(cfg.decoder), str(cfg.variance), kind,
                                         opened.run.learned_variance, ckpt)

@@ -23,21 +23,15 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from diffcli.checkpoint import LoadedRun, read_autoencoder
 from diffcli.components import plain
 from diffcli.errors import DiffcliError
+from diffcli.files import OutputFolder, atomic_write_text
 from diffcli.interop.model_card import eval_results, model_card
 from diffcli.interop.safetensors_io import write_safetensors
-from diffcli.files import OutputFolder, atomic_write_text
 from diffcli.nets.layers import count_parameters
-from diffcli.runs import (
-    LoadedRun,
-    load_checkpoint,
-    read_autoencoder,
-    require_diffusion,
-    restore_net,
-    run_dir_of,
-)
-from diffcli.workflows.sample import checkpoint_to_use
+from diffcli.restore import require_diffusion, restore_net
+from diffcli.runs import run_dir_of, run_to_use
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
@@ -196,10 +190,11 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
     return taken, load + ["# or: diffcli sample ckpt={folder}"]
 
 
-def export(cfg: DictConfig) -> Path:
-    """Export the run of ``ckpt=`` (default the newest) as ``format``; returns the folder."""
-    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    run = load_checkpoint(ckpt)
+def export(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
+    """Export the run of ``ckpt=`` (default the newest; ``run``: its checkpoint, when the
+    command's check read it) as ``format``; returns the folder."""
+    run = run_to_use(cfg.ckpt, cfg.runs_root, run)
+    ckpt = run.path
     fmt, which = str(cfg.format), str(cfg.weights)
     check_exportable(run, fmt, plain(cfg.sampler))
     out = Path(str(cfg.out)) if cfg.out else run_dir_of(ckpt) / "export" / fmt

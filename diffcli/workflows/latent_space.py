@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from torch import Tensor
 
-from diffcli.checkpoint import atomic_torch_save
+from diffcli.checkpoint import LatentInfo, LoadedRun, atomic_torch_save, read_autoencoder
 from diffcli.components import plain
 from diffcli.console import progress
 from diffcli.data.captions import CaptionedDataset
@@ -37,14 +38,9 @@ from diffcli.nets.latent import (
     pretrained_sha256,
     scale_factor_of,
 )
-from diffcli.runs import (
-    LatentInfo,
-    LoadedRun,
-    find_latest_checkpoint,
-    read_autoencoder,
-    restore_autoencoder,
-    run_roots,
-)
+from diffcli.restore import restore_autoencoder
+from diffcli.runs import find_latest_checkpoint, run_roots
+from diffcli.tasks import AUTOENCODER
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 SCALE_IMAGES = 1024  # images whose latents set the scale factor (the "first batches")
@@ -74,7 +70,7 @@ def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
         return None
     if ckpt == "auto":  # the newest autoencoder run
         found = find_latest_checkpoint(run_roots(str(cfg.get("runs_root", "outputs"))),
-                                       task="autoencoder")
+                                       task=AUTOENCODER)
         return str(found), False
     return (str(ckpt), False) if ckpt else (str(pretrained), True)
 
@@ -88,9 +84,11 @@ def autoencoder_sha256(path: str, pretrained: bool) -> str | None:
     return file_sha256(p) if p.is_file() else None
 
 
-def open_autoencoder(path: str, pretrained: bool,
-                     data_shape: tuple[int, ...]) -> tuple[torch.nn.Module, str, float | None]:
-    """(frozen autoencoder on the CPU, its SHA-256, the folder's scaling factor or None)."""
+def open_autoencoder(path: str, pretrained: bool, data_shape: tuple[int, ...],
+                     read: Callable[[str], LoadedRun] = read_autoencoder,
+                     ) -> tuple[torch.nn.Module, str, float | None]:
+    """(frozen autoencoder on the CPU, its SHA-256, the folder's scaling factor or None);
+    ``read`` reads an autoencoder checkpoint (the command's reader: once per process)."""
     if pretrained:
         try:
             ae, sha = load_pretrained_autoencoder(path, tuple(data_shape))  # type: ignore[arg-type]
@@ -100,7 +98,7 @@ def open_autoencoder(path: str, pretrained: bool,
     if not Path(path).is_file():
         raise CheckpointError(f"latent={path}: no such autoencoder checkpoint; train one with "
                               "`diffcli train task=autoencoder` and pass its checkpoints/last.ckpt")
-    run = read_autoencoder(path)
+    run = read(path)
     shape = tuple(run.data_info().shape)
     if shape != tuple(data_shape):
         raise DiffcliError(f"the autoencoder {path} was trained on images {shape}, this dataset "
@@ -109,16 +107,17 @@ def open_autoencoder(path: str, pretrained: bool,
     return restore_autoencoder(run, torch.device("cpu")), file_sha256(path), None
 
 
-def latent_space(cfg: DictConfig, dm: DiffusionDataModule,
-                 resumed: LoadedRun | None) -> LatentSpace | None:
-    """The latent space of this run (None: pixel space), checked against the run it resumes."""
+def latent_space(cfg: DictConfig, dm: DiffusionDataModule, resumed: LoadedRun | None,
+                 read: Callable[[str], LoadedRun] = read_autoencoder) -> LatentSpace | None:
+    """The latent space of this run (None: pixel space), checked against the run it resumes;
+    ``read`` reads the autoencoder's checkpoint."""
     source = latent_source(cfg)  # resuming: checked by train.check_same_latents
     if source is None:
         return None
     if dm.kind != "image":
         raise DiffcliError("latent diffusion needs images; this dataset has 2-D points")
     path, pretrained = source
-    ae, sha, folder_scale = open_autoencoder(path, pretrained, dm.data_shape)
+    ae, sha, folder_scale = open_autoencoder(path, pretrained, dm.data_shape, read)
     node = plain(cfg.latent)
     codec = LatentCodec(ae, 1.0, sample=bool(node.get("sample", True)))
     cached = bool(node.get("cache", False))

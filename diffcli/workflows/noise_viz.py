@@ -20,11 +20,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.checkpoint import LoadedRun, load_checkpoint
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
 from diffcli.files import staged_files
-from diffcli.runs import checkpoint_of, run_dir_of, sampler_name
+from diffcli.restore import sampler_name
+from diffcli.runs import checkpoint_of, run_dir_of
 from diffcli.viz import (
     evenly_spaced,
     forward_frames,
@@ -174,19 +176,23 @@ def load_images(cfg: DictConfig) -> Tensor:
     return _load_dataset_images(cfg)
 
 
-def prepare_reverse(cfg: DictConfig) -> Reverse | None:
-    """The checkpoint (``ckpt=``, or the newest run's with ``reverse=true``), its network and the
-    sampler, or None when no reverse picture is asked for."""
+def prepare_reverse(cfg: DictConfig, run: LoadedRun | None = None) -> Reverse | None:
+    """The checkpoint (``ckpt=``, or the newest run's with ``reverse=true``; ``run``: already
+    read from it), its network and the sampler, or None when no reverse picture is asked for."""
     if not cfg.ckpt and not cfg.reverse:
         return None
-    from diffcli.guide import forward_rows, guide
-    from diffcli.runs import find_latest_checkpoint, make_sampler, open_run, pick_device, run_roots
+    from diffcli.guided_run import forward_rows, guide
+    from diffcli.restore import make_sampler, open_run, pick_device
+    from diffcli.runs import find_latest_checkpoint, run_roots
     from diffcli.workflows.sample import guidance_keys, sampler_choice
 
-    ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \
-        find_latest_checkpoint(run_roots(cfg.runs_root))
+    if run is None:
+        ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \
+            find_latest_checkpoint(run_roots(cfg.runs_root))
+        run = load_checkpoint(ckpt)
+    ckpt = run.path
     device = pick_device(str(cfg.device))
-    opened = open_run(ckpt, use_ema=bool(cfg.use_ema), device=device,
+    opened = open_run(run, use_ema=bool(cfg.use_ema), device=device,
                       batch_size=_positive(cfg.num_images, "num_images"),
                       rows_per_item=forward_rows(cfg.get("guidance")))
     if opened.info.kind != "image":
@@ -275,8 +281,8 @@ def draw_latent_forward(cfg: DictConfig, rev: Reverse, timesteps: list[int], out
     """forward-latent.png of a latent diffusion run: its own images noised in pixel space and in
     its latent space (z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, shown decoded, D(z_t / s)),
     one row each, under the run's schedule (Rombach et al. 2022)."""
+    from diffcli.components import build_datamodule
     from diffcli.diffusion.process import q_sample
-    from diffcli.runs import build_datamodule
 
     opened = rev.opened
     schedule = opened.schedule
@@ -326,22 +332,23 @@ def _drop_empty_run_dir() -> None:
             run_dir.parent.rmdir()
 
 
-def noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
+def noise_viz(cfg: DictConfig, conf_dir: Path, run: LoadedRun | None = None) -> Path:
     """Draw the pictures; returns the folder they were written to. ``conf_dir`` is the config
-    tree (its ``schedule/`` options are the rows). Hydra's run dir is removed again when it
-    stays empty (after bad input, or when the pictures went to <run>/viz)."""
+    tree (its ``schedule/`` options are the rows); ``run``: the checkpoint of the reverse
+    process, when the command's check read it. Hydra's run dir is removed again when it stays
+    empty (after bad input, or when the pictures went to <run>/viz)."""
     try:
-        return _noise_viz(cfg, conf_dir)
+        return _noise_viz(cfg, conf_dir, run)
     finally:
         _drop_empty_run_dir()
 
 
-def _noise_viz(cfg: DictConfig, conf_dir: Path) -> Path:
+def _noise_viz(cfg: DictConfig, conf_dir: Path, run: LoadedRun | None) -> Path:
     schedules = build_schedules(cfg.schedules, cfg.num_timesteps, conf_dir)
     names = [str(n) for n in _as_list(cfg.schedules)]
     timesteps = check_timesteps(cfg.timesteps, int(cfg.num_timesteps))
     x0 = load_images(cfg)
-    rev = prepare_reverse(cfg)  # every input is checked before anything is written
+    rev = prepare_reverse(cfg, run)  # every input is checked before anything is written
     if rev is not None and not cfg.ckpt:
         console.print(f"using the newest run's checkpoint: {rev.ckpt}", soft_wrap=True)
     out = output_dir(rev)

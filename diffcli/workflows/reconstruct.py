@@ -16,24 +16,27 @@ from omegaconf import DictConfig
 from rich.console import Console
 from torch import Tensor
 
+from diffcli.checkpoint import LoadedRun
+from diffcli.components import build_datamodule
 from diffcli.diffusion.generate import to_uint8
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
 from diffcli.lit.autoencoder_module import psnr_ssim, recon_grid
 from diffcli.lit.autoencoder_module import reconstruct as reconstruct_images
-from diffcli.runs import build_datamodule, read_autoencoder, restore_autoencoder, run_dir_of
+from diffcli.restore import restore_autoencoder
+from diffcli.runs import run_dir_of
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt")
 
 
-def reconstruct(cfg: DictConfig, ckpt: Path, device: torch.device) -> Path:
-    """Reconstruct the first ``n`` (default 64) images of the autoencoder's dataset."""
+def reconstruct(cfg: DictConfig, run: LoadedRun, device: torch.device) -> Path:
+    """Reconstruct the first ``n`` (default 64) images of the autoencoder ``run``'s dataset."""
+    ckpt = run.path
     given = [k for k in GUIDANCE_KEYS if cfg.get(k) is not None]
     if given:
         raise DiffcliError(f"{ckpt} is an autoencoder: it reconstructs images and takes no "
                            f"{', '.join(given)}; sample from a latent diffusion run instead")
-    run = read_autoencoder(ckpt)
     net = restore_autoencoder(run, device, use_ema=bool(cfg.use_ema))
     x, _ = build_datamodule(run.config["dataset"]).head(int(cfg.n or 64))
     recon = reconstruct_images(net, x, int(cfg.batch_size)).float()

@@ -20,29 +20,24 @@ from rich.console import Console
 from torch import Tensor
 
 from diffcli.api import draw_batches
-from diffcli.components import plain
+from diffcli.checkpoint import LoadedRun
+from diffcli.components import build_datamodule, plain
 from diffcli.diffusion.generate import Trajectory, compact_seeds
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.files import OutputFolder, dumps_json
-from diffcli.guide import Guidance, GuidedRun, forward_rows, guide
-from diffcli.runs import (
-    LoadedRun,
+from diffcli.guided_run import Guidance, GuidedRun, forward_rows, guide
+from diffcli.restore import (
     OpenedRun,
     autocast,
-    build_datamodule,
     check_precision,
-    checkpoint_of,
-    find_latest_checkpoint,
-    load_checkpoint,
     make_sampler,
     open_run,
     pick_device,
     require_diffusion,
-    run_dir_of,
-    run_roots,
     sampler_name,
 )
+from diffcli.runs import run_dir_of, run_to_use
 from diffcli.workflows.sample_files import ImageSink, PointSink
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
@@ -85,16 +80,6 @@ def sampler_choice() -> str | None:
         return None
 
 
-def checkpoint_to_use(ckpt: str | None, runs_root: str) -> Path:
-    """``ckpt=`` as given (a run folder: its last.ckpt), else the newest run's last.ckpt (said
-    on the console)."""
-    if ckpt:
-        return checkpoint_of(str(ckpt))
-    found = find_latest_checkpoint(run_roots(runs_root))
-    console.print(f"using the newest run's checkpoint: {found}")
-    return found
-
-
 def guidance_keys(cfg: DictConfig) -> Guidance:
     """The guidance keys of a sampling command's config."""
     interval = cfg.get("guidance_interval")
@@ -121,11 +106,11 @@ class Request:
     labels: Tensor | None  # (N,) each seed's class; None: unconditional
 
 
-def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun | None = None) -> Request:
-    """Checkpoint (``run``: already loaded from it), network, sampler and seeds of ``cfg``;
-    every input checked."""
-    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    run = require_diffusion(run or load_checkpoint(ckpt))
+def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
+    """Network, sampler and seeds of ``cfg`` for the checkpoint ``run`` (read once, by the
+    caller); every input checked."""
+    ckpt = run.path
+    require_diffusion(run)
     kind = run.data_info().kind
     seeds = parse_seeds(cfg.seeds, cfg.n or (64 if kind == "image" else 2000), cfg.seed)
     opened = open_run(run, use_ema=bool(cfg.use_ema), device=device, compile=bool(cfg.compile),
@@ -221,17 +206,17 @@ def _meta(req: Request, cfg: DictConfig, nfe: int, world: int) -> dict:
     return meta
 
 
-def sample(cfg: DictConfig) -> Path:
-    """Sample from a trained run; returns the output folder."""
+def sample(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
+    """Sample from a trained run (``run``: its checkpoint, when the command's check read it);
+    returns the output folder. An autoencoder's "samples" are its reconstructions."""
     rank, world = _init_distributed()
     device = pick_device(cfg.device)
-    ckpt = checkpoint_to_use(cfg.ckpt, cfg.runs_root)
-    run = load_checkpoint(ckpt)  # read once, handed on
-    if run.task == "autoencoder":
+    run = run_to_use(cfg.ckpt, cfg.runs_root, run)  # read once, handed on
+    if run.kind.encodes:
         from diffcli.workflows.reconstruct import reconstruct
 
-        return reconstruct(cfg, ckpt, device)
-    cfg.ckpt = str(ckpt)
+        return reconstruct(cfg, run, device)
+    cfg.ckpt = str(run.path)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     req = resolve(cfg, device, run)

@@ -1,8 +1,9 @@
-"""Typed schemas of each command's top-level keys, checked before any work starts.
+"""Typed schemas of the commands' top-level keys, checked before any work starts.
 
 The config groups are checked by their components' own signatures (names and types, through
 :func:`diffcli.components.check_kwargs`) and built cheaply where that is possible; the
-top-level keys of each command have a :class:`Key` each here: a type, a range or choices, and
+top-level keys of each command have a :class:`Key` each (the command's ``keys``; the shared
+ones are here): a type, a range or choices, and
 the one-line meaning that ``diffcli <command> --help`` shows. A bad value is one
 :class:`UsageError` line that names the key, the value and what would be accepted (exit 2).
 """
@@ -14,7 +15,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,118 +107,6 @@ GUIDANCE: dict[str, Key] = {
     "prompt": Key(str | list | None, "a text-to-image model's caption(s): one grid row each"),
 }
 
-SCHEMAS: dict[str, dict[str, Key]] = {
-    "train": {
-        "seed": Key(int, "seeds weights, noise and data order", ge=0, le=2**32 - 1),
-        "resume": Key(str | None, "auto: continue the newest run", choices=("auto", "never")),
-        "ckpt_path": Key(str | None, "continue from this checkpoint", nonempty=True),
-        "runs_root": Key(str, "where runs go (and where resume=auto looks)", nonempty=True),
-        "requeue_signals": Key(list, "in a SLURM job, the signals that save and requeue the job "
-                               "(it continues in the same run folder)"),
-        "progress_every_s": Key(float | int, "without a terminal: a progress line this often "
-                                "(seconds)", ge=0),
-        "progress_every_n_steps": Key(int | None, "... or every this many steps", ge=1),
-        "conditional": Key(bool, "class-conditional on the dataset's labels (classifier-free "
-                           "guidance training)"),
-        "task": Key(str, "diffusion | classifier | autoencoder",
-                    choices=("diffusion", "classifier", "autoencoder")),
-        "latent": Key(dict, "latent diffusion: ckpt= an autoencoder checkpoint or pretrained= "
-                      "a diffusers AutoencoderKL folder; cache, scale_factor, sample"),
-    },
-    "export": {
-        "ckpt": Key(str | None, "a .ckpt or run folder; default: the newest run's last.ckpt",
-                    nonempty=True),
-        "runs_root": Key(str, "where `diffcli train` puts runs", nonempty=True),
-        "format": Key(str, "safetensors | diffusers | onnx",
-                      choices=("safetensors", "diffusers", "onnx")),
-        "weights": Key(str, "ema | raw", choices=("ema", "raw")),
-        "out": Key(str | None, "the folder to write (default <run>/export/<format>/)",
-                   nonempty=True),
-        "overwrite": Key(bool, "replace out/ instead of writing out_2, out_3, ..."),
-        "check": Key(bool, "format=onnx: compare onnxruntime with torch"),
-    },
-    "sample": {
-        **COMMON_SAMPLING,
-        **GUIDANCE,
-        "guidance": Key(float | int | None, "classifier-free guidance scale w: 0 unconditional, "
-                        "1 conditional (the default for a conditional model), >1 guided", ge=0),
-        "n": Key(int | None, "how many samples (default 64 images or 2000 points)", ge=1),
-        "batch_size": Key(int, "samples per network batch", ge=1),
-        "seed": Key(int, "sample i uses seed + i", ge=0, le=2**63 - 1),
-        "seeds": SEEDS,
-        "clip_denoised": Key(bool | None, "alias of sampler.clip_denoised; null: images only"),
-        "precision": Key(str | int, "32 | bf16 (CUDA only)", choices=("32", "bf16")),
-        "compile": Key(bool, "torch.compile the network"),
-        "overwrite": Key(bool, "replace <sampler>-<steps>/ instead of writing _2, _3, ..."),
-        "trajectory": Key(int, "save x_t and x0 at every step for this many samples", ge=0),
-    },
-    "eval_fid": {
-        **COMMON_SAMPLING,
-        **GUIDANCE,
-        "guidance": Key(float | int | list | None, "classifier-free guidance scale w, or a list "
-                        "to sweep: [0,1,2,4]", ge=0),
-        "classifier_scale": Key(float | int | list | None, "classifier guidance scale s, or a "
-                                "list to sweep", ge=0),
-        "samples": Key(str | None, "evaluate these images (folder or .npz)", nonempty=True),
-        "n": Key(int | None, "generated images per seed set (default 50000)", ge=2),
-        "repeats": Key(int, "seed sets", ge=1),
-        "clip_denoised": Key(bool, "clip the predicted x0 to [-1, 1]"),
-        "precision": Key(str | int, "32 | bf16 (CUDA only)", choices=("32", "bf16")),
-        "ref": Key(str | None, "real images: a folder or a .npz", nonempty=True),
-        "ref_split": Key(str | None, "split of the run's dataset", nonempty=True),
-        "ref_root": Key(str | None, "overrides the run's dataset.root", nonempty=True),
-        "ref_n": Key(int | None, "use the first ref_n reference images", ge=2),
-        "metrics": Key(list, "any of fid, isc, kid, prc"),
-        "extractor": Key(str, "inception-v3-compat | standin", nonempty=True),
-        "weights": Key(str | None, "Inception weights file", nonempty=True),
-        "download_weights": Key(bool, "fetch missing Inception weights"),
-        "cache": Key(bool, "cache the reference statistics"),
-        "cache_dir": Key(str | None, "where reference statistics are cached", nonempty=True),
-        "out": Key(str | None, "the JSON file", nonempty=True),
-        "overwrite": Key(bool, "replace an earlier result file instead of writing <name>_2.json"),
-        "batch_size": Key(int, "images per sampling / feature batch", ge=1),
-        "num_workers": Key(int, "DataLoader workers decoding reference images", ge=0),
-    },
-    "eval_nll": {
-        **COMMON_SAMPLING,
-        "steps": Key(int | None, "vlb: terms, one per geometric stratum of t; null: all T",
-                     ge=1),
-        "method": Key(str, "vlb | ode | both", choices=("vlb", "ode", "both")),
-        "n": Key(int, "items of the data evaluated", ge=1),
-        "split": Key(str | None, "the run's dataset split", nonempty=True),
-        "root": Key(str | None, "overrides the run's dataset.root", nonempty=True),
-        "batch_size": Key(int, "items per batch", ge=1),
-        "variance": Key(str, "auto | learned | beta | beta_tilde",
-                        choices=("auto", "learned", "beta", "beta_tilde")),
-        "decoder": Key(str, "auto | discrete | continuous",
-                       choices=("auto", "discrete", "continuous")),
-        "rtol": Key(float, "the ODE solver's relative tolerance", ge=1e-12, le=1),
-        "atol": Key(float, "the ODE solver's absolute tolerance", ge=1e-12, le=1),
-        "probes": Key(int, "Hutchinson probes per item", ge=1),
-        "seed": Key(int, "noise of the terms, dequantization and probes", ge=0, le=2**63 - 1),
-        "out": Key(str | None, "the JSON file", nonempty=True),
-        "overwrite": Key(bool, "replace an earlier result file instead of writing <name>_2.json"),
-    },
-    "noise_viz": {
-        **COMMON_SAMPLING,
-        **GUIDANCE,
-        "guidance": Key(float | int | None, "classifier-free guidance scale w of the guided "
-                        "reverse process", ge=0),
-        "schedules": Key(list | str, "rows: names of conf/schedule options"),
-        "num_timesteps": Key(int, "T of every schedule drawn", ge=2),
-        "timesteps": Key(list | int | None, "columns (0..T-1)"),
-        "image": Key(str | list | None, "png/jpg file(s) instead of dataset images"),
-        "image_size": Key(int, "images are resized to this", ge=1, le=4096),
-        "num_images": Key(int, "images noised / reverse samples drawn", ge=1, le=64),
-        "indices": Key(list | int | None, "which dataset images"),
-        "seed": Key(int, "seeds the noise and the samples", ge=0),
-        "gif": Key(bool, "also write GIFs"),
-        "gif_frames": Key(int, "frames of forward.gif", ge=2, le=1000),
-        "reverse": Key(bool, "draw the newest run's reverse process"),
-        "reverse_columns": Key(int, "sampler steps shown in reverse.png", ge=1),
-    },
-}
-
 TRAINER: dict[str, Key] = {  # ranges Lightning checks late, or not at all
     "max_steps": Key(int, "optimizer steps (-1: no limit)", ge=-1),
     "max_time": Key(str | None, "wall-clock budget DD:HH:MM:SS, e.g. 00:00:15:00",
@@ -235,31 +124,14 @@ TRAINER: dict[str, Key] = {  # ranges Lightning checks late, or not at all
                               "16-true", "bf16-true", "transformer-engine")),
 }
 
-# keys that moved into config groups with the redesign: a hint instead of "not in struct"
-MOVED = {
-    "lr": "optimizer.lr", "warmup_steps": "lr_scheduler.warmup_steps",
-    "prediction": "module.prediction", "ema_decay": "module.ema_decay",
-    "ema_warmup": "module.ema_warmup", "min_snr_gamma": "module.min_snr_gamma",
-    "compile": "module.compile", "channels_last": "module.channels_last",
-    "checkpoint_every": "callbacks.last.every_n_steps",
-    "keep_checkpoint_every": "callbacks.snapshot.every_n_steps",
-    "sample_every": "callbacks.preview.every_n_steps",
-    "fid_every": "callbacks.fid_proxy.every_n_steps",
-    "fid_samples": "callbacks.fid_proxy.num_samples",
-    "fid_extractor": "callbacks.fid_proxy.extractor",
-    "fid_weights": "callbacks.fid_proxy.weights", "fid_steps": "callbacks.fid_proxy.sampler.steps",
-}
-
-
 def nearest(name: str, candidates: list[str]) -> str:
     """" (did you mean X?)" for the closest candidate, or ""."""
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def check_top_level(command: str, cfg: Mapping[str, Any], groups: set[str]) -> None:
-    """Check every top-level key of ``command`` against its schema (groups are skipped)."""
-    schema = SCHEMAS.get(command, {})
+def check_top_level(schema: Mapping[str, Key], cfg: Mapping[str, Any], groups: set[str]) -> None:
+    """Check every top-level key against a command's ``schema`` (groups are skipped)."""
     for name, value in cfg.items():
         if name in groups or name == "hydra":
             continue
@@ -269,14 +141,15 @@ def check_top_level(command: str, cfg: Mapping[str, Any], groups: set[str]) -> N
         key.check(name, value)
 
 
-def unknown_key_hint(command: str, key: str) -> str:
-    """For a Hydra "Key 'x' is not in struct" error: where the key went, or the closest."""
+def unknown_key_hint(schema: Mapping[str, Key], moved: Mapping[str, str], key: str) -> str:
+    """For a Hydra "Key 'x' is not in struct" error: where the key went (``moved``: old key ->
+    new one), or the closest key of the command's ``schema``."""
     top = key.split(".")[0]
-    if key in MOVED and command == "train":
-        return f"{key} is now {MOVED[key]}"
+    if key in moved:
+        return f"{key} is now {moved[key]}"
     if "." in key:
         return f"unknown key {key}"
-    return f"unknown key {key}{nearest(top, sorted(SCHEMAS.get(command, {})))}"
+    return f"unknown key {key}{nearest(top, sorted(schema))}"
 
 
 FLAG_ALIASES = {  # --options users bring from other tools -> the key that does that here
@@ -287,17 +160,19 @@ FLAG_ALIASES = {  # --options users bring from other tools -> the key that does 
 }
 
 
-def flag_hint(command: str, flag: str) -> str:
-    """For an unknown ``--flag[=value]``: the override that does it for ``command``
-    (``--cfg-scale=3`` -> ``guidance=3``), or "" when none is close."""
+def flag_hint(keys: Mapping[str, Key], groups: Collection[str], flag: str) -> str:
+    """For an unknown ``--flag[=value]``: the override that does it for a command with top-level
+    ``keys`` and config ``groups`` (``--cfg-scale=3`` -> ``guidance=3``), or "" when none is
+    close."""
     name, _, value = flag.lstrip("-").partition("=")
     name = name.replace("-", "_")
-    schema = sorted(SCHEMAS.get(command, {}))
+    schema = sorted(keys)
     key = name if name in schema else FLAG_ALIASES.get(name)
     if key is None or key.split(".")[0] not in (*schema, "optimizer", "trainer"):
         close = difflib.get_close_matches(name, schema, n=1, cutoff=0.75)
         key = close[0] if close else None
-    if key is None or (command != "train" and key.split(".")[0] in ("optimizer", "trainer")):
+    if key is None or (key.split(".")[0] in ("optimizer", "trainer")
+                       and key.split(".")[0] not in groups):
         return ""
     return f"; did you mean {key}={value or '...'}?"
 

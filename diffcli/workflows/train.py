@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from diffcli.components import build, plain, resolve_target
+from diffcli.checkpoint import CheckpointReads, LoadedRun, load_checkpoint
+from diffcli.components import (
+    build,
+    build_autoencoder,
+    build_datamodule,
+    build_net,
+    plain,
+    resolve_target,
+)
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.callbacks import (
@@ -33,15 +42,8 @@ from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.lit.saving import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.nets.layers import count_parameters
-from diffcli.runs import (
-    LoadedRun,
-    build_autoencoder,
-    build_datamodule,
-    build_net,
-    find_latest_checkpoint,
-    load_checkpoint,
-    run_roots,
-)
+from diffcli.runs import find_latest_checkpoint, run_roots
+from diffcli.tasks import task_named
 from diffcli.workflows.latent_space import (
     LatentSpace,
     autoencoder_sha256,
@@ -87,7 +89,7 @@ def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
     return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here,
-                                  task=str(cfg.get("task", "diffusion")), key="ckpt_path")
+                                  task=task_named(cfg.get("task")), key="ckpt_path")
 
 
 def _comparable(key: str, value: object) -> object:
@@ -97,10 +99,12 @@ def _comparable(key: str, value: object) -> object:
     return value
 
 
-def check_resumable(path: Path, cfg: DictConfig) -> int:
+def check_resumable(path: Path, cfg: DictConfig,
+                    read: Callable[[Path], LoadedRun] = load_checkpoint) -> int:
     """Refuse a checkpoint whose dataset, network, schedule or prediction differs from this
-    config, or whose run a live process is still writing; return its step."""
-    run = load_checkpoint(path)
+    config, or whose run a live process is still writing; return its step. ``read`` reads the
+    checkpoint (the command's reader: once per process)."""
+    run = read(path)
     holder = live_holder(path.resolve().parent.parent)
     if holder is not None:
         raise CheckpointError(f"cannot resume {path}: process {holder} is still writing that run; "
@@ -193,7 +197,7 @@ def _manual_optimization(trainer_kwargs: dict[str, Any]) -> None:
                       "discriminator (module.disc_start): the module steps its own optimizers")
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop,
+def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: CheckpointReads,
              manual: bool = False) -> L.Trainer:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if manual:
@@ -209,7 +213,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop,
             **trainer_kwargs,
             logger=logger,
             callbacks=[*_callbacks(cfg, run_dir), stop],
-            plugins=[AtomicCheckpointIO(), *_cluster()],
+            plugins=[AtomicCheckpointIO(read=lambda p: reads.load(p).raw), *_cluster()],
             default_root_dir=run_dir,
             enable_model_summary=False,
             enable_progress_bar=False,
@@ -220,8 +224,9 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop,
 
 def labels_needed(cfg: DictConfig) -> str | None:
     """Why this run needs a labelled dataset ("conditional=true", "task=classifier"), or None."""
-    if cfg.get("task", "diffusion") == "classifier":
-        return "task=classifier"
+    labels = task_named(cfg.get("task")).labels
+    if labels is not None:
+        return labels
     return "conditional=true" if cfg.get("conditional") else None
 
 
@@ -268,7 +273,7 @@ def check_training_fits(cfg: DictConfig, shape: tuple[int, ...], num_classes: in
 def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.LightningModule:
     """The ``module`` group built around the network, schedule, optimizer and LR schedule
     (and, for latent diffusion, the latent space)."""
-    if cfg.get("task") == "autoencoder":
+    if task_named(cfg.get("task")).encodes:
         return _autoencoder_module(cfg, dm)
     num_classes = check_labels(cfg, dm)
     shape = space.info.shape if space is not None else dm.data_shape
@@ -280,7 +285,7 @@ def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.Lig
         net = net.to(memory_format=torch.channels_last)
     lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     extra: dict[str, Any] = {}
-    if cfg.get("loss") and cfg.get("task", "diffusion") == "diffusion":
+    if cfg.get("loss") and task_named(cfg.get("task")).generates:
         extra["loss"] = build("loss", cfg.loss)
     data_info = data_description(dm, num_classes)
     if space is not None:
@@ -325,13 +330,14 @@ def requeued_checkpoint(run_dir: Path, job: SlurmJob | None) -> Path | None:
     return last if job is not None and job.requeued and last.is_file() else None
 
 
-def train(cfg: DictConfig) -> Path:
+def train(cfg: DictConfig, reads: CheckpointReads | None = None) -> Path:
     """Train a diffusion model as configured; returns the path of the final checkpoint.
 
     The run folder is this run's alone (:mod:`diffcli.workflows.rundir`). SIGTERM / SIGINT /
     SIGUSR1 finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
     (:class:`~diffcli.errors.Interrupted`); a second one exits at once. In a SLURM job, USR1
     and TERM (``requeue_signals``) also requeue the job, which continues in the same folder.
+    ``reads``: the checkpoints the command's check read (each file is read once).
     """
     _quiet_lightning()
     clock = RunClock()
@@ -343,7 +349,7 @@ def train(cfg: DictConfig) -> Path:
     if not worker:
         check_run_dir(run_dir, resume)
     with contextlib.nullcontext() if worker else RunLock(run_dir), GracefulStop() as stop:
-        return _fit(cfg, run_dir, resume, stop, clock)
+        return _fit(cfg, run_dir, resume, stop, clock, reads or CheckpointReads())
 
 
 def _continue_logs(trainer: L.Trainer, run_dir: Path, resume: Path | None, start: int) -> None:
@@ -357,17 +363,18 @@ def _continue_logs(trainer: L.Trainer, run_dir: Path, resume: Path | None, start
 
 
 def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop,
-         clock: RunClock) -> Path:
-    start = check_resumable(resume, cfg) if resume else 0
+         clock: RunClock, reads: CheckpointReads) -> Path:
+    start = check_resumable(resume, cfg, reads.load) if resume else 0
     L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
+    task = task_named(cfg.get("task"))
     dm = build_datamodule(cfg.dataset, download_ok=True,
-                          captions=bool(cfg.get("text_encoder")) and cfg.get("task") == "diffusion")
-    space = latent_space(cfg, dm, load_checkpoint(resume) if resume else None) \
-        if cfg.get("task", "diffusion") == "diffusion" else None
+                          captions=bool(cfg.get("text_encoder")) and task.takes_text)
+    space = latent_space(cfg, dm, reads.load(resume) if resume else None, reads.autoencoder) \
+        if task.takes_latent else None
     module = _module(cfg, dm, space)
     if space is not None:
         dm = space.datamodule
-    trainer = _trainer(cfg, run_dir, stop, manual=not module.automatic_optimization)
+    trainer = _trainer(cfg, run_dir, stop, reads, manual=not module.automatic_optimization)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
         for lg in trainer.loggers:

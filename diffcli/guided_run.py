@@ -1,4 +1,5 @@
-"""Class-conditional sampling from the command line: which classes, and how they are guided.
+"""A run with its guidance resolved: which classes, which classifier or prompt, which scales -
+checked against the model and wrapped around its denoiser (:class:`GuidedRun`).
 
 ``classes=`` (``7``, ``0-9``, ``[1,3,5]``, ``all`` or a list) picks the classes; sample i of n
 gets class ``classes[i // ceil(n / len(classes))]``, so an image grid has one row per class.
@@ -21,10 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffcli.checkpoint import LoadedRun, load_checkpoint
+from diffcli.components import build_net
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffcli.errors import DiffcliError, number_text, user_errors
-from diffcli.runs import LoadedRun, OpenedRun, build_net, load_checkpoint
+from diffcli.restore import OpenedRun
 
 __all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "guide", "open_classifier",
            "parse_classes", "read_classifier"]
@@ -139,8 +142,8 @@ def read_classifier(path: str | Path, model: LoadedRun) -> LoadedRun:
     classifier of the same data (dataset, sample shape, classes) and noise schedule as
     ``model``. Nothing is built."""
     run = load_checkpoint(path)
-    if run.task != "classifier":
-        raise DiffcliError(f"classifier={path} is a diffusion model checkpoint, not a classifier: "
+    if not run.kind.classifies:
+        raise DiffcliError(f"classifier={path} is {run.kind.noun} checkpoint, not a classifier: "
                            "train one with `diffcli train task=classifier` on the same dataset")
     _check_same_data(run, model)
     if run.config.get("schedule") != model.config.get("schedule"):

@@ -1,0 +1,205 @@
+"""Launching a command through Hydra: its overrides checked, its ``check`` run before Hydra
+writes anything, then ``hydra.main`` (run folders, sweeps, launchers, DDP ranks) calling its
+``run``; every failure one line with its exit code (usage 2, Ctrl-C 130, SIGTERM 143, disk
+full 1), tracebacks only with ``--debug``."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from diffcli.cli.overrides import (
+    CONF_DIR,
+    check_hydra_config,
+    config_dirs,
+    expand_aliases,
+    group_names,
+    override_message,
+    split_args,
+    unknown_flag,
+    user_error,
+    validate,
+    worker_message,
+)
+
+if TYPE_CHECKING:
+    from diffcli.commands import Command
+DISK_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EIO}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler) raised where the command is, like Ctrl-C: every
+    ``finally`` and temporary folder is cleaned up; exit 143. Training replaces the handler
+    while it trains (it saves a checkpoint first)."""
+
+    signum = 15
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end this command as Ctrl-C does (main thread only)."""
+    import signal
+    import threading
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise)
+
+
+def _rank_prefix(message: str) -> str:
+    """"rank N: <message>" in a DDP worker process (so a failed rank names itself)."""
+    from diffcli.lit.ranks import rank_name
+
+    rank = rank_name()
+    return f"{rank}: {message}" if rank else message
+
+
+def _is_disk_error(e: BaseException | None) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_ERRORS
+
+
+def _disk_message(e: OSError) -> str:
+    """"<path>: No space left on device (errno 28)" - what failed, where."""
+    where = e.filename or "a file"
+    return f"cannot write {where}: {e.strerror or e} (errno {e.errno})"
+
+
+def fail(message: str, code: int = 1, label: str = "error") -> None:
+    typer.echo(f"{label}: {message}", err=True)
+    raise SystemExit(code)
+
+
+def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) -> None:
+    """Validate the overrides, then hand everything to ``hydra.main`` (run dirs, sweeps, ...)."""
+    import hydra
+
+    from diffcli.errors import DiffcliError
+    from diffcli.workflows.rundir import forget_claims, register_resolvers
+
+    debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
+    args = expand_aliases(command.aliases, list(args))
+    bad_flag = unknown_flag(args)
+    if bad_flag is not None:
+        from diffcli.workflows.schemas import flag_hint
+
+        fail(f"unknown option {bad_flag}: settings are key=value overrides"
+             f"{flag_hint(command.keys, group_names(command.config), bad_flag)} (see diffcli "
+             f"{command.name} "
+             "--help)", 2)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
+    register_resolvers()
+    forget_claims()
+    try:  # Hydra's own nodes (callbacks, logging, launcher) are data too: before Hydra acts
+        check_hydra_config(command.config, args)
+    except DiffcliError as e:
+        if debug:
+            raise
+        fail(str(e), 2, e.label)
+    except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
+        if debug:
+            raise
+        fail(f"bad override: {override_message(command, e)}", 2)
+    cfg = checked = None
+    if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
+        try:
+            cfg = validate(command.config, split_args(args), config_dirs(args))
+        except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
+            if debug:
+                raise
+            fail(f"bad override: {override_message(command, e)}", 2)
+        try:  # checkpoints and run folders are checked before Hydra writes anything
+            from diffcli.checks import check_common
+
+            check_common(cfg, command.keys, command.output(cfg), command.writes_runs_root)
+            checked = command.check(cfg)
+        except DiffcliError as e:
+            if debug:
+                raise
+            fail(str(e), e.exit_code, e.label)
+
+    if multirun and cfg is not None:
+        args = _with_sweep_dir(args, cfg, debug)
+
+    def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
+        register_resolvers()  # a sweep job started by submitit is a new process
+        with _console_log(command.logged):
+            return _run_task(cfg)
+
+    def _run_task(cfg):  # noqa: ANN001, ANN202
+        stop_on_sigterm()
+        try:
+            return command.run(cfg, None if multirun else checked)
+        except Exception as e:
+            found = user_error(e, DiffcliError)
+            disk = user_error(e, OSError)
+            if debug or (found is None and not _is_disk_error(disk)):
+                raise
+            if found is None:
+                fail(_rank_prefix(_disk_message(disk)))
+            if getattr(found, "silent", False):  # another rank printed the error
+                raise SystemExit(found.exit_code) from None
+            fail(_rank_prefix(worker_message(str(found))), found.exit_code, found.label)
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Terminated) else 2
+            fail(f"interrupted by {'SIGTERM' if signum == 15 else 'Ctrl-C'} before the command "
+                 "finished: its outputs appear whole or not at all, so nothing partial was "
+                 "written", 128 + signum)
+
+    # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
+    os.environ["DIFFCLI_COMMAND"] = command.name
+    relaunch = str(Path(__file__).resolve().parent.parent / "relaunch.py")
+    sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=command.config,
+                   version_base="1.3")(task)()
+    except OSError as e:  # Hydra creating the run folder: read-only or full disk
+        if debug or not _is_disk_error(e):
+            raise
+        fail(_disk_message(e))
+
+
+def _console_log(logged: bool) -> Any:
+    """Copy the console into ``<run dir>/cli.log`` (Hydra's job log file) for the commands
+    that own a run folder; a no-op for the others."""
+    import contextlib
+
+    if not logged:
+        return contextlib.nullcontext()
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffcli.console import ConsoleLog
+
+    hc = HydraConfig.get()
+    return ConsoleLog(Path(hc.runtime.output_dir) / f"{hc.job.name}.log")
+
+
+def _with_sweep_dir(args: list[str], cfg: Any, debug: bool) -> list[str]:
+    """The overrides with the sweep folder claimed now and written out
+    (``hydra.sweep.dir=<path>``): a launcher's job processes (submitit) and requeued jobs
+    then use this folder instead of claiming new ones. Checks the launcher first
+    (:func:`diffcli.workflows.launchers.check_launcher`)."""
+    from hydra.core.plugins import Plugins
+
+    import hydra_plugins.diffcli_launchers as launchers
+    from diffcli.errors import DiffcliError
+    from diffcli.workflows.launchers import check_launcher
+
+    for launcher in (launchers.SlurmLauncher, launchers.LocalLauncher):  # an editable install's
+        Plugins.instance().register(launcher)  # hydra_plugins/ is not found by Hydra's scan
+    os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # --signal=USR1@<delay> (not USR2)
+    try:
+        check_launcher(cfg)
+    except DiffcliError as e:
+        if debug:
+            raise
+        fail(str(e), e.exit_code, e.label)
+    if any(a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir" for a in args):
+        return args
+    return [*args, f"hydra.sweep.dir={cfg.hydra.sweep.dir}"]
