@@ -1,5 +1,6 @@
 """Where runs live and what is in them: the checkpoint a path names, the newest run of a task,
-a run's folder (its lock, its ``result.json``).
+the run a command works on; a run's folder, which one live process owns (``run.lock``,
+:class:`RunLock`), and what the run ended with (``result.json``, :func:`write_result`).
 
 Reading a checkpoint is :mod:`diffcli.checkpoint`'s job; rebuilding its network is
 :mod:`diffcli.restore`'s. Plain paths and typed arguments only: no Hydra, no Lightning here.
@@ -7,13 +8,23 @@ Reading a checkpoint is :mod:`diffcli.checkpoint`'s job; rebuilding its network 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
+import socket
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from diffcli.checkpoint import LoadedRun, load_checkpoint
-from diffcli.errors import CheckpointError
+from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.files import atomic_write_text, dumps_json
+from diffcli.slurm import slurm_job
 from diffcli.tasks import DIFFUSION, TASKS, Task
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
@@ -91,3 +102,148 @@ def run_to_use(ckpt: str | None, runs_root: str, run: LoadedRun | None = None) -
     if not ckpt:
         console.print(f"using the newest run's checkpoint: {run.path}")
     return run
+
+
+LOCK = "run.lock"
+
+
+def check_run_dir(run_dir: Path, resume: Path | None) -> None:
+    """Refuse to start a run in ``run_dir`` if it holds checkpoints of another run (unless
+    ``resume`` is a checkpoint inside it: continuing a run in place)."""
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if not ckpts:
+        return
+    if resume is not None and run_dir.resolve() in resume.resolve().parents:
+        return
+    raise DiffcliError(f"{run_dir} already holds a run ({ckpts[0].relative_to(run_dir)}); "
+                       f"use resume=auto or ckpt_path={ckpts[0]} to continue it, or another "
+                       "hydra.run.dir")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner() -> str:
+    """``pid host [slurm job]``: who holds a lock."""
+    job = slurm_job()
+    return f"{os.getpid()} {socket.gethostname()}" + (f" {job.key}" if job else "")
+
+
+def live_holder(run_dir: Path) -> int | None:
+    """The PID of a live process holding ``run_dir``'s lock, else None. A lock of another host
+    counts as live, unless it was this SLURM job's (an attempt before a requeue, ended)."""
+    try:
+        pid_text, host, *job = (run_dir / LOCK).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    mine = slurm_job()
+    if job and mine is not None and job[0] == mine.key and pid != os.getpid():
+        return None
+    if host != socket.gethostname():
+        return pid  # another machine's process: assume it is alive
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds ``<run_dir>/run.lock`` (``pid host [slurm job]``) for
+    the run's lifetime; a stale lock (its process is gone) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = live_holder(self.path.parent)
+                if holder is not None:
+                    raise CheckpointError(f"{self.path.parent} is being written by process "
+                                          f"{holder} ({LOCK}); wait for it to finish or stop "
+                                          "it") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(_owner() + "\n")
+            return self
+        raise CheckpointError(f"could not take {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            if self.path.read_text().split(" ")[0] == str(os.getpid()):
+                self.path.unlink()
+
+
+RESULT = "result.json"
+
+
+class RunClock:
+    """Wall time of this attempt, from construction."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite scalar values of Lightning's ``callback_metrics``, as floats."""
+    out = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):  # a tensor of several values
+            continue
+        if math.isfinite(number):
+            out[key] = number
+    return out
+
+
+def _previous(run_dir: Path) -> dict[str, Any]:
+    try:
+        found = json.loads((run_dir / RESULT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_result(run_dir: Path, trainer: Any, checkpoint: Path, clock: RunClock,
+                 status: str, overrides: Sequence[str] = ()) -> Path:
+    """Write ``<run_dir>/result.json`` for ``trainer``'s run, started with ``overrides``::
+
+        {"status": "done", "step": 1000, "max_steps": 1000, "loss": 0.0312, "fid_proxy": null,
+         "metrics": {"train/loss": 0.0312, ...}, "checkpoint": ".../last.ckpt", "run_dir": "...",
+         "overrides": ["schedule=cosine"], "wall_time_s": 123.4, "attempts": 1,
+         "finished_at": "2026-11-26T05:10:00"}
+
+    ``wall_time_s`` and ``attempts`` add up over the attempts of a run that continued in its
+    folder (``resume``, a SLURM requeue). ``diffcli sweep-summary`` ranks a sweep by them."""
+    from diffcli.lit.fid_callback import METRIC as FID_PROXY
+
+    metrics = scalar_metrics(dict(trainer.callback_metrics))
+    before = _previous(run_dir)
+    result = {
+        "status": status,
+        "step": int(trainer.global_step),
+        "max_steps": int(trainer.max_steps),
+        "loss": metrics.get("train/loss"),
+        "fid_proxy": metrics.get(FID_PROXY),
+        "metrics": metrics,
+        "checkpoint": str(checkpoint.resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "overrides": list(overrides),
+        "wall_time_s": round(float(before.get("wall_time_s") or 0.0) + clock.seconds(), 3),
+        "attempts": int(before.get("attempts") or 0) + 1,
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    return atomic_write_text(run_dir / RESULT, dumps_json(result))

@@ -40,7 +40,8 @@ class Task:
 
     def not_generative(self, path: Path | str) -> str:
         """One line for a ``path`` of this task handed to a command that samples."""
-        return f"{path} is {self.noun} (task={self.name}), not a diffusion model: " + self.use.format(path=path)
+        return (f"{path} is {self.noun} (task={self.name}), not a diffusion model: "
+                + self.use.format(path=path))
 
 
 DIFFUSION = Task("diffusion", "a diffusion model", generates=True, takes_text=True,

@@ -200,7 +200,7 @@ def _is_a_key(command: str, key: str, choices: list[str] = ()) -> bool:
     from omegaconf import OmegaConf
 
     from diffcli.cli.overrides import group_names, validate
-    from diffcli.workflows.rundir import register_resolvers
+    from diffcli.cli.resolvers import register_resolvers
     from diffcli.workflows.schemas import trainer_keys
 
     register_resolvers()  # as the app does first: the configs interpolate diffcli's resolvers

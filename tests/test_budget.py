@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Timer
 from omegaconf import OmegaConf
 from test_cli import TINY_UNET, run_here
 
+from diffcli.cli.resolvers import register_resolvers, steps_unless_timed
 from diffcli.lit.ema import (
     check_ema,
     ema_decay_for,
@@ -23,7 +24,6 @@ from diffcli.lit.ema import (
 )
 from diffcli.lit.module import update_ema
 from diffcli.lit.schedulers import run_progress, warmup_cosine
-from diffcli.workflows.rundir import register_resolvers, steps_unless_timed
 
 
 def test_sigma_rel_and_gamma_match_edm2():

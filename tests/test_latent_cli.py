@@ -207,3 +207,58 @@ def test_a_latent_cache_that_cannot_be_written_is_one_warning_and_training_goes_
     assert len(warned) == 1 and "No space left on device" in warned[0], lines
     assert not list(tmp_path.glob("outputs/latent-cache/*")) and os.path.isdir(tmp_path / "outputs")
     assert list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))
+
+
+READS = {  # command line -> the runs whose checkpoint it reads ({name}: a copy of that run)
+    "sample": (["sample", "ckpt={pixel}", "n=2", "steps=2"], ["pixel"]),
+    "sample-latent": (["sample", "ckpt={ldm}", "n=2", "steps=2", "prompt=a"], ["ldm", "ae"]),
+    "noise-viz": (["noise-viz", "reverse=true", "ckpt={pixel}", "steps=2", "num_images=1",
+                   "image_size=8", "schedules=[linear]"], ["pixel"]),
+    "export": (["export", "ckpt={pixel}", "format=safetensors"], ["pixel"]),
+    "eval-nll": (["eval-nll", "ckpt={pixel}", "n=2", "steps=2", "method=vlb"], ["pixel"]),
+    "eval-fid": (["eval-fid", "ckpt={pixel}", "n=4", "ref_n=8", "steps=2", "extractor=standin",
+                  "metrics=[fid]", "cache=false", "batch_size=4"], ["pixel"]),
+    "train-resume": (["train", "ckpt_path={pixel}", *DIGITS, "model.base_channels=8",
+                      "model.groups=4", "model.channel_mults=[1]", "trainer.max_steps=2",
+                      "callbacks.preview=null", "hydra.run.dir={here}/resumed"], ["pixel"]),
+}
+
+
+@pytest.mark.parametrize("name", list(READS))
+def test_each_command_reads_each_checkpoint_once(name, runs, tmp_path, monkeypatch, capsys):
+    """``torch.load`` runs once per checkpoint file in one command: what its check read is
+    handed to its run (and to Lightning's restore); a latent model's autoencoder is read once
+    too (redesign, issue 33)."""
+    import os
+
+    import torch
+
+    import diffcli.checkpoint
+
+    copies = {"pixel": tmp_path / "pixel", "ldm": tmp_path / "ldm"}
+    for key, folder in copies.items():
+        shutil.copytree(runs[key].parent.parent, folder)
+    files = {"pixel": copies["pixel"] / "checkpoints" / "last.ckpt",
+             "ldm": copies["ldm"] / "checkpoints" / "last.ckpt", "ae": runs["ae_copy"]}
+    args, read = READS[name]
+    args = [a.format(here=tmp_path, **files) for a in args]
+    loads: dict[Path, int] = {}
+    reads: list[Path] = []
+    torch_load, read_checkpoint = torch.load, diffcli.checkpoint.read_checkpoint
+
+    def counted_load(f, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(f, str | os.PathLike):
+            loads[Path(f).resolve()] = loads.get(Path(f).resolve(), 0) + 1
+        return torch_load(f, *a, **k)
+
+    def counted_read(path):  # noqa: ANN001, ANN202
+        reads.append(Path(path).resolve())
+        return read_checkpoint(path)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    monkeypatch.setattr(diffcli.checkpoint, "read_checkpoint", counted_read)
+    code, lines = run_in_process(args, tmp_path, monkeypatch, capsys)
+    assert code in (0, None), lines
+    expected = {files[k].resolve(): 1 for k in read}
+    assert loads == expected, lines
+    assert sorted(reads) == sorted(expected)

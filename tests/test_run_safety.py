@@ -25,7 +25,7 @@ from diffcli.diffusion.generate import check_finite
 from diffcli.errors import DiffcliError
 from diffcli.files import MARKER, OutputFolder, claim_dir
 from diffcli.lit.saving import AtomicCheckpointIO, TrainingDiverged
-from diffcli.workflows.rundir import LOCK, RunLock, check_run_dir, live_holder
+from diffcli.runs import LOCK, RunLock, check_run_dir, live_holder
 
 POINTS = ["dataset=moons", "model=mlp", "dataset.n_points=256", "logger=none",
           "callbacks.preview=null"]

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from diffcli.cli.resolvers import at_least_one
 from diffcli.data.datamodule import TensorDataModule
 from diffcli.diffusion.schedules import linear_schedule
 from diffcli.errors import DiffcliError
@@ -22,10 +23,10 @@ from diffcli.lit.callbacks import LastStepMetrics
 from diffcli.lit.loggers import RunCSVLogger, trim_metrics
 from diffcli.lit.module import DiffusionModule
 from diffcli.nets.mlp import MLP
+from diffcli.runs import LOCK, RunLock, live_holder
+from diffcli.slurm import SlurmJob, job_run_dir, requeue, slurm_job
 from diffcli.workflows import slurm
 from diffcli.workflows.launchers import check_devices, failure_line, launch_failure
-from diffcli.workflows.rundir import LOCK, RunLock, at_least_one, live_holder
-from diffcli.workflows.slurm import SlurmJob, job_run_dir, requeue, slurm_job
 
 
 def test_slurm_job_from_the_environment():

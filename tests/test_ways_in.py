@@ -94,9 +94,9 @@ def test_the_shipped_hydra_nodes_pass():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from diffcli.cli.resolvers import register_resolvers
     from diffcli.components import conf_dir
     from diffcli.hydra_nodes import check_hydra_node
-    from diffcli.workflows.rundir import register_resolvers
 
     register_resolvers()
     for name, overrides in [("train", []), ("train", ["hydra/launcher=slurm"]),

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,65 +78,95 @@ def fail(message: str, code: int = 1, label: str = "error") -> None:
 
 
 def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) -> None:
-    """Validate the overrides, then hand everything to ``hydra.main`` (run dirs, sweeps, ...)."""
+    """Validate the overrides and run the command's check, then hand everything to
+    ``hydra.main`` (run dirs, sweeps, ...), which calls the command's run."""
     import hydra
-
-    from diffcli.errors import DiffcliError
-    from diffcli.workflows.rundir import forget_claims, register_resolvers
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
     args = expand_aliases(command.aliases, list(args))
+    cfg, checked = check_before_hydra(command, args, debug)
+    if multirun and cfg is not None:
+        args = _with_sweep_dir(args, cfg, debug)
+    # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
+    os.environ["DIFFCLI_COMMAND"] = command.name
+    relaunch = str(Path(__file__).resolve().parent.parent / "relaunch.py")
+    sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
+    task = job(command, None if multirun else checked, debug)  # a sweep job reads for itself
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=command.config,
+                   version_base="1.3")(task)()
+    except OSError as e:  # Hydra creating the run folder: read-only or full disk
+        if debug or not _is_disk_error(e):
+            raise
+        fail(_disk_message(e))
+
+
+def _refuse(e: Exception, debug: bool, message: str | None = None,
+            code: int | None = None) -> None:
+    """One line for bad input found before Hydra acts (a diffcli error in its own words and
+    exit code, unless ``code``; anything else as a bad override: ``message``, exit 2), or the
+    traceback with ``--debug``."""
+    from diffcli.errors import DiffcliError
+
+    if debug:
+        raise e
+    if isinstance(e, DiffcliError):
+        fail(str(e), code or e.exit_code, e.label)
+    fail(f"bad override: {message}", 2)
+
+
+def check_before_hydra(command: Command, args: list[str], debug: bool) -> tuple[Any, Any]:
+    """Everything checked before Hydra writes anything: unknown flags, Hydra's own nodes, the
+    composed config, the checks every command shares and the command's ``check``. Returns
+    (the config, what the check read), or (None, None) for Hydra's informational flags."""
+    from diffcli.checks import check_common
+    from diffcli.cli.resolvers import forget_claims, register_resolvers
+    from diffcli.errors import DiffcliError
+    from diffcli.workflows.schemas import flag_hint
+
     bad_flag = unknown_flag(args)
     if bad_flag is not None:
-        from diffcli.workflows.schemas import flag_hint
-
         fail(f"unknown option {bad_flag}: settings are key=value overrides"
              f"{flag_hint(command.keys, group_names(command.config), bad_flag)} (see diffcli "
-             f"{command.name} "
-             "--help)", 2)
+             f"{command.name} --help)", 2)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no "generated new fontManager"
     register_resolvers()
     forget_claims()
     try:  # Hydra's own nodes (callbacks, logging, launcher) are data too: before Hydra acts
         check_hydra_config(command.config, args)
-    except DiffcliError as e:
-        if debug:
-            raise
-        fail(str(e), 2, e.label)
     except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
-        if debug:
-            raise
-        fail(f"bad override: {override_message(command, e)}", 2)
-    cfg = checked = None
-    if not any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
-        try:
-            cfg = validate(command.config, split_args(args), config_dirs(args))
-        except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
-            if debug:
-                raise
-            fail(f"bad override: {override_message(command, e)}", 2)
-        try:  # checkpoints and run folders are checked before Hydra writes anything
-            from diffcli.checks import check_common
+        _refuse(e, debug, None if isinstance(e, DiffcliError) else override_message(command, e),
+                code=2)
+    if any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
+        return None, None
+    try:
+        cfg = validate(command.config, split_args(args), config_dirs(args))
+    except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
+        _refuse(e, debug, override_message(command, e))
+    try:  # checkpoints and run folders are checked before Hydra writes anything
+        check_common(cfg, command.keys, command.output(cfg), command.writes_runs_root)
+        return cfg, command.check(cfg)
+    except DiffcliError as e:
+        _refuse(e, debug)
+    raise AssertionError("unreachable")  # _refuse exits
 
-            check_common(cfg, command.keys, command.output(cfg), command.writes_runs_root)
-            checked = command.check(cfg)
-        except DiffcliError as e:
-            if debug:
-                raise
-            fail(str(e), e.exit_code, e.label)
 
-    if multirun and cfg is not None:
-        args = _with_sweep_dir(args, cfg, debug)
+def job(command: Command, checked: Any, debug: bool) -> Callable[[Any], Any]:
+    """The function Hydra calls with each job's config: the command's run (given what its
+    check read), every failure one line (exit codes: the error's, 1 for a full disk, 130 for
+    Ctrl-C, 143 for SIGTERM)."""
+    from diffcli.cli.resolvers import register_resolvers
+    from diffcli.errors import DiffcliError
 
     def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
         register_resolvers()  # a sweep job started by submitit is a new process
-        with _console_log(command.logged):
-            return _run_task(cfg)
+        with _console_log(command.logged):  # the error line goes to the log too
+            return run(cfg)
 
-    def _run_task(cfg):  # noqa: ANN001, ANN202
+    def run(cfg):  # noqa: ANN001, ANN202
         stop_on_sigterm()
         try:
-            return command.run(cfg, None if multirun else checked)
+            return command.run(cfg, checked)
         except Exception as e:
             found = user_error(e, DiffcliError)
             disk = user_error(e, OSError)
@@ -152,17 +183,7 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
                  "finished: its outputs appear whole or not at all, so nothing partial was "
                  "written", 128 + signum)
 
-    # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
-    os.environ["DIFFCLI_COMMAND"] = command.name
-    relaunch = str(Path(__file__).resolve().parent.parent / "relaunch.py")
-    sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
-    try:
-        hydra.main(config_path=str(CONF_DIR), config_name=command.config,
-                   version_base="1.3")(task)()
-    except OSError as e:  # Hydra creating the run folder: read-only or full disk
-        if debug or not _is_disk_error(e):
-            raise
-        fail(_disk_message(e))
+    return task
 
 
 def _console_log(logged: bool) -> Any:

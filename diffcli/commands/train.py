@@ -68,7 +68,7 @@ def _train_labels(cfg: DictConfig) -> None:
     """conditional=true / task=classifier on a dataset known to have no labels, and a
     hand-set model.num_classes, are refused before any data is read."""
     from diffcli.data.registry import dataset_has_labels
-    from diffcli.workflows.train import labels_needed
+    from diffcli.workflows.train_modules import labels_needed
 
     model = group(cfg, "model") or {}
     if model.get("num_classes") is not None:
@@ -142,7 +142,7 @@ def _train_latent(cfg: DictConfig, reads: CheckpointReads) -> None:
 
 def _train_requeue(cfg: DictConfig) -> None:
     """``requeue_signals`` names signals that training stops on: USR1, TERM, INT."""
-    from diffcli.workflows.slurm import signal_name
+    from diffcli.slurm import signal_name
 
     for name in cfg.get("requeue_signals") or []:
         if signal_name(name) not in ("USR1", "TERM", "INT"):
@@ -154,7 +154,7 @@ def check(cfg: DictConfig) -> CheckpointReads:
     """Everything ``diffcli train`` refuses before Hydra creates the run folder: the latent and
     text keys, labels, requeue signals, the loss against the network, the checkpoint it resumes
     and the run folder it was given. Returns the checkpoints read (handed to :func:`run`)."""
-    from diffcli.workflows.rundir import check_run_dir
+    from diffcli.runs import check_run_dir
     from diffcli.workflows.train import check_resumable, resume_path
 
     reads = CheckpointReads()

@@ -1,1 +1,2 @@
-"""Other formats, both ways: diffusers folders (UNet2DModel, AutoencoderKL layouts and weight maps), safetensors with a JSON sidecar, ONNX; and the model card."""
+"""Other formats, both ways: diffusers folders (UNet2DModel and AutoencoderKL layouts, weight
+maps), safetensors with a JSON sidecar, ONNX; and the model card."""

@@ -21,9 +21,7 @@ from rich.console import Console
 from diffcli.checkpoint import CheckpointReads, LoadedRun, load_checkpoint
 from diffcli.components import (
     build,
-    build_autoencoder,
     build_datamodule,
-    build_net,
     plain,
     resolve_target,
 )
@@ -36,23 +34,29 @@ from diffcli.lit.callbacks import (
     StepProgress,
     Throughput,
 )
-from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
+from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.loggers import RunCSVLogger, finish_loggers, trim_metrics
 from diffcli.lit.module import DiffusionModule
 from diffcli.lit.ranks import stop_other_ranks, watch_ranks
 from diffcli.lit.saving import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.nets.layers import count_parameters
-from diffcli.runs import find_latest_checkpoint, run_roots
+from diffcli.runs import (
+    RunClock,
+    RunLock,
+    check_run_dir,
+    find_latest_checkpoint,
+    live_holder,
+    run_roots,
+    write_result,
+)
+from diffcli.slurm import SlurmJob, requeue, signal_name, slurm_job
 from diffcli.tasks import task_named
 from diffcli.workflows.latent_space import (
-    LatentSpace,
     autoencoder_sha256,
     latent_source,
     latent_space,
 )
-from diffcli.workflows.results import RunClock, write_result
-from diffcli.workflows.rundir import RunLock, check_run_dir, live_holder
-from diffcli.workflows.slurm import SlurmJob, requeue, signal_name, slurm_job
+from diffcli.workflows.train_modules import build_module, report_accuracy
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
@@ -222,99 +226,6 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
         raise DiffcliError(f"trainer: {' '.join(str(e).split())}") from None
 
 
-def labels_needed(cfg: DictConfig) -> str | None:
-    """Why this run needs a labelled dataset ("conditional=true", "task=classifier"), or None."""
-    labels = task_named(cfg.get("task")).labels
-    if labels is not None:
-        return labels
-    return "conditional=true" if cfg.get("conditional") else None
-
-
-def check_labels(cfg: DictConfig, dm: Any) -> int | None:
-    """The number of classes the network is built for: the dataset's when the run needs
-    labels (refused, in one line, when the dataset has none), else None."""
-    reason = labels_needed(cfg)
-    if cfg.model.get("num_classes") is not None:
-        raise DiffcliError("model.num_classes is set from the dataset's labels: leave it null and "
-                           "pass conditional=true for a class-conditional model")
-    if reason is None:
-        return None
-    if getattr(dm, "num_classes", None) is None:
-        raise DiffcliError(f"{reason} needs a labelled dataset, but dataset={cfg.dataset.name} "
-                           "has no labels (labelled: digits, mnist, fashion_mnist, cifar10, "
-                           "gaussian_mixture, moons, imagefolder with one sub-folder per class, "
-                           "celeba with dataset.attribute=...)")
-    return int(dm.num_classes)
-
-
-def data_description(dm: Any, num_classes: int | None) -> dict[str, Any]:
-    """The ``data`` entry of a checkpoint: kind, sample shape, and the classes when labelled."""
-    info: dict[str, Any] = {"kind": dm.kind, "shape": list(dm.data_shape)}
-    if num_classes is not None:
-        info["num_classes"] = num_classes
-        info["class_names"] = [str(c) for c in (dm.class_names or range(num_classes))]
-    return info
-
-
-def check_training_fits(cfg: DictConfig, shape: tuple[int, ...], num_classes: int | None,
-                        batch_size: int) -> None:
-    """One line, before the network is built, when a training batch (forward and backward;
-    weights, gradients, Adam's two moments and the EMA: 5 copies of the weights) cannot fit
-    in the memory of the device it trains on (:func:`diffcli.nets.memory.check_fits`)."""
-    from diffcli.nets.memory import check_fits
-
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    check_fits(lambda: build_net(cfg.model, shape, num_classes=num_classes),
-               shape, batch_size, torch.device("cuda" if cuda else "cpu"),
-               key="dataset.batch_size", what="training", grad=True, weight_copies=5)
-
-
-def _module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> L.LightningModule:
-    """The ``module`` group built around the network, schedule, optimizer and LR schedule
-    (and, for latent diffusion, the latent space)."""
-    if task_named(cfg.get("task")).encodes:
-        return _autoencoder_module(cfg, dm)
-    num_classes = check_labels(cfg, dm)
-    shape = space.info.shape if space is not None else dm.data_shape
-    check_training_fits(cfg, tuple(shape), num_classes, int(dm.batch_size))
-    net = build_net(cfg.model, shape, num_classes=num_classes,
-                    text_encoder_cfg=cfg.get("text_encoder"))
-    channels_last = bool(cfg.module.get("channels_last")) and dm.kind == "image"
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
-    extra: dict[str, Any] = {}
-    if cfg.get("loss") and task_named(cfg.get("task")).generates:
-        extra["loss"] = build("loss", cfg.loss)
-    data_info = data_description(dm, num_classes)
-    if space is not None:
-        extra |= {"latent": space.codec, "latent_cached": space.cached}
-        data_info["latent"] = space.info.describe()
-    return build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
-                 optimizer=build("optimizer", cfg.optimizer), lr_scheduler=lr_scheduler,
-                 channels_last=channels_last, **extra,
-                 run_config=OmegaConf.to_container(cfg, resolve=True), data_info=data_info)
-
-
-def _autoencoder_module(cfg: DictConfig, dm: Any) -> L.LightningModule:
-    """The autoencoder stage (``task=autoencoder``): the ``autoencoder`` group's network in the
-    ``module`` group's AutoencoderModule."""
-    if dm.kind != "image":
-        raise DiffcliError("task=autoencoder needs images; this dataset has 2-D points")
-    net = build_autoencoder(cfg.autoencoder, dm.data_shape)
-    lr_scheduler = build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
-    module = build("module", cfg.module, net=net, optimizer=build("optimizer", cfg.optimizer),
-                   lr_scheduler=lr_scheduler, run_config=OmegaConf.to_container(cfg, resolve=True),
-                   data_info=data_description(dm, None))
-    source, which = _held_out(cfg, dm)
-    module.eval_batch = source.head(module.eval_images)[0] if module.eval_images else None
-    module.eval_source = which
-    if getattr(module, "perceptual_note", None):
-        console.print(f"[yellow]note[/]: {module.perceptual_note}")
-    return module
-
-
 def _cluster() -> list[Any]:
     """Lightning's SLURM environment without its auto-requeue: its handler saves in the middle
     of a step from inside the signal handler and keeps training; :class:`GracefulStop` stops at
@@ -333,7 +244,7 @@ def requeued_checkpoint(run_dir: Path, job: SlurmJob | None) -> Path | None:
 def train(cfg: DictConfig, reads: CheckpointReads | None = None) -> Path:
     """Train a diffusion model as configured; returns the path of the final checkpoint.
 
-    The run folder is this run's alone (:mod:`diffcli.workflows.rundir`). SIGTERM / SIGINT /
+    The run folder is this run's alone (:mod:`diffcli.runs`). SIGTERM / SIGINT /
     SIGUSR1 finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
     (:class:`~diffcli.errors.Interrupted`); a second one exits at once. In a SLURM job, USR1
     and TERM (``requeue_signals``) also requeue the job, which continues in the same folder.
@@ -371,7 +282,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
                           captions=bool(cfg.get("text_encoder")) and task.takes_text)
     space = latent_space(cfg, dm, reads.load(resume) if resume else None, reads.autoencoder) \
         if task.takes_latent else None
-    module = _module(cfg, dm, space)
+    module = build_module(cfg, dm, space)
     if space is not None:
         dm = space.datamodule
     trainer = _trainer(cfg, run_dir, stop, reads, manual=not module.automatic_optimization)
@@ -394,7 +305,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last)
     if trainer.is_global_zero and isinstance(module, ClassifierModule) and module.eval_images:
-        _report_accuracy(cfg, dm, module)
+        report_accuracy(cfg, dm, module)
     if trainer.is_global_zero and isinstance(module, AutoencoderModule) and \
             module.eval_batch is not None:
         metrics = module.reconstruction_metrics()
@@ -406,13 +317,13 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         requeued = _requeue(cfg, stop.signum) if trainer.is_global_zero else None
         if trainer.is_global_zero:
             write_result(run_dir, trainer, last, clock, "requeued" if requeued and
-                         requeued.startswith("requeued") else "interrupted")
+                         requeued.startswith("requeued") else "interrupted", _overrides())
         after = requeued or (f"continue with `diffcli train resume=auto` (or "
                              f"ckpt_path={last})")
         raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; {after}",
                           stop.signum)
     if trainer.is_global_zero:
-        write_result(run_dir, trainer, last, clock, "done")
+        write_result(run_dir, trainer, last, clock, "done", _overrides())
         after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
                  "diffusion run)" if isinstance(module, ClassifierModule)
                  else f"[bold]diffcli train latent={last}[/] (latent diffusion), or [bold]diffcli "
@@ -423,6 +334,13 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     return last
 
 
+def _overrides() -> list[str]:
+    """The command line's overrides of this job (for ``result.json``)."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def _requeue(cfg: DictConfig, signum: int) -> str | None:
     """In a SLURM job stopped by one of ``requeue_signals`` (USR1, TERM): requeue it; what
     happened, in words. None outside SLURM or for other signals."""
@@ -431,29 +349,6 @@ def _requeue(cfg: DictConfig, signum: int) -> str | None:
             {signal_name(s) for s in cfg.get("requeue_signals") or []}:
         return None
     return requeue(job)
-
-
-def _held_out(cfg: DictConfig, dm: Any) -> tuple[Any, str]:
-    """The dataset's test split when training used "train" and it is on disk (never
-    downloaded), else the training data; with a word saying which."""
-    if cfg.dataset.get("split") == "train":
-        node = {**plain(cfg.dataset), "split": "test"}
-        try:
-            return build_datamodule(node), "held-out split=test"
-        except DiffcliError:
-            pass
-    return dm, f"training split={cfg.dataset.get('split', 'train')}"
-
-
-def _report_accuracy(cfg: DictConfig, dm: Any, module: ClassifierModule) -> None:
-    """Accuracy of the trained classifier on the first ``eval_images`` items, noised, per
-    range of t (Dhariwal & Nichol 2021 report it as a function of noise level)."""
-    source, which = _held_out(cfg, dm)
-    x, y = source.head(module.eval_images)
-    module.net.eval()
-    rows = accuracy_by_t(module.net, module.schedule, x, y)
-    console.print(f"classifier accuracy on {len(x)} noised images ({which}): "
-                  f"{format_accuracy(rows)}")
 
 
 def _end_process_group() -> None:
