@@ -44,7 +44,6 @@ _UP_TYPES = {
 }
 
 
-
 def meta_unet(unet_kwargs: Mapping[str, Any], data_shape: Sequence[int]) -> UNet:
     """The diffcli net for ``unet_kwargs`` on the meta device (layout only, no memory)."""
     kwargs = {k: v for k, v in dict(unet_kwargs).items() if k not in ("_target_", "data_shape")}
@@ -98,6 +97,49 @@ def _attention_head_dim(net: UNet, unet_kwargs: Mapping[str, Any]) -> int | None
     return dims[0]
 
 
+def _resamples_with_resnets(net: UNet) -> bool:
+    """Whether ``net`` resamples with ResNet blocks (``resblock_updown``)."""
+    return any(isinstance(m, ResBlock) and (m.down or m.up) for m in net.modules())
+
+
+def _uses_scale_shift(net: UNet) -> bool:
+    """Whether ``net``'s ResBlocks apply the timestep as scale and shift of the norm."""
+    return any(isinstance(m, ResBlock) and m.use_scale_shift_norm for m in net.modules())
+
+
+def _block_config(net: UNet) -> dict[str, Any]:
+    """UNet2DModel's block keys, ``down_block_types`` to ``upsample_type``, for ``net``."""
+    levels = len(net.channel_mults)
+    updown = _resamples_with_resnets(net)
+    attn_levels = net.attention_levels
+    paddings = {m.padding for m in net.modules() if isinstance(m, Downsample)}
+    return {
+        "down_block_types": [_DOWN_TYPES[(lv in attn_levels, updown)] for lv in range(levels)],
+        "mid_block_type": "UNetMidBlock2D",
+        "up_block_types": [_UP_TYPES[(lv in attn_levels, updown)]
+                           for lv in reversed(range(levels))],
+        "block_out_channels": [net.conv_in.out_channels * m for m in net.channel_mults],
+        "layers_per_block": net.num_res_blocks,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": paddings.pop() if paddings else 1,
+        "downsample_type": "resnet" if updown else "conv",
+        "upsample_type": "resnet" if updown else "conv",
+    }
+
+
+def _norm_config(net: UNet) -> dict[str, Any]:
+    """UNet2DModel's normalisation keys, ``norm_num_groups`` to ``resnet_time_scale_shift``."""
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    scale_shift = _uses_scale_shift(net)
+    return {
+        "norm_num_groups": norms[0].num_groups,
+        # diffusers drops the mid attention's GroupNorm under scale-shift unless told.
+        "attn_norm_num_groups": norms[0].num_groups if scale_shift else None,
+        "norm_eps": norms[0].eps,
+        "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
+    }
+
+
 def diffusers_unet_config(unet_kwargs: Mapping[str, Any],
                           data_shape: Sequence[int]) -> dict[str, Any]:
     """The ``UNet2DModel(**config)`` keyword arguments for a diffcli U-Net.
@@ -125,14 +167,7 @@ def diffusers_unet_config(unet_kwargs: Mapping[str, Any],
     check_exportable(net, unet_kwargs)
     channels, height, width = (int(d) for d in data_shape)
     base = net.conv_in.out_channels
-    levels = len(net.channel_mults)
-    updown = any(isinstance(m, ResBlock) and (m.down or m.up) for m in net.modules())
-    scale_shift = any(isinstance(m, ResBlock) and m.use_scale_shift_norm for m in net.modules())
-    mid_attention = any(isinstance(m, AttentionBlock) for m in net.mid_block)
-    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
-    paddings = {m.padding for m in net.modules() if isinstance(m, Downsample)}
     dropouts = {m.p for m in net.modules() if isinstance(m, nn.Dropout)}
-    attn_levels = net.attention_levels
     return {
         "sample_size": height if height == width else [height, width],
         "in_channels": channels,
@@ -142,25 +177,12 @@ def diffusers_unet_config(unet_kwargs: Mapping[str, Any],
         "time_embedding_dim": None if net.emb_dim == 4 * base else net.emb_dim,
         "freq_shift": plain_number(net.time_embed.freq_shift),
         "flip_sin_to_cos": not net.time_embed.sin_first,
-        "down_block_types": [_DOWN_TYPES[(lv in attn_levels, updown)] for lv in range(levels)],
-        "mid_block_type": "UNetMidBlock2D",
-        "up_block_types": [_UP_TYPES[(lv in attn_levels, updown)]
-                           for lv in reversed(range(levels))],
-        "block_out_channels": [base * m for m in net.channel_mults],
-        "layers_per_block": net.num_res_blocks,
-        "mid_block_scale_factor": 1,
-        "downsample_padding": paddings.pop() if paddings else 1,
-        "downsample_type": "resnet" if updown else "conv",
-        "upsample_type": "resnet" if updown else "conv",
+        **_block_config(net),
         "dropout": dropouts.pop() if dropouts else 0.0,
         "act_fn": "silu",
         "attention_head_dim": _attention_head_dim(net, unet_kwargs),
-        "norm_num_groups": norms[0].num_groups,
-        # diffusers drops the mid attention's GroupNorm under scale-shift unless told.
-        "attn_norm_num_groups": norms[0].num_groups if scale_shift else None,
-        "norm_eps": norms[0].eps,
-        "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
-        "add_attention": mid_attention,
+        **_norm_config(net),
+        "add_attention": any(isinstance(m, AttentionBlock) for m in net.mid_block),
         "class_embed_type": None,
         "num_class_embeds": None if net.num_classes is None else net.num_classes + 1,
         "num_train_timesteps": None,
