@@ -148,6 +148,19 @@ def export_onnx(net: nn.Module, sample_shape: tuple[int, ...], path: Path, *,
     path = Path(path)
     names = _input_names(num_classes)
     example = _random_inputs(sample_shape, num_classes, EXPORT_BATCH, _net_device(net))
+    program = _trace(net, sample_shape, example, names, opset)
+    _save_program(program, path)
+    return path
+
+
+def _trace(net: nn.Module, sample_shape: Sequence[int], example: tuple[Tensor, ...],
+           names: list[str], opset: int) -> Any:
+    """``torch.onnx.export`` (dynamo) of ``net`` on ``example``, every input and the output
+    with the batch axis ``batch``; ``net`` runs in eval mode and gets its mode back.
+
+    Raises:
+        ValueError: one line, for anything the size check, the forward or the exporter raise.
+    """
     batch = torch.export.Dim("batch")
     was_training = net.training
     net.eval()
@@ -176,6 +189,12 @@ def export_onnx(net: nn.Module, sample_shape: tuple[int, ...], path: Path, *,
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise ValueError(f"cannot export {type(net).__name__} to ONNX: the exporter "
                          "returned no program")
+    return program
+
+
+def _save_program(program: Any, path: Path) -> None:
+    """Write the exported ``program`` to ``<path>.tmp`` and rename it to ``path`` (its folder
+    created), so a failed write leaves any previous file untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".onnx.tmp")
     try:
@@ -184,7 +203,6 @@ def export_onnx(net: nn.Module, sample_shape: tuple[int, ...], path: Path, *,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def _session(path: Path) -> Any:
