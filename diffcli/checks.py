@@ -115,7 +115,7 @@ def check_groups(cfg: DictConfig) -> None:
             raise UsageError(f"{name}: {' '.join(str(e).split())}") from None
     callbacks = group(cfg, "callbacks")
     if isinstance(callbacks, Mapping):  # built (not run) here, Inception-bound FID proxy aside
-        from diffcli.workflows.train import build_callbacks
+        from diffcli.workflows.training import build_callbacks
 
         cheap = {k: v for k, v in callbacks.items() if k != "fid_proxy"}
         context = {"run_dir": Path("."), "console": None, "seed": 0, "dataset": {}}

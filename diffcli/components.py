@@ -7,7 +7,7 @@ line and the user's config files, or the one stored inside a checkpoint - is bui
 * a ``_target_`` is accepted only at the places where the shipped config tree has one (the
   config groups in :data:`GROUP_AT`), and only if it is an exact name in that group's
   allowlist (:data:`COMPONENTS`); names are looked up in the registry, never imported from
-  the file's text, so ``diffcli.x.os.system`` or ``diffcli.workflows.sample.np.savetxt`` are
+  the file's text, so ``diffcli.x.os.system`` or ``diffcli.workflows.draw_samples.np.savetxt`` are
   just unknown names;
 * Hydra's other special keys (``_args_``, ``_recursive_``, ``_convert_``, ``_partial_``, ...)
   are refused everywhere (``_partial_`` only where :data:`PARTIAL_AT` allows it);

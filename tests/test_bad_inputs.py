@@ -271,7 +271,7 @@ def test_disk_errors_name_the_path(code: int, text: str, workdir: Path, tmp_path
                                    capsys: pytest.CaptureFixture):
     """A full disk, a read-only or forbidden folder while writing: one line naming the path
     (tried by making the sample writer fail the way the OS does; root ignores permissions)."""
-    import diffcli.workflows.sample as sample_workflow
+    import diffcli.workflows.draw_samples as sample_workflow
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(code, text, str(tmp_path / "samples.npz"))

@@ -189,7 +189,7 @@ def lit_step(lit: DiffusionModule, x0: torch.Tensor):
 
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_every_callbacks_option_builds(name: str, tmp_path: Path):
-    from diffcli.workflows.train import build_callbacks
+    from diffcli.workflows.training import build_callbacks
 
     fid = ["callbacks.fid_proxy.every_n_steps=10", "callbacks.fid_proxy.extractor=standin"]
     cfg = compose_with("train", f"callbacks={name}", "callbacks.snapshot.every_n_steps=10",

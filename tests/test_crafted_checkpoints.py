@@ -72,8 +72,9 @@ VARIANTS: dict[str, tuple[Mutation, str]] = {
     "group-target-replaced": (_set("model._target_", "os.system"), "model names 'os.system'"),
     "prefix-trick-os": (_set("model._target_", "diffcli.x.os.system"),
                         "names 'diffcli.x.os.system', which is not a diffcli component"),
-    "prefix-trick-savetxt": (_set("schedule", _savetxt("diffcli.workflows.sample.np.savetxt")),
-                             "names 'diffcli.workflows.sample.np.savetxt'"),
+    "prefix-trick-savetxt": (
+        _set("schedule", _savetxt("diffcli.workflows.draw_samples.np.savetxt")),
+        "names 'diffcli.workflows.draw_samples.np.savetxt'"),
     "component-of-another-group": (_set("schedule._target_", "diffcli.nets.mlp.MLP"),
                                    "not a diffcli component for schedule"),
     "target-under-unexpected-key": (_set("evil", {"_target_": "diffcli.nets.mlp.MLP"}),
@@ -215,10 +216,10 @@ def test_config_files_follow_the_same_rules(clean_checkpoint: Path, tmp_path: Pa
     extra.mkdir(parents=True)
     target = tmp_path / "PWNED"
     (extra / "evil.yaml").write_text(
-        f"_target_: diffcli.workflows.sample.np.savetxt\nfname: {target}\nX: [1.0]\n")
+        f"_target_: diffcli.workflows.draw_samples.np.savetxt\nfname: {target}\nX: [1.0]\n")
     proc = run(tmp_path, "sample", "--config-dir", str(tmp_path / "extra"), "sampler=evil",
                f"ckpt={clean_checkpoint}", ok=False)
-    assert_one_line_error(proc, "sampler names 'diffcli.workflows.sample.np.savetxt'")
+    assert_one_line_error(proc, "sampler names 'diffcli.workflows.draw_samples.np.savetxt'")
     assert not target.exists()
 
 

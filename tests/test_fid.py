@@ -344,7 +344,7 @@ def test_download_failure_is_one_line(_offline_caches: Path, monkeypatch):
 
 
 def test_train_with_fid_every_fails_early_without_weights(tmp_path: Path):
-    from diffcli.workflows.train import _callbacks
+    from diffcli.workflows.training import _callbacks
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["callbacks.fid_proxy.every_n_steps=5",
@@ -411,7 +411,7 @@ def write_pngs(folder: Path, n: int, seed: int, brightness: float = 0.0, size: i
     (None, ["runs_root={d}/none"], "no trained run"),
 ])
 def test_eval_fid_bad_input_is_one_line(tmp_path: Path, monkeypatch, make, overrides, fragment):
-    from diffcli.workflows.eval_fid import eval_fid
+    from diffcli.workflows.fid_eval import eval_fid
 
     monkeypatch.chdir(tmp_path)
     write_pngs(tmp_path / "ref", 6, 0)

@@ -26,7 +26,7 @@ from diffcli.viz import (
     save_gif,
     to_display,
 )
-from diffcli.workflows.noise_viz import (
+from diffcli.workflows.noise_pictures import (
     build_schedules,
     check_timesteps,
     load_images,

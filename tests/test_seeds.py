@@ -1,7 +1,7 @@
 import pytest
 
 from diffcli.errors import DiffcliError
-from diffcli.workflows.sample import parse_seeds
+from diffcli.workflows.draw_samples import parse_seeds
 
 
 def test_seed_specs():

@@ -1,6 +1,6 @@
 """``diffcli eval-fid``: FID (and IS, KID, precision / recall) of a run or of image files.
 
-The evaluation itself is :mod:`diffcli.workflows.eval_fid`; this module declares the command,
+The evaluation itself is :mod:`diffcli.workflows.fid_eval`; this module declares the command,
 its keys, and its checks (made before Hydra acts; the checkpoint is read there, once).
 """
 
@@ -48,7 +48,7 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     """Unless ``samples=`` are evaluated: the run's checkpoint read once, and the sampler and
     every scale of a guidance sweep checked against it (an autoencoder's reconstructions
     check their own keys when they run)."""
-    from diffcli.workflows.eval_fid import guidance_sweep
+    from diffcli.workflows.fid_eval import guidance_sweep
 
     run = run_to_check(cfg, wanted=not cfg.get("samples"))
     if run is not None and not run.kind.encodes:
@@ -57,9 +57,9 @@ def check(cfg: DictConfig) -> LoadedRun | None:
 
 
 def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
-    """Evaluate (:func:`diffcli.workflows.eval_fid.eval_fid`) with the checkpoint ``check``
+    """Evaluate (:func:`diffcli.workflows.fid_eval.eval_fid`) with the checkpoint ``check``
     read."""
-    from diffcli.workflows.eval_fid import eval_fid
+    from diffcli.workflows.fid_eval import eval_fid
 
     return eval_fid(cfg, checked)
 

@@ -1,6 +1,6 @@
 """``diffcli eval-nll``: negative log-likelihood (bits/dim) of a run's data.
 
-The evaluation itself is :mod:`diffcli.workflows.eval_nll`; this module declares the command,
+The evaluation itself is :mod:`diffcli.workflows.nll_eval`; this module declares the command,
 its keys, and its checks (made before Hydra acts; the checkpoint is read there, once).
 """
 
@@ -57,9 +57,9 @@ def check(cfg: DictConfig) -> LoadedRun | None:
 
 
 def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
-    """Evaluate (:func:`diffcli.workflows.eval_nll.eval_nll`) with the checkpoint ``check``
+    """Evaluate (:func:`diffcli.workflows.nll_eval.eval_nll`) with the checkpoint ``check``
     read."""
-    from diffcli.workflows.eval_nll import eval_nll
+    from diffcli.workflows.nll_eval import eval_nll
 
     return eval_nll(cfg, checked)
 

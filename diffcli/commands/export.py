@@ -1,6 +1,6 @@
 """``diffcli export``: a trained run as safetensors, a diffusers folder or ONNX.
 
-The export itself is :mod:`diffcli.workflows.export` (formats in :mod:`diffcli.interop`); this
+The export itself is :mod:`diffcli.workflows.exporting` (formats in :mod:`diffcli.interop`); this
 module declares the command, its keys, and its checks (made before Hydra acts; the checkpoint
 is read there, once).
 """
@@ -33,7 +33,7 @@ KEYS: dict[str, Key] = {
 def check(cfg: DictConfig) -> LoadedRun | None:
     """The run's checkpoint read once; the model fits the format, before anything is printed
     or written."""
-    from diffcli.workflows.export import check_exportable
+    from diffcli.workflows.exporting import check_exportable
 
     run = run_to_check(cfg)
     if run is not None:
@@ -42,8 +42,8 @@ def check(cfg: DictConfig) -> LoadedRun | None:
 
 
 def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
-    """Export (:func:`diffcli.workflows.export.export`) the checkpoint ``check`` read."""
-    from diffcli.workflows.export import export
+    """Export (:func:`diffcli.workflows.exporting.export`) the checkpoint ``check`` read."""
+    from diffcli.workflows.exporting import export
 
     return export(cfg, checked)
 

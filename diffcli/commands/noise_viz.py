@@ -1,7 +1,7 @@
 """``diffcli noise-viz``: pictures of the forward process, the schedules and a run's reverse
 process.
 
-The drawing itself is :mod:`diffcli.workflows.noise_viz`; this module declares the command,
+The drawing itself is :mod:`diffcli.workflows.noise_pictures`; this module declares the command,
 its keys, and its checks (made before Hydra acts; a checkpoint is read there, once).
 """
 
@@ -39,7 +39,7 @@ KEYS: dict[str, Key] = {
 def check(cfg: DictConfig) -> LoadedRun | None:
     """With ``ckpt=`` or ``reverse=true``: the run's checkpoint read once, and the sampler and
     guidance keys checked against it."""
-    from diffcli.workflows.sample import guidance_keys
+    from diffcli.workflows.draw_samples import guidance_keys
 
     run = run_to_check(cfg, wanted=bool(cfg.get("reverse")))
     if run is not None:
@@ -48,10 +48,10 @@ def check(cfg: DictConfig) -> LoadedRun | None:
 
 
 def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
-    """Draw (:func:`diffcli.workflows.noise_viz.noise_viz`) with the checkpoint ``check``
+    """Draw (:func:`diffcli.workflows.noise_pictures.noise_viz`) with the checkpoint ``check``
     read; the schedules drawn are the options of the shipped ``conf/schedule/``."""
     from diffcli.components import conf_dir
-    from diffcli.workflows.noise_viz import noise_viz
+    from diffcli.workflows.noise_pictures import noise_viz
 
     return noise_viz(cfg, conf_dir(), checked)
 

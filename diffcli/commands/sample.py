@@ -1,6 +1,6 @@
 """``diffcli sample``: draw samples from a trained run (an autoencoder: reconstructions).
 
-The sampling itself is :mod:`diffcli.workflows.sample`; this module declares the command, its
+The sampling itself is :mod:`diffcli.workflows.draw_samples`; this module declares the command, its
 keys, and its checks (made before Hydra acts; the checkpoint is read there, once).
 """
 
@@ -37,7 +37,7 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     """The seeds, then the run's checkpoint (``ckpt=`` or the newest) read once and the
     sampler and guidance keys checked against it (with enough samples for the classes); an
     autoencoder's reconstructions check their own keys when they run."""
-    from diffcli.workflows.sample import guidance_keys, parse_seeds
+    from diffcli.workflows.draw_samples import guidance_keys, parse_seeds
 
     try:
         parse_seeds(cfg.seeds, int(cfg.n or 1), int(cfg.seed))
@@ -52,8 +52,8 @@ def check(cfg: DictConfig) -> LoadedRun | None:
 
 
 def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
-    """Sample (:func:`diffcli.workflows.sample.sample`) from the checkpoint ``check`` read."""
-    from diffcli.workflows.sample import sample
+    """Sample (:func:`diffcli.workflows.draw_samples.sample`) from the checkpoint ``check`` read."""
+    from diffcli.workflows.draw_samples import sample
 
     return sample(cfg, checked)
 

@@ -1,6 +1,6 @@
 """``diffcli train``: train a diffusion model, an autoencoder or a noise-aware classifier.
 
-The training itself is :mod:`diffcli.workflows.train`; this module declares the command, its
+The training itself is :mod:`diffcli.workflows.training`; this module declares the command, its
 keys, and the checks made before Hydra creates the run folder.
 """
 
@@ -155,7 +155,7 @@ def check(cfg: DictConfig) -> CheckpointReads:
     text keys, labels, requeue signals, the loss against the network, the checkpoint it resumes
     and the run folder it was given. Returns the checkpoints read (handed to :func:`run`)."""
     from diffcli.runs import check_run_dir
-    from diffcli.workflows.train import check_resumable, resume_path
+    from diffcli.workflows.training import check_resumable, resume_path
 
     reads = CheckpointReads()
     _train_latent(cfg, reads)
@@ -172,8 +172,8 @@ def check(cfg: DictConfig) -> CheckpointReads:
 
 
 def run(cfg: DictConfig, checked: CheckpointReads | None) -> Path:
-    """Train (:func:`diffcli.workflows.train.train`) with the checkpoints ``check`` read."""
-    from diffcli.workflows.train import train
+    """Train (:func:`diffcli.workflows.training.train`) with the checkpoints ``check`` read."""
+    from diffcli.workflows.training import train
 
     return train(cfg, checked)
 

@@ -1,7 +1,7 @@
 """Pictures that explain diffusion: forward-process grids, schedule curves, reverse trajectories.
 
 Everything here takes tensors and plain arguments (no config objects); ``diffcli noise-viz``
-(:mod:`diffcli.workflows.noise_viz`) is the glue that reads the config and calls these.
+(:mod:`diffcli.workflows.noise_pictures`) is the glue that reads the config and calls these.
 
 * :func:`forward_grid` - x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for every schedule,
   image and timestep, from ONE eps per image (Ho et al. 2020, eq. 4).

@@ -27,10 +27,10 @@ ERROR_LINE = re.compile(r"^(?:rank \d+: )?(?:error|interrupted): .*$", re.MULTIL
 def check_sbatch() -> None:
     """Refuse ``hydra/launcher=slurm`` where there is no ``sbatch`` (or ``srun``) to submit
     with."""
-    for command in ("sbatch", "srun"):
-        if shutil.which(command) is None:
+    for tool in ("sbatch", "srun"):
+        if shutil.which(tool) is None:
             raise DiffcliError(f"hydra/launcher=slurm submits with sbatch and srun, but "
-                               f"{command} is not on PATH: run the sweep on a SLURM login "
+                               f"{tool} is not on PATH: run the sweep on a SLURM login "
                                "node, or try it here with hydra/launcher=local")
 
 

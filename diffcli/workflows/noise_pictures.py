@@ -184,7 +184,7 @@ def prepare_reverse(cfg: DictConfig, run: LoadedRun | None = None) -> Reverse | 
     from diffcli.guided_run import forward_rows, guide
     from diffcli.restore import make_sampler, open_run, pick_device
     from diffcli.runs import find_latest_checkpoint, run_roots
-    from diffcli.workflows.sample import guidance_keys, sampler_choice
+    from diffcli.workflows.draw_samples import guidance_keys, sampler_choice
 
     if run is None:
         ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \

@@ -67,7 +67,7 @@ from diffcli.restore import (
 )
 from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz.plots import plot_sweep
-from diffcli.workflows.sample import guidance_keys, sampler_choice
+from diffcli.workflows.draw_samples import guidance_keys, sampler_choice
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 DEFAULT_N = 50_000  # the usual FID-50k
