@@ -7,13 +7,15 @@ its keys, and its checks (made before Hydra acts; the checkpoint is read there, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from diffcli.checkpoint import LoadedRun
-from diffcli.checks import check_sampling, run_to_check
 from diffcli.commands import Command
 from diffcli.workflows.schemas import COMMON_SAMPLING, GUIDANCE, Key
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from diffcli.checkpoint import LoadedRun
 
 KEYS: dict[str, Key] = {
     **COMMON_SAMPLING,
@@ -48,6 +50,7 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     """Unless ``samples=`` are evaluated: the run's checkpoint read once, and the sampler and
     every scale of a guidance sweep checked against it (an autoencoder's reconstructions
     check their own keys when they run)."""
+    from diffcli.checks import check_sampling, run_to_check
     from diffcli.workflows.fid_eval import guidance_sweep
 
     run = run_to_check(cfg, wanted=not cfg.get("samples"))

@@ -7,15 +7,16 @@ its keys, and its checks (made before Hydra acts; the checkpoint is read there, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from diffcli.checkpoint import LoadedRun
-from diffcli.checks import run_to_check
 from diffcli.commands import Command
 from diffcli.errors import DiffcliError
-from diffcli.restore import require_diffusion
 from diffcli.workflows.schemas import COMMON_SAMPLING, Key, UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from diffcli.checkpoint import LoadedRun
 
 KEYS: dict[str, Key] = {
     **COMMON_SAMPLING,
@@ -42,6 +43,8 @@ KEYS: dict[str, Key] = {
 def check(cfg: DictConfig) -> LoadedRun | None:
     """The run's checkpoint read once; the decoder and variance against it (exit 2)."""
     from diffcli.api import resolve_options
+    from diffcli.checks import run_to_check
+    from diffcli.restore import require_diffusion
 
     run = run_to_check(cfg)
     if run is None:

@@ -8,13 +8,15 @@ is read there, once).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from diffcli.checkpoint import LoadedRun
-from diffcli.checks import group, run_to_check
 from diffcli.commands import Command
 from diffcli.workflows.schemas import Key
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from diffcli.checkpoint import LoadedRun
 
 KEYS: dict[str, Key] = {
     "ckpt": Key(str | None, "a .ckpt or run folder; default: the newest run's last.ckpt",
@@ -33,6 +35,7 @@ KEYS: dict[str, Key] = {
 def check(cfg: DictConfig) -> LoadedRun | None:
     """The run's checkpoint read once; the model fits the format, before anything is printed
     or written."""
+    from diffcli.checks import group, run_to_check
     from diffcli.workflows.exporting import check_exportable
 
     run = run_to_check(cfg)

@@ -8,13 +8,15 @@ its keys, and its checks (made before Hydra acts; a checkpoint is read there, on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from diffcli.checkpoint import LoadedRun
-from diffcli.checks import check_sampling, run_to_check
 from diffcli.commands import Command
 from diffcli.workflows.schemas import COMMON_SAMPLING, GUIDANCE, Key
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from diffcli.checkpoint import LoadedRun
 
 KEYS: dict[str, Key] = {
     **COMMON_SAMPLING,
@@ -39,6 +41,7 @@ KEYS: dict[str, Key] = {
 def check(cfg: DictConfig) -> LoadedRun | None:
     """With ``ckpt=`` or ``reverse=true``: the run's checkpoint read once, and the sampler and
     guidance keys checked against it."""
+    from diffcli.checks import check_sampling, run_to_check
     from diffcli.workflows.draw_samples import guidance_keys
 
     run = run_to_check(cfg, wanted=bool(cfg.get("reverse")))

@@ -7,14 +7,16 @@ keys, and its checks (made before Hydra acts; the checkpoint is read there, once
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from diffcli.checkpoint import LoadedRun
-from diffcli.checks import check_sampling, run_to_check
 from diffcli.commands import Command
 from diffcli.errors import DiffcliError
 from diffcli.workflows.schemas import COMMON_SAMPLING, GUIDANCE, SEEDS, Key, UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from diffcli.checkpoint import LoadedRun
 
 KEYS: dict[str, Key] = {
     **COMMON_SAMPLING,
@@ -37,6 +39,7 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     """The seeds, then the run's checkpoint (``ckpt=`` or the newest) read once and the
     sampler and guidance keys checked against it (with enough samples for the classes); an
     autoencoder's reconstructions check their own keys when they run."""
+    from diffcli.checks import check_sampling, run_to_check
     from diffcli.workflows.draw_samples import guidance_keys, parse_seeds
 
     try:

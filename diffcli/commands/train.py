@@ -7,18 +7,17 @@ keys, and the checks made before Hydra creates the run folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
-
-from diffcli.checkpoint import CheckpointReads
-from diffcli.checks import group
 from diffcli.commands import Command
-from diffcli.components import build
-from diffcli.data.captions import METADATA_FILE, folder_captions
-from diffcli.data.registry import DATASETS
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.tasks import task_named
 from diffcli.workflows.schemas import Key, UsageError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig, OmegaConf
+
+    from diffcli.checkpoint import CheckpointReads
 
 KEYS: dict[str, Key] = {
     "seed": Key(int, "seeds weights, noise and data order", ge=0, le=2**32 - 1),
@@ -67,7 +66,8 @@ def _literal_run_dir(cfg: DictConfig) -> Path | None:
 def _train_labels(cfg: DictConfig) -> None:
     """conditional=true / task=classifier on a dataset known to have no labels, and a
     hand-set model.num_classes, are refused before any data is read."""
-    from diffcli.data.registry import dataset_has_labels
+    from diffcli.checks import group
+    from diffcli.data.registry import DATASETS, dataset_has_labels
     from diffcli.workflows.train_modules import labels_needed
 
     model = group(cfg, "model") or {}
@@ -86,6 +86,9 @@ def _train_labels(cfg: DictConfig) -> None:
 def _train_loss(cfg: DictConfig) -> None:
     """The objective against the network: a learned variance needs loss=hybrid|vlb, and
     those need one."""
+    from diffcli.checks import group
+    from diffcli.components import build
+
     loss, model = group(cfg, "loss"), group(cfg, "model") or {}
     if not loss or not task_named(cfg.get("task")).generates:
         return
@@ -99,6 +102,8 @@ def _train_loss(cfg: DictConfig) -> None:
 def _train_latent(cfg: DictConfig, reads: CheckpointReads) -> None:
     """The latent and text keys: which task takes them, an autoencoder checkpoint that is one,
     a pretrained folder that exists; text conditioning and class labels are exclusive."""
+    from diffcli.checks import group
+    from diffcli.data.captions import METADATA_FILE, folder_captions
     from diffcli.workflows.latent_space import latent_source
 
     task = task_named(cfg.get("task"))
