@@ -33,82 +33,23 @@ DDPM CIFAR-10 model (35.7M parameters) is::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffcli.nets.attention import SpatialTransformer
-from diffcli.nets.layers import (
-    AttentionBlock,
-    Downsample,
-    EmbedSequential,
-    ResBlock,
-    TimeEmbedding,
-    Upsample,
-    norm,
-    zero_module,
+from diffcli.nets.layers import TimeEmbedding
+from diffcli.nets.unet_blocks import UNetBlocks
+from diffcli.nets.unet_options import (
+    attention_level_set,
+    image_channels_and_size,
+    resolve_context,
+    resolve_out_channels,
 )
+from diffcli.nets.unet_options import level_resolutions as level_resolutions  # importable here
 
 __all__ = ["UNet"]
-
-
-def level_resolutions(image_size: int, num_levels: int) -> list[int]:
-    """Feature-map side length at each level: ``image_size`` padded to a multiple of
-    ``2 ** (num_levels - 1)`` (:meth:`UNet.pad`), then halved per level."""
-    m = 2 ** (num_levels - 1)
-    sizes = [-(-image_size // m) * m]
-    for _ in range(num_levels - 1):
-        sizes.append(-(-sizes[-1] // 2))
-    return sizes
-
-
-def attention_level_set(
-    num_levels: int,
-    attention_resolutions: Sequence[int],
-    attention_levels: Sequence[int] | None,
-    image_size: int | None,
-    name: str = "attention",
-) -> frozenset[int]:
-    """Translate ``attention_resolutions`` (pixels) or ``attention_levels`` to level indices.
-
-    ``name`` is the option prefix used in error messages (``"transformer"`` for the
-    spatial transformers' ``transformer_resolutions`` / ``transformer_levels``).
-
-    Raises:
-        ValueError: both are given; resolutions without ``image_size``; a resolution the
-            net does not have; a level outside ``0 .. num_levels - 1``.
-    """
-    resolutions = [int(r) for r in attention_resolutions]
-    levels = [int(lv) for lv in attention_levels or ()]
-    if resolutions and levels:
-        raise ValueError(
-            f"UNet: give {name}_resolutions or {name}_levels, not both "
-            f"(got {resolutions} and {levels}); set the other to null / []"
-        )
-    if resolutions:
-        if image_size is None:
-            raise ValueError(
-                f"UNet: {name}_resolutions={resolutions} needs image_size (the input "
-                "height in pixels) to find the levels; pass image_size or use "
-                f"{name}_levels (0 = full resolution)"
-            )
-        sizes = level_resolutions(image_size, num_levels)
-        missing = [r for r in resolutions if r not in sizes]
-        if missing:
-            raise ValueError(
-                f"UNet: {name} resolution(s) {missing} not among this net's resolutions "
-                f"{sizes} (image_size={image_size}, {num_levels} levels)"
-            )
-        return frozenset(sizes.index(r) for r in resolutions)
-    bad = [lv for lv in levels if not 0 <= lv < num_levels]
-    if bad:
-        raise ValueError(
-            f"UNet: {name} level(s) {bad} out of range for {num_levels} levels "
-            f"(valid: 0..{num_levels - 1}, 0 = full resolution)"
-        )
-    return frozenset(levels)
 
 
 class UNet(nn.Module):
@@ -223,7 +164,33 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if data_shape is not None:  # the interface every diffcli network takes
-            in_channels, image_size = _image_shape(data_shape, image_size)
+            in_channels, image_size = image_channels_and_size(data_shape, image_size)
+        self._set_sizes(in_channels, out_channels, learn_sigma, channel_mults, num_res_blocks,
+                        image_size, num_classes, downsample_padding, base_channels, emb_dim)
+        mid_transformer = self._set_levels(attention_resolutions, attention_levels,
+                                           transformer_resolutions, transformer_levels,
+                                           context_dim, mid_transformer)
+        blocks = UNetBlocks(
+            emb_dim=self.emb_dim, dropout=dropout, groups=groups,
+            use_scale_shift_norm=use_scale_shift_norm, norm_eps=norm_eps, num_heads=num_heads,
+            num_head_channels=num_head_channels, resblock_updown=resblock_updown,
+            downsample_padding=downsample_padding, attention_levels=self.attention_levels,
+            transformer_levels=self.transformer_levels, context_dim=context_dim,
+            transformer_depth=transformer_depth, transformer_heads=transformer_heads,
+        )
+        ch, skip_chs = self._build_encoder(blocks, base_channels, mid_attention, mid_transformer,
+                                           time_freq_shift, time_sin_first)
+        self.up_blocks = nn.ModuleList()
+        self.out = None
+        if decoder:
+            self._build_decoder(blocks, ch, skip_chs, base_channels)
+
+    def _set_sizes(self, in_channels: int, out_channels: int | None, learn_sigma: bool,
+                   channel_mults: Sequence[int], num_res_blocks: int, image_size: int | None,
+                   num_classes: int | None, downsample_padding: int, base_channels: int,
+                   emb_dim: int | None) -> None:
+        """Check the channel, level and class counts and record them as attributes, with the
+        embedding width ``emb_dim`` (default ``4 * base_channels``)."""
         if not channel_mults:
             raise ValueError("UNet needs at least one entry in channel_mults")
         if num_res_blocks < 1:
@@ -234,114 +201,62 @@ class UNet(nn.Module):
             raise ValueError(f"UNet downsample_padding must be 0 or 1, got {downsample_padding}")
         self.in_channels = in_channels
         self.learn_sigma = bool(learn_sigma)
-        self.out_channels = _out_channels(in_channels, out_channels, self.learn_sigma)
+        self.out_channels = resolve_out_channels(in_channels, out_channels, self.learn_sigma)
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.num_res_blocks = num_res_blocks
         self.image_size = image_size
         self.num_classes = num_classes
+        self.emb_dim = 4 * base_channels if emb_dim is None else emb_dim
+
+    def _set_levels(self, attention_resolutions: Sequence[int],
+                    attention_levels: Sequence[int] | None,
+                    transformer_resolutions: Sequence[int],
+                    transformer_levels: Sequence[int] | None, context_dim: int | None,
+                    mid_transformer: bool | None) -> bool:
+        """Record the levels with self-attention and with spatial transformers
+        (:func:`~diffcli.nets.unet_options.attention_level_set`) and ``context_dim``; return
+        ``mid_transformer`` resolved against them
+        (:func:`~diffcli.nets.unet_options.resolve_context`)."""
         self.attention_levels = attention_level_set(
-            len(self.channel_mults), attention_resolutions, attention_levels, image_size
+            len(self.channel_mults), attention_resolutions, attention_levels, self.image_size
         )
-        if mid_attention is None:
-            mid_attention = bool(self.attention_levels)
         self.transformer_levels = attention_level_set(
-            len(self.channel_mults), transformer_resolutions, transformer_levels, image_size,
+            len(self.channel_mults), transformer_resolutions, transformer_levels, self.image_size,
             name="transformer",
         )
-        mid_transformer = _check_context(context_dim, self.transformer_levels, mid_transformer)
+        mid_transformer = resolve_context(context_dim, self.transformer_levels, mid_transformer)
         self.context_dim = context_dim
-        emb_dim = 4 * base_channels if emb_dim is None else emb_dim
-        self.emb_dim = emb_dim
+        return mid_transformer
 
-        self.time_embed = TimeEmbedding(base_channels, emb_dim, freq_shift=time_freq_shift,
+    def _build_encoder(self, blocks: UNetBlocks, base_channels: int, mid_attention: bool | None,
+                       mid_transformer: bool, time_freq_shift: float,
+                       time_sin_first: bool) -> tuple[int, list[int]]:
+        """Everything :meth:`encode` runs: the timestep (and class) embedding, ``conv_in``, the
+        down path and the middle block. Returns the channels of the middle block's output and
+        those of every skip, for :meth:`_build_decoder`.
+
+        The layers are made in the order their parameters are drawn from the random generator
+        (and the state_dict keys follow it): this, then :meth:`_build_decoder`."""
+        self.time_embed = TimeEmbedding(base_channels, self.emb_dim, freq_shift=time_freq_shift,
                                         sin_first=time_sin_first)
         # Row ``num_classes`` is the null label (classifier-free guidance).
-        self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-
-        def res(cin: int, cout: int, *, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(
-                cin,
-                cout,
-                emb_dim,
-                dropout=dropout,
-                groups=groups,
-                up=up,
-                down=down,
-                use_scale_shift_norm=use_scale_shift_norm,
-                norm_eps=norm_eps,
-            )
-
-        def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, num_head_channels, groups, norm_eps)
-
-        def xformer(ch: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, int(context_dim or 0), depth=transformer_depth,
-                                      num_heads=transformer_heads, groups=groups)
-
-        def after_res(level: int, ch: int) -> list[nn.Module]:
-            """The blocks that follow each ResBlock at ``level``: [Attention][Transformer]."""
-            layers: list[nn.Module] = []
-            if level in self.attention_levels:
-                layers.append(attn(ch))
-            if level in self.transformer_levels:
-                layers.append(xformer(ch))
-            return layers
-
-        def down(ch: int) -> nn.Module:
-            return res(ch, ch, down=True) if resblock_updown else Downsample(ch, downsample_padding)
-
-        def up(ch: int) -> nn.Module:
-            return res(ch, ch, up=True) if resblock_updown else Upsample(ch)
-
-        # Encoder: one EmbedSequential per stored skip (ResBlock [+ Attn] or downsampler).
-        self.down_blocks = nn.ModuleList()
-        skip_chs = [base_channels]  # conv_in output is the first skip
-        ch = base_channels
-        last = len(self.channel_mults) - 1
-        for level, mult in enumerate(self.channel_mults):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res(ch, base_channels * mult)]
-                ch = base_channels * mult
-                layers += after_res(level, ch)
-                self.down_blocks.append(EmbedSequential(*layers))
-                skip_chs.append(ch)
-            if level < last:
-                self.down_blocks.append(EmbedSequential(down(ch)))
-                skip_chs.append(ch)
-
-        mid: list[nn.Module] = [res(ch, ch), attn(ch), res(ch, ch)]
-        mid = mid if mid_attention else mid[::2]
-        if mid_transformer:
-            mid.insert(-1, xformer(ch))
-        self.mid_block = EmbedSequential(*mid)
+        self.label_embed = (None if self.num_classes is None
+                            else nn.Embedding(self.num_classes + 1, self.emb_dim))
+        self.conv_in = nn.Conv2d(self.in_channels, base_channels, 3, padding=1)
+        self.down_blocks, skip_chs, ch = blocks.down_path(base_channels, self.channel_mults,
+                                                          self.num_res_blocks)
+        if mid_attention is None:  # DDPM: attention in the middle when any level has it
+            mid_attention = bool(self.attention_levels)
+        self.mid_block = blocks.middle(ch, attention=mid_attention, transformer=mid_transformer)
         self.encoder_channels = ch  # channels of :meth:`encode`'s output
-        self.up_blocks = nn.ModuleList()
-        self.out = None
-        if decoder:
-            self._build_decoder(ch, skip_chs, base_channels, groups, res, after_res, up,
-                                norm_eps)
+        return ch, skip_chs
 
-    def _build_decoder(self, ch: int, skip_chs: list[int], base_channels: int, groups: int,
-                       res: Callable[..., nn.Module],
-                       after_res: Callable[[int, int], list[nn.Module]],
-                       up: Callable[[int], nn.Module], norm_eps: float = 1e-5) -> None:
+    def _build_decoder(self, blocks: UNetBlocks, ch: int, skip_chs: list[int],
+                       base_channels: int) -> None:
         """Decoder: each EmbedSequential consumes one skip; levels end with an upsampler."""
-        num_res_blocks = self.num_res_blocks
-        for level, mult in reversed(list(enumerate(self.channel_mults))):
-            for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_chs.pop(), base_channels * mult)]
-                ch = base_channels * mult
-                layers += after_res(level, ch)
-                if level > 0 and i == num_res_blocks:
-                    layers.append(up(ch))
-                self.up_blocks.append(EmbedSequential(*layers))
-
-        self.out = nn.Sequential(
-            norm(ch, groups, norm_eps),
-            nn.SiLU(),
-            zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)),
-        )
+        self.up_blocks, ch = blocks.up_path(ch, skip_chs, base_channels, self.channel_mults,
+                                            self.num_res_blocks)
+        self.out = blocks.head(ch, self.out_channels)
 
     @property
     def size_multiple(self) -> int:
@@ -459,40 +374,3 @@ class UNet(nn.Module):
             return x
         reflect = below < x.shape[-2] and right < x.shape[-1]
         return F.pad(x, (0, right, 0, below), mode="reflect" if reflect else "replicate")
-
-
-def _check_context(context_dim: int | None, levels: frozenset[int],
-                   mid_transformer: bool | None) -> bool:
-    """Resolve ``mid_transformer`` and check it and ``levels`` against ``context_dim``."""
-    if mid_transformer is None:
-        mid_transformer = bool(levels)
-    wanted = bool(levels) or bool(mid_transformer)
-    if wanted and context_dim is None:
-        raise ValueError("UNet: spatial transformers (transformer_levels / transformer_resolutions "
-                         "/ mid_transformer) need context_dim; set context_dim to the text "
-                         "encoder's width")
-    if context_dim is not None and not wanted:
-        raise ValueError(f"UNet: context_dim={context_dim} but no spatial transformer; set "
-                         "transformer_levels or transformer_resolutions (or mid_transformer=true)")
-    if context_dim is not None and context_dim < 1:
-        raise ValueError(f"UNet context_dim must be >= 1 or None, got {context_dim}")
-    return bool(mid_transformer)
-
-
-def _out_channels(in_channels: int, out_channels: int | None, learn_sigma: bool) -> int:
-    """``out_channels``, defaulting to C (or 2C with ``learn_sigma``: prediction + variance)."""
-    if out_channels is None:
-        return 2 * in_channels if learn_sigma else in_channels
-    if learn_sigma and out_channels % 2:
-        raise ValueError(f"UNet with learn_sigma=true needs an even out_channels (prediction "
-                         f"and variance halves), got {out_channels}")
-    return out_channels
-
-
-def _image_shape(data_shape: Sequence[int], image_size: int | None) -> tuple[int, int]:
-    """(in_channels, image_size) of a (C, H, W) sample shape; points are refused."""
-    if len(data_shape) != 3:
-        raise ValueError(f"the U-Net takes images (C, H, W), but the data are "
-                         f"{'points of shape' if len(data_shape) == 1 else 'of shape'} "
-                         f"{tuple(data_shape)}; use the MLP (model=mlp) for points")
-    return int(data_shape[0]), int(data_shape[1]) if image_size is None else image_size
