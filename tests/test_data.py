@@ -675,6 +675,9 @@ DATASET_CONFIGS = sorted((CONF_DIR / "dataset").glob("*.yaml"))
 
 
 def _compose(overrides: list[str]) -> DictConfig:
+    from diffcli.cli.resolvers import register_resolvers
+
+    register_resolvers()  # as the app does first: trainer.max_steps interpolates one
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
