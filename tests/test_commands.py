@@ -57,7 +57,7 @@ def test_a_new_command_is_one_module_and_one_config(tmp_path: Path):
     assert listed.returncode == 0, listed.stderr
     assert "hello" in listed.stdout and "Say hello." in listed.stdout
     helped = _diffcli(root, tmp_path, "hello", "--help")
-    assert "name=  str, default world: who to greet" in helped.stdout, helped.stdout
+    assert "name=  a string, default world: who to greet" in helped.stdout, helped.stdout
     ran = _diffcli(root, tmp_path, "hello", "name=you")
     assert ran.returncode == 0, ran.stderr
     assert "hello you (checked you)" in ran.stdout

@@ -91,7 +91,7 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
     os.environ["DIFFCLI_COMMAND"] = command.name
     relaunch = str(Path(__file__).resolve().parent.parent / "relaunch.py")
     if not any(a.lstrip("+").startswith("hydra.job.name=") for a in args):
-        args = [*args, "hydra.job.name=cli"]  # the job's log: <run dir>/cli.log
+        args = ["hydra.job.name=cli", *args]  # the job's log: <run dir>/cli.log
     sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
     task = job(command, None if multirun else checked, debug)  # a sweep job reads for itself
     try:

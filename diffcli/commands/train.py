@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omegaconf import OmegaConf
+
 from diffcli.commands import Command
 from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.tasks import task_named
 from diffcli.workflows.schemas import Key, UsageError
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig
 
     from diffcli.checkpoint import CheckpointReads
 
@@ -159,6 +161,7 @@ def check(cfg: DictConfig) -> CheckpointReads:
     """Everything ``diffcli train`` refuses before Hydra creates the run folder: the latent and
     text keys, labels, requeue signals, the loss against the network, the checkpoint it resumes
     and the run folder it was given. Returns the checkpoints read (handed to :func:`run`)."""
+    from diffcli.checkpoint import CheckpointReads
     from diffcli.runs import check_run_dir
     from diffcli.workflows.training import check_resumable, resume_path
 
