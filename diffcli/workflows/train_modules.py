@@ -21,17 +21,8 @@ from diffcli.components import (
 from diffcli.errors import DiffcliError
 from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
 from diffcli.tasks import task_named
-from diffcli.workflows.latent_space import (
-    LatentSpace,
-)
+from diffcli.workflows.latent_space import LatentSpace
 
-console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
-PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
-MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "text_encoder",
-                        "autoencoder")  # and what the network predicts
-# dataset keys that may change on resume: how the data is fed, not what it is
-DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
-                        "cache")
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 
 def labels_needed(cfg: DictConfig) -> str | None:
