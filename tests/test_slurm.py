@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from diffcli import slurm
 from diffcli.cli.resolvers import at_least_one
 from diffcli.data.datamodule import TensorDataModule
 from diffcli.diffusion.schedules import linear_schedule
@@ -25,7 +26,6 @@ from diffcli.lit.module import DiffusionModule
 from diffcli.nets.mlp import MLP
 from diffcli.runs import LOCK, RunLock, live_holder
 from diffcli.slurm import SlurmJob, job_run_dir, requeue, slurm_job
-from diffcli.workflows import slurm
 from diffcli.workflows.launchers import check_devices, failure_line, launch_failure
 
 
