@@ -314,7 +314,11 @@ def load_checkpoint(path: str | Path, *, check_finite: bool = True) -> LoadedRun
 def read_autoencoder(path: str | Path) -> LoadedRun:
     """The autoencoder checkpoint at ``path`` (``diffcli train task=autoencoder``), loaded
     safely; one line when the file is another kind of run."""
-    run = load_checkpoint(path)
+    return require_autoencoder(load_checkpoint(path), path)
+
+
+def require_autoencoder(run: LoadedRun, path: str | Path) -> LoadedRun:
+    """``run`` (read from ``path``), unless it is another kind of run (one line saying so)."""
     if not run.kind.encodes:
         raise DiffcliError(f"{path} is a {run.task} checkpoint, not an autoencoder: train one "
                            "with `diffcli train task=autoencoder` and pass its checkpoints/"
@@ -339,7 +343,4 @@ class CheckpointReads:
 
     def autoencoder(self, path: str | Path) -> LoadedRun:
         """:func:`read_autoencoder` of ``path``, read on the first call only."""
-        run = self.load(path)
-        if not run.kind.encodes:
-            read_autoencoder(path)  # its one-line refusal
-        return run
+        return require_autoencoder(self.load(path), path)
