@@ -31,6 +31,8 @@ from diffcli.cli.overrides import (
 
 if TYPE_CHECKING:
     from diffcli.commands import Command
+INFO_FLAGS = ("--info", "-i", "--hydra-help", "--shell-completion", "-sc")  # print, check nothing
+DRY_RUN_FLAGS = ("--cfg", "-c", "--resolve")  # print the config: the whole check runs first
 DISK_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EIO}
 
 
@@ -139,8 +141,9 @@ def check_before_hydra(command: Command, args: list[str], debug: bool) -> tuple[
     except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
         _refuse(e, debug, None if isinstance(e, DiffcliError) else override_message(command, e),
                 code=2)
-    if any(a in ("--cfg", "-c", "--info", "-i", "--hydra-help") for a in args):
+    if any(a in INFO_FLAGS for a in args):
         return None, None
+    dry = 2 if any(a.split("=", 1)[0] in DRY_RUN_FLAGS for a in args) else None
     try:
         cfg = validate(command.config, split_args(args), config_dirs(args))
     except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
@@ -149,7 +152,7 @@ def check_before_hydra(command: Command, args: list[str], debug: bool) -> tuple[
         check_common(cfg, command.keys, command.output(cfg), command.writes_runs_root)
         return cfg, command.check(cfg)
     except DiffcliError as e:
-        _refuse(e, debug)
+        _refuse(e, debug, code=dry)  # a dry run (--cfg) that the real run would refuse: exit 2
     raise AssertionError("unreachable")  # _refuse exits
 
 
