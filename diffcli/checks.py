@@ -30,14 +30,8 @@ from diffcli.files import check_output, check_writable
 from diffcli.guided_run import Guidance, check_guidance, class_labels, parse_classes
 from diffcli.restore import check_sampler_variance, require_diffusion
 from diffcli.runs import checkpoint_of, find_latest_checkpoint, run_roots
-from diffcli.workflows.schemas import (
-    TRAINER,
-    Key,
-    UsageError,
-    check_top_level,
-    nearest,
-    trainer_keys,
-)
+from diffcli.workflows.schemas import Key, UsageError, check_top_level
+from diffcli.workflows.trainer_args import check_trainer_arguments
 
 
 def newest_checkpoint(cfg: DictConfig) -> Path | None:
@@ -66,13 +60,7 @@ def check_trainer(cfg: DictConfig) -> None:
     the LR schedule reads ``trainer.max_steps``, so that key's own line comes first)."""
     trainer = group(cfg, "trainer")
     if isinstance(trainer, Mapping):
-        known = trainer_keys()
-        for key, value in trainer.items():
-            if key not in known:
-                raise UsageError(f"trainer.{key} is not a Lightning Trainer argument"
-                                 f"{nearest(key, known)}")
-            if key in TRAINER:
-                TRAINER[key].check(f"trainer.{key}", value)
+        check_trainer_arguments(trainer)
         if trainer.get("max_steps") == 0:
             raise UsageError("trainer.max_steps=0 trains nothing: give the number of steps "
                              "(or -1 for no limit, e.g. with trainer.max_time)")

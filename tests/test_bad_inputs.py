@@ -53,7 +53,7 @@ USAGE: list[tuple[list[str], str, int]] = [
     (["train", "trainer.max_time=abc"], "max_time", 2),
     (["train", "module.min_snr_gamma=abc"], "module.min_snr_gamma", 2),
     (["train", "module.ema_decay=2"], "ema_decay=2", 2),
-    (["train", "trainer.max_stepz=3"], "did you mean max_steps", 2),
+    (["train", "trainer.max_stepz=3"], "did you mean trainer.max_steps", 2),
     (["train", "trainer.max_steps=-5"], "trainer.max_steps", 2),
     (["train", "trainer.max_steps=abc"], "trainer.max_steps", 2),
     (["train", "trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches", 2),
@@ -201,7 +201,7 @@ def _is_a_key(command: str, key: str, choices: list[str] = ()) -> bool:
 
     from diffcli.cli.overrides import group_names, validate
     from diffcli.cli.resolvers import register_resolvers
-    from diffcli.workflows.schemas import trainer_keys
+    from diffcli.workflows.trainer_args import trainer_keys
 
     register_resolvers()  # as the app does first: the configs interpolate diffcli's resolvers
     groups = group_names(command)

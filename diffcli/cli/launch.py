@@ -17,6 +17,7 @@ import typer
 
 from diffcli.cli.overrides import (
     CONF_DIR,
+    as_hydra_needs,
     check_hydra_config,
     config_dirs,
     expand_aliases,
@@ -85,7 +86,7 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
     import hydra
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
-    args = expand_aliases(command.aliases, list(args))
+    args = as_hydra_needs(command.config, expand_aliases(command.aliases, list(args)))
     cfg, checked = check_before_hydra(command, args, debug)
     if multirun and cfg is not None:
         args = _with_sweep_dir(args, cfg, debug)

@@ -60,6 +60,40 @@ def expand_aliases(aliases: Mapping[str, str], args: list[str]) -> list[str]:
     return out
 
 
+def as_hydra_needs(config_name: str, args: list[str]) -> list[str]:
+    """Overrides users write that Hydra would refuse, rewritten: ``+experiment=x`` (a group
+    already in the defaults list) -> ``experiment=x``, and ``trainer.X=v`` / ``+trainer.X=v``
+    for a Trainer argument that conf/trainer/default.yaml does not list -> ``++trainer.X=v``
+    (add or override: every ``lightning.Trainer`` argument is a key, checked by
+    :func:`diffcli.workflows.trainer_args.check_trainer_arguments`)."""
+    groups = group_names(config_name)
+    listed = _trainer_listed() if "trainer" in groups else set()
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        bare = key.lstrip("+")
+        if sep and not a.startswith("-") and key.startswith("+") and not key.startswith("++") \
+                and bare in groups:
+            a = f"{bare}={value}"
+        elif sep and bare.startswith("trainer.") and bare.count(".") == 1 and "trainer" in \
+                groups and _is_trainer_argument(bare):
+            a = f"{bare}={value}" if bare.split(".")[1] in listed else f"++{bare}={value}"
+        out.append(a)
+    return out
+
+
+def _trainer_listed() -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load((CONF_DIR / "trainer" / "default.yaml").read_text()) or {})
+
+
+def _is_trainer_argument(key: str) -> bool:
+    from diffcli.workflows.trainer_args import trainer_keys
+
+    return key.split(".", 1)[1] in trainer_keys()
+
+
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
     """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped
     (but hydra.run.dir, which preflight checks, and the launcher's, checked before a sweep)."""
@@ -165,21 +199,32 @@ def override_message(command: Command, e: BaseException) -> str:
     missing = re.search(r"Could not override '([^']+)'", text) or re.search(
         r"Key '([^']+)' is not in struct", str(e.__cause__ or ""))
     if missing:
-        from diffcli.workflows.schemas import trainer_keys, unknown_key_hint
+        from diffcli.workflows.schemas import unknown_key_hint
 
         key = missing.group(1)
         if key.startswith("trainer."):
-            from diffcli.workflows.schemas import nearest
+            from diffcli.workflows.trainer_args import unknown_trainer_argument
 
-            name = key.split(".", 1)[1]
-            return (f"trainer.{name} is not a Lightning Trainer argument"
-                    f"{nearest(name, trainer_keys())}")
-        return unknown_key_hint(command.keys, command.moved, key) + " (a new key needs a leading +)"
+            return unknown_trainer_argument(key.split(".", 1)[1])
+        names = {*command.keys, *group_names(command.config)}
+        return unknown_key_hint(names, command.moved, key) + " (a new key needs a leading +)"
+    option = re.search(r"Could not find '([\w/]+)/([^'/]+)'", text)
+    if option and (CONF_DIR / option.group(1)).is_dir():
+        return unknown_option(option.group(1), option.group(2))
     if any(m in text for m in ("token recognition error", "mismatched input",
                                 "LexerNoViableAlt", "no viable alternative")):
         return (f"{one_line(e)} (quote a value with spaces, ~, or non-ASCII characters for "
                 "Hydra, e.g. \"key='~/my data'\", or write $HOME instead of ~)")
     return one_line(e)
+
+
+def unknown_option(group: str, option: str) -> str:
+    """"dataset=mnst is not an option of dataset (did you mean mnist?): celeba | ... | moons"."""
+    from diffcli.workflows.schemas import nearest
+
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return (f"{group}={option} is not an option of {group}{nearest(option, options)}; "
+            f"choose one of: {' | '.join(options)}")
 
 
 def unknown_flag(args: list[str]) -> str | None:

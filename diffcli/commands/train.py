@@ -85,6 +85,19 @@ def _train_labels(cfg: DictConfig) -> None:
                          "dataset.attribute=...)")
 
 
+def _train_data(cfg: DictConfig) -> None:
+    """The dataset's files are there (an experiment on CIFAR-10 without the data is refused
+    before its run folder exists); the run downloads them when ``dataset.download`` is set."""
+    from diffcli.checks import group
+    from diffcli.data.registry import DATASETS, check_dataset_present
+
+    dataset = group(cfg, "dataset") or {}
+    if dataset.get("name") in DATASETS:
+        check_dataset_present(str(dataset["name"]), dataset.get("root"),
+                              str(dataset.get("split") or "train"),
+                              bool(dataset.get("download")))
+
+
 def _train_loss(cfg: DictConfig) -> None:
     """The objective against the network: a learned variance needs loss=hybrid|vlb, and
     those need one."""
@@ -168,6 +181,7 @@ def check(cfg: DictConfig) -> CheckpointReads:
     reads = CheckpointReads()
     _train_latent(cfg, reads)
     _train_labels(cfg)
+    _train_data(cfg)
     _train_requeue(cfg)
     _train_loss(cfg)
     resume = resume_path(cfg, here=None)

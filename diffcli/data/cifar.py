@@ -68,6 +68,23 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
+def _unpack(root: Path) -> str:
+    return f"unpack cifar-10-python.tar.gz from {CIFAR_URL} into {root}"
+
+
+def check_cifar10_files(root: Path, split: str) -> None:
+    """One line naming the missing batch files of ``split`` under ``root``/cifar-10-batches-py."""
+    if split not in CIFAR_FILES:
+        raise DiffcliError(f"unknown cifar10 split {split!r}; choose one of: train, test")
+    folder = root / CIFAR_DIR
+    missing = [name for name in CIFAR_FILES[split] if not (folder / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 {split} split not found under {folder} (missing {', '.join(missing)}); "
+            f"set download to true to fetch it, or {_unpack(root)}"
+        )
+
+
 def load_cifar10_uint8(
     root: str | Path | None, split: str = "train", download: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -79,18 +96,13 @@ def load_cifar10_uint8(
         raise DiffcliError(f"unknown cifar10 split {split!r}; choose one of: train, test")
     root_path = data_root(root, "CIFAR-10", CIFAR_DIR)
     folder = root_path / CIFAR_DIR
-    unpack = f"unpack cifar-10-python.tar.gz from {CIFAR_URL} into {root_path}"
+    unpack = _unpack(root_path)
     if download:
         import torchvision.datasets
 
         fetch = partial(torchvision.datasets.CIFAR10, str(root_path), train=split == "train",
                         download=True)
         run_download(fetch, "CIFAR-10", folder, f"{FETCH_ADVICE}, or {unpack}")
-    missing = [name for name in CIFAR_FILES[split] if not (folder / name).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"CIFAR-10 {split} split not found under {folder} (missing {', '.join(missing)}); "
-            f"set download to true to fetch it, or {unpack}"
-        )
+    check_cifar10_files(root_path, split)
     parts = [_read_cifar_batch(folder / name) for name in CIFAR_FILES[split]]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -53,16 +53,21 @@ def _read(path: Path, reader: Callable[[str], Tensor]) -> Tensor:
         return reader(str(plain))
 
 
+def idx_split_files(raw: Path, split: str, label: str = "MNIST") -> tuple[Path, Path]:
+    """The image and label files of ``split`` under ``raw`` (plain or .gz); one line naming
+    the folder and the missing file otherwise."""
+    check_idx_split(split, label)
+    image_name, label_name = IDX_FILES[split]
+    return _find(raw, image_name, split, label), _find(raw, label_name, split, label)
+
+
 def read_idx_split(raw: Path, split: str, label: str = "MNIST") -> tuple[Tensor, Tensor]:
     """One split of an idx folder ``raw``: uint8 images (N, 28, 28) and int64 labels (N,).
 
     ``label`` ("MNIST", "Fashion-MNIST") names the dataset in errors, which are one line naming
     the folder and the expected file.
     """
-    check_idx_split(split, label)
-    image_name, label_name = IDX_FILES[split]
-    image_path = _find(raw, image_name, split, label)
-    label_path = _find(raw, label_name, split, label)
+    image_path, label_path = idx_split_files(raw, split, label)
     from torchvision.datasets.mnist import read_image_file, read_label_file  # slow to import
 
     try:

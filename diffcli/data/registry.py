@@ -28,6 +28,9 @@ from torch.utils.data import Dataset
 
 from diffcli.data import captions as text
 from diffcli.data import sources, toy
+from diffcli.data.celeba import celeba_files
+from diffcli.data.cifar import CIFAR_DIR, check_cifar10_files
+from diffcli.data.download import data_root
 from diffcli.data.labels import unlabelled
 from diffcli.data.vision import RandomHorizontalFlip, check_image_size
 from diffcli.errors import DiffcliError
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASETS", "IMAGE_DATASETS", "LABELLED_DATASETS", "NATIVE_SIZES", "POINT_DATASETS",
     "DatasetOptions", "DatasetSpec", "build_dataset", "dataset_has_labels", "dataset_spec",
-    "make_datamodule",
+    "check_dataset_present", "make_datamodule",
 ]
 
 
@@ -74,7 +77,8 @@ class DatasetSpec:
     changes meaning, as for digits); ``read`` builds the un-augmented dataset (a
     :class:`~diffcli.data.labels.LabelledDataset` where it has labels). ``has_labels`` is
     whether its items have class labels: always (True), never (False), or depending on the
-    options (None: celeba's ``attribute``, imagefolder's sub-folders).
+    options (None: celeba's ``attribute``, imagefolder's sub-folders). ``present`` checks,
+    without reading them, that the files are there (None: bundled or generated data).
     """
 
     kind: str
@@ -82,6 +86,7 @@ class DatasetSpec:
     flip_by_default: bool
     read: Reader
     has_labels: bool | None = False
+    present: Callable[[DatasetOptions], object] | None = None  # raises when files are missing
 
 
 def _toy(sampler: Callable[..., Tensor]) -> Reader:
@@ -126,11 +131,17 @@ def _imagefolder(o: DatasetOptions) -> Dataset:
 
 DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
     "digits": DatasetSpec("image", sources.DIGITS_SIZE, False, _digits, True),
-    "mnist": DatasetSpec("image", 28, False, _mnist, True),
-    "fashion_mnist": DatasetSpec("image", 28, False, _fashion_mnist, True),
-    "cifar10": DatasetSpec("image", 32, True, _cifar10, True),
-    "celeba": DatasetSpec("image", 64, True, _celeba, None),
-    "imagefolder": DatasetSpec("image", 32, True, _imagefolder, None),
+    "mnist": DatasetSpec("image", 28, False, _mnist, True, lambda o: sources.idx_files(
+        o.root, o.split, "MNIST", "MNIST")),
+    "fashion_mnist": DatasetSpec("image", 28, False, _fashion_mnist, True,
+                                 lambda o: sources.idx_files(o.root, o.split, "Fashion-MNIST",
+                                                             "FashionMNIST")),
+    "cifar10": DatasetSpec("image", 32, True, _cifar10, True, lambda o: check_cifar10_files(
+        data_root(o.root, "CIFAR-10", CIFAR_DIR), o.split)),
+    "celeba": DatasetSpec("image", 64, True, _celeba, None,
+                          lambda o: celeba_files(o.root, o.split)),
+    "imagefolder": DatasetSpec("image", 32, True, _imagefolder, None,
+                               lambda o: sources.image_folder_files(o.root)),
     "swiss_roll": DatasetSpec("points", None, False, _toy(toy.swiss_roll), False),
     "moons": DatasetSpec("points", None, False, _labelled_toy(toy.labelled_moons), True),
     "gaussian_mixture": DatasetSpec("points", None, False,
@@ -150,6 +161,17 @@ def dataset_spec(name: str) -> DatasetSpec:
     if spec is None:
         raise DiffcliError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return spec
+
+
+def check_dataset_present(name: str, root: str | Path | None, split: str = "train",
+                          download: bool = False) -> None:
+    """Dataset ``name``'s files are where ``root`` says (without reading them), so that a run
+    is refused before it starts; nothing to check for bundled and generated data, or when
+    ``download`` fetches them. One :class:`~diffcli.errors.DatasetNotFoundError` line
+    otherwise."""
+    spec = dataset_spec(name)
+    if spec.present is not None and not download:
+        spec.present(DatasetOptions(root=root, split=split))
 
 
 def dataset_has_labels(

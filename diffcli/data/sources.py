@@ -52,7 +52,7 @@ from diffcli.data.celeba import (
 )
 from diffcli.data.cifar import CIFAR_DIR, CIFAR_FILES, CIFAR_URL, load_cifar10_uint8
 from diffcli.data.download import FETCH_ADVICE, data_root, run_download
-from diffcli.data.idx import GET_IT, check_idx_split, read_idx_split
+from diffcli.data.idx import GET_IT, check_idx_split, idx_split_files, read_idx_split
 from diffcli.data.labels import LabelledDataset, numbered_names
 from diffcli.data.toy import LabelledPoints
 from diffcli.data.vision import (
@@ -264,6 +264,27 @@ def image_folder_classes(root: str | Path) -> tuple[str, ...] | None:
     return None if classes is None else classes[1]
 
 
+def image_folder_files(root: str | Path | None) -> tuple[Path, list[Path]]:
+    """The folder ``root`` resolved and every image under it (recursively), sorted; one line
+    when it is not set, not a folder, or holds no image."""
+    patterns = ", ".join(f"*{ext}" for ext in IMAGE_EXTENSIONS)
+    root_path = data_root(root, "imagefolder",
+                          f"the images ({patterns}, searched recursively)", downloadable=False)
+    if not root_path.is_dir():
+        raise DatasetNotFoundError(f"image folder {root_path} does not exist; "
+                                   "set root to a folder of images")
+    paths = find_images(root_path)
+    if not paths:
+        raise DatasetNotFoundError(f"no images found under {root_path} (looked for {patterns}, "
+                                   "recursively); set root to a folder of images")
+    return root_path, paths
+
+
+def idx_files(root: str | Path | None, split: str, label: str, folder: str) -> None:
+    """The idx files of ``split`` are under ``<root>/<folder>/raw`` (one line otherwise)."""
+    idx_split_files(data_root(root, label, f"{folder}/raw") / folder / "raw", split, label)
+
+
 def image_folder_dataset(
     root: str | Path | None, image_size: int = 32, channels: int = 3, cache: bool = False,
     download: bool = False,
@@ -275,19 +296,10 @@ def image_folder_dataset(
     When every image lies in a first-level sub-folder of ``root`` and there are 2 or more such
     folders, item i is (x, label): one class per sub-folder, in sorted order
     (:func:`folder_classes`); otherwise the images are unlabelled."""
-    patterns = ", ".join(f"*{ext}" for ext in IMAGE_EXTENSIONS)
     if download:
         raise DiffcliError("an image folder cannot be downloaded: set download to false and "
                            "root to a folder of images")
-    root_path = data_root(root, "imagefolder",
-                           f"the images ({patterns}, searched recursively)", downloadable=False)
-    if not root_path.is_dir():
-        raise DatasetNotFoundError(f"image folder {root_path} does not exist; "
-                                   "set root to a folder of images")
-    paths = find_images(root_path)
-    if not paths:
-        raise DatasetNotFoundError(f"no images found under {root_path} (looked for {patterns}, "
-                                   "recursively); set root to a folder of images")
+    root_path, paths = image_folder_files(root)
     classes = folder_classes(root_path, paths)
     files = ImageFiles(paths, check_image_size(image_size), channels=channels)
     dataset = files.cached() if cache else files

@@ -80,6 +80,10 @@ def describe(hint: Any) -> str:
         return " or ".join(describe(a) for a in typing.get_args(hint))
     if origin is list:
         return "a list"
+    if origin is dict:
+        return names[dict]
+    if origin is typing.Literal:
+        return " or ".join(str(a) for a in typing.get_args(hint))
     return names.get(hint, str(hint))
 
 
@@ -107,23 +111,6 @@ GUIDANCE: dict[str, Key] = {
     "prompt": Key(str | list | None, "a text-to-image model's caption(s): one grid row each"),
 }
 
-TRAINER: dict[str, Key] = {  # ranges Lightning checks late, or not at all
-    "max_steps": Key(int, "optimizer steps (-1: no limit)", ge=-1),
-    "max_time": Key(str | None, "wall-clock budget DD:HH:MM:SS, e.g. 00:00:15:00",
-                    pattern=r"\d+:\d{1,2}:\d{1,2}:\d{1,2}"),
-    "min_steps": Key(int | None, "at least this many steps", ge=0),
-    "max_epochs": Key(int | None, "epochs (-1: no limit)", ge=-1),
-    "accumulate_grad_batches": Key(int, "micro-batches per optimizer step", ge=1),
-    "gradient_clip_val": Key(float | int | None, "clip the gradient norm", ge=0),
-    "log_every_n_steps": Key(int, "steps between logged values", ge=1),
-    "num_nodes": Key(int, "machines", ge=1),
-    "accelerator": Key(str, "auto | cpu | gpu | cuda | mps",
-                       choices=("auto", "cpu", "gpu", "cuda", "mps")),
-    "precision": Key(str | int, "32 | 16-mixed | bf16-mixed | 64 | bf16-true | 16-true",
-                     choices=("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true",
-                              "16-true", "bf16-true", "transformer-engine")),
-}
-
 def nearest(name: str, candidates: list[str]) -> str:
     """" (did you mean X?)" for the closest candidate, or ""."""
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
@@ -141,15 +128,15 @@ def check_top_level(schema: Mapping[str, Key], cfg: Mapping[str, Any], groups: s
         key.check(name, value)
 
 
-def unknown_key_hint(schema: Mapping[str, Key], moved: Mapping[str, str], key: str) -> str:
+def unknown_key_hint(names: Collection[str], moved: Mapping[str, str], key: str) -> str:
     """For a Hydra "Key 'x' is not in struct" error: where the key went (``moved``: old key ->
-    new one), or the closest key of the command's ``schema``."""
+    new one), or the closest of a command's key and group ``names``."""
     top = key.split(".")[0]
     if key in moved:
         return f"{key} is now {moved[key]}"
     if "." in key:
         return f"unknown key {key}"
-    return f"unknown key {key}{nearest(top, sorted(schema))}"
+    return f"unknown key {key}{nearest(top, sorted(names))}"
 
 
 FLAG_ALIASES = {  # --options users bring from other tools -> the key that does that here
@@ -175,12 +162,3 @@ def flag_hint(keys: Mapping[str, Key], groups: Collection[str], flag: str) -> st
                        and key.split(".")[0] not in groups):
         return ""
     return f"; did you mean {key}={value or '...'}?"
-
-
-def trainer_keys() -> list[str]:
-    """The keyword arguments of ``lightning.Trainer`` (what ``trainer.X`` may be)."""
-    import inspect
-
-    import lightning as L
-
-    return [k for k in inspect.signature(L.Trainer).parameters if k not in ("self",)]

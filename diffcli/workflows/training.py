@@ -57,6 +57,7 @@ from diffcli.workflows.latent_space import (
     latent_space,
 )
 from diffcli.workflows.train_modules import build_module, report_accuracy
+from diffcli.workflows.trainer_args import lightning_arguments
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
@@ -203,7 +204,7 @@ def _manual_optimization(trainer_kwargs: dict[str, Any]) -> None:
 
 def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: CheckpointReads,
              manual: bool = False) -> L.Trainer:
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs = lightning_arguments(OmegaConf.to_container(cfg.trainer, resolve=True))
     if manual:
         _manual_optimization(trainer_kwargs)
     precision = str(trainer_kwargs.get("precision", "32"))
