@@ -35,7 +35,7 @@ from diffcli.diffusion.likelihood import nll_vlb, stratified_terms
 from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
-from diffcli.guided_run import Guidance, forward_rows, guide
+from diffcli.guided_run import Guidance, GuidedRun, forward_rows, guide
 from diffcli.restore import OpenedRun, check_sampling_fits, make_sampler, open_run, pick_device
 from diffcli.runs import checkpoint_of
 
@@ -174,13 +174,16 @@ class Pipeline:
         ``guidance``/``classes``/``prompt``/``classifier`` guide as ``diffcli sample`` does.
         ``output``: "uint8" images (N, C, H, W) (points: float (N, 2)), "float" in [-1, 1],
         or "pil" (a list of PIL images). Memory holds the result and one batch; for more
-        samples than fit at once, iterate :meth:`sample_batches`."""
-        seeds = self._seeds(n, seeds, seed)
-        parts = self.sample_batches(
-            n, sampler=sampler, steps=steps, seeds=seeds, seed=seed, batch_size=batch_size,
-            guidance=guidance, classes=classes, prompt=prompt, classifier=classifier,
-            classifier_scale=classifier_scale, clip_denoised=clip_denoised, output=output,
-            progress=progress)
+        samples than fit at once, iterate :meth:`sample_batches`.
+
+        With ``classes`` (or several prompts) the samples come in one block per class, in order;
+        ``n`` is rounded up to a multiple of the number of classes so that each gets as many
+        (said in one line on stderr), while ``seeds`` given one by one are kept as they are."""
+        g = Guidance(scale=guidance, classes=classes, classifier=classifier,
+                     classifier_scale=classifier_scale, prompt=prompt)
+        smp, guided, seeds = self._plan(n, seeds, seed, batch_size, output, sampler, steps,
+                                        clip_denoised, g)
+        parts = self._draw(smp, guided, seeds, batch_size, output, progress)
         if output == "pil":
             return [img for part in parts for img in part]
         first = next(parts)
@@ -202,21 +205,36 @@ class Pipeline:
         """:meth:`sample` one batch at a time (same arguments): yields the samples of
         ``batch_size`` seeds after another, in seed order, as ``output`` asks; memory holds
         one batch, so any number of samples can be streamed to disk."""
+        g = Guidance(scale=guidance, classes=classes, classifier=classifier,
+                     classifier_scale=classifier_scale, prompt=prompt)
+        plan = self._plan(n, seeds, seed, batch_size, output, sampler, steps, clip_denoised, g)
+        yield from self._draw(*plan, batch_size, output, progress)
+
+    def _plan(self, n: int, seeds: Iterable[int] | None, seed: int, batch_size: int,
+              output: str, sampler: str | dict[str, Any], steps: int | None,
+              clip_denoised: bool | None, g: Guidance) -> tuple[Sampler, GuidedRun, list[int]]:
+        """The sampler, the guided run and the seeds (evenly over the classes) of a call, each
+        argument checked."""
         if output not in OUTPUTS:
             raise DiffcliError(f"output={output!r}: use one of {', '.join(OUTPUTS)}")
-        seeds = self._seeds(n, seeds, seed)
-        if not seeds:
+        picked = self._seeds(n, seeds, seed)
+        if not picked:
             raise DiffcliError(f"no seeds to sample (n={n}): ask for n >= 1")
         check_sampling_fits(self.opened.run, batch_size, self.device,
-                            rows_per_item=forward_rows(guidance))
+                            rows_per_item=forward_rows(g.scale))
         node = option("sampler", sampler) if isinstance(sampler, str) else dict(sampler)
         clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
         smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,
                               run=self.opened.run)
-        guided = guide(self.opened, Guidance(scale=guidance, classes=classes,
-                                             classifier=classifier,
-                                             classifier_scale=classifier_scale, prompt=prompt),
-                       self.device)
+        guided = guide(self.opened, g, self.device)
+        picked, note = guided.even_seeds(picked, given=seeds is not None)
+        if note:
+            console.print(f"[yellow]note[/]: {note}")
+        return smp, guided, picked
+
+    def _draw(self, smp: Sampler, guided: GuidedRun, seeds: list[int], batch_size: int,
+              output: str, progress: bool) -> Iterator[Any]:
+        """The samples of a :meth:`_plan`, batch by batch, as ``output`` asks."""
         for x in draw_batches(smp, self.opened, seeds, batch_size, self.device, show=progress,
                               denoiser=guided.denoiser, labels=guided.labels(len(seeds))):
             yield _as(x, output, self.kind)

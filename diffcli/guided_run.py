@@ -1,8 +1,9 @@
 """A run with its guidance resolved: which classes, which classifier or prompt, which scales -
 checked against the model and wrapped around its denoiser (:class:`GuidedRun`).
 
-``classes=`` (``7``, ``0-9``, ``[1,3,5]``, ``all`` or a list) picks the classes; sample i of n
-gets class ``classes[i // ceil(n / len(classes))]``, so an image grid has one row per class.
+``classes=`` (``7``, ``0-9``, ``[1,3,5]``, ``all`` or a list) picks the classes; the samples are
+split into one block per class, in order, so an image grid has one row per class: ``n`` is rounded
+up to a multiple of the number of classes (:meth:`GuidedRun.even_seeds`, which says so).
 A class-conditional model (``diffcli train conditional=true``) is sampled with classifier-free
 guidance of scale ``guidance`` (Ho & Salimans 2022: 0 = unconditional, 1 = conditional,
 > 1 = guided); ``classifier=<ckpt>`` (``diffcli train task=classifier``) adds classifier
@@ -29,8 +30,8 @@ from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidanc
 from diffcli.errors import DiffcliError, number_text, user_errors
 from diffcli.restore import OpenedRun
 
-__all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "guide", "open_classifier",
-           "parse_classes", "read_classifier"]
+__all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "even_count", "guide",
+           "open_classifier", "parse_classes", "read_classifier"]
 
 
 def _class_list(names: Sequence[str] | None, k: int) -> str:
@@ -62,13 +63,21 @@ def parse_classes(spec: Any, num_classes: int, names: Sequence[str] | None = Non
 
 
 def class_labels(classes: Sequence[int], n: int) -> Tensor:
-    """Labels (n,) int64: ceil(n / len(classes)) samples of each class in order (one grid row
-    per class; the last row may be short)."""
-    if n < len(classes):
-        raise DiffcliError(f"n={n} is fewer than the {len(classes)} classes asked for: use "
-                           f"n={len(classes)} or more, or fewer classes")
-    per = math.ceil(n / len(classes))
-    return torch.tensor([classes[i // per] for i in range(n)], dtype=torch.long)
+    """Labels (n,) int64 in one block per class, in order: n // k samples of each of the k
+    classes, one more for each of the first n % k (one grid row per class when k divides n;
+    no class is left out)."""
+    k = len(classes)
+    if n < k:
+        raise DiffcliError(f"n={n} is fewer than the {k} classes asked for: use "
+                           f"n={k} or more, or fewer classes")
+    per, more = divmod(n, k)
+    return torch.tensor([c for j, c in enumerate(classes) for _ in range(per + (j < more))],
+                        dtype=torch.long)
+
+
+def even_count(n: int, k: int) -> int:
+    """``n`` rounded up to a multiple of ``k`` (k samples per grid row, one row per class)."""
+    return math.ceil(n / k) * k
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,26 @@ class GuidedRun:
         if cyclic:
             return torch.tensor([self.classes[i % len(self.classes)] for i in range(n)])
         return class_labels(self.classes, n)
+
+    def even_seeds(self, seeds: list[int], given: bool) -> tuple[list[int], str | None]:
+        """``seeds`` (n of them, over the k classes or prompts) and a one-line note when k does
+        not divide n: the seeds ``seeds[-1] + 1, ...`` are added to the next multiple of k, so
+        that each class gets a full grid row, unless the seeds were ``given`` one by one (they
+        are kept and split as evenly as they go, :func:`class_labels`). Fewer seeds than
+        classes are left to :func:`class_labels` to refuse."""
+        k, n = len(self.classes or ()), len(seeds)
+        if k <= 1 or n % k == 0 or n < k:
+            return seeds, None
+        what = "prompts" if self.tokens is not None else "classes"
+        if given:
+            per, more = divmod(n, k)
+            return seeds, (f"{n} seeds over {k} {what}: {more} of them get {per + 1} samples, "
+                           f"{k - more} get {per}; give a multiple of {k} seeds for one grid "
+                           "row each")
+        total = even_count(n, k)
+        added = range(seeds[-1] + 1, seeds[-1] + 1 + total - n)
+        return [*seeds, *added], (f"n={n} rounded up to {total} so each of the {k} {what} gets "
+                                  f"{total // k} samples")
 
     @property
     def tag(self) -> str:

@@ -117,6 +117,23 @@ def test_class_grid_has_one_row_per_class(runs, monkeypatch, capsys):
     assert np.load(out / "samples.npz")["labels"].tolist() == [3, 3, 5, 5, 7, 7]
 
 
+def test_uneven_n_is_rounded_up_to_a_full_row_per_class(runs, monkeypatch, capsys):
+    import diffcli
+
+    code, lines = run_in_process(["sample", f"ckpt={runs['digits']}", "sampler=ddim", "steps=1",
+                                  "n=7", "guidance=2", "classes=[3,5,7]"],
+                                 runs["cwd"], monkeypatch, capsys)
+    assert code in (0, None), lines
+    note = "note: n=7 rounded up to 9 so each of the 3 classes gets 3 samples"
+    assert lines.count(note) == 1 and lines.index(note) < len(lines) - 1, lines
+    out = runs["digits"].parent.parent / "samples" / "ddim-1-w2"
+    assert np.load(out / "samples.npz")["labels"].tolist() == [3] * 3 + [5] * 3 + [7] * 3
+    assert json.loads((out / "meta.json").read_text())["n"] == 9
+    pipe = diffcli.load(runs["cond"])  # the Python API: the same rule, seeds given are kept
+    assert len(pipe.sample(3, sampler="ddim", steps=1, classes=[0, 1])) == 4
+    assert len(pipe.sample(sampler="ddim", steps=1, seeds=[4, 5, 6], classes=[0, 1])) == 3
+
+
 def test_eval_fid_sweeps_the_guidance_scale(runs, monkeypatch, capsys):
     args = ["eval-fid", f"ckpt={runs['digits']}", "guidance=[0,2]", "n=8", "ref_n=16",
             "extractor=standin", "sampler=ddim", "steps=2", "batch_size=8", "cache=false"]

@@ -23,7 +23,8 @@ KEYS: dict[str, Key] = {
     **GUIDANCE,
     "guidance": Key(float | int | None, "classifier-free guidance scale w: 0 unconditional, "
                     "1 conditional (the default for a conditional model), >1 guided", ge=0),
-    "n": Key(int | None, "how many samples (default 64 images or 2000 points)", ge=1),
+    "n": Key(int | None, "how many samples (default 64 images or 2000 points; with classes, "
+             "rounded up to a multiple of them)", ge=1),
     "batch_size": Key(int, "samples per network batch", ge=1),
     "seed": Key(int, "sample i uses seed + i", ge=0, le=2**63 - 1),
     "seeds": SEEDS,

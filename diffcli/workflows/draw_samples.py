@@ -104,6 +104,7 @@ class Request:
     folder: OutputFolder
     guided: GuidedRun
     labels: Tensor | None  # (N,) each seed's class; None: unconditional
+    note: str | None = None  # n rounded up to a multiple of the classes (GuidedRun.even_seeds)
 
 
 def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
@@ -121,11 +122,12 @@ def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
                                   clip_denoised=clip)
     check_precision(str(cfg.precision), device)
     guided = guide(opened, guidance_keys(cfg), device)
+    seeds, note = guided.even_seeds(seeds, given=cfg.seeds is not None)
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
     folder = OutputFolder(run_dir_of(ckpt) / "samples" / f"{name}-{steps}{guided.tag}",
                           overwrite=bool(cfg.overwrite), kind="samples")
-    return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels)
+    return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels, note)
 
 
 def draw(req: Request, cfg: DictConfig, rank: int, world: int,
@@ -220,6 +222,8 @@ def sample(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     req = resolve(cfg, device, run)
+    if req.note and rank == 0:
+        console.print(f"[yellow]note[/]: {req.note}")
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
     batches = draw(req, cfg, rank, world, trajectory)
     if rank != 0:
