@@ -141,7 +141,15 @@ def test_checkpoint_is_self_describing_and_safe(points_run: Path):
 
 
 def test_train_and_sample_images(tmp_path: Path):
-    run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    proc = run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    # a run shorter than the defaults' LR warm-up and preview interval says so, once, up front
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("note: ")]
+    assert notes == [
+        "note: lr_scheduler.warmup_steps=100 is longer than the run (3 steps): the LR never "
+        "reaches optimizer.lr; set lr_scheduler.warmup_steps=1 (about 10% of the run) or fewer",
+        "note: callbacks.preview.every_n_steps=1000 is longer than the run (3 steps): no "
+        "preview will be written; set callbacks.preview.every_n_steps=1"], proc.stderr
+    assert proc.stderr.index(notes[-1]) < proc.stderr.index("done: 3 steps")
     run_here(tmp_path, "sample", "sampler=ddpm", "steps=4", "n=6", "batch_size=4")
     out = next(tmp_path.glob("outputs/*/*/samples/ddpm-4"))
     images = np.load(out / "samples.npz")["images"]

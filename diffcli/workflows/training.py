@@ -56,6 +56,7 @@ from diffcli.workflows.latent_space import (
     latent_source,
     latent_space,
 )
+from diffcli.workflows.short_run import note_short_run
 from diffcli.workflows.train_modules import build_module, report_accuracy
 from diffcli.workflows.trainer_args import lightning_arguments
 
@@ -294,6 +295,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     if resume:
         remove_stale_temporaries(resume.parent)
         _continue_logs(trainer, run_dir, resume, start)
+    note_short_run(cfg, trainer, dm, start, console)  # rank 0: warm-up, intervals vs the run
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     except BaseException as e:  # end the other ranks (or defer to the one that failed)
