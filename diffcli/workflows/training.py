@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -37,7 +36,8 @@ from diffcli.lit.callbacks import (
 from diffcli.lit.classifier_module import ClassifierModule
 from diffcli.lit.loggers import RunCSVLogger, finish_loggers, trim_metrics
 from diffcli.lit.module import DiffusionModule
-from diffcli.lit.ranks import stop_other_ranks, watch_ranks
+from diffcli.lit.precision import cpu_has_bf16, train_precision, trains_on_cpu
+from diffcli.lit.ranks import rank_name, stop_other_ranks, watch_ranks
 from diffcli.lit.saving import LAST, AtomicCheckpointIO, remove_stale_temporaries
 from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
@@ -208,10 +208,14 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
     trainer_kwargs = lightning_arguments(OmegaConf.to_container(cfg.trainer, resolve=True))
     if manual:
         _manual_optimization(trainer_kwargs)
-    precision = str(trainer_kwargs.get("precision", "32"))
-    if "bf16" in precision and not torch.cuda.is_available() and \
-            trainer_kwargs.get("accelerator") in ("auto", "cpu"):
-        console.print("[yellow]note[/]: bf16 on this CPU may be far slower than fp32")
+    on_cpu = trains_on_cpu(str(trainer_kwargs.get("accelerator") or "auto"))
+    trainer_kwargs["precision"], note = train_precision(
+        trainer_kwargs.get("precision") or "32", on_cpu, on_cpu and cpu_has_bf16())
+    if note and rank_name() is None:
+        console.print(f"[yellow]note[/]: {note}")
+    for quiet in ("enable_model_summary", "enable_progress_bar"):  # ours: StepProgress, _announce
+        if trainer_kwargs.get(quiet) is None:
+            trainer_kwargs[quiet] = False
     logger = build("logger", cfg.logger) if cfg.logger else False
     watch_ranks()
     try:
@@ -221,8 +225,6 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
             callbacks=[*_callbacks(cfg, run_dir), stop],
             plugins=[AtomicCheckpointIO(read=lambda p: reads.load(p).raw), *_cluster()],
             default_root_dir=run_dir,
-            enable_model_summary=False,
-            enable_progress_bar=False,
         )
     except (ValueError, TypeError, RuntimeError) as e:
         raise DiffcliError(f"trainer: {' '.join(str(e).split())}") from None
