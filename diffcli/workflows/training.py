@@ -39,7 +39,6 @@ from diffcli.lit.module import DiffusionModule
 from diffcli.lit.precision import cpu_has_bf16, train_precision, trains_on_cpu
 from diffcli.lit.ranks import rank_name, stop_other_ranks, watch_ranks
 from diffcli.lit.saving import LAST, AtomicCheckpointIO, remove_stale_temporaries
-from diffcli.nets.layers import count_parameters
 from diffcli.runs import (
     RunClock,
     RunLock,
@@ -57,6 +56,7 @@ from diffcli.workflows.latent_space import (
     latent_space,
 )
 from diffcli.workflows.short_run import note_short_run
+from diffcli.workflows.start_summary import StartFacts, start_lines
 from diffcli.workflows.train_modules import build_module, report_accuracy
 from diffcli.workflows.trainer_args import lightning_arguments
 
@@ -368,23 +368,27 @@ def _end_process_group() -> None:
 
 def _announce(cfg: DictConfig, dm: Any, module: DiffusionModule, trainer: L.Trainer,
               run_dir: Path, resume: Path | None, start: int) -> None:
+    """The start summary (:mod:`diffcli.workflows.start_summary`), rank 0 only; the console
+    log copies it into ``cli.log``."""
     world = trainer.world_size
-    accum = trainer.accumulate_grad_batches
-    per_device = dm.batch_size
+    task = task_named(cfg.get("task"))
     schedule = getattr(module, "schedule", None)
-    what = f"{schedule.name} schedule T={schedule.num_timesteps}" if schedule is not None \
-        else f"latents {tuple(module.net.latent_shape)}"
     latent = getattr(module, "latent_shape", None)
-    shape = tuple(latent) if latent else tuple(dm.data_shape)
-    console.print(
-        f"[bold]diffcli train[/] {cfg.dataset.name} {shape} x {dm.num_samples} | "
-        f"{type(module.net).__name__} {count_parameters(module.net):,} parameters | "
-        f"{what} | batch "
-        f"{per_device} per device x {world} device(s) x {accum} accumulation = "
-        f"{per_device * world * accum} | precision {trainer.precision} | run dir {run_dir}")
+    facts = StartFacts(
+        run_dir=run_dir, data_shape=tuple(dm.data_shape), num_samples=dm.num_samples,
+        per_device=dm.batch_size, world=world, accumulate=trainer.accumulate_grad_batches,
+        precision=str(trainer.precision),
+        device=type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        timesteps=schedule.num_timesteps if schedule is not None else None,
+        latents=tuple(latent) if latent else None,
+        encodes_to=tuple(module.net.latent_shape) if task.encodes else None)
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    for line in start_lines(choices, OmegaConf.to_container(cfg, resolve=True), module.net,
+                            task, facts):
+        console.print(line, crop=False, highlight=False)
     if resume:
         console.print(f"resuming from step {start} of {resume}")
     cores = os.cpu_count() or 1
-    if trainer.accelerator.__class__.__name__ == "CPUAccelerator" and world > cores:
+    if facts.device == "cpu" and world > cores:
         console.print(f"[yellow]note[/]: {world} processes on {cores} CPU cores share them: "
                       "expect no speed-up (use trainer.devices <= the core count)")
