@@ -200,10 +200,8 @@ def _is_a_key(command: str, key: str, choices: list[str] = ()) -> bool:
     from omegaconf import OmegaConf
 
     from diffcli.cli.overrides import group_names, validate
-    from diffcli.cli.resolvers import register_resolvers
     from diffcli.workflows.trainer_args import trainer_keys
 
-    register_resolvers()  # as the app does first: the configs interpolate diffcli's resolvers
     groups = group_names(command)
     cfg = validate(command, [c for c in choices if c.split("=")[0] in groups])
     top, _, rest = key.partition(".")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from diffcli.cli.overrides import CONF_DIR, group_names, validate
+from diffcli.cli.overrides import CONF_DIR, group_names, split_args, validate
 
 if TYPE_CHECKING:
     from diffcli.commands import Command
@@ -45,15 +45,25 @@ def _joined(words: list[str]) -> list[str]:
     return out
 
 
+def _key_then_equals(typed: list[str]) -> bool:
+    """Whether ``typed`` ends with a key whose ``=`` Click dropped: bash makes ``key=`` (cursor
+    after the ``=``) the words ``key``, ``=``, and Click discards an ``=`` being completed."""
+    words = _joined(typed)
+    return bool(words) and "=" not in words[-1] and split_args(words)[-1:] == words[-1:]
+
+
 def complete_override(command: Command, incomplete: str, typed: list[str]) -> list[str]:
     """Shell completions for one Hydra override being typed: ``sam`` -> ``sampler=``,
     ``sampler.``, ``samples=``; ``sampler=d`` -> ``sampler=ddim``, ``sampler=ddpm``;
     ``sampler.`` -> the sampler node's keys (as the overrides already ``typed`` compose them);
     ``clip_denoised=`` -> true, false. In bash, which splits words at ``=``, the word being
-    completed is the value alone (``typed`` ends with ``key``, ``=``), and so are the results.
+    completed is the value alone (``typed`` ends with ``key``, ``=``; or with ``key`` when the
+    cursor is right after the ``=``), and so are the results.
     """
     from omegaconf import OmegaConf
 
+    if not incomplete and _key_then_equals(typed):
+        typed = [*typed, "="]
     bash_value = len(typed) >= 2 and typed[-1] == "="
     words = _joined(typed[:-2] if bash_value else typed)
     try:
@@ -75,8 +85,8 @@ def complete_override(command: Command, incomplete: str, typed: list[str]) -> li
         return []
     names = [n for n in node if not n.startswith("_") and (parent or n != "hydra")]
     dotted = f"{parent}." if parent else ""
-    found = {f"{dotted}{n}=" for n in names}
-    found |= {f"{dotted}{n}." for n in names if OmegaConf.is_dict(node[n]) and len(node[n])}
+    found = {f"{dotted}{n}." for n in names if OmegaConf.is_dict(node[n]) and len(node[n])}
+    found |= {f"{dotted}{n}=" for n in names}
     found |= {f"{g}=" for g in group_names(command.config) if not parent}
     return sorted(prefix + c for c in found if c.startswith(body))
 
@@ -89,12 +99,18 @@ class OverrideCommand(typer.core.TyperCommand):
     command: Command
 
     def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
-        from click.shell_completion import CompletionItem
+        try:  # recent Typer carries its own copy of Click (which it no longer requires)
+            from typer._click.shell_completion import CompletionItem
+        except ImportError:
+            from click.shell_completion import CompletionItem
 
         found = super().shell_complete(ctx, incomplete)
         if incomplete.startswith("-"):
             return found
-        words = complete_override(self.command, incomplete, list(ctx.args))
+        try:
+            words = complete_override(self.command, incomplete, list(ctx.args))
+        except Exception:  # noqa: BLE001 - the shell reads stdout: no candidates, no traceback
+            words = []
         return found + [CompletionItem(w) for w in words]
 
 

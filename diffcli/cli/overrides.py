@@ -150,10 +150,14 @@ def check_hydra_config(config_name: str, args: list[str]) -> None:
 
 def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()) -> Any:
     """Compose the config once so a bad override fails fast with one line (no traceback);
-    returns it (with its ``hydra`` node)."""
+    returns it (with its ``hydra`` node). Registers diffcli's resolvers first: the config
+    interpolates them, and shell completion composes in a process that launches nothing."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from diffcli.cli.resolvers import register_resolvers
+
+    register_resolvers()
     for o in overrides:
         if "=" not in o:
             raise ValueError(f"bad argument {o!r}: overrides look like key=value or group=option")
