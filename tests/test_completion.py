@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from diffcli.cli.completion import complete_override as _complete
 from diffcli.commands import registry
+from diffcli.workflows.trainer_args import trainer_keys
 
 
 def complete_override(name: str, incomplete: str, typed: list[str]) -> list[str]:
@@ -41,6 +42,14 @@ def test_bash_splits_at_equals_and_gets_values_alone():
     assert "moons" in complete_override("train", "", ["seed", "=", "1", "dataset", "="])
 
 
+def test_every_trainer_argument_but_those_diffcli_sets():
+    assert complete_override("train", "trainer.", []) == sorted(
+        f"trainer.{k}=" for k in trainer_keys()
+        if k not in ("logger", "callbacks", "plugins", "default_root_dir"))
+    assert complete_override("train", "trainer.enable_p", ["trainer=cpu"]) == [
+        "trainer.enable_progress_bar="]  # not in the config: Lightning's default
+
+
 def test_bash_cursor_right_after_equals():  # Click drops the "=" being completed
     assert complete_override("train", "", ["dataset"]) == complete_override(
         "train", "", ["dataset", "="])
@@ -58,6 +67,16 @@ def test_an_unexpected_error_completes_no_override():
     assert [i.value for i in command.shell_complete(ctx, "--he")] == ["--help"]
 
 
+def test_trainer_keys_are_read_without_importing_lightning():
+    import inspect
+
+    import lightning as L
+
+    from diffcli.workflows.trainer_args import _trainer_keys_in_source
+
+    assert _trainer_keys_in_source() == list(inspect.signature(L.Trainer).parameters)
+
+
 # The console script's own lines: Click names the completion variable after sys.argv[0].
 DIFFCLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'diffcli'; "
                                  "from diffcli.cli import main; main()"]
@@ -69,6 +88,7 @@ CASES = [
     ("bash", "train tra", ["trainer.", "trainer="]),
     ("bash", "train trainer.max_", ["trainer.max_epochs=", "trainer.max_steps=",
                                     "trainer.max_time="]),
+    ("zsh", "train trainer.m", sorted(f"trainer.{k}=" for k in trainer_keys() if k[0] == "m")),
     ("bash", "sample gui", ["guidance=", "guidance_interval=", "guidance_rescale="]),
     ("bash", "sample ", {"sampler=", "sampler.", "seeds=", "ckpt="}),
     ("bash", "eval-fid ", {"ckpt=", "metrics=", "sampler."}),

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from diffcli.cli.overrides import CONF_DIR, group_names, split_args, validate
+from diffcli.workflows.trainer_args import SET_BY_DIFFCLI, trainer_keys
 
 if TYPE_CHECKING:
     from diffcli.commands import Command
 
+# Trainer arguments diffcli sets itself (``logger=`` and ``callbacks=`` are config groups).
 
 
 def _value_choices(command: Command, cfg: Any, key: str) -> list[str]:
@@ -86,6 +88,8 @@ def complete_override(command: Command, incomplete: str, typed: list[str]) -> li
     names = [n for n in node if not n.startswith("_") and (parent or n != "hydra")]
     dotted = f"{parent}." if parent else ""
     found = {f"{dotted}{n}." for n in names if OmegaConf.is_dict(node[n]) and len(node[n])}
+    if parent == "trainer":  # any Lightning Trainer argument, not only those the config sets
+        names += [k for k in trainer_keys() if k not in SET_BY_DIFFCLI]
     found |= {f"{dotted}{n}=" for n in names}
     found |= {f"{g}=" for g in group_names(command.config) if not parent}
     return sorted(prefix + c for c in found if c.startswith(body))

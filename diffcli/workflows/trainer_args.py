@@ -53,8 +53,33 @@ PLAIN = (int, float, bool, str, type(None))
 
 
 def trainer_keys() -> list[str]:
-    """The keyword arguments of ``lightning.Trainer`` (what ``trainer.X`` may be)."""
-    return list(_signature())
+    """The keyword arguments of ``lightning.Trainer`` (what ``trainer.X`` may be), read from
+    Lightning's source where it is found (importing Lightning takes seconds, too long for
+    shell completion), else from the imported class."""
+    return _trainer_keys_in_source() or list(_signature())
+
+
+def _trainer_keys_in_source() -> list[str]:
+    """``Trainer.__init__``'s argument names, parsed (not imported) from
+    ``lightning/pytorch/trainer/trainer.py``; empty where that file or function is not found."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("lightning")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            tree = ast.parse(Path(folder, "pytorch", "trainer", "trainer.py").read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+                for f in node.body:
+                    if isinstance(f, ast.FunctionDef) and f.name == "__init__":
+                        a = f.args
+                        return [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)
+                                if x.arg != "self"]
+    return []
 
 
 @functools.cache
