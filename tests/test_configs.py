@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from diffcli.cli import CONF_DIR
+from diffcli.cli.resolvers import register_resolvers
 from diffcli.components import (
     COMPONENTS,
     build,
@@ -38,6 +39,7 @@ def options(group: str) -> list[str]:
 
 
 def compose_with(command: str, *overrides: str) -> DictConfig:
+    register_resolvers()  # as the app does first: trainer.max_steps interpolates one
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose(command, overrides=list(overrides), return_hydra_config=False)
 
