@@ -56,6 +56,14 @@ def test_precision_on_a_cpu(asked, on_cpu, bf16, expected, note):
         assert f"training in {expected}" in said or expected == asked
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_gpu_default_is_32_on_a_cpu(bf16):
+    """trainer=ddp's bf16-mixed (a group default, not asked for) trains in 32 on any CPU."""
+    precision, said = train_precision("bf16-mixed", True, bf16, asked=False)
+    assert precision == "32-true" and "the trainer group's default for GPUs" in said
+    assert train_precision("bf16-mixed", False, bf16, asked=False) == ("bf16-mixed", None)
+
+
 X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse avx2 avx512f avx512bw {}\n"
 
 

@@ -13,8 +13,6 @@ from diffcli.workflows.trainer_args import SET_BY_DIFFCLI, trainer_keys
 if TYPE_CHECKING:
     from diffcli.commands import Command
 
-# Trainer arguments diffcli sets itself (``logger=`` and ``callbacks=`` are config groups).
-
 
 def _value_choices(command: Command, cfg: Any, key: str) -> list[str]:
     """The values worth offering for ``key=``: a group's options, a schema's choices, or

@@ -50,20 +50,26 @@ def trains_on_cpu(accelerator: str) -> bool:
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
-def train_precision(precision: str | int, on_cpu: bool, cpu_bf16: bool) -> tuple[str, str | None]:
+def train_precision(precision: str | int, on_cpu: bool, cpu_bf16: bool,
+                    asked: bool = True) -> tuple[str, str | None]:
     """The ``precision`` to give Lightning (Lightning's aliases spelt out: 16 -> 16-mixed) and a
     one-line note on what changed, or None.
 
     Off the CPU, and for full precision, the value is kept. On a CPU without bf16 instructions
     every half precision trains in ``32-true``; on one with them, ``16-mixed`` becomes
     ``bf16-mixed`` (what Lightning would do, said here instead of in its warning), and
-    ``16-true`` is kept with a note that fp16 is emulated.
+    ``16-true`` is kept with a note that fp16 is emulated. A half precision the command line
+    did not ask for (``asked`` false: a trainer group's GPU default, as trainer=ddp's
+    bf16-mixed) is ``32-true`` on any CPU.
     """
-    asked = str(precision)
-    value = ALIASES.get(asked, asked)
+    given = str(precision)
+    value = ALIASES.get(given, given)
     if not on_cpu or value not in HALF:
         return value, None
-    where = f"trainer.precision={asked}"
+    where = f"trainer.precision={given}"
+    if not asked:
+        return "32-true", (f"{where} is the trainer group's default for GPUs: training in "
+                           f"32-true on the CPU (give trainer.precision={given} to keep it)")
     if not cpu_bf16:
         why = "CPUs have no fp16 autocast (Lightning would train in bf16-mixed) and " \
             if value == "16-mixed" else ""

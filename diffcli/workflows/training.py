@@ -209,8 +209,10 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
     if manual:
         _manual_optimization(trainer_kwargs)
     on_cpu = trains_on_cpu(str(trainer_kwargs.get("accelerator") or "auto"))
+    asked = not HydraConfig.initialized() or any(  # a group's default, or the user's?
+        o.lstrip("+").startswith("trainer.precision=") for o in _overrides())
     trainer_kwargs["precision"], note = train_precision(
-        trainer_kwargs.get("precision") or "32", on_cpu, on_cpu and cpu_has_bf16())
+        trainer_kwargs.get("precision") or "32", on_cpu, on_cpu and cpu_has_bf16(), asked)
     if note and rank_name() is None:
         console.print(f"[yellow]note[/]: {note}")
     for quiet in ("enable_model_summary", "enable_progress_bar"):  # ours: StepProgress, _announce
