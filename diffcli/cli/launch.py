@@ -29,6 +29,7 @@ from diffcli.cli.overrides import (
     validate,
     worker_message,
 )
+from diffcli.cli.sweep_points import check_point, check_sweep
 
 if TYPE_CHECKING:
     from diffcli.commands import Command
@@ -87,7 +88,7 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
     args = as_hydra_needs(command.config, expand_aliases(command.aliases, list(args)))
-    cfg, checked = check_before_hydra(command, args, debug)
+    cfg, checked = check_before_hydra(command, args, debug, multirun)
     if multirun and cfg is not None:
         args = _with_sweep_dir(args, cfg, debug)
     # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
@@ -120,11 +121,12 @@ def _refuse(e: Exception, debug: bool, message: str | None = None,
     fail(f"bad override: {message}", 2)
 
 
-def check_before_hydra(command: Command, args: list[str], debug: bool) -> tuple[Any, Any]:
+def check_before_hydra(command: Command, args: list[str], debug: bool,
+                       multirun: bool = False) -> tuple[Any, Any]:
     """Everything checked before Hydra writes anything: unknown flags, Hydra's own nodes, the
-    composed config, the checks every command shares and the command's ``check``. Returns
-    (the config, what the check read), or (None, None) for Hydra's informational flags."""
-    from diffcli.checks import check_common
+    composed config, the checks every command shares and the command's ``check`` (a sweep:
+    for each of its points). Returns (the config, what the check read; a sweep: its points),
+    or (None, None) for Hydra's informational flags."""
     from diffcli.cli.resolvers import forget_claims, register_resolvers
     from diffcli.errors import DiffcliError
     from diffcli.workflows.schemas import flag_hint
@@ -146,12 +148,16 @@ def check_before_hydra(command: Command, args: list[str], debug: bool) -> tuple[
         return None, None
     dry = 2 if any(a.split("=", 1)[0] in DRY_RUN_FLAGS for a in args) else None
     try:
+        if multirun:  # every point, before the first job
+            return check_sweep(command, args)
+    except DiffcliError as e:
+        _refuse(e, debug, code=dry)
+    try:
         cfg = validate(command.config, split_args(args), config_dirs(args))
     except Exception as e:  # noqa: BLE001 - Hydra raises several kinds; all mean bad input
         _refuse(e, debug, override_message(command, e))
     try:  # checkpoints and run folders are checked before Hydra writes anything
-        check_common(cfg, command.keys, command.output(cfg), command.writes_runs_root)
-        return cfg, command.check(cfg)
+        return cfg, check_point(command, cfg)
     except DiffcliError as e:
         _refuse(e, debug, code=dry)  # a dry run (--cfg) that the real run would refuse: exit 2
     raise AssertionError("unreachable")  # _refuse exits

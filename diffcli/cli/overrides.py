@@ -148,6 +148,13 @@ def check_hydra_config(config_name: str, args: list[str]) -> None:
                          files=any(a.split("=", 1)[0] in CONFIG_FILE_FLAGS for a in args))
 
 
+def check_assignments(overrides: list[str]) -> None:
+    """A ValueError for an argument that is no override (``key=value``, ``group=option``)."""
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"bad argument {o!r}: overrides look like key=value or group=option")
+
+
 def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()) -> Any:
     """Compose the config once so a bad override fails fast with one line (no traceback);
     returns it (with its ``hydra`` node). Registers diffcli's resolvers first: the config
@@ -158,9 +165,7 @@ def validate(config_name: str, overrides: list[str], config_dirs: list[str] = ()
     from diffcli.cli.resolvers import register_resolvers
 
     register_resolvers()
-    for o in overrides:
-        if "=" not in o:
-            raise ValueError(f"bad argument {o!r}: overrides look like key=value or group=option")
+    check_assignments(overrides)
     concrete = _first_of_sweeps(overrides)
     if config_dirs:
         concrete.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs) + "]")
