@@ -28,6 +28,15 @@ class Interrupted(DiffcliError):
         self.exit_code = 128 + signum
 
 
+class Exit(SystemExit):
+    """The exit after an error's one line was printed: the exit ``code`` and that ``line``
+    (a sweep's job records it in its ``result.json``)."""
+
+    def __init__(self, code: int, line: str) -> None:
+        super().__init__(code)
+        self.line = line
+
+
 class DatasetNotFoundError(DiffcliError):
     """A dataset's files are not where the config says they are."""
 

@@ -247,3 +247,19 @@ def write_result(run_dir: Path, trainer: Any, checkpoint: Path, clock: RunClock,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
     return atomic_write_text(run_dir / RESULT, dumps_json(result))
+
+
+def write_outcome(run_dir: Path, status: str, error: str, overrides: Sequence[str] = (),
+                  job_num: int | None = None, exit_code: int | None = None) -> Path:
+    """Record in ``<run_dir>/result.json`` a run that ended without finishing: ``status``
+    ("failed", "interrupted"), its ``error`` line, the sweep job's number and overrides, over
+    what an earlier attempt recorded (its step, loss and checkpoint stay)::
+
+        {"status": "failed", "error": "training diverged at step 2: ...", "job_num": 1,
+         "exit_code": 1, "overrides": ["optimizer.lr=1e30"], "finished_at": "..."}
+    """
+    result = {**_previous(run_dir), "status": status, "error": error, "job_num": job_num,
+              "exit_code": exit_code, "overrides": list(overrides),
+              "finished_at": datetime.now().isoformat(timespec="seconds")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(run_dir / RESULT, dumps_json(result))

@@ -163,3 +163,19 @@ def test_a_bad_last_sweep_point_refuses_the_sweep_before_any_job(tmp_path: Path,
     assert proc.returncode == 2 and not (tmp_path / "multirun").exists()
     assert not (tmp_path / "slurm" / "next-job").exists()  # nothing was submitted
 
+
+def test_a_sweep_whose_job_fails_at_run_time_goes_on_and_writes_its_summary(tmp_path: Path):
+    """Point 1 diverges at step 2 (a NaN loss, which no check sees coming): it is recorded as
+    failed, point 2 still runs, the summary lists both, and the sweep exits 1 with one last
+    line naming the failed point."""
+    proc = run(tmp_path, "train", "-m", *TINY, "optimizer.lr=1e30,1e-3", ok=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(
+        "error: sweep point 1 of 2 (optimizer.lr=1e+30) failed: training diverged at step 2")
+    sweep = next(tmp_path.glob("multirun/*/*"))
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert (rows["0"]["status"], rows["1"]["status"], rows["1"]["step"]) == ("failed", "done", "2")
+    failed = _result(sweep / "0")
+    assert (failed["job_num"], failed["exit_code"]) == (0, 1)
+    assert failed["error"].startswith("training diverged at step 2")

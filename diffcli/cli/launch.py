@@ -29,7 +29,7 @@ from diffcli.cli.overrides import (
     validate,
     worker_message,
 )
-from diffcli.cli.sweep_points import check_point, check_sweep
+from diffcli.cli.sweep_points import check_point, check_sweep, sweep_end, sweep_job
 
 if TYPE_CHECKING:
     from diffcli.commands import Command
@@ -77,8 +77,10 @@ def _disk_message(e: OSError) -> str:
 
 
 def fail(message: str, code: int = 1, label: str = "error") -> None:
+    from diffcli.errors import Exit
+
     typer.echo(f"{label}: {message}", err=True)
-    raise SystemExit(code)
+    raise Exit(code, f"{label}: {message}")
 
 
 def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) -> None:
@@ -99,8 +101,9 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
     sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
     task = job(command, None if multirun else checked, debug)  # a sweep job reads for itself
     try:
-        hydra.main(config_path=str(CONF_DIR), config_name=command.config,
-                   version_base="1.3")(task)()
+        with sweep_end(cfg, checked if multirun else None):
+            hydra.main(config_path=str(CONF_DIR), config_name=command.config,
+                       version_base="1.3")(task)()
     except OSError as e:  # Hydra creating the run folder: read-only or full disk
         if debug or not _is_disk_error(e):
             raise
@@ -173,7 +176,7 @@ def job(command: Command, checked: Any, debug: bool) -> Callable[[Any], Any]:
     def task(cfg):  # noqa: ANN001, ANN202 - called by Hydra with a DictConfig
         register_resolvers()  # a sweep job started by submitit is a new process
         with _console_log(command.logged):  # the error line goes to the log too
-            return run(cfg)
+            return sweep_job(run, cfg, debug)  # a sweep's job: a failure lets the sweep go on
 
     def run(cfg):  # noqa: ANN001, ANN202
         stop_on_sigterm()

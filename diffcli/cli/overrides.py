@@ -96,13 +96,15 @@ def _is_trainer_argument(key: str) -> bool:
 
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
     """Parse overrides with Hydra's grammar; sweeps become their first value, hydra.* dropped
-    (but hydra.run.dir, which preflight checks, and the launcher's, checked before a sweep)."""
+    (but hydra.run.dir, which preflight checks, the launcher's, checked before a sweep, and the
+    sweep's folder and callbacks, which end a sweep that stopped early)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     concrete = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
-        kept = key in ("hydra.run.dir", "hydra/launcher") or key.startswith("hydra.launcher.")
+        kept = key in ("hydra.run.dir", "hydra/launcher") or key.lstrip("+").startswith(
+            ("hydra.launcher.", "hydra.sweep.", "hydra.callbacks."))
         if key.startswith(("hydra.", "hydra/", "+hydra")) and not kept:
             continue
         if o.is_sweep_override():

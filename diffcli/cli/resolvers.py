@@ -33,7 +33,8 @@ def fresh_dir(path: str) -> str:
     return _claimed[path]
 
 
-def _multirun() -> bool:
+def in_sweep() -> bool:
+    """Whether this is a job of a sweep (``-m``) that Hydra runs now."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -43,7 +44,7 @@ def _multirun() -> bool:
 def sweep_group(_: str = "") -> str | None:
     """Resolver: a sweep's name for its trackers' runs ("sweep-<date>_<time>" from the sweep
     folder), None outside a sweep."""
-    if not _multirun():
+    if not in_sweep():
         return None
     from hydra.core.hydra_config import HydraConfig
 
@@ -54,7 +55,7 @@ def sweep_group(_: str = "") -> str | None:
 def job_name(_: str = "") -> str | None:
     """Resolver: a sweep job's name, its overrides ("lr=2e-4,schedule=cosine", or its number
     when it has none); None outside a sweep (the tracker picks a name)."""
-    if not _multirun():
+    if not in_sweep():
         return None
     from hydra.core.hydra_config import HydraConfig
 

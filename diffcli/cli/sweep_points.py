@@ -1,8 +1,14 @@
 """A sweep (``diffcli <command> -m ...``) point by point, for every launcher (Hydra's basic
-one, ``hydra/launcher=local``, ``hydra/launcher=slurm``): before its first job, in the
-launching process, every point is composed and checked as a run of it would be
-(:func:`check_sweep`): a bad point refuses the whole sweep in one line naming it, and nothing
-is created.
+one, ``hydra/launcher=local``, ``hydra/launcher=slurm``):
+
+* before its first job, in the launching process, every point is composed and checked as a
+  run of it would be (:func:`check_sweep`): a bad point refuses the whole sweep in one line
+  naming it, and nothing is created;
+* a job that fails at run time (a NaN loss, a data error) records its failure in its folder's
+  ``result.json`` and the sweep goes on with its other points (:func:`sweep_job`); an interrupt
+  (Ctrl-C, SIGTERM, a SLURM requeue) still stops it;
+* the launching process ends the sweep (:func:`sweep_end`): the summary is written even when
+  the sweep stopped early, and a failed point makes the exit non-zero with one line naming it.
 
 The points are Hydra's basic sweeper's: the cartesian product of the sweeps among the
 command line's overrides (``a=1,2``, ``choice()``, ``range()``, ``glob()`` over a group's
@@ -11,10 +17,12 @@ options) after the config's ``hydra.sweeper.params``, in the order Hydra numbers
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -27,7 +35,7 @@ from diffcli.cli.overrides import (
     split_args,
     validate,
 )
-from diffcli.errors import DiffcliError
+from diffcli.errors import DiffcliError, one_line
 from diffcli.workflows.schemas import UsageError
 
 if TYPE_CHECKING:
@@ -148,3 +156,83 @@ def _sweep(command: Command, overrides: list[str], params: Any, dirs: list[str])
     except Exception as e:  # noqa: BLE001 - the override grammar's several errors
         raise UsageError(f"bad override: {override_message(command, e)}") from e
 
+
+def sweep_job(run: Callable[[Any], Any], cfg: Any, debug: bool) -> Any:
+    """``run(cfg)``; in a sweep's job a failure (its one line printed already) is recorded in
+    the job's ``result.json`` (status "failed", the line) and the job returns, so the launcher
+    runs the other points and the summary lists this one; an interrupt is recorded (unless the
+    run recorded itself) and still ends the sweep. ``debug``: every failure raises."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffcli.cli.resolvers import in_sweep
+    from diffcli.runs import RESULT, write_outcome
+
+    if debug or not in_sweep():
+        return run(cfg)
+    job = HydraConfig.get()
+    folder, overrides = Path(job.runtime.output_dir), [str(o) for o in job.overrides.task]
+    try:
+        return run(cfg)
+    except SystemExit as e:  # launch.fail: the line is printed; Hydra would end the sweep
+        if e.code in (0, None):
+            raise
+        line = getattr(e, "line", None) or f"error: exit status {e.code}"
+        message = line.partition(": ")[2]
+        if isinstance(e.code, int) and e.code >= 128:  # 128 + a signal's number
+            if not (folder / RESULT).exists():
+                write_outcome(folder, "interrupted", message, overrides, job.job.num, e.code)
+            raise
+        write_outcome(folder, "failed", message, overrides, job.job.num, e.code)
+    except Exception as e:  # a bug: its traceback, and the sweep goes on
+        import traceback
+
+        traceback.print_exc()
+        write_outcome(folder, "failed", f"{type(e).__name__}: {one_line(e)}", overrides,
+                      job.job.num, 1)
+    return None
+
+
+def _end_callbacks(cfg: Any) -> None:
+    """What Hydra calls when a sweep ends (the summary), for a sweep that stopped early."""
+    from hydra.utils import instantiate
+
+    for node in (cfg.hydra.get("callbacks") or {}).values():
+        callback = instantiate(node)
+        if hasattr(callback, "on_multirun_end"):
+            callback.on_multirun_end(config=cfg)
+
+
+def failed_points(root: Path) -> list[dict[str, Any]]:
+    """The ``result.json`` of the points of the sweep in ``root`` that failed, in job order."""
+    from diffcli.workflows.sweep_summary import find_results
+
+    if not root.is_dir():
+        return []
+    rows = [r.result for r in find_results(root).rows if r.result.get("status") == "failed"]
+    return sorted(rows, key=lambda r: int(r.get("job_num") or 0))
+
+
+@contextlib.contextmanager
+def sweep_end(cfg: Any, sweep: Sweep | None) -> Iterator[None]:
+    """Around Hydra's sweep, in the launching process: when the sweep stops early (an
+    interrupt, a launcher's error) the end-of-sweep callbacks (the summary) run anyway; when it
+    ran to its end and points failed, one line names the first and the exit status is its
+    job's. Nothing for a single run (``sweep`` None) or Hydra's informational flags."""
+    if sweep is None or cfg is None:
+        yield
+        return
+    root = Path(str(cfg.hydra.sweep.dir))  # (now, as Hydra is about to: a ${now:} in it)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error being raised is the one to show
+            _end_callbacks(cfg)
+        raise
+    failed = failed_points(root)
+    if not failed:
+        return
+    first, others = failed[0], [str(int(r.get("job_num") or 0) + 1) for r in failed[1:]]
+    more = f" ({len(others)} more failed: points {', '.join(others)})" if others else ""
+    typer.echo(f"error: {sweep.name(int(first.get('job_num') or 0))} failed: "
+               f"{first.get('error')}{more}", err=True)
+    raise SystemExit(int(first.get("exit_code") or 1))
