@@ -95,3 +95,12 @@ def test_plus_experiment_and_trainer_arguments_train(tmp_path: Path):
     run(tmp_path, "train", *MOONS, "trainer.max_steps=3", "trainer.overfit_batches=1",
         "+trainer.min_epochs=1", "trainer.inference_mode=false", "trainer.limit_val_batches=0")
     assert len(list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))) == 1
+
+
+def test_a_dry_run_of_a_sweep_checks_every_point(tmp_path: Path):
+    proc = run(tmp_path, "train", "-m", *MOONS, "optimizer.lr=1e-3,2e-3", "seed=0,1",
+               "--cfg", "job")
+    assert proc.returncode == 0 and proc.stdout.startswith("4 sweep points, each passes")
+    proc = run(tmp_path, "train", "-m", *MOONS, "optimizer.lr=1e-3,abc", "--cfg", "job", ok=False)
+    assert_one_line_error(proc, "sweep point 2 of 2 (optimizer.lr=abc): optimizer.lr")
+    assert proc.returncode == 2 and not any(tmp_path.iterdir())

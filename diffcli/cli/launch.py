@@ -91,6 +91,10 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
     args = as_hydra_needs(command.config, expand_aliases(command.aliases, list(args)))
     cfg, checked = check_before_hydra(command, args, debug, multirun)
+    if multirun and cfg is not None and any(a in DRY_RUN_FLAGS for a in args):
+        typer.echo(f"{len(checked.points)} sweep points, each passes the check (to see one "
+                   "point's config, drop -m and give that point's values)")
+        return  # Hydra refuses --cfg with -m; the sweep folder is not claimed
     if multirun and cfg is not None:
         args = _with_sweep_dir(args, cfg, debug)
     # Launchers that re-run sys.argv[0] for extra ranks (Lightning DDP) land in relaunch.py.
