@@ -64,6 +64,15 @@ def check_trainer(cfg: DictConfig) -> None:
         if trainer.get("max_steps") == 0:
             raise UsageError("trainer.max_steps=0 trains nothing: give the number of steps "
                              "(or -1 for no limit, e.g. with trainer.max_time)")
+        for key in ("max_epochs", "limit_train_batches"):
+            if trainer.get(key) == 0 and not isinstance(trainer.get(key), bool):
+                raise UsageError(f"trainer.{key}={trainer[key]} trains nothing: leave it out "
+                                 "(null), or use trainer.fast_dev_run=true for a smoke test that "
+                                 "saves nothing")
+        batches = trainer.get("limit_train_batches")
+        if isinstance(batches, float) and batches > 1:
+            raise UsageError(f"trainer.limit_train_batches={batches}: give a fraction <= 1.0 "
+                             "of an epoch or a whole number of batches")
         if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
                              "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")

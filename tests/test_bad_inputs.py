@@ -28,6 +28,10 @@ USAGE: list[tuple[list[str], str, int]] = [
     (["train", "lr=abc"], "lr is now optimizer.lr", 2),
     # hints name keys that exist for the command (checked for every case: _suggested_keys)
     (["train", "trainer.max_steps=0"], "trainer.max_steps=0 trains nothing", 2),
+    (["train", "trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing", 2),
+    (["train", "trainer.limit_train_batches=0.0"], "fast_dev_run=true for a smoke test", 2),
+    (["train", "trainer.limit_train_batches=1.5"], "a fraction <= 1.0", 2),
+    (["train", "trainer.fast_dev_run=-1"], "trainer.fast_dev_run=-1 must be >= 0", 2),
     (["train", "resume=auto", "runs_root=nowhere"], "pass ckpt_path=<path to a .ckpt>", 1),
     (["sample", "--cfg-scale=3"], "did you mean guidance=3?", 2),
     (["train", "--lr=1e-3"], "did you mean optimizer.lr=1e-3?", 2),

@@ -193,7 +193,7 @@ def check(cfg: DictConfig) -> CheckpointReads:
     return reads
 
 
-def run(cfg: DictConfig, checked: CheckpointReads | None) -> Path:
+def run(cfg: DictConfig, checked: CheckpointReads | None) -> Path | None:
     """Train (:func:`diffcli.workflows.training.train`) with the checkpoints ``check`` read."""
     from diffcli.workflows.training import train
 

@@ -368,7 +368,8 @@ class LastStepMetrics(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         every, left = trainer.log_every_n_steps, trainer.max_steps - trainer.global_step
-        if trainer.loggers and trainer.is_global_zero and 0 < left < every:
+        if trainer.loggers and not trainer.fast_dev_run and trainer.is_global_zero and \
+                0 < left < every:  # (fast_dev_run logs nothing)
             self.console.print(f"[yellow]note[/]: trainer.log_every_n_steps={every} is more "
                                f"than this run's {left} steps: metrics are logged at its last "
                                "step only")

@@ -29,7 +29,10 @@ TRAINER: dict[str, Key] = {  # ranges Lightning checks late, or not at all
     "log_every_n_steps": Key(int | None, "steps between logged values", ge=1),
     "num_nodes": Key(int, "machines", ge=1),
     "overfit_batches": Key(int | float, "train on this many batches (or this fraction)", ge=0),
-    "limit_train_batches": Key(int | float | None, "batches per epoch (or a fraction)", ge=0),
+    "limit_train_batches": Key(int | float | None, "batches an epoch (a count, or a fraction "
+                               "<= 1.0)", ge=0),
+    "fast_dev_run": Key(bool | int, "a smoke test of N batches (true: 1) that saves nothing",
+                        ge=0),
     "check_val_every_n_epoch": Key(int | None, "epochs between validations", ge=1),
     "num_sanity_val_steps": Key(int | None, "validation batches before training (-1: all)",
                                 ge=-1),

@@ -247,8 +247,9 @@ def requeued_checkpoint(run_dir: Path, job: SlurmJob | None) -> Path | None:
     return last if job is not None and job.requeued and last.is_file() else None
 
 
-def train(cfg: DictConfig, reads: CheckpointReads | None = None) -> Path:
-    """Train a diffusion model as configured; returns the path of the final checkpoint.
+def train(cfg: DictConfig, reads: CheckpointReads | None = None) -> Path | None:
+    """Train a diffusion model as configured; returns the path of the final checkpoint (None
+    for a smoke run, ``trainer.fast_dev_run``, which saves none: :func:`smoke_run`).
 
     The run folder is this run's alone (:mod:`diffcli.runs`). SIGTERM / SIGINT /
     SIGUSR1 finish the current step, save ``last.ckpt`` and exit 128 + the signal's number
@@ -280,7 +281,7 @@ def _continue_logs(trainer: L.Trainer, run_dir: Path, resume: Path | None, start
 
 
 def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop,
-         clock: RunClock, reads: CheckpointReads) -> Path:
+         clock: RunClock, reads: CheckpointReads) -> Path | None:
     start = check_resumable(resume, cfg, reads.load) if resume else 0
     L.seed_everything(cfg.seed + start, verbose=False)  # a resumed run draws fresh noise
     task = task_named(cfg.get("task"))
@@ -309,36 +310,69 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         raise
     finally:
         finish_loggers(trainer.loggers)
+    smoke = smoke_run(cfg.trainer.get("fast_dev_run")) if trainer.fast_dev_run else None
     last = run_dir / "checkpoints" / LAST
-    trainer.save_checkpoint(last)
-    if trainer.is_global_zero and isinstance(module, ClassifierModule) and module.eval_images:
+    if smoke is None:  # a smoke run saves nothing that could be taken for a run
+        trainer.save_checkpoint(last)
+    if trainer.is_global_zero:
+        _report(cfg, dm, module)
+    _end_process_group()  # every rank, before any prints "done" and exits
+    if stop.signum is not None:
+        _stopped(cfg, trainer, run_dir, last, clock, stop.signum, smoke)
+    if trainer.is_global_zero and smoke is not None:
+        steps = trainer.global_step - start
+        console.print(f"[green]done[/]: {smoke}: {steps} step{'s' if steps != 1 else ''}, "
+                      "nothing saved; drop trainer.fast_dev_run to train")
+    elif trainer.is_global_zero:
+        write_result(run_dir, trainer, last, clock, "done", _overrides())
+        console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
+                      f"next: {_next_step(module, last)}")
+    return None if smoke else last
+
+
+def smoke_run(value: object) -> str:
+    """"smoke run (trainer.fast_dev_run=true)": how a run of Lightning's ``fast_dev_run`` (a
+    smoke test of N batches: no checkpoint, no logs, no ``result.json``) names itself."""
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"smoke run (trainer.fast_dev_run={shown})"
+
+
+def _report(cfg: DictConfig, dm: Any, module: L.LightningModule) -> None:
+    """What a finished classifier or autoencoder run measured (accuracy, reconstruction)."""
+    if isinstance(module, ClassifierModule) and module.eval_images:
         report_accuracy(cfg, dm, module)
-    if trainer.is_global_zero and isinstance(module, AutoencoderModule) and \
-            module.eval_batch is not None:
+    if isinstance(module, AutoencoderModule) and module.eval_batch is not None:
         metrics = module.reconstruction_metrics()
         console.print(f"reconstruction of {len(module.eval_batch)} images ({module.eval_source}):"
                       f" PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
-    _end_process_group()  # every rank, before any prints "done" and exits
-    if stop.signum is not None:
-        name = signal.Signals(stop.signum).name
-        requeued = _requeue(cfg, stop.signum) if trainer.is_global_zero else None
-        if trainer.is_global_zero:
-            write_result(run_dir, trainer, last, clock, "requeued" if requeued and
-                         requeued.startswith("requeued") else "interrupted", _overrides())
-        after = requeued or (f"continue with `diffcli train resume=auto` (or "
-                             f"ckpt_path={last})")
-        raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; {after}",
-                          stop.signum)
+
+
+def _stopped(cfg: DictConfig, trainer: L.Trainer, run_dir: Path, last: Path, clock: RunClock,
+             signum: int, smoke: str | None) -> None:
+    """A run stopped by a signal: requeued (SLURM) or not, its result written; raises
+    :class:`~diffcli.errors.Interrupted`. A smoke run saved nothing and is not requeued."""
+    name = signal.Signals(signum).name
+    if smoke is not None:
+        raise Interrupted(f"{name} at step {trainer.global_step}: {smoke}, nothing saved",
+                          signum)
+    requeued = _requeue(cfg, signum) if trainer.is_global_zero else None
     if trainer.is_global_zero:
-        write_result(run_dir, trainer, last, clock, "done", _overrides())
-        after = (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
-                 "diffusion run)" if isinstance(module, ClassifierModule)
-                 else f"[bold]diffcli train latent={last}[/] (latent diffusion), or [bold]diffcli "
-                 f"sample ckpt={last}[/] (reconstructions)" if isinstance(module, AutoencoderModule)
-                 else "[bold]diffcli sample[/] (uses this run)")
-        console.print(f"[green]done[/]: {trainer.global_step} steps; checkpoint {last}\n"
-                      f"next: {after}")
-    return last
+        write_result(run_dir, trainer, last, clock, "requeued" if requeued and
+                     requeued.startswith("requeued") else "interrupted", _overrides())
+    after = requeued or (f"continue with `diffcli train resume=auto` (or "
+                         f"ckpt_path={last})")
+    raise Interrupted(f"{name} at step {trainer.global_step}: saved {last}; {after}", signum)
+
+
+def _next_step(module: L.LightningModule, last: Path) -> str:
+    """What to do with a finished run of ``module``'s task."""
+    if isinstance(module, ClassifierModule):
+        return (f"[bold]diffcli sample classifier={last}[/] (classifier guidance of the newest "
+                "diffusion run)")
+    if isinstance(module, AutoencoderModule):
+        return (f"[bold]diffcli train latent={last}[/] (latent diffusion), or [bold]diffcli "
+                f"sample ckpt={last}[/] (reconstructions)")
+    return "[bold]diffcli sample[/] (uses this run)"
 
 
 def _overrides() -> list[str]:
