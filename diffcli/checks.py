@@ -29,17 +29,9 @@ from diffcli.errors import CheckpointError, DiffcliError
 from diffcli.files import check_output, check_writable
 from diffcli.guided_run import Guidance, check_guidance, class_labels, parse_classes
 from diffcli.restore import check_sampler_variance, require_diffusion
-from diffcli.runs import checkpoint_of, find_latest_checkpoint, run_roots
+from diffcli.runs import checkpoint_of, newest_run, run_roots
 from diffcli.workflows.schemas import Key, UsageError, check_top_level
 from diffcli.workflows.trainer_args import check_trainer_arguments
-
-
-def newest_checkpoint(cfg: DictConfig) -> Path | None:
-    try:
-        return find_latest_checkpoint(run_roots(str(cfg.runs_root)))
-    except CheckpointError:
-        return None  # the workflow says so, in its own words
-
 
 GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "loss", "optimizer",
           "lr_scheduler", "autoencoder", "text_encoder")
@@ -155,12 +147,17 @@ def check_out(cfg: DictConfig, kind: tuple[str, bool] | None, runs_root: bool) -
 
 def run_to_check(cfg: DictConfig, wanted: bool = True) -> LoadedRun | None:
     """The checkpoint a command will use, read (once) to be checked and handed to its run:
-    ``ckpt=``'s, else (when ``wanted``) the newest run's; None when there is none (the command
-    says so in its own words when it runs)."""
+    ``ckpt=``'s, else (when ``wanted``) the newest run's, which it names on the console; None
+    when there is none (the command says so in its own words when it runs)."""
     if cfg.get("ckpt"):
         return load_checkpoint(checkpoint_of(str(cfg.ckpt)))
-    newest = newest_checkpoint(cfg) if wanted else None
-    return load_checkpoint(newest) if newest is not None else None
+    if not wanted:
+        return None
+    try:
+        newest = newest_run(run_roots(str(cfg.runs_root)))
+    except CheckpointError:
+        return None  # the workflow says so, in its own words
+    return newest.read()
 
 
 def check_common(cfg: DictConfig, keys: Mapping[str, Key], kind: tuple[str, bool] | None,

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,27 +54,81 @@ def run_task(ckpt: Path) -> Task | None:
     import yaml
 
     try:
-        config = yaml.safe_load((ckpt.parent.parent / ".hydra" / "config.yaml").read_text())
+        text = (ckpt.parent.parent / ".hydra" / "config.yaml").read_text()
+        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
         config = None
     name = config.get("task") if isinstance(config, dict) else None
     return TASKS.get(str(name)) if name is not None else DIFFUSION
 
 
-def find_latest_checkpoint(roots: Sequence[Path], exclude: Path | None = None,
-                           task: Task = DIFFUSION, key: str = "ckpt") -> Path:
-    """The newest ``checkpoints/last.ckpt`` of a ``task`` run (a diffusion model by default)
-    under any of ``roots`` (Hydra run dirs), ignoring any inside the folder ``exclude`` (e.g.
-    the run that is asking). ``key`` is the asking command's checkpoint key, for the hint."""
+def shown(path: Path) -> str:
+    """``path`` as messages show it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class NewestRun:
+    """The run a command takes when it is given none (:func:`newest_run`): ``checkpoint``, the
+    ``last.ckpt`` written last among the ``count`` runs of ``task`` under ``roots``."""
+
+    checkpoint: Path
+    count: int
+    roots: tuple[Path, ...]
+    task: Task
+
+    def line(self, key: str, lead: str | None = None) -> str:
+        """The one line that says which run was picked and why; ``key`` is the setting that
+        picks another, ``lead`` what is done with it (default "using the newest <task> run")::
+
+            using the newest diffusion run outputs/2026-12-07/10-00-00 (checkpoints/last.ckpt
+            written 2026-12-07 10:05:12; newest of 3 diffusion runs under outputs/ and
+            multirun/; ckpt=<path> picks another)
+        """
+        written = datetime.fromtimestamp(self.checkpoint.stat().st_mtime)
+        where = " and ".join(f"{shown(r).rstrip('/')}/" for r in self.roots)
+        runs = f"{self.task.name} run{'s' if self.count != 1 else ''}"
+        among = f"newest of {self.count} {runs}" if self.count > 1 else f"the only {runs}"
+        run_dir = self.checkpoint.parent.parent
+        return (f"{lead or f'using the newest {self.task.name} run'} {shown(run_dir)} "
+                f"({self.checkpoint.relative_to(run_dir)} written "
+                f"{written:%Y-%m-%d %H:%M:%S}; {among} under {where}; {key}=<path> picks "
+                "another)")
+
+    def say(self, key: str, lead: str | None = None) -> Path:
+        """Print :meth:`line` on the console (stderr); returns the checkpoint."""
+        console.print(self.line(key, lead), markup=False, highlight=False)
+        return self.checkpoint
+
+    def read(self, key: str = "ckpt") -> LoadedRun:
+        """The checkpoint, read (:func:`load_checkpoint`), then the pick said: a checkpoint that
+        is refused is one line, the error's, which names it."""
+        run = load_checkpoint(self.checkpoint)
+        self.say(key)
+        return run
+
+
+def newest_run(roots: Sequence[Path], exclude: Path | None = None, task: Task = DIFFUSION,
+               key: str = "ckpt") -> NewestRun:
+    """The one rule by which a command picks a run it is not given (docs/commands.md): of the
+    run folders under ``roots`` (``runs_root`` and ``multirun/``, :func:`run_roots`) holding a
+    ``checkpoints/last.ckpt`` and trained for ``task`` (their ``.hydra/config.yaml``), the one
+    whose last.ckpt was written last (its modification time). The folder ``exclude`` (the run
+    that is asking) is skipped. A smoke run (``trainer.fast_dev_run``) saves no last.ckpt, so
+    it is never picked. ``key`` is the asking command's checkpoint key, for the hint."""
     skip = exclude.resolve() if exclude is not None else None
     found = [p for r in roots if r.is_dir() for p in r.rglob("checkpoints/last.ckpt")
              if skip is None or skip not in p.resolve().parents]
-    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
-        if run_task(path) is task:
-            return path
-    where = " or ".join(str(r) for r in roots)
-    raise CheckpointError(f"no {task.run_label} found under {where}; run `{task.train_command}` "
-                          f"first or pass {key}=<path to a .ckpt>")
+    mine = sorted((p for p in found if run_task(p) is task), key=lambda p: p.stat().st_mtime,
+                  reverse=True)
+    if not mine:
+        where = " or ".join(str(r) for r in roots)
+        raise CheckpointError(f"no {task.run_label} found under {where}; run "
+                              f"`{task.train_command}` first or pass {key}=<path to a .ckpt>")
+    return NewestRun(mine[0], len(mine), tuple(roots), task)
 
 
 def run_roots(runs_root: str | Path) -> list[Path]:
@@ -81,27 +136,15 @@ def run_roots(runs_root: str | Path) -> list[Path]:
     return [Path(runs_root), Path("multirun")]
 
 
-
-
-def checkpoint_to_use(ckpt: str | None, runs_root: str) -> Path:
-    """``ckpt=`` as given (a run folder: its last.ckpt), else the newest run's last.ckpt (said
-    on the console)."""
-    if ckpt:
-        return checkpoint_of(str(ckpt))
-    found = find_latest_checkpoint(run_roots(runs_root))
-    console.print(f"using the newest run's checkpoint: {found}")
-    return found
-
-
 def run_to_use(ckpt: str | None, runs_root: str, run: LoadedRun | None = None) -> LoadedRun:
     """The run a command works on, read once: ``run`` when the command's check already read it
-    (the newest run's is said on the console, as :func:`checkpoint_to_use` says it), else the
-    checkpoint of ``ckpt=`` or the newest run's, read now."""
-    if run is None:
-        return load_checkpoint(checkpoint_to_use(ckpt, runs_root))
-    if not ckpt:
-        console.print(f"using the newest run's checkpoint: {run.path}")
-    return run
+    (and, for the newest run, said which: :func:`diffcli.checks.run_to_check`), else the
+    checkpoint of ``ckpt=`` (a run folder: its last.ckpt) or the newest run's, read now."""
+    if run is not None:
+        return run
+    if ckpt:
+        return load_checkpoint(checkpoint_of(str(ckpt)))
+    return newest_run(run_roots(runs_root)).read()
 
 
 LOCK = "run.lock"

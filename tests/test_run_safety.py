@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import POINTS_RUN, copy_points_run
 from test_cli import EXE, assert_one_line_error, run_here
 
 from diffcli.checkpoint import first_nonfinite
@@ -174,6 +177,42 @@ def test_resume_refuses_another_dataset_and_a_live_run(tmp_path: Path):
     out = run_here(tmp_path, "train", *POINTS, "resume=auto", "trainer.max_steps=8")  # stale lock
     assert f"resuming from step 4 of {ckpt.relative_to(tmp_path)}" in out.stderr.replace("\n", "")
     assert len(_ckpts(tmp_path)) == 2 and len(list(tmp_path.glob("outputs/**/run.lock"))) == 1
+
+
+def _picked(lead: str, ckpt: Path, cwd: Path, among: str, key: str) -> str:
+    """The line a command prints for the run it picked (diffcli.runs.NewestRun.line)."""
+    written = datetime.fromtimestamp(ckpt.stat().st_mtime)
+    return (f"{lead} {ckpt.parent.parent.relative_to(cwd)} (checkpoints/last.ckpt written "
+            f"{written:%Y-%m-%d %H:%M:%S}; {among} under outputs/ and multirun/; {key}=<path> "
+            "picks another)")
+
+
+@pytest.mark.slow
+def test_a_smoke_run_saves_nothing_and_the_newest_real_run_is_picked_and_named(
+        tmp_path: Path, points_checkpoint: Path):
+    """A trained run, an older sweep job, then ``trainer.fast_dev_run=true`` (a real process):
+    the smoke run leaves no checkpoint or result.json, so ``sample`` and ``resume=auto`` take
+    the trained run, and say which and why."""
+    mine = copy_points_run(points_checkpoint, tmp_path)
+    job = tmp_path / "multirun" / "2000-01-01" / "00-00-00" / "0"
+    shutil.copytree(mine.parent.parent, job)
+    os.utime(job / "checkpoints" / "last.ckpt", (1e9, 1e9))  # an older sweep job
+    proc = subprocess.run([*EXE, "train", *POINTS, "trainer.fast_dev_run=true",
+                           "hydra.run.dir=outputs/smoke"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == ("done: smoke run (trainer.fast_dev_run=true): 1 step, "
+                                            "nothing saved; drop trainer.fast_dev_run to train")
+    smoke = tmp_path / "outputs" / "smoke"
+    assert sorted(p.name for p in smoke.iterdir()) == [".hydra", "cli.log"]
+    proc = run_here(tmp_path, "sample", "n=4", "steps=2", "sampler=ddim")
+    among = "newest of 2 diffusion runs"
+    assert proc.stderr.splitlines()[0] == _picked("using the newest diffusion run", mine,
+                                                  tmp_path, among, "ckpt")
+    assert (mine.parent.parent / "samples" / "ddim-2" / "samples.npz").is_file()
+    proc = run_here(tmp_path, "train", *POINTS_RUN, "resume=auto", "trainer.max_steps=3")
+    assert proc.stderr.splitlines()[0] == _picked("resume=auto: continuing", mine, tmp_path,
+                                                  among, "ckpt_path")
 
 
 def _train_until_checkpoint(cwd: Path) -> subprocess.Popen:

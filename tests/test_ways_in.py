@@ -219,6 +219,6 @@ def test_sample_overwrite_refuses_a_folder_diffcli_did_not_write(points_cwd: Pat
                     ok=False)
     lines = proc.stderr.strip().splitlines()  # after the line naming the run it picked
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert lines[0].startswith("using the newest run") and lines[1:] == [lines[-1]]
+    assert lines[0].startswith("using the newest diffusion run ") and lines[1:] == [lines[-1]]
     assert "keep.txt" in lines[-1] and "without overwrite=true" in lines[-1]
     assert (theirs / "keep.txt").read_text() == "mine"

@@ -31,6 +31,7 @@ from diffcli.data.datamodule import DiffusionDataModule
 from diffcli.data.labels import LabelledDataset
 from diffcli.data.vision import TensorSamples
 from diffcli.errors import CheckpointError, DiffcliError
+from diffcli.lit.ranks import rank_name
 from diffcli.nets.latent import (
     LatentCodec,
     file_sha256,
@@ -39,7 +40,7 @@ from diffcli.nets.latent import (
     scale_factor_of,
 )
 from diffcli.restore import restore_autoencoder
-from diffcli.runs import find_latest_checkpoint, run_roots
+from diffcli.runs import newest_run, run_roots
 from diffcli.tasks import AUTOENCODER
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
@@ -58,9 +59,10 @@ class LatentSpace:
     cached: bool
 
 
-def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
+def latent_source(cfg: DictConfig, say: bool = False) -> tuple[str, bool] | None:
     """(path, pretrained) of the ``latent`` keys, None for a pixel-space run; ``latent=auto``
-    is the newest ``task=autoencoder`` run's last checkpoint."""
+    is the newest ``task=autoencoder`` run's last checkpoint (named on the console when
+    ``say``: by the call that opens it)."""
     node = plain(cfg.get("latent")) or {}
     ckpt, pretrained = node.get("ckpt"), node.get("pretrained")
     if ckpt and pretrained:
@@ -69,9 +71,11 @@ def latent_source(cfg: DictConfig) -> tuple[str, bool] | None:
     if not ckpt and not pretrained:
         return None
     if ckpt == "auto":  # the newest autoencoder run
-        found = find_latest_checkpoint(run_roots(str(cfg.get("runs_root", "outputs"))),
-                                       task=AUTOENCODER)
-        return str(found), False
+        found = newest_run(run_roots(str(cfg.get("runs_root", "outputs"))), task=AUTOENCODER,
+                           key="latent")
+        if say:
+            found.say("latent", "latent=auto: using the newest autoencoder run")
+        return str(found.checkpoint), False
     return (str(ckpt), False) if ckpt else (str(pretrained), True)
 
 
@@ -111,7 +115,8 @@ def latent_space(cfg: DictConfig, dm: DiffusionDataModule, resumed: LoadedRun | 
                  read: Callable[[str], LoadedRun] = read_autoencoder) -> LatentSpace | None:
     """The latent space of this run (None: pixel space), checked against the run it resumes;
     ``read`` reads the autoencoder's checkpoint."""
-    source = latent_source(cfg)  # resuming: checked by train.check_same_latents
+    # named on the console by rank 0; resuming: checked by train.check_same_latents
+    source = latent_source(cfg, say=rank_name() is None)
     if source is None:
         return None
     if dm.kind != "image":

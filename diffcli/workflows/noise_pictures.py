@@ -20,13 +20,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch import Tensor
 
-from diffcli.checkpoint import LoadedRun, load_checkpoint
+from diffcli.checkpoint import LoadedRun
 from diffcli.components import build
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError
 from diffcli.files import staged_files
 from diffcli.restore import sampler_name
-from diffcli.runs import checkpoint_of, run_dir_of
+from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz import (
     evenly_spaced,
     forward_frames,
@@ -183,13 +183,9 @@ def prepare_reverse(cfg: DictConfig, run: LoadedRun | None = None) -> Reverse | 
         return None
     from diffcli.guided_run import forward_rows, guide
     from diffcli.restore import make_sampler, open_run, pick_device
-    from diffcli.runs import find_latest_checkpoint, run_roots
     from diffcli.workflows.draw_samples import guidance_keys, sampler_choice
 
-    if run is None:
-        ckpt = checkpoint_of(str(cfg.ckpt)) if cfg.ckpt else \
-            find_latest_checkpoint(run_roots(cfg.runs_root))
-        run = load_checkpoint(ckpt)
+    run = run_to_use(cfg.ckpt, cfg.runs_root, run)
     ckpt = run.path
     device = pick_device(str(cfg.device))
     opened = open_run(run, use_ema=bool(cfg.use_ema), device=device,
@@ -349,8 +345,6 @@ def _noise_viz(cfg: DictConfig, conf_dir: Path, run: LoadedRun | None) -> Path:
     timesteps = check_timesteps(cfg.timesteps, int(cfg.num_timesteps))
     x0 = load_images(cfg)
     rev = prepare_reverse(cfg, run)  # every input is checked before anything is written
-    if rev is not None and not cfg.ckpt:
-        console.print(f"using the newest run's checkpoint: {rev.ckpt}", soft_wrap=True)
     out = output_dir(rev)
     console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
                   f"{', '.join(names)} at t = {timesteps}", soft_wrap=True)

@@ -43,8 +43,8 @@ from diffcli.runs import (
     RunClock,
     RunLock,
     check_run_dir,
-    find_latest_checkpoint,
     live_holder,
+    newest_run,
     run_roots,
     write_result,
 )
@@ -82,9 +82,9 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
-def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
+def resume_path(cfg: DictConfig, here: Path | None, say: bool = False) -> Path | None:
     """``ckpt_path=<file>`` or ``resume=auto`` (the newest run's last checkpoint, not counting
-    the folder ``here``), else None."""
+    the folder ``here``; named on the console when ``say``), else None."""
     if cfg.ckpt_path:
         path = Path(str(cfg.ckpt_path))
         if not path.is_file():
@@ -94,8 +94,9 @@ def resume_path(cfg: DictConfig, here: Path | None) -> Path | None:
         return None
     if cfg.resume != "auto":
         raise DiffcliError(f"resume={cfg.resume!r}: use resume=auto or ckpt_path=<file>")
-    return find_latest_checkpoint(run_roots(cfg.runs_root), exclude=here,
-                                  task=task_named(cfg.get("task")), key="ckpt_path")
+    found = newest_run(run_roots(cfg.runs_root), exclude=here, task=task_named(cfg.get("task")),
+                       key="ckpt_path")
+    return found.say("ckpt_path", "resume=auto: continuing") if say else found.checkpoint
 
 
 def _comparable(key: str, value: object) -> object:
@@ -261,9 +262,9 @@ def train(cfg: DictConfig, reads: CheckpointReads | None = None) -> Path | None:
     clock = RunClock()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     job = slurm_job()
-    resume = resume_path(cfg, here=run_dir) or requeued_checkpoint(run_dir, job)
     # DDP ranks started by Lightning, or SLURM tasks after the first
     worker = int(os.environ.get("LOCAL_RANK", "0")) > 0 or (job is not None and job.rank > 0)
+    resume = resume_path(cfg, here=run_dir, say=not worker) or requeued_checkpoint(run_dir, job)
     if not worker:
         check_run_dir(run_dir, resume)
     with contextlib.nullcontext() if worker else RunLock(run_dir), GracefulStop() as stop:
