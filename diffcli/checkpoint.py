@@ -86,6 +86,9 @@ class LoadedRun:
     data: DataInfo | None = None  # None in checkpoints older than the "data" entry
     latent: LatentInfo | None = None  # latent diffusion: the autoencoder's latent space
     raw: dict[str, Any] | None = field(default=None, repr=False)  # the whole file, as read
+    # a command that picked this run itself (no ckpt=): the line saying which and why, said
+    # when the command acts (diffcli.runs.NewestRun.line)
+    picked: str | None = field(default=None, repr=False)
 
     def data_info(self) -> DataInfo:
         """Kind and sample shape, from the checkpoint (or by loading the dataset, for old ones)."""

@@ -147,8 +147,9 @@ def check_out(cfg: DictConfig, kind: tuple[str, bool] | None, runs_root: bool) -
 
 def run_to_check(cfg: DictConfig, wanted: bool = True) -> LoadedRun | None:
     """The checkpoint a command will use, read (once) to be checked and handed to its run:
-    ``ckpt=``'s, else (when ``wanted``) the newest run's, which it names on the console; None
-    when there is none (the command says so in its own words when it runs)."""
+    ``ckpt=``'s, else (when ``wanted``) the newest run's (named on the console when the command
+    acts: :func:`diffcli.runs.run_to_use`); None when there is none (the command says so in its
+    own words when it runs)."""
     if cfg.get("ckpt"):
         return load_checkpoint(checkpoint_of(str(cfg.ckpt)))
     if not wanted:

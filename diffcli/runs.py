@@ -104,10 +104,11 @@ class NewestRun:
         return self.checkpoint
 
     def read(self, key: str = "ckpt") -> LoadedRun:
-        """The checkpoint, read (:func:`load_checkpoint`), then the pick said: a checkpoint that
-        is refused is one line, the error's, which names it."""
+        """The checkpoint, read (:func:`load_checkpoint`), holding :meth:`line` as ``picked``:
+        :func:`run_to_use` says it when the command acts, after its checks (a refusal stays
+        one line, which names the file)."""
         run = load_checkpoint(self.checkpoint)
-        self.say(key)
+        run.picked = self.line(key)
         return run
 
 
@@ -137,14 +138,17 @@ def run_roots(runs_root: str | Path) -> list[Path]:
 
 
 def run_to_use(ckpt: str | None, runs_root: str, run: LoadedRun | None = None) -> LoadedRun:
-    """The run a command works on, read once: ``run`` when the command's check already read it
-    (and, for the newest run, said which: :func:`diffcli.checks.run_to_check`), else the
-    checkpoint of ``ckpt=`` (a run folder: its last.ckpt) or the newest run's, read now."""
-    if run is not None:
-        return run
-    if ckpt:
-        return load_checkpoint(checkpoint_of(str(ckpt)))
-    return newest_run(run_roots(runs_root)).read()
+    """The run a command works on, read once: ``run`` when the command's check already read it,
+    else the checkpoint of ``ckpt=`` (a run folder: its last.ckpt) or the newest run's
+    (:func:`newest_run`), read now. A run the command picked itself is named on the console
+    (:meth:`NewestRun.line`), once."""
+    if run is None:
+        run = load_checkpoint(checkpoint_of(str(ckpt))) if ckpt else \
+            newest_run(run_roots(runs_root)).read()
+    if run.picked is not None:
+        console.print(run.picked, markup=False, highlight=False)
+        run.picked = None  # said
+    return run
 
 
 LOCK = "run.lock"
