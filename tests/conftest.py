@@ -40,3 +40,14 @@ def copy_points_run(checkpoint: Path, cwd: Path) -> Path:
     shutil.copytree(run_dir, copy)
     return copy / "checkpoints" / checkpoint.name
 
+
+def fresh_hydra() -> None:
+    """Hydra's global state as in a new process, for the entry point run in this one (a sweep
+    run in-process leaves its config set, and the next command's checks would resolve
+    ``${hydra:...}`` against it)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+

@@ -137,11 +137,11 @@ def run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture) -> tuple[int | str | None, list[str]]:
     """``diffcli <args>`` through the real entry point in this process, from ``cwd``: (exit
     code, the non-blank lines of stderr)."""
-    from hydra.core.global_hydra import GlobalHydra
+    from conftest import fresh_hydra
 
     from diffcli.cli import app
 
-    GlobalHydra.instance().clear()
+    fresh_hydra()
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["diffcli"])
     capsys.readouterr()

@@ -35,11 +35,11 @@ def run_here(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProc
     import contextlib
     import io
 
-    from hydra.core.global_hydra import GlobalHydra
+    from conftest import fresh_hydra
 
     from diffcli.cli import app
 
-    GlobalHydra.instance().clear()
+    fresh_hydra()
     out, err = io.StringIO(), io.StringIO()
     here, argv, environ = Path.cwd(), sys.argv, dict(os.environ)
     code: int | str | None = 0

@@ -52,11 +52,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def _train(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from hydra.core.global_hydra import GlobalHydra
+    from conftest import fresh_hydra
 
     from diffcli.cli import app
 
-    GlobalHydra.instance().clear()
+    fresh_hydra()
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["diffcli"])
     with pytest.raises(SystemExit) as info:

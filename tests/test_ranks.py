@@ -109,5 +109,6 @@ def test_a_rank_started_as_python_m_diffcli_gets_its_command_back():
     env = {"DIFFCLI_COMMAND": "train", "LOCAL_RANK": "1"}
     assert worker_args(["seed=1", "hydra.run.dir=x"], env) == ["train", "seed=1", "hydra.run.dir=x"]
     assert worker_args(["train", "seed=1"], env) == ["train", "seed=1"]
+    assert worker_args(["sample", "n=4"], env) == ["sample", "n=4"]  # a leaked marker: kept
     assert worker_args(["seed=1"], {"DIFFCLI_COMMAND": "train"}) == ["seed=1"]  # rank 0 / user
     assert worker_args(["sample"], {"LOCAL_RANK": "1"}) == ["sample"]  # torchrun: no marker

@@ -172,7 +172,7 @@ def worker_args(args: list[str], env: Mapping[str, str]) -> list[str]:
     command = env.get("DIFFCLI_COMMAND")
     worker = env.get("LOCAL_RANK", "0") not in ("", "0") or env.get("NODE_RANK", "0") not in (
         "", "0")
-    if command and worker and (not args or args[0] != command):
+    if command and worker and (not args or args[0] not in registry()):
         return [command, *args]
     return args
 

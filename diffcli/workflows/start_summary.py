@@ -154,9 +154,11 @@ def _lr_scheduler(section: Section, config: Section, f: StartFacts) -> str:
 
 
 def _trainer(section: Section, config: Section, f: StartFacts) -> str:
-    steps = section.get("max_steps")
+    steps, smoke = section.get("max_steps"), section.get("fast_dev_run")
     length = [f"{_short(steps)} steps" if isinstance(steps, int) and steps > 0 else "",
               f"until {section['max_time']}" if section.get("max_time") else ""]
+    if smoke:  # Lightning runs 1 (true) or N batches, whatever max_steps says
+        length = [f"smoke run of {1 if smoke is True else smoke} step(s) (fast_dev_run)"]
     strategy = section.get("strategy")
     return ", ".join(filter(None, [
         " or ".join(filter(None, length)), f"precision {f.precision}",

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -219,7 +220,8 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
     for quiet in ("enable_model_summary", "enable_progress_bar"):  # ours: StepProgress, _announce
         if trainer_kwargs.get(quiet) is None:
             trainer_kwargs[quiet] = False
-    logger = build("logger", cfg.logger) if cfg.logger else False
+    smoke = bool(trainer_kwargs.get("fast_dev_run"))  # Lightning logs nothing: no wandb run
+    logger = build("logger", cfg.logger) if cfg.logger and not smoke else False
     watch_ranks()
     try:
         return L.Trainer(
@@ -229,7 +231,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, stop: GracefulStop, reads: Checkpoi
             plugins=[AtomicCheckpointIO(read=lambda p: reads.load(p).raw), *_cluster()],
             default_root_dir=run_dir,
         )
-    except (ValueError, TypeError, RuntimeError) as e:
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as e:
         raise DiffcliError(f"trainer: {' '.join(str(e).split())}") from None
 
 
