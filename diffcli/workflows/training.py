@@ -79,7 +79,8 @@ def _quiet_lightning() -> None:
     for msg in (".*does not have many workers.*", ".*Checkpoint directory .* exists.*",
                 ".*LeafSpec.*", ".*smaller than the logging interval.*", ".*treespec.*",
                 ".*resuming from a checkpoint that ended before the epoch ended.*",
-                ".*You're resuming from a checkpoint.*", ".*dirpath has changed.*"):
+                ".*You're resuming from a checkpoint.*", ".*dirpath has changed.*",
+                ".*requested to overfit but enabled train dataloader shuffling.*"):
         warnings.filterwarnings("ignore", message=msg)
 
 
