@@ -1,0 +1,176 @@
+"""The benchmark system: each benchmark is a :class:`Benchmark` (a module of ``benchmarks/``
+defining ``BENCHMARK``) with pinned settings (``preset``: plain data that does not follow
+diffcli's moving defaults), a ``run`` that measures, and the docs tables rendered from its
+results. ``python -m benchmarks run NAME|all [--smoke]`` runs them and writes
+``docs/results/NAME.json`` (numbers and provenance: commit, command, settings and their hash,
+machine, wall time, seeds); ``python -m benchmarks render`` rewrites the docs' tables from those
+files, which sit between ``<!-- results: NAME/TABLE -->`` and ``<!-- /results -->`` markers.
+``tests/test_benchmarks.py`` fails when a table differs from its JSON or a JSON's resolved
+settings differ from what its preset resolves to today (stale)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = Path(os.environ.get("BENCHMARKS_ROOT", HERE.parent))  # the checkout (docs/, results)
+RESULTS = ROOT / "docs" / "results"
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+MARKER = re.compile(r"<!-- results: ([\w-]+)/([\w-]+) -->\n(.*?)<!-- /results -->", re.S)
+
+Settings = Mapping[str, Any]
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: ``run(settings, workdir) -> result`` (JSON-able; by convention a dict
+    with ``rows``), its pinned ``preset``, the ``smoke`` changes that make it end to end in
+    seconds, the ``tables`` (id -> render(result) -> markdown) the docs show, and ``resolve``
+    (settings -> everything they pin, e.g. the composed training configs; default: the
+    settings) whose hash says whether a result is stale."""
+
+    name: str
+    title: str
+    preset: Settings
+    run: Callable[[Settings, Path], Result]
+    tables: Mapping[str, Callable[[Result], str]] = field(default_factory=dict)
+    smoke: Settings = field(default_factory=dict)
+    resolve: Callable[[Settings], Any] | None = None
+
+    def settings(self, smoke: bool = False) -> dict[str, Any]:
+        return {**self.preset, **(self.smoke if smoke else {})}
+
+    def resolved(self, settings: Settings) -> Any:
+        return self.resolve(settings) if self.resolve is not None else dict(settings)
+
+
+MODULES = ("sample_throughput", "train_throughput", "latent_throughput", "memory",
+           "sampler_nfe", "lenet_fid", "mnist_judge", "guidance_mnist", "likelihood_mnist",
+           "latent_mnist")
+
+
+def registry() -> dict[str, Benchmark]:
+    """Every benchmark by name (each module of :data:`MODULES` that defines ``BENCHMARK``)."""
+    found = {}
+    for module in MODULES:
+        bench = getattr(importlib.import_module(f"benchmarks.{module}"), "BENCHMARK", None)
+        if bench is not None:
+            found[bench.name] = bench
+    return found
+
+
+def digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (sorted keys), first 16 hex digits."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, cores and torch threads, and the GPU when there is one."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = names[0].strip() if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def commit() -> str:
+    """The commit measured (``+dirty`` when the work tree has changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run(bench: Benchmark, smoke: bool, out: Path, workdir: Path) -> Path:
+    """Run ``bench`` (its preset, or the smoke version) in ``workdir``; write and return
+    ``out/<name>.json``."""
+    settings = bench.settings(smoke)
+    resolved = bench.resolved(settings)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = bench.run(settings, workdir)
+    record = {
+        "name": bench.name, "title": bench.title, "smoke": smoke, "result": result,
+        "settings": settings, "resolved": resolved, "resolved_sha256": digest(resolved),
+        "provenance": {
+            "commit": commit(), "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+            "wall_s": round(time.perf_counter() - start, 1), "seeds": settings.get("seeds"),
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{bench.name}.json"
+    path.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load(name: str, folder: Path = RESULTS) -> dict[str, Any] | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def rendered(name: str, table: str, benches: Mapping[str, Benchmark],
+             folder: Path = RESULTS) -> str | None:
+    """The markdown of table ``name/table`` from its JSON (None: no such result or table)."""
+    record = load(name, folder)
+    bench = benches.get(name)
+    if record is None or bench is None or table not in bench.tables:
+        return None
+    return bench.tables[table](record["result"]).rstrip("\n") + "\n"
+
+
+def render_docs(benches: Mapping[str, Benchmark], write: bool = True) -> list[str]:
+    """Rewrite every results table in the docs from its JSON; returns the ones that differed
+    (``write`` false: only report them) and the ones with no result, as ``file: NAME/TABLE``."""
+    problems = []
+    for doc in DOCS:
+        text = doc.read_text()
+
+        def swap(m: re.Match, doc: Path = doc) -> str:
+            table = rendered(m.group(1), m.group(2), benches)
+            if table is None:
+                problems.append(f"{doc.name}: {m.group(1)}/{m.group(2)} has no result")
+                return m.group(0)
+            if table != m.group(3):
+                problems.append(f"{doc.name}: {m.group(1)}/{m.group(2)} differs from its JSON")
+            return f"<!-- results: {m.group(1)}/{m.group(2)} -->\n{table}<!-- /results -->"
+
+        new = MARKER.sub(swap, text)
+        if write and new != text:
+            doc.write_text(new)
+    return problems
+
+
+def stale(benches: Mapping[str, Benchmark], folder: Path = RESULTS) -> list[str]:
+    """Results whose resolved settings differ from what their preset resolves to today."""
+    out = []
+    for name, bench in benches.items():
+        record = load(name, folder)
+        if record is None:
+            continue
+        now = digest(bench.resolved(bench.preset))
+        if record.get("smoke") or record.get("resolved_sha256") != now:
+            out.append(f"{name}: results {record.get('resolved_sha256')} but the preset "
+                       f"resolves to {now} today: run python -m benchmarks run {name}")
+    return out

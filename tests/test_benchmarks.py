@@ -1,0 +1,61 @@
+"""The benchmark system (issue 35): every script in benchmarks/ is a registered benchmark that
+runs end to end with its smoke settings, every results table in the docs is what its JSON in
+docs/results/ renders to, and no JSON is stale (its resolved settings are what its preset
+resolves to today). The benchmarks run in new processes that import the installed diffcli."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORK = {"__init__", "__main__", "core"}
+
+
+def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks <args>`` from ``tmp_path``, with only benchmarks/ on the path
+    besides the installed packages (the source tree's diffcli is not imported)."""
+    link = tmp_path / "path"
+    link.mkdir(exist_ok=True)
+    if not (link / "benchmarks").exists():
+        (link / "benchmarks").symlink_to(ROOT / "benchmarks")
+    env = {**os.environ, "PYTHONPATH": str(link), "BENCHMARKS_ROOT": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def names(tmp_path: Path) -> list[str]:
+    proc = bench(tmp_path, "list")
+    assert proc.returncode == 0, proc.stderr
+    return [line.split()[0] for line in proc.stdout.splitlines()]
+
+
+def test_every_script_is_a_benchmark(tmp_path: Path):
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - FRAMEWORK
+    assert set(names(tmp_path)) == scripts
+
+
+def test_tables_match_their_results_and_none_is_stale(tmp_path: Path):
+    proc = bench(tmp_path, "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(
+    {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - FRAMEWORK))
+def test_smoke(tmp_path: Path, name: str):
+    """``python -m benchmarks run NAME --smoke`` runs end to end and writes its JSON (with
+    provenance) to the scratch folder, never to docs/results."""
+    before = sorted((ROOT / "docs" / "results").glob("*.json"))
+    stamps = [p.stat().st_mtime for p in before]
+    proc = bench(tmp_path, "run", name, "--smoke", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert record["smoke"] and record["provenance"]["wall_s"] >= 0
+    assert record["provenance"]["machine"]["cores"] and record["resolved_sha256"]
+    assert [p.stat().st_mtime for p in before] == stamps
