@@ -1,5 +1,6 @@
 """Counts the docs state come from the code: the bad inputs of tests/test_bad_inputs.py, and the
-crafted checkpoints and the ways of reading one of tests/test_crafted_checkpoints.py, wherever a page names their number."""
+crafted checkpoints and the ways of reading one of tests/test_crafted_checkpoints.py, wherever
+a page names their number."""
 
 from __future__ import annotations
 
