@@ -19,8 +19,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks (scripts that print tables), with diffusers for the side-by-side columns."""
+    """Benchmarks (``python -m benchmarks run all``, or the names given), with diffusers for the
+    side-by-side columns."""
     session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/sampler_nfe.py", *session.posargs)
-    session.run("python", "benchmarks/sample_throughput.py")
-    session.run("python", "benchmarks/train_throughput.py")
+    session.run("python", "-m", "benchmarks", "run", *(session.posargs or ["all"]))
