@@ -45,9 +45,14 @@ Every sampler steps on its own default grid (trailing timesteps; Karras sigmas f
 Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on that grid instead
 (``sampler.grid``), rows that cannot take it (DDPM off the training timesteps) reading "n/a".
 
-Run: ``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
+Run: ``python -m benchmarks run sampler_nfe`` (the pinned preset below: linear schedule, eps,
+n = 10,000, each sampler's own grid; writes docs/results/sampler_nfe.json and the tables in
+docs/samplers.md). The preset needs ``diffusers`` (the ``bench`` extra) and refuses to run
+without it, so a result never lacks the peer rows; the smoke run skips them when it is missing
+and says so in its result. To explore other settings (not published):
+``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
 [--grid karras]``.
-With the default n = 10,000 it takes about 3 minutes on 2 CPU cores with the 28 rows (192 s;
+With n = 10,000 it takes about 3 minutes on 2 CPU cores with the 28 rows (192 s;
 a row is ~1,200 network calls of 4-15 ms each, depending on the load), and the time
 grows linearly with n, while the noise floor shrinks only like n^(-1/4) (it is dominated by the
 scatter of the mode weights).
@@ -57,12 +62,14 @@ The diffusers schedulers compute in float32, so they agree with ours to ~1e-5, n
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import importlib.util
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -70,6 +77,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from benchmarks.core import Benchmark, digest  # noqa: E402
 from diffcli.diffusion.gaussian import IdealNetwork, two_d_mixture  # noqa: E402
 from diffcli.diffusion.process import Parameterization  # noqa: E402
 from diffcli.diffusion.samplers import (  # noqa: E402
@@ -86,35 +94,77 @@ from diffcli.diffusion.samplers import (  # noqa: E402
     Sampler,
     UniPC,
 )
-from diffcli.diffusion.schedules import (
-    NoiseSchedule,  # noqa: E402
-    make_schedule,  # noqa: E402
-)
+from diffcli.diffusion.schedules import NoiseSchedule, make_schedule  # noqa: E402
 from diffcli.eval.distances import sliced_wasserstein  # noqa: E402
 
-NFES = (5, 10, 20, 50, 100, 1000)
-# Restart with one cycle of two Heun steps (4 extra evaluations), so that it fits NFE 5
-RESTART = functools.partial(Restart, restart_k=1, restart_steps=2)
 OURS: dict[str, Callable[..., Sampler]] = {
     "ddpm": DDPM, "ddim": DDIM, "dpmpp_2m": DPMSolverPP2M, "dpmpp_3m": DPMSolverPP3M,
     "dpmpp_2m_sde": DPMSolverPP2MSDE, "euler": Euler, "heun": Heun,
-    "unipc": UniPC, "restart": RESTART,
-}
-# our samplers again with another grid or variant than their default: row -> (sampler, options)
-VARIANT_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dpmpp_2m (logsnr)": ("dpmpp_2m", {"grid": "logsnr"}),
-    "dpmpp_3m (logsnr)": ("dpmpp_3m", {"grid": "logsnr"}),  # the default of diffcli sample
-    "unipc (logsnr)": ("unipc", {"grid": "logsnr"}),
-    "unipc (karras)": ("unipc", {"grid": "karras"}),
-    "unipc (bh1)": ("unipc", {"variant": "bh1"}),  # B1(h): Zhao et al.'s choice unconditionally
-    "unipc (order 3, bh1)": ("unipc", {"order": 3, "variant": "bh1"}),
+    "unipc": UniPC, "restart": Restart,
 }
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+NO_DIFFUSERS = ("sampler_nfe's preset compares with diffusers' schedulers and diffusers is not "
+                "installed: pip install 'diffcli[bench]'")
 # (B, 2) noise, number of steps -> (B, 2) samples
 Run = Callable[[Tensor, int], Tensor]
 
+# The pinned settings: every row (sampler and options), budget, seed and size of the table.
+PRESET: dict[str, Any] = {
+    "schedule": "linear", "prediction": "eps", "n": 10_000, "directions": 256,
+    "nfes": [5, 10, 20, 50, 100, 1000],
+    "grid": None,  # None: each sampler on its own default grid
+    # truth: the exact draws; floor: the second set of exact draws; noise: x_T; sampler: the
+    # generator of the stochastic rows (fresh at every cell); directions: sliced W2's
+    "seeds": {"truth": 1, "floor": 2, "noise": 3, "sampler": 4, "directions": 0},
+    "ours": list(OURS),
+    # options every row of that sampler gets: Restart with one cycle of two Heun steps
+    # (4 extra evaluations), so that it fits NFE 5
+    "options": {"restart": {"restart_k": 1, "restart_steps": 2}},
+    # our samplers again with another grid or variant than their default: row -> [sampler, options]
+    "variants": {
+        "dpmpp_2m (logsnr)": ["dpmpp_2m", {"grid": "logsnr"}],
+        "dpmpp_2m (karras)": ["dpmpp_2m", {"grid": "karras"}],
+        "dpmpp_3m (logsnr)": ["dpmpp_3m", {"grid": "logsnr"}],  # the default of diffcli sample
+        "unipc (logsnr)": ["unipc", {"grid": "logsnr"}],
+        "unipc (karras)": ["unipc", {"grid": "karras"}],
+        "unipc (bh1)": ["unipc", {"variant": "bh1"}],  # Zhao et al.'s choice unconditionally
+        "unipc (order 3, bh1)": ["unipc", {"order": 3, "variant": "bh1"}],
+    },
+    # diffusers' schedulers as peer rows (row "diffusers NAME"): [class, constructor options];
+    # "seed": the stochastic ones get a fresh generator seeded so at every cell
+    "diffusers": {
+        "DDIMScheduler": ["DDIMScheduler", {"clip_sample": False}],
+        "DPMSolverMultistep": ["DPMSolverMultistepScheduler",
+                               {"algorithm_type": "dpmsolver++", "solver_order": 2}],
+        "DPMSolverMultistep 3M": ["DPMSolverMultistepScheduler",
+                                  {"algorithm_type": "dpmsolver++", "solver_order": 3}],
+        "DPMSolverMultistep 2M SDE": ["DPMSolverMultistepScheduler", {
+            "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4}],
+        "DPMSolverMultistep 2M SDE karras": ["DPMSolverMultistepScheduler", {
+            "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4,
+            "use_karras_sigmas": True}],
+        "UniPCMultistep bh2": ["UniPCMultistepScheduler",
+                               {"solver_type": "bh2", "predict_x0": True, "solver_order": 2}],
+        "UniPCMultistep bh2 karras": ["UniPCMultistepScheduler", {
+            "solver_type": "bh2", "predict_x0": True, "solver_order": 2,
+            "use_karras_sigmas": True}],
+        "DEISMultistep 3": ["DEISMultistepScheduler", {"solver_order": 3}],
+        "EulerAncestralDiscrete": ["EulerAncestralDiscreteScheduler", {"seed": 4}],
+    },
+    "require_diffusers": True,  # the run refuses without diffusers (no silently missing rows)
+}
+# the smoke run: every row, two budgets, 200 samples; the diffusers rows only when installed
+SMOKE: dict[str, Any] = {"n": 200, "nfes": [5, 10], "require_diffusers": False}
 
-def steps_for(name: str, nfe: int, schedule: NoiseSchedule) -> tuple[int, int]:
+
+def our_sampler(name: str, settings: Mapping[str, Any], **options: Any) -> Callable[..., Sampler]:
+    """Sampler ``name``'s class with the preset's options for it and ``options`` bound."""
+    cls, bound = OURS[name], {**settings.get("options", {}).get(name, {}), **options}
+    return lambda **kw: cls(**bound, **kw)
+
+
+def steps_for(make: Callable[..., Sampler], name: str, nfe: int,
+              schedule: NoiseSchedule) -> tuple[int, int]:
     """(steps, actual NFE) for a budget of ``nfe`` evaluations: Heun uses 2N - 1 per N steps,
     Restart 2N - 1 plus its restart cycle's (when the grid reaches its interval): the most
     steps that fit."""
@@ -123,24 +173,18 @@ def steps_for(name: str, nfe: int, schedule: NoiseSchedule) -> tuple[int, int]:
         return steps, 2 * steps - 1
     if name == "restart":
         for steps in range((nfe + 1) // 2, 0, -1):
-            actual = RESTART(steps=steps).nfe(schedule)
+            actual = make(steps=steps).nfe(schedule)
             if actual <= nfe:
                 return steps, actual
-        return 1, RESTART(steps=1).nfe(schedule)
+        return 1, make(steps=1).nfe(schedule)
     return nfe, nfe
 
 
-def our_run(cls: Callable[..., Sampler], den: Denoiser, seed: int, grid: str | None = None,
-            **options: Any) -> Run:
-    """A diffcli sampler with ``steps`` steps on ``grid`` (None: its default grid) and these
-    options; stochastic ones draw from a fresh seeded generator, so every cell sees the same
-    noise."""
-    if grid is not None:
-        options["grid"] = grid
-
+def our_run(make: Callable[..., Sampler], den: Denoiser, seed: int) -> Run:
+    """A diffcli sampler with ``steps`` steps; stochastic ones draw from a fresh seeded
+    generator, so every cell sees the same noise."""
     def run(noise: Tensor, steps: int) -> Tensor:
-        sampler = cls(steps=steps, **options)
-        return sampler.sample(den, noise, generator=torch.Generator().manual_seed(seed))
+        return make(steps=steps).sample(den, noise, generator=torch.Generator().manual_seed(seed))
     return run
 
 
@@ -169,50 +213,44 @@ def diffusers_run(scheduler_cls: Any, net: IdealNetwork, prediction: str,
     return run
 
 
-def rows(net: IdealNetwork, prediction: str, grid: str | None = None) -> dict[str, Run]:
-    """Every sampler to benchmark, by row name; the diffusers rows only if it is installed and
-    our samplers are on their default grids."""
-    den = Denoiser(net, net.schedule, prediction)
-    suffix = "" if grid is None else f" ({grid})"
-    out: dict[str, Run] = {name + suffix: our_run(cls, den, seed=4, grid=grid)
-                           for name, cls in OURS.items()}
+def have_diffusers() -> bool:
+    return importlib.util.find_spec("diffusers") is not None
+
+
+def our_rows(settings: Mapping[str, Any]) -> dict[str, tuple[str, Callable[..., Sampler]]]:
+    """Row name -> (sampler name, its class with the row's options bound): every sampler of
+    ``ours`` (on ``grid`` when one is given, else its own), then the variant rows."""
+    grid = settings.get("grid")
+    suffix, on = ("", {}) if grid is None else (f" ({grid})", {"grid": grid})
+    out = {name + suffix: (name, our_sampler(name, settings, **on)) for name in settings["ours"]}
     if grid is None:
-        out.update({row: our_run(OURS[name], den, seed=4, **options)
-                    for row, (name, options) in VARIANT_ROWS.items()})
-    if grid is None and importlib.util.find_spec("diffusers") is not None:
-        from diffusers import (
-            DDIMScheduler,
-            DEISMultistepScheduler,
-            DPMSolverMultistepScheduler,
-            EulerAncestralDiscreteScheduler,
-            UniPCMultistepScheduler,
-        )
-
-        def peer(name: str, cls: Any, **extra: Any) -> None:
-            out["diffusers " + name] = diffusers_run(cls, net, prediction, **extra)
-
-        unipc = {"solver_type": "bh2", "predict_x0": True, "solver_order": 2}
-        sde = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4}
-        peer("DDIMScheduler", DDIMScheduler, clip_sample=False)
-        peer("DPMSolverMultistep", DPMSolverMultistepScheduler, algorithm_type="dpmsolver++",
-             solver_order=2)
-        peer("DPMSolverMultistep 3M", DPMSolverMultistepScheduler,
-             algorithm_type="dpmsolver++", solver_order=3)
-        peer("DPMSolverMultistep 2M SDE", DPMSolverMultistepScheduler, **sde)
-        peer("DPMSolverMultistep 2M SDE karras", DPMSolverMultistepScheduler, **sde,
-             use_karras_sigmas=True)
-        peer("UniPCMultistep bh2", UniPCMultistepScheduler, **unipc)
-        peer("UniPCMultistep bh2 karras", UniPCMultistepScheduler, **unipc,
-             use_karras_sigmas=True)
-        peer("DEISMultistep 3", DEISMultistepScheduler, solver_order=3)
-        peer("EulerAncestralDiscrete", EulerAncestralDiscreteScheduler, seed=4)
+        out.update({row: (name, our_sampler(name, settings, **options))
+                    for row, (name, options) in settings["variants"].items()})
     return out
 
 
-def cell(run: Run, name: str, nfe: int, noise: Tensor, truth: Tensor,
-         schedule: NoiseSchedule) -> tuple[str, float]:
+def rows(net: IdealNetwork, settings: Mapping[str, Any]) -> dict[str, tuple[str, Any, Run]]:
+    """Every row to measure: name -> (sampler name for the NFE rule, its class or None, run);
+    the diffusers rows when ``diffusers`` is importable and our samplers are on their own
+    grids."""
+    den = Denoiser(net, net.schedule, settings["prediction"])
+    seed = settings["seeds"]["sampler"]
+    out = {row: (name, make, our_run(make, den, seed))
+           for row, (name, make) in our_rows(settings).items()}
+    if settings.get("grid") is None and have_diffusers():
+        import diffusers
+
+        for row, (cls, extra) in settings["diffusers"].items():
+            out["diffusers " + row] = (row, None, diffusers_run(
+                getattr(diffusers, cls), net, settings["prediction"], **extra))
+    return out
+
+
+def cell(make: Callable[..., Sampler] | None, name: str, run: Run, nfe: int, noise: Tensor,
+         truth: Tensor, schedule: NoiseSchedule, directions: int,
+         seed: int) -> tuple[str, float]:
     """(the table entry, seconds spent sampling) for one sampler at one NFE budget."""
-    steps, actual = steps_for(name.split(" ")[0], nfe, schedule)
+    steps, actual = (nfe, nfe) if make is None else steps_for(make, name, nfe, schedule)
     if not 1 <= steps <= schedule.num_timesteps:
         return "n/a", 0.0
     t0 = time.perf_counter()
@@ -222,20 +260,110 @@ def cell(run: Run, name: str, nfe: int, noise: Tensor, truth: Tensor,
     except ValueError:  # a grid this sampler cannot step on
         return "n/a", 0.0
     seconds = time.perf_counter() - t0
-    distance = sliced_wasserstein(x, truth)
+    distance = sliced_wasserstein(x, truth, directions, torch.Generator().manual_seed(seed))
     text = f"{distance:.4f}" if math.isfinite(distance) else "NaN"  # NaN/inf samples
     return (text if actual == nfe else f"{text} ({actual})"), seconds
 
 
-def table(title: str, entries: dict[str, list[str]]) -> str:
-    """A markdown table with one row per sampler and one column per NFE."""
-    head = f"| {title} | " + " | ".join(f"NFE {n}" for n in NFES) + " |"
-    rule = "| --- " * (len(NFES) + 1) + "|"
-    body = [f"| {name} | " + " | ".join(vals) + " |" for name, vals in entries.items()]
-    return "\n".join([head, rule, *body])
+def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+    """Every row's sliced W2 at every NFE budget of ``settings``, and the noise floor. Refuses
+    (one line, exit 1) when ``require_diffusers`` and diffusers is missing; without that
+    requirement the peer rows are skipped and the result says so."""
+    if settings.get("grid") is None and not have_diffusers() and settings["require_diffusers"]:
+        raise SystemExit(f"error: {NO_DIFFUSERS}")
+    seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
+    data, schedule = two_d_mixture(), make_schedule(settings["schedule"])
+    net = IdealNetwork(data, schedule, Parameterization(settings["prediction"]))
+    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
+    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
+        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
+                        dtype=torch.float64)
+    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
+    out = []
+    for row, (name, make, run) in rows(net, settings).items():
+        cells = [cell(make, name, run, nfe, noise, truth, schedule, directions,
+                      seeds["directions"]) for nfe in settings["nfes"]]
+        out.append({"sampler": row, "peer": make is None, "cells": [c for c, _ in cells],
+                    "seconds": [round(s, 3) for _, s in cells]})
+        print(f"  {row}: {' '.join(out[-1]['cells'])}", flush=True)
+    if settings.get("grid") is not None:
+        peers = "not run: our samplers are on one grid (grid=...)"
+    elif have_diffusers():
+        import diffusers
+        peers = diffusers.__version__
+    else:
+        peers = "skipped: diffusers is not installed (pip install 'diffcli[bench]')"
+    return {"floor": floor, "diffusers": peers, "nfes": list(settings["nfes"]), "n": n,
+            "rows": out}
+
+
+def value(text: str) -> float:
+    """The sliced W2 of a cell's text ("0.0811 (19)" -> 0.0811; "n/a", "NaN" -> inf)."""
+    head = text.split(" ")[0]
+    return float(head) if head not in ("n/a", "NaN") else math.inf
+
+
+def nfe_table(result: Mapping[str, Any]) -> str:
+    """The floor and versions, then a markdown table: one row per sampler, one column per
+    NFE."""
+    peers = result["diffusers"]
+    note = (f"diffusers {peers}" if peers[:1].isdigit() else f"diffusers rows {peers}")
+    lines = [f"Noise floor (two independent sets of {result['n']:,} exact draws): "
+             f"**{result['floor']:.4f}**; {note}.", "",
+             "| sliced W2 | " + " | ".join(f"NFE {n}" for n in result["nfes"]) + " |",
+             "| --- " * (len(result["nfes"]) + 1) + "|"]
+    lines += [f"| {r['sampler']} | " + " | ".join(r["cells"]) + " |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def best_table(result: Mapping[str, Any]) -> str:
+    """At each NFE budget, the best diffcli row against the best diffusers row."""
+    def best(rows: list, i: int) -> str:
+        if not rows:
+            return "- | -"
+        top = min(rows, key=lambda r: value(r["cells"][i]))
+        return f"{top['sampler']} | {top['cells'][i]}"
+
+    ours = [r for r in result["rows"] if not r["peer"]]
+    peers = [r for r in result["rows"] if r["peer"]]
+    lines = ["| NFE | best diffcli row | sliced W2 | best diffusers row | sliced W2 |",
+             "| ---: | --- | ---: | --- | ---: |"]
+    lines += [f"| {n} | {best(ours, i)} | {best(peers, i)} |"
+              for i, n in enumerate(result["nfes"])]
+    return "\n".join(lines)
+
+
+def plain(value: Any) -> Any:
+    """Enums as their values, tuples as lists (JSON-able settings)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings plus what they leave to diffcli's defaults: every field of every row's
+    sampler, the schedule's betas (their hash) and the mixture."""
+    samplers = {row: {k: plain(v) for k, v in dataclasses.asdict(make(steps=1)).items()
+                      if k != "steps"}
+                for row, (_, make) in our_rows(settings).items()}
+    data, betas = two_d_mixture(), make_schedule(settings["schedule"]).betas
+    return {**settings, "samplers": samplers,
+            "schedule_betas": {"T": len(betas), "sha256": digest(betas.tolist())},
+            "mixture": {"weights": data.weights.tolist(), "means": data.means.tolist(),
+                        "stds": data.stds.tolist()}}
+
+
+BENCHMARK = Benchmark(
+    name="sampler_nfe", title="sliced W2 against NFE with the exact denoiser of a 2-D mixture",
+    preset=PRESET, smoke=SMOKE, run=measure, resolve=resolve,
+    tables={"nfe": nfe_table, "best": best_table})
 
 
 def main() -> None:
+    """Explore other settings (printed, not published): schedule, prediction, n, one grid."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--schedule", default="linear", choices=["linear", "cosine", "sigmoid"])
     ap.add_argument("--prediction", default="eps", choices=[p.value for p in Parameterization])
@@ -245,26 +373,9 @@ def main() -> None:
                     help="step all our samplers on this grid (default: each one's own)")
     args = ap.parse_args()
     start = time.perf_counter()
-    data, schedule = two_d_mixture(), make_schedule(args.schedule)
-    net = IdealNetwork(data, schedule, Parameterization(args.prediction))
-    truth = data.sample(args.n, torch.Generator().manual_seed(1))
-    floor = sliced_wasserstein(truth, data.sample(args.n, torch.Generator().manual_seed(2)))
-    noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(3),
-                        dtype=torch.float64)
-    grid = "each sampler's default grid" if args.grid is None else f"grid={args.grid}"
-    print(f"{args.schedule} schedule (T={schedule.num_timesteps}), {args.prediction} prediction, "
-          f"{grid}; "
-          f"sliced W2 (256 directions) of {args.n:,} samples vs {args.n:,} true samples; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"noise floor (two independent true samples): {floor:.4f}\n", flush=True)
-    sw: dict[str, list[str]] = {}
-    secs: dict[str, list[str]] = {}
-    for name, run in rows(net, args.prediction, args.grid).items():
-        results = [cell(run, name, nfe, noise, truth, schedule) for nfe in NFES]
-        sw[name] = [text for text, _ in results]
-        secs[name] = [f"{s:.2f}" for _, s in results]
-        print(f"  {name}: done", flush=True)
-    print("\n" + table("sliced W2", sw) + "\n\n" + table("seconds", secs))
+    result = measure({**PRESET, "schedule": args.schedule, "prediction": args.prediction,
+                      "n": args.n, "grid": args.grid, "require_diffusers": False}, Path("."))
+    print("\n" + nfe_table(result) + "\n\n" + best_table(result))
     print(f"\ntotal runtime: {time.perf_counter() - start:.0f} s")
 
 
