@@ -9,7 +9,15 @@ features of N generated digits (default 500) and of all 10,000 real test digits.
 N real test digits against the same reference -- is printed beside every figure: a perfect
 model scores about that.
 
-Commands (2 CPU cores):
+The benchmark (``python -m benchmarks run lenet_fid``) trains the LeNet and every run of its
+pinned preset itself (``diffcli train`` with the full list of overrides of each run: data,
+network, schedule, prediction, EMA, optimizer, LR schedule, loss, steps, seed, precision on the
+CPU), then samples each with pinned samplers and scores them: the tables of docs/training.md
+("Training at a time budget": the recipes and the 15-minute result, as fixed step counts, so the
+numbers do not depend on the machine's speed) and of docs/samplers.md (20-step samplers on the
+15-minute model). About 75 minutes of training on 2 CPU cores.
+
+To score your own runs (2 CPU cores):
   python benchmarks/lenet_fid.py train                # ~1 min; benchmarks/out/lenet.pt
   python benchmarks/lenet_fid.py eval RUN [RUN ...]   # a run dir or checkpoint each
       [--sampler dpmpp_3m --steps 20 --on logsnr --n 500 --grid out.png]
@@ -18,26 +26,110 @@ Commands (2 CPU cores):
 from __future__ import annotations
 
 import argparse
-import sys
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_judge import (  # noqa: E402
+from benchmarks.core import Benchmark
+from benchmarks.mnist_judge import (
+    DATA,
     HELD_OUT,
     feature_distance,
     load_trained,
     predict,
     read_mnist_test,
+    run_diffcli,
     to_input,
     train,
 )
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE / "out" / "lenet.pt"
+
+# every setting of the model that the numbers depend on, today's defaults written out
+_DATA = ["dataset=mnist", "dataset.split=test", "dataset.image_size=28",
+         "dataset.random_flip=false", "dataset.batch_size=128"]
+_NET = ["model=unet", "model.base_channels=32", "model.channel_mults=[1,2]",
+        "model.num_res_blocks=1", "model.dropout=0.0", "model.groups=8",
+        "model.attention_resolutions=[]", "conditional=false"]
+_PROCESS = ["loss=simple", "module.min_snr_gamma=null"]
+LINEAR = ["schedule=linear", "schedule.num_timesteps=1000", "schedule.beta_start=1e-4",
+          "schedule.beta_end=0.02"]
+COSINE = ["schedule=cosine", "schedule.num_timesteps=1000", "schedule.s=0.008",
+          "schedule.max_beta=0.999"]
+_OPT = ["optimizer=adam", "optimizer.lr=2e-3", "optimizer.betas=[0.9,0.999]",
+        "optimizer.eps=1e-8", "optimizer.weight_decay=0.0"]
+_RUN = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32",
+        "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=1", "seed=0",
+        "logger=none"]
+COMMON = [*_DATA, *_NET, *_PROCESS, *_OPT, *_RUN]
+# the recipes: before (the old defaults) and today's (v, cosine LR over the run, power EMA)
+BEFORE = ["module.prediction=eps", "lr_scheduler=warmup", "lr_scheduler.warmup_steps=100",
+          "module.ema_sigma_rel=null", "module.ema_decay=0.995", "module.ema_warmup=true"]
+EPS_NEW = ["module.prediction=eps", "lr_scheduler=cosine", "lr_scheduler.warmup_steps=100",
+           "lr_scheduler.min_ratio=0.0", "module.ema_sigma_rel=0.05", "module.ema_warmup=true"]
+AFTER = [*EPS_NEW[1:], "module.prediction=v"]
+RECIPE_STEPS = "trainer.max_steps=280"  # what 6 minutes held (272-284 steps)
+BUDGET_STEPS = "trainer.max_steps=850"  # what 15 minutes held on the 2-core CPU (848-866)
+
+
+def _run(label: str, *overrides: str, schedule: list[str] = LINEAR) -> dict[str, Any]:
+    return {"label": label, "overrides": [*COMMON, *schedule, *overrides]}
+
+
+PRESET: dict[str, Any] = {
+    "lenet": {"epochs": 8, "seed": 0},
+    "n": 500,  # samples per score, seeds 0..n-1; the floor: n random real digits, 5 draws
+    "floor_draws": 5,
+    "runs": {
+        "before": _run("eps, warm-up then constant LR 2e-3, EMA decay 0.995 (the old defaults)",
+                       *BEFORE, BUDGET_STEPS),
+        "after": _run("v, cosine LR over the run, power EMA sigma_rel 0.05 (the defaults now)",
+                      *AFTER, BUDGET_STEPS),
+        "r-before": _run("before: eps, warm-up then constant LR 2e-3, EMA decay 0.995",
+                         *BEFORE, RECIPE_STEPS),
+        "r-eps": _run("eps, cosine LR over the budget, power EMA sigma_rel 0.05",
+                      *EPS_NEW, RECIPE_STEPS),
+        "r-ema10": _run("... with sigma_rel 0.10", *EPS_NEW, "module.ema_sigma_rel=0.10",
+                        RECIPE_STEPS),
+        "r-cosine": _run("... with the cosine noise schedule", *EPS_NEW, RECIPE_STEPS,
+                         schedule=COSINE),
+        "r-level3": _run("... with a third U-Net level (`model.channel_mults=[1,2,2]`)",
+                         *EPS_NEW, "model.channel_mults=[1,2,2]", RECIPE_STEPS),
+        "r-minsnr": _run("... with Min-SNR-5 weighting", *EPS_NEW, "module.min_snr_gamma=5.0",
+                         RECIPE_STEPS),
+        "r-v": _run("... with v-prediction (the new default)", *AFTER, RECIPE_STEPS),
+    },
+    # table -> scores: [run, sampler, {options over the shipped sampler config}]
+    "tables": {
+        "budget": [["before", "dpmpp_3m", {"steps": 20, "grid": "logsnr"}],
+                   ["after", "dpmpp_3m", {"steps": 20, "grid": "logsnr"}]],
+        "recipes": [[run, "dpmpp_3m", {"steps": 20, "grid": "trailing"}] for run in (
+            "r-before", "r-eps", "r-ema10", "r-cosine", "r-level3", "r-minsnr", "r-v")],
+        "samplers": [["after", "ddim", {"steps": 20, "grid": "trailing"}],
+                     ["after", "dpmpp_2m", {"steps": 20, "grid": "trailing"}],
+                     ["after", "dpmpp_3m", {"steps": 20, "grid": "trailing"}],
+                     ["after", "dpmpp_3m", {"steps": 20, "grid": "logsnr"}],
+                     ["after", "unipc", {"steps": 20, "grid": "trailing"}],
+                     ["after", "unipc", {"steps": 20, "grid": "karras"}]],
+    },
+}
+_TINY = ["trainer.max_steps=2", "model.base_channels=8", "dataset.batch_size=8"]
+# the smoke run: an untrained LeNet (mnist_judge's smoke runs the training loop they share; one
+# epoch takes longer than the smoke budget), one 2-step run of a tiny net, 2-step samplers and
+# 20 samples; every run's overrides are still composed and checked (resolve)
+SMOKE: dict[str, Any] = {
+    "lenet": {"epochs": 0, "seed": 0}, "n": 20, "floor_draws": 1,
+    "runs": {name: {**run, "overrides": [*run["overrides"], *_TINY]}
+             for name, run in PRESET["runs"].items()},
+    "tables": {"budget": [["after", "dpmpp_3m", {"steps": 2, "grid": "logsnr"}]],
+               "samplers": [["after", "unipc", {"steps": 2, "grid": "karras"}]]},
+}
 
 
 class LeNet5(nn.Module):
@@ -80,35 +172,153 @@ def lenet_fid(images: Tensor, net: LeNet5, ref: Tensor) -> float:
     return feature_distance(predict(net, to_input(images))[1], ref)
 
 
-def evaluate(run: str, net: LeNet5, ref: Tensor, *, sampler: str, steps: int | None, n: int,
-             grid: Path | None, on: str | None = None) -> float:
-    """Sample ``n`` digits (seeds 0..n-1) from ``run`` with ``sampler`` (on its grid ``on``,
-    None: its default) and return their LeNet-FID."""
-    from torchvision.utils import save_image
-
-    import diffcli
+def sampler_config(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The shipped config of sampler ``name`` with ``options`` over it (every key pinned)."""
     from diffcli.components import option
+
+    return {**option("sampler", name), **options}
+
+
+def evaluate(run: str, net: LeNet5, ref: Tensor, *, sampler: str | dict[str, Any],
+             steps: int | None, n: int, grid: Path | None = None) -> tuple[float, float]:
+    """Sample ``n`` digits (seeds 0..n-1) from ``run`` with ``sampler`` (a name or a full
+    config); (their LeNet-FID, seconds spent sampling)."""
+    import diffcli
 
     pipe = diffcli.load(run)
     start = time.perf_counter()
-    chosen = sampler if on is None else {**option("sampler", sampler), "grid": on}
-    images = pipe.sample(n, sampler=chosen, steps=steps, batch_size=250)  # uint8 (n, 1, 28, 28)
+    images = pipe.sample(n, sampler=sampler, steps=steps, batch_size=250)  # uint8 (n,1,28,28)
     sec = time.perf_counter() - start
     fid = lenet_fid(images, net, ref)
     if grid is not None:
+        from torchvision.utils import save_image
+
         grid.parent.mkdir(parents=True, exist_ok=True)
         save_image(images[:64].float() / 255, grid, nrow=8, padding=1)
-    print(f"{run}: LeNet-FID {fid:.2f} ({n} samples, {sampler} {steps or 'default'} steps"
-          f"{'' if on is None else ' on ' + on}, "
-          f"{sec:.0f} s to sample)", flush=True)
-    return fid
+    return fid, sec
+
+
+def train_lenet(settings: Mapping[str, Any], path: Path) -> float:
+    """Train the LeNet of ``settings["lenet"]`` and save it at ``path``; its held-out
+    accuracy."""
+    net, acc = train(settings["lenet"]["epochs"], seed=settings["lenet"]["seed"], make=LeNet5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return acc
+
+
+def train_runs(settings: Mapping[str, Any], workdir: Path) -> dict[str, dict[str, Any]]:
+    """``diffcli train`` each run the tables use, from scratch, into ``workdir/runs/NAME``;
+    name -> {folder, steps trained, seconds}."""
+    used = {score[0] for scores in settings["tables"].values() for score in scores}
+    out = {}
+    for name in [r for r in settings["runs"] if r in used]:
+        folder = workdir / "runs" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        start = time.perf_counter()
+        run_diffcli("train", *settings["runs"][name]["overrides"], f"dataset.root={DATA}",
+                    f"runs_root={workdir / 'runs'}", f"hydra.run.dir={folder}")
+        ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)
+        out[name] = {"folder": str(folder), "steps": int(ckpt["global_step"]),
+                     "seconds": round(time.perf_counter() - start, 1)}
+    return out
+
+
+def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+    """Train the LeNet and the runs, then score every entry of every table; rows per table."""
+    acc = train_lenet(settings, workdir / "lenet.pt")
+    runs = train_runs(settings, workdir)
+    net = load_lenet(workdir / "lenet.pt")
+    ref = reference(net)
+    n = settings["n"]
+    result: dict[str, Any] = {"lenet_accuracy": acc, "held_out": HELD_OUT, "n": n,
+                              "floor": floor(net, ref, n, settings["floor_draws"]),
+                              "runs": runs, "tables": {}}
+    cache: dict[str, tuple[float, float]] = {}
+    for table, scores in settings["tables"].items():
+        rows = []
+        for run, sampler, options in scores:
+            config = sampler_config(sampler, options)
+            key = f"{run}/{sorted(config.items())}"
+            if key not in cache:
+                cache[key] = evaluate(runs[run]["folder"], net, ref, sampler=config,
+                                      steps=None, n=n)
+            fid, sec = cache[key]
+            rows.append({"run": run, "label": settings["runs"][run]["label"],
+                         "steps": runs[run]["steps"], "sampler": sampler,
+                         "sampler_steps": config["steps"], "grid": config["grid"],
+                         "lenet_fid": fid, "sample_s": round(sec, 1)})
+            print(f"{table}: {run} {sampler} on {config['grid']}: LeNet-FID {fid:.2f}",
+                  flush=True)
+        result["tables"][table] = rows
+    return result
+
+
+def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings plus each run's composed training config (without what varies per
+    machine: hydra, runs_root, dataset.root) and each score's full sampler config."""
+    from omegaconf import OmegaConf
+
+    from diffcli.cli.overrides import validate
+
+    configs = {}
+    for name, run in settings["runs"].items():
+        cfg = validate("train", list(run["overrides"]))
+        plain = {key: OmegaConf.to_container(cfg[key], resolve=True)
+                 if OmegaConf.is_config(cfg[key]) else cfg[key]
+                 for key in cfg if key not in ("hydra", "runs_root")}
+        plain["dataset"].pop("root", None)
+        configs[name] = plain
+    samplers = {table: [sampler_config(s, o) for _, s, o in scores]
+                for table, scores in settings["tables"].items()}
+    return {**settings, "train_configs": configs, "sampler_configs": samplers}
+
+
+def _caption(result: Mapping[str, Any], what: str) -> str:
+    return (f"LeNet-FID of {result['n']:,} samples ({what}); floor ({result['n']:,} real test "
+            f"digits against all 10,000): **{result['floor']:.2f}**.\n\n")
+
+
+def budget_table(result: Mapping[str, Any]) -> str:
+    rows = result["tables"]["budget"]
+    lines = ["| run | recipe | steps | LeNet-FID |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {r['run']} | {r['label']} | {r['steps']} | {r['lenet_fid']:.2f} |"
+              for r in rows]
+    first = rows[0]
+    return _caption(result, f"{first['sampler']}, {first['sampler_steps']} steps, "
+                            f"{first['grid']} grid") + "\n".join(lines)
+
+
+def recipes_table(result: Mapping[str, Any]) -> str:
+    rows = result["tables"]["recipes"]
+    lines = [f"| recipe ({rows[0]['steps']} steps) | LeNet-FID |", "| --- | ---: |"]
+    lines += [f"| {r['label']} | {r['lenet_fid']:.2f} |" for r in rows]
+    return _caption(result, f"{rows[0]['sampler']}, {rows[0]['sampler_steps']} steps, "
+                            f"{rows[0]['grid']} grid") + "\n".join(lines)
+
+
+def samplers_table(result: Mapping[str, Any]) -> str:
+    rows = result["tables"]["samplers"]
+    lines = ["| sampler | steps | grid | LeNet-FID |", "| --- | ---: | --- | ---: |"]
+    lines += [f"| {r['sampler']} | {r['sampler_steps']} | {r['grid']} | {r['lenet_fid']:.2f} |"
+              for r in rows]
+    return _caption(result, f"the '{rows[0]['run']}' model, {rows[0]['steps']} steps") + \
+        "\n".join(lines)
+
+
+BENCHMARK = Benchmark(
+    name="lenet_fid", title="LeNet-FID of MNIST models trained here (recipes, 15-minute runs, "
+                            "20-step samplers)",
+    preset=PRESET, smoke=SMOKE, run=measure, resolve=resolve,
+    tables={"budget": budget_table, "recipes": recipes_table, "samplers": samplers_table})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train the LeNet (benchmarks/out/lenet.pt)")
-    tr.add_argument("--epochs", type=int, default=8)
+    tr.add_argument("--epochs", type=int, default=PRESET["lenet"]["epochs"])
     ev = sub.add_parser("eval", help="LeNet-FID of runs' samples")
     ev.add_argument("runs", nargs="+", help="run folders or checkpoints")
     ev.add_argument("--sampler", default="dpmpp_3m")
@@ -119,18 +329,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.cmd == "train":
         start = time.perf_counter()
-        net, acc = train(args.epochs, make=LeNet5)
-        WEIGHTS.parent.mkdir(exist_ok=True)
-        torch.save(net.state_dict(), WEIGHTS)
+        acc = train_lenet({"lenet": {**PRESET["lenet"], "epochs": args.epochs}}, WEIGHTS)
         print(f"LeNet-5: held-out accuracy {acc:.4f} on {HELD_OUT} images; "
               f"{time.perf_counter() - start:.0f} s; weights {WEIGHTS}")
         return
     net = load_lenet()
     ref = reference(net)
     print(f"floor ({args.n} real digits vs the split): {floor(net, ref, args.n):.2f}")
+    sampler = args.sampler if args.on is None else sampler_config(args.sampler, {"grid": args.on})
     for run in args.runs:
-        evaluate(run, net, ref, sampler=args.sampler, steps=args.steps, n=args.n,
-                 grid=args.grid, on=args.on)
+        fid, sec = evaluate(run, net, ref, sampler=sampler, steps=args.steps, n=args.n,
+                            grid=args.grid)
+        print(f"{run}: LeNet-FID {fid:.2f} ({args.n} samples, {args.sampler} {args.steps} steps"
+              f"{'' if args.on is None else ' on ' + args.on}, {sec:.0f} s to sample)",
+              flush=True)
 
 
 if __name__ == "__main__":
