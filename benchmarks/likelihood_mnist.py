@@ -72,18 +72,20 @@ LABELS = {"L_simple": "L_simple (fixed beta-tilde)", "L_hybrid": "L_hybrid (lear
 NLL = {"method": "vlb", "split": "test", "variance": "auto", "decoder": "auto", "use_ema": "true",
        "seed": 0, "batch_size": 100, "overwrite": "true"}  # diffcli eval-nll's settings
 # composed configs keep none of what varies per machine or run
-VARYING = {"hydra": None, "runs_root": None, "dataset": ("root",), "latent": ("ckpt",)}
+VARYING = {"hydra": None, "runs_root": None, "ckpt": None, "out": None, "dataset": ("root",),
+           "latent": ("ckpt",)}
 
 
-def train_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """The config ``diffcli train <overrides>`` composes (every default filled in, resolved),
-    less what varies per machine (:data:`VARYING`: hydra, runs_root, dataset.root,
-    latent.ckpt): what a benchmark's stage trains with, for its staleness hash."""
+def composed(overrides: Sequence[str], command: str = "train") -> dict[str, Any]:
+    """The config ``diffcli <command> <overrides>`` composes (every default filled in,
+    resolved), less what varies per machine or run (:data:`VARYING`: hydra, runs_root, ckpt,
+    out, dataset.root, latent.ckpt): what a benchmark's stage runs with, for its staleness
+    hash. ``command``: train, sample, eval_nll, ... (the config's name)."""
     from omegaconf import OmegaConf
 
     from diffcli.cli.overrides import validate
 
-    cfg = validate("train", list(overrides))
+    cfg = validate(command, list(overrides))
     out: dict[str, Any] = {}
     for key in cfg:
         if key in VARYING and VARYING[key] is None:
@@ -119,15 +121,19 @@ def stage_overrides(settings: Mapping[str, Any], name: str) -> list[str]:
 
 
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings, each training stage's overrides replaced by the config they compose."""
-    stages = {name: train_config(stage_overrides(settings, name)) for name in settings["stages"]}
-    return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny")},
-            "stages": stages}
+    """The settings, each training stage's overrides (and eval-nll's) replaced by the config
+    they compose."""
+    stages = {name: composed(stage_overrides(settings, name)) for name in settings["stages"]}
+    return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny", "nll")},
+            "stages": stages, "nll": composed(nll_args(settings["nll"]), "eval_nll")}
+
+
+def nll_args(nll_settings: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={v}" for k, v in nll_settings.items()]
 
 
 def nll(ckpt: Path, out: Path, nll_settings: Mapping[str, Any]) -> dict[str, Any]:
-    run_diffcli("eval-nll", f"ckpt={ckpt}", *(f"{k}={v}" for k, v in nll_settings.items()),
-                f"out={out}")
+    run_diffcli("eval-nll", f"ckpt={ckpt}", *nll_args(nll_settings), f"out={out}")
     return json.loads(out.read_text())["results"]["vlb"]
 
 
