@@ -1,78 +1,91 @@
 """Training throughput (images/s) and peak memory of diffusion U-Nets: ours vs diffusers'.
 
 One training step = noising + forward + L_simple (MSE to the noise) + backward + Adam step
-(lr 2e-4), on random 32x32x3 images with uniform integer t in [0, 1000). Prints a markdown
-table. Run: `python benchmarks/train_throughput.py [--device cpu] [--batch 16] [--steps 3]`.
+(the preset's ``lr``), on random 32x32x3 images with uniform integer t in [0, 1000) of the
+preset's linear schedule.
 
-Rows: `ddpm_cifar10` (the 35.7M DDPM CIFAR-10 net) and `small`, each as our
-`diffcli.nets.unet.UNet` and as diffusers' `UNet2DModel` built from a config of the same
-layout and parameter count (no download; skipped when diffusers is not installed). Every
-row runs in a fresh subprocess (hidden `--one` mode) so memory figures are isolated; the
-memory baseline is taken after imports and one step of a tiny net (see `run_one`).
-Defaults: on CUDA, batch 128, fp32 and bf16 autocast, with and without channels_last and
-torch.compile, 20 timed steps after 5 warm-up (compilation happens in the warm-up); on CPU,
-fp32 eager only (bf16 is emulated and very slow on CPUs without bf16 instructions), batch
-16, 3 timed steps after 1 warm-up. Pass `--precision`, `--channels-last`, `--compile` to
-choose the toggles explicitly.
+Rows: ``ddpm_cifar10`` (the 35.7M DDPM CIFAR-10 net) and ``small``, each as our
+``diffcli.nets.unet.UNet`` and as diffusers' ``UNet2DModel`` built from a config of the same
+layout and parameter count (both pinned in the preset's ``networks``; no download; the
+diffusers rows are skipped, and the result says so, when diffusers is not installed: ``pip
+install -e '.[bench]'``). Every row runs in a fresh subprocess so memory figures are isolated;
+the memory baseline is taken after imports and one step of a tiny net (see ``run_one``).
+
+Run: ``python -m benchmarks run train_throughput`` (the CPU preset: fp32 eager, batch 16, 3
+timed steps after 1 warm-up; writes docs/results/train_throughput.json). On a GPU,
+``python -m benchmarks.train_throughput --device cuda [--precision fp32 bf16] [--channels-last
+off on] [--compile off on]`` prints the table for the CUDA settings (batch 128, 20 timed steps
+after 5 warm-up, compilation in the warm-up, TFLOP/s and MFU) without writing a result.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import itertools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.core import Benchmark  # noqa: E402
 from diffcli.diffusion.schedules import linear_schedule  # noqa: E402
 from diffcli.nets.unet import UNet  # noqa: E402
 
-NETS = {  # name -> (our UNet kwargs, diffusers UNet2DModel kwargs); all 32x32x3
-    "ddpm_cifar10": (
-        dict(in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-             attention_resolutions=(16,), image_size=32, dropout=0.1, groups=32, num_heads=1),
-        dict(sample_size=32, in_channels=3, out_channels=3,
-             block_out_channels=(128, 256, 256, 256), layers_per_block=2,
-             down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-             up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-             norm_num_groups=32, dropout=0.1, attention_head_dim=None),  # None: one head
-    ),
-    "small": (
-        dict(in_channels=3, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-             attention_levels=(1,), image_size=32, groups=8),
-        dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),
-             layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-             up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-             attention_head_dim=None),
-    ),
+NETS = {  # name -> implementation -> kwargs (our UNet, diffusers' UNet2DModel); all 32x32x3
+    "ddpm_cifar10": {
+        "diffcli": dict(in_channels=3, base_channels=128, channel_mults=[1, 2, 2, 2],
+                        num_res_blocks=2, attention_resolutions=[16], image_size=32,
+                        dropout=0.1, groups=32, num_heads=1),
+        "diffusers": dict(sample_size=32, in_channels=3, out_channels=3,
+                          block_out_channels=[128, 256, 256, 256], layers_per_block=2,
+                          down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                            "DownBlock2D"],
+                          up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+                          norm_num_groups=32, dropout=0.1, attention_head_dim=None),  # one head
+    },
+    "small": {
+        "diffcli": dict(in_channels=3, base_channels=32, channel_mults=[1, 2, 2],
+                        num_res_blocks=1, attention_levels=[1], image_size=32, groups=8),
+        "diffusers": dict(sample_size=32, in_channels=3, out_channels=3,
+                          block_out_channels=[32, 64, 64], layers_per_block=1,
+                          down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+                          up_block_types=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+                          norm_num_groups=8, attention_head_dim=None),
+    },
+    "tiny": {  # primes each implementation's code paths before the memory baseline (not a row)
+        "diffcli": dict(in_channels=3, base_channels=8, channel_mults=[1, 2],
+                        attention_levels=[1], groups=8),
+        "diffusers": dict(sample_size=32, in_channels=3, out_channels=3,
+                          block_out_channels=[8, 16], layers_per_block=1,
+                          down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+                          up_block_types=["AttnUpBlock2D", "UpBlock2D"], norm_num_groups=8,
+                          attention_head_dim=None),
+    },
 }
-TINY = (  # primes each implementation's code paths before the memory baseline (not a row)
-    dict(in_channels=3, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), groups=8),
-    dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-         layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-         attention_head_dim=None),
-)
 IMPLS = ("diffcli", "diffusers")
+NAMES = {"ddpm_cifar10": "DDPM CIFAR-10 (32x32x3)", "small": "small (32x32x3)"}
+IMPL_NAMES = {"diffcli": "diffcli `UNet`", "diffusers": "diffusers `UNet2DModel`"}
 
 
-def build(net: str, impl: str) -> torch.nn.Module:
-    """Our UNet or diffusers' UNet2DModel for row ``net`` (or ``"tiny"``), random init."""
-    ours, theirs = TINY if net == "tiny" else NETS[net]
+def build(kwargs: Mapping[str, Any], impl: str) -> torch.nn.Module:
+    """Our UNet or diffusers' UNet2DModel from ``kwargs``, random init."""
     if impl == "diffcli":
-        return UNet(**ours)
+        return UNet(**kwargs)
     from diffusers import UNet2DModel
 
-    return UNet2DModel(**theirs)
+    return UNet2DModel(**kwargs)
 
 
 def trainer(spec: dict, net: str, batch: int):
@@ -80,10 +93,13 @@ def trainer(spec: dict, net: str, batch: int):
     device = torch.device(spec["device"])
     fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     x0 = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    eps, t = torch.randn_like(x0), torch.randint(0, 1000, (batch,), device=device)
-    abar = linear_schedule().alphas_cumprod.to(device, torch.float32)[t][:, None, None, None]
-    module = build(net, spec["impl"]).to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam(module.parameters(), lr=2e-4)
+    eps = torch.randn_like(x0)
+    t = torch.randint(0, spec["schedule"]["num_timesteps"], (batch,), device=device)
+    abar = linear_schedule(**spec["schedule"]).alphas_cumprod.to(device, torch.float32)
+    abar = abar[t][:, None, None, None]
+    module = build(spec["networks"][net][spec["impl"]], spec["impl"])
+    module = module.to(device, memory_format=fmt).train()
+    opt = torch.optim.Adam(module.parameters(), lr=spec["lr"])
     model = torch.compile(module) if spec["compile"] and net != "tiny" else module
     call = (lambda x, s: model(x, s).sample) if spec["impl"] == "diffusers" else model
 
@@ -108,7 +124,7 @@ def run_one(spec: dict) -> dict:
     caches: 50-200 MiB on CPU, varying from run to run) and the figure is the row's own.
     """
     cuda = spec["device"] == "cuda"
-    torch.manual_seed(0)
+    torch.manual_seed(spec["seed"])
     trainer(spec, "tiny", 2)[1]()
     if cuda:
         torch.cuda.synchronize()
@@ -143,107 +159,139 @@ def step_flops(spec: dict) -> float:
     return float(counter.get_total_flops())
 
 
-def machine(device: str) -> str:
-    """One line on the CPU, threads, versions and GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        import diffusers
 
-        dv = diffusers.__version__
-    except ImportError:
-        dv = "not installed"
-    gpu = f"; GPU: {torch.cuda.get_device_name()}" if device == "cuda" else ""
-    return (f"CPU: {cpu} ({os.cpu_count()} logical cores), torch threads "
-            f"{torch.get_num_threads()}; torch {torch.__version__}; diffusers {dv}{gpu}")
+
+def diffusers_version() -> str | None:
+    """diffusers' version, None when it is not installed (found without importing it)."""
+    if importlib.util.find_spec("diffusers") is None:
+        return None
+    return importlib.metadata.version("diffusers")
+
+
+def one_row(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one row's spec in a fresh process; its numbers, or its one-line error."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--one",
+                           json.dumps(dict(spec))], capture_output=True, text=True,
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    keys = ("net", "impl", "batch", "precision", "channels_last", "compile")
+    row = {k: spec[k] for k in keys}
+    if proc.returncode:
+        return {**row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:120]}
+    return {**row, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+    """Every row of ``settings`` (nets x precisions x channels_last x compile x impls), each
+    in a fresh process; the diffusers rows are skipped, and the result says so, when
+    diffusers is not installed."""
+    device = settings["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    impls, skipped = list(settings["impls"]), None
+    version = diffusers_version()
+    if "diffusers" in impls and version is None:
+        impls.remove("diffusers")
+        skipped = "diffusers not installed (pip install -e '.[bench]'): its rows were skipped"
+        print(f"note: {skipped}", flush=True)
+    peak = settings["peak_tflops"]
+    rows = []
+    for net, prec, cl, comp, impl in itertools.product(
+            settings["nets"], settings["precisions"], settings["channels_last"],
+            settings["compile"], impls):
+        spec = dict(net=net, impl=impl, device=device, batch=settings["batch"],
+                    steps=settings["steps"], warmup=settings["warmup"], precision=prec,
+                    channels_last=cl, compile=comp, flops=bool(peak), seed=settings["seed"],
+                    lr=settings["lr"], schedule=settings["schedule"],
+                    networks={k: settings["networks"][k] for k in (net, "tiny")})
+        rows.append(one_row(spec))
+        print(json.dumps(rows[-1]), flush=True)
+    return {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "diffusers": version, "skipped": skipped, "peak_tflops": peak, "rows": rows}
+
+
+def table(result: Mapping[str, Any]) -> str:
+    """The markdown table; precision / channels_last / compile columns only where they vary,
+    TFLOP/s and MFU only with a peak."""
+    rows, peak = result["rows"], result["peak_tflops"]
+    varied = [k for k in ("precision", "channels_last", "compile")
+              if len({r[k] for r in rows}) > 1]
+    head = ["network", "implementation", "params", *varied, "images/s", "ms/step",
+            "peak memory", *(["TFLOP/s", "MFU"] if peak else [])]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for r in rows:
+        flags = [("yes" if r[k] else "no") if isinstance(r[k], bool) else str(r[k])
+                 for k in varied]
+        cells = [NAMES.get(r["net"], r["net"]), IMPL_NAMES[r["impl"]]]
+        if "error" in r:
+            cells += ["?", *flags, f"failed: {r['error'].replace('|', '/')}", "", "",
+                      *(["", ""] if peak else [])]
+        else:
+            cells += [f"{r['params']:,}", *flags, f"{r['ips']:.1f}",
+                      f"{r['ms']:.0f}" if r["ms"] >= 100 else f"{r['ms']:.1f}",
+                      f"{r['peak_mib']:.0f} MiB",
+                      *([f"{r['tflops']:.{1 if r['tflops'] >= 1 else 3}f}",
+                         f"{100 * r['tflops'] / peak:.1f}%"] if peak
+                        else [])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result["skipped"]:
+        lines += ["", f"({result['skipped']}.)"]
+    return "\n".join(lines)
+
+
+PRESET = {  # the CPU table: fp32 eager (bf16 is emulated and very slow on CPUs without it)
+    "device": "cpu", "nets": ["ddpm_cifar10", "small"], "impls": list(IMPLS), "batch": 16,
+    "steps": 3, "warmup": 1, "precisions": ["fp32"], "channels_last": [False],
+    "compile": [False], "peak_tflops": None, "lr": 2e-4, "seed": 0, "seeds": [0],
+    "schedule": {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+    "networks": NETS,
+}
+CUDA = {"device": "cuda", "batch": 128, "steps": 20, "warmup": 5, "precisions": ["fp32", "bf16"],
+        "channels_last": [False, True], "compile": [False, True]}
+
+BENCHMARK = Benchmark(
+    name="train_throughput", title="training images/s and peak memory, diffcli vs diffusers",
+    preset=PRESET,
+    smoke={"nets": ["small"], "batch": 2, "steps": 1, "warmup": 0, "peak_tflops": 1.0},
+    run=measure, tables={"cpu": table})
 
 
 def main() -> None:
+    """The CUDA settings (or others) from the command line; prints the table, writes nothing."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
-    ap.add_argument("--impl", nargs="+", choices=IMPLS, default=list(IMPLS))
-    ap.add_argument("--batch", type=int, help="default: 128 on CUDA, 16 on CPU")
-    ap.add_argument("--steps", type=int, help="timed steps; default: 20 on CUDA, 3 on CPU")
-    ap.add_argument("--warmup", type=int, help="untimed steps; default: 5 on CUDA, 1 on CPU")
-    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
-                    help="default: fp32 bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--channels-last", nargs="+", choices=["off", "on"],
-                    help="default: both on CUDA, off on CPU")
-    ap.add_argument("--compile", nargs="+", choices=["off", "on"],
-                    help="default: both on CUDA, off on CPU")
+    ap.add_argument("--device", choices=["cpu", "cuda"],
+                    default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--nets", nargs="+", choices=list(NAMES))
+    ap.add_argument("--impl", nargs="+", choices=IMPLS)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--steps", type=int, help="timed steps")
+    ap.add_argument("--warmup", type=int, help="untimed steps")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"])
+    ap.add_argument("--channels-last", nargs="+", choices=["off", "on"])
+    ap.add_argument("--compile", nargs="+", choices=["off", "on"])
     ap.add_argument("--peak-tflops", type=float,
-                    help="the accelerator's dense bf16 peak for the MFU column; default 989 "
-                         "on H100/H200 (SXM), none elsewhere")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: JSON row spec
+                    help="dense bf16 peak for the MFU column; default 989.4 on H100/H200")
     args = ap.parse_args()
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
-        return
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = device == "cuda"
+    cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
-    both = ["off", "on"] if cuda else ["off"]
-    precisions = args.precision or (["fp32", "bf16"] if cuda else ["fp32"])
-    layouts = [s == "on" for s in args.channels_last or both]
-    compiles = [s == "on" for s in args.compile or both]
-    batch = args.batch if args.batch is not None else (128 if cuda else 16)
-    steps = args.steps if args.steps is not None else (20 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    if batch < 1 or steps < 1 or warmup < 0:
+    s = {**PRESET, **(CUDA if cuda else {})}
+    given = {"nets": args.nets, "impls": args.impl, "batch": args.batch, "steps": args.steps,
+             "warmup": args.warmup, "precisions": args.precision,
+             "channels_last": args.channels_last and [v == "on" for v in args.channels_last],
+             "compile": args.compile and [v == "on" for v in args.compile],
+             "peak_tflops": args.peak_tflops}
+    s.update({k: v for k, v in given.items() if v is not None})
+    if s["peak_tflops"] is None and cuda and any(g in torch.cuda.get_device_name()
+                                                 for g in ("H100", "H200")):
+        s["peak_tflops"] = 989.4
+    if s["batch"] < 1 or s["steps"] < 1 or s["warmup"] < 0:
         ap.error("need --batch >= 1, --steps >= 1, --warmup >= 0")
-    impls = list(args.impl)
-    print(machine(device))
-    if "diffusers" in impls:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            impls.remove("diffusers")
-            print("note: diffusers not installed (pip install -e '.[bench]'); rows skipped")
-    mem = ("torch.cuda.max_memory_allocated" if cuda else
-           "process peak RSS (ru_maxrss) increase over the baseline after imports and a "
-           "tiny priming step")
-    print(f"device {device}; {steps} timed steps after {warmup} warm-up; one fresh process "
-          f"per row; peak memory = {mem}\n")
-    peak_tflops = args.peak_tflops
-    if peak_tflops is None and cuda and any(g in torch.cuda.get_device_name()
-                                            for g in ("H100", "H200")):
-        peak_tflops = 989.4
-    if peak_tflops:
-        print(f"model FLOPs per step counted by torch.utils.flop_counter (forward + backward); "
-              f"MFU = model FLOP/s / {peak_tflops:g} TFLOP/s (dense bf16 peak)\n")
-    print("| network | implementation | params | batch | precision | channels_last | compile "
-          "| images/s | ms/step | peak memory | TFLOP/s | MFU |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    for net, prec, cl, comp, impl in itertools.product(args.nets, precisions, layouts,
-                                                       compiles, impls):
-        spec = dict(net=net, impl=impl, device=device, batch=batch, steps=steps,
-                    warmup=warmup, precision=prec, channels_last=cl, compile=comp,
-                    flops=bool(peak_tflops))
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
-                              capture_output=True, text=True, env=env)
-        row = f"| {net} | {impl} | "
-        flags = f"| {batch} | {prec} | {'yes' if cl else 'no'} | {'yes' if comp else 'no'} |"
-        if proc.returncode:
-            err = (proc.stderr.strip().splitlines() or ["?"])[-1][:120].replace("|", "/")
-            print(f"{row}? {flags} failed: {err} | | | | |", flush=True)
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        mfu = (f"{r['tflops']:.1f} | {100 * r['tflops'] / peak_tflops:.1f}%" if peak_tflops
-               else "- | -")
-        print(f"{row}{r['params']:,} {flags} {r['ips']:.1f} | {r['ms']:.1f} | "
-              f"{r['peak_mib']:.0f} MiB | {mfu} |", flush=True)
+    print(table(measure(s, Path("."))))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--one"]:  # child mode: one row's spec as JSON
+        print(json.dumps(run_one(json.loads(sys.argv[2]))))
+    else:
+        main()
