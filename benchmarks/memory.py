@@ -1,68 +1,130 @@
 """Peak memory of sampling and evaluation, measured: does it stay flat as ``n`` grows?
 
-1. train the digits model (``diffcli train dataset=digits``, ``--train-steps`` steps) once;
-2. run ``diffcli sample n=N sampler=ddim steps=5`` for each N of ``--n`` and
-   ``diffcli eval-fid n=--fid-n extractor=standin`` as real processes, each reading its own
-   peak resident memory (``os.wait4``'s ``ru_maxrss``: the child's high-water mark);
-3. print a markdown table: N, peak RSS, wall time, and the ratio to the smallest N.
+1. train the digits model once (``diffcli train`` with the preset's pinned ``train`` overrides);
+2. run ``diffcli sample n=N`` for each N of ``n`` and ``diffcli eval-fid n=fid_n
+   extractor=standin`` (the preset's ``sample`` / ``fid`` overrides: DDIM 5 steps) as real
+   processes, each reading its own peak resident memory (``os.wait4``'s ``ru_maxrss``: the
+   child's high-water mark);
+3. the table: command, peak RSS, wall time, and the ratio to the first row.
 
-Run: ``python benchmarks/memory.py`` (about 10 minutes on 2 CPU cores with the defaults;
-``--n 1000 100000`` is the issue's pair). ``--reuse`` keeps the trained run under
-``benchmarks/out/memory``.
+Run: ``python -m benchmarks run memory`` (about 10 minutes on 2 CPU cores; writes
+docs/results/memory.json; the trained run stays under ``benchmarks/out/memory``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-OUT = Path(__file__).resolve().parent / "out" / "memory"
+from benchmarks.core import Benchmark
+
+TRAIN = [  # every setting the trained model depends on, pinned (not diffcli's defaults)
+    "dataset=digits", "dataset.image_size=8", "dataset.batch_size=128", "dataset.random_flip=false",
+    "model=unet", "model.base_channels=32", "model.channel_mults=[1,2]", "model.num_res_blocks=1",
+    "model.dropout=0.0", "model.groups=8", "model.attention_resolutions=[]",
+    "schedule=linear", "schedule.num_timesteps=1000", "schedule.beta_start=0.0001",
+    "schedule.beta_end=0.02", "module=diffusion", "module.prediction=v",
+    "module.ema_sigma_rel=0.05", "module.ema_decay=0.995", "module.ema_warmup=true",
+    "loss=simple", "optimizer=adam", "optimizer.lr=0.002", "optimizer.weight_decay=0.0",
+    "lr_scheduler=cosine", "lr_scheduler.warmup_steps=100", "lr_scheduler.min_ratio=0.0",
+    "trainer.max_steps=200", "trainer.precision=32", "trainer.gradient_clip_val=1.0",
+    "trainer.accelerator=cpu", "seed=0", "logger=none",
+]
+SAMPLE = ["sampler=ddim", "steps=5", "batch_size=256", "seed=0", "use_ema=true", "device=cpu",
+          "precision=32", "overwrite=true"]
+FID = ["extractor=standin", "sampler=ddim", "steps=5", "batch_size=256", "use_ema=true",
+       "device=cpu", "precision=32", "overwrite=true"]
+VARYING = ("hydra", "runs_root", "ckpt", "cache_dir")  # per machine, not settings
+
+
+def replaced(overrides: Sequence[str], changes: Mapping[str, Any]) -> list[str]:
+    """``overrides`` with the value of each key of ``changes`` replaced (appended if absent)."""
+    out = [o for o in overrides if o.split("=", 1)[0] not in changes]
+    return out + [f"{k}={v}" for k, v in changes.items()]
+
+
+def composed(command: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The config ``diffcli <command> <overrides>`` composes, resolved, minus what varies per
+    machine (Hydra's node, where runs live, ``dataset.root``)."""
+    from omegaconf import OmegaConf
+
+    from diffcli.cli.overrides import validate
+
+    cfg = validate(command, list(overrides))
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+           else cfg[k] for k in cfg if k not in VARYING}
+    if isinstance(out.get("dataset"), dict):
+        out["dataset"].pop("root", None)
+    return out
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a ``python -m diffcli`` child: the same diffcli as this process."""
+    import diffcli
+
+    src = str(Path(diffcli.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
 def peak(args: list[str], cwd: Path) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of ``diffcli <args>`` run in ``cwd``."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "diffcli", *args], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "diffcli", *args], cwd=cwd, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"diffcli {' '.join(args)} failed:\n{err[-3000:]}")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"diffcli {' '.join(args)} failed:\n{err[-3000:]}")
     return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[1000, 100000])
-    parser.add_argument("--fid-n", type=int, default=50000)
-    parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--reuse", action="store_true")
-    args = parser.parse_args()
-    if OUT.exists() and not args.reuse:
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True, exist_ok=True)
-    if not list(OUT.glob("outputs/*/*/checkpoints/last.ckpt")):
-        peak(["train", "dataset=digits", f"trainer.max_steps={args.train_steps}",
-              "logger=none"], OUT)
+def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
+    """Train once in ``workdir`` (kept: a rerun with a trained run reuses it), then the peak
+    RSS and wall time of each sampling / evaluation process; rows for the table."""
+    if not list(workdir.glob("outputs/*/*/checkpoints/last.ckpt")):
+        peak(["train", *settings["train"]], workdir)
     rows = []
-    for n in args.n:
-        rss, wall = peak(["sample", f"n={n}", "sampler=ddim", "steps=5", "overwrite=true"], OUT)
-        rows.append((f"sample n={n}", rss, wall))
-    if args.fid_n:
-        rss, wall = peak(["eval-fid", f"n={args.fid_n}", "extractor=standin", "sampler=ddim",
-                          "steps=5", "overwrite=true"], OUT)
-        rows.append((f"eval-fid n={args.fid_n} extractor=standin", rss, wall))
-    base = rows[0][1]
-    print("| command (digits model, ddim 5 steps) | peak RSS | wall | RSS / first |")
-    print("| --- | --- | --- | --- |")
-    for name, rss, wall in rows:
-        print(f"| `diffcli {name}` | {rss:.0f} MiB | {wall:.0f} s | {rss / base:.2f}x |")
+    for n in settings["n"]:
+        rss, wall = peak(["sample", f"n={n}", *settings["sample"]], workdir)
+        rows.append({"command": f"sample n={n}", "peak_rss_mib": rss, "wall_s": wall})
+    if settings["fid_n"]:
+        rss, wall = peak(["eval-fid", f"n={settings['fid_n']}", *settings["fid"]], workdir)
+        rows.append({"command": f"eval-fid n={settings['fid_n']} extractor=standin",
+                     "peak_rss_mib": rss, "wall_s": wall})
+    for row in rows:
+        row["ratio"] = row["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+    return {"rows": rows}
 
 
-if __name__ == "__main__":
-    main()
+def table(result: Mapping[str, Any]) -> str:
+    lines = ["| command (digits model, ddim 5 steps) | peak RSS | wall | RSS / first |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| `diffcli {r['command']}` | {r['peak_rss_mib']:.0f} MiB | {r['wall_s']:.0f} s | "
+              f"{r['ratio']:.2f}x |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Each stage's composed config (the ``n`` values are in the settings)."""
+    return {"n": list(settings["n"]), "fid_n": settings["fid_n"],
+            "train": composed("train", settings["train"]),
+            "sample": composed("sample", settings["sample"]),
+            "eval_fid": composed("eval_fid", [f"n={settings['fid_n'] or 1}", *settings["fid"]])}
+
+
+BENCHMARK = Benchmark(
+    name="memory", title="peak RSS of sample / eval-fid as n grows (digits model, CPU)",
+    preset={"train": TRAIN, "sample": SAMPLE, "fid": FID, "n": [1000, 100000], "fid_n": 50000,
+            "seeds": [0]},
+    smoke={"train": replaced(TRAIN, {"trainer.max_steps": 2, "lr_scheduler.warmup_steps": 1,
+                                     "model.base_channels": 8, "dataset.batch_size": 16}),
+           "sample": replaced(SAMPLE, {"steps": 2, "batch_size": 8}),
+           "fid": replaced(FID, {"steps": 2, "batch_size": 8}), "n": [8], "fid_n": 16},
+    run=measure, tables={"streaming": table}, resolve=resolve)
