@@ -8,12 +8,14 @@
 3. the table: command, peak RSS, wall time, and the ratio to the first row.
 
 Run: ``python -m benchmarks run memory`` (about 10 minutes on 2 CPU cores; writes
-docs/results/memory.json; the trained run stays under ``benchmarks/out/memory``).
+docs/results/memory.json; the trained run stays under ``benchmarks/out/memory`` until the
+next run).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,10 +88,11 @@ def peak(args: list[str], cwd: Path) -> tuple[float, float]:
 
 
 def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
-    """Train once in ``workdir`` (kept: a rerun with a trained run reuses it), then the peak
-    RSS and wall time of each sampling / evaluation process; rows for the table."""
-    if not list(workdir.glob("outputs/*/*/checkpoints/last.ckpt")):
-        peak(["train", *settings["train"]], workdir)
+    """Train in ``workdir`` (an earlier run there is removed first: it may come from other
+    settings), then the peak RSS and wall time of each sampling / evaluation process; rows
+    for the table."""
+    shutil.rmtree(workdir / "outputs", ignore_errors=True)
+    peak(["train", *settings["train"]], workdir)
     rows = []
     for n in settings["n"]:
         rss, wall = peak(["sample", f"n={n}", *settings["sample"]], workdir)
