@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,44 @@ def registry() -> dict[str, Benchmark]:
         if bench is not None:
             found[bench.name] = bench
     return found
+
+
+# what varies per machine or run, left out of a composed config: a node (None) or some keys
+VARYING: dict[str, tuple[str, ...] | None] = {"hydra": None, "runs_root": None, "ckpt": None,
+                                              "out": None, "dataset": ("root",),
+                                              "latent": ("ckpt",), "cache_dir": None}
+
+
+def composed(command: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The config ``diffcli <command> <overrides>`` composes (every default filled in,
+    resolved), less what varies per machine or run (:data:`VARYING`): what a benchmark's stage
+    runs with, for its staleness hash. ``command``: the config's name (train, sample,
+    eval_nll, ...)."""
+    from omegaconf import OmegaConf
+
+    from diffcli.cli.overrides import validate
+
+    cfg = validate(command, list(overrides))
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key in VARYING and VARYING[key] is None:
+            continue
+        value = cfg[key]
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) \
+            else value
+        for drop in VARYING.get(key) or ():
+            value.pop(drop, None)
+        out[key] = value
+    return out
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a ``python -m diffcli`` child: the same diffcli as this process."""
+    import diffcli
+
+    src = str(Path(diffcli.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
 def digest(value: Any) -> str:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.core import Benchmark
-from benchmarks.likelihood_mnist import composed, judge_for, judge_sha256
+from benchmarks.core import Benchmark, composed
+from benchmarks.likelihood_mnist import judge_for, judge_sha256
 from benchmarks.mnist_judge import (
     DATA,
     feature_distance,
@@ -98,7 +98,7 @@ def overrides(settings: Mapping[str, Any], stage: str) -> list[str]:
 
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings, each stage's overrides replaced by the config they compose."""
-    stages = {stage: composed(overrides(settings, stage), COMMANDS[stage])
+    stages = {stage: composed(COMMANDS[stage], overrides(settings, stage))
               for stage in settings["stages"]}
     return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny")},
             "stages": stages}

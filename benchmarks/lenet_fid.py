@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.core import Benchmark
+from benchmarks.core import Benchmark, composed
 from benchmarks.mnist_judge import (
     DATA,
     HELD_OUT,
@@ -258,18 +258,8 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings plus each run's composed training config (without what varies per
     machine: hydra, runs_root, dataset.root) and each score's full sampler config."""
-    from omegaconf import OmegaConf
-
-    from diffcli.cli.overrides import validate
-
-    configs = {}
-    for name, run in settings["runs"].items():
-        cfg = validate("train", list(run["overrides"]))
-        plain = {key: OmegaConf.to_container(cfg[key], resolve=True)
-                 if OmegaConf.is_config(cfg[key]) else cfg[key]
-                 for key in cfg if key not in ("hydra", "runs_root")}
-        plain["dataset"].pop("root", None)
-        configs[name] = plain
+    configs = {name: composed("train", run["overrides"])
+               for name, run in settings["runs"].items()}
     samplers = {table: [sampler_config(s, o) for _, s, o in scores]
                 for table, scores in settings["tables"].items()}
     return {**settings, "train_configs": configs, "sampler_configs": samplers}

@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.core import Benchmark
+from benchmarks.core import Benchmark, composed
 from benchmarks.mnist_judge import (
     DATA,
     WEIGHTS,
@@ -71,34 +71,6 @@ LABELS = {"L_simple": "L_simple (fixed beta-tilde)", "L_hybrid": "L_hybrid (lear
           "L_vlb": "L_vlb (learned, importance-sampled t)"}
 NLL = {"method": "vlb", "split": "test", "variance": "auto", "decoder": "auto", "use_ema": "true",
        "seed": 0, "batch_size": 100, "overwrite": "true"}  # diffcli eval-nll's settings
-# composed configs keep none of what varies per machine or run
-VARYING = {"hydra": None, "runs_root": None, "ckpt": None, "out": None, "dataset": ("root",),
-           "latent": ("ckpt",)}
-
-
-def composed(overrides: Sequence[str], command: str = "train") -> dict[str, Any]:
-    """The config ``diffcli <command> <overrides>`` composes (every default filled in,
-    resolved), less what varies per machine or run (:data:`VARYING`: hydra, runs_root, ckpt,
-    out, dataset.root, latent.ckpt): what a benchmark's stage runs with, for its staleness
-    hash. ``command``: train, sample, eval_nll, ... (the config's name)."""
-    from omegaconf import OmegaConf
-
-    from diffcli.cli.overrides import validate
-
-    cfg = validate(command, list(overrides))
-    out: dict[str, Any] = {}
-    for key in cfg:
-        if key in VARYING and VARYING[key] is None:
-            continue
-        value = cfg[key]
-        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) \
-            else value
-        for drop in VARYING.get(key) or ():
-            value.pop(drop, None)
-        out[key] = value
-    return out
-
-
 def judge_for(settings: Mapping[str, Any]) -> torch.nn.Module:
     """The MNIST judge: the trained one of ``benchmarks/mnist_judge.py`` (``judge_epochs``
     null), or one trained here for ``judge_epochs`` epochs (the smoke run: 0, untrained)."""
@@ -123,9 +95,10 @@ def stage_overrides(settings: Mapping[str, Any], name: str) -> list[str]:
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings, each training stage's overrides (and eval-nll's) replaced by the config
     they compose."""
-    stages = {name: composed(stage_overrides(settings, name)) for name in settings["stages"]}
+    stages = {name: composed("train", stage_overrides(settings, name))
+              for name in settings["stages"]}
     return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny", "nll")},
-            "stages": stages, "nll": composed(nll_args(settings["nll"]), "eval_nll")}
+            "stages": stages, "nll": composed("eval_nll", nll_args(settings["nll"]))}
 
 
 def nll_args(nll_settings: Mapping[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import Benchmark
+from benchmarks.core import Benchmark, child_env, composed
 
 TRAIN = [  # every setting the trained model depends on, pinned (not diffcli's defaults)
     "dataset=digits", "dataset.image_size=8", "dataset.batch_size=128", "dataset.random_flip=false",
@@ -41,37 +41,12 @@ SAMPLE = ["sampler=ddim", "steps=5", "batch_size=256", "seed=0", "use_ema=true",
           "precision=32", "overwrite=true"]
 FID = ["extractor=standin", "sampler=ddim", "steps=5", "batch_size=256", "use_ema=true",
        "device=cpu", "precision=32", "overwrite=true"]
-VARYING = ("hydra", "runs_root", "ckpt", "cache_dir")  # per machine, not settings
 
 
 def replaced(overrides: Sequence[str], changes: Mapping[str, Any]) -> list[str]:
     """``overrides`` with the value of each key of ``changes`` replaced (appended if absent)."""
     out = [o for o in overrides if o.split("=", 1)[0] not in changes]
     return out + [f"{k}={v}" for k, v in changes.items()]
-
-
-def composed(command: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The config ``diffcli <command> <overrides>`` composes, resolved, minus what varies per
-    machine (Hydra's node, where runs live, ``dataset.root``)."""
-    from omegaconf import OmegaConf
-
-    from diffcli.cli.overrides import validate
-
-    cfg = validate(command, list(overrides))
-    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-           else cfg[k] for k in cfg if k not in VARYING}
-    if isinstance(out.get("dataset"), dict):
-        out["dataset"].pop("root", None)
-    return out
-
-
-def child_env() -> dict[str, str]:
-    """The environment for a ``python -m diffcli`` child: the same diffcli as this process."""
-    import diffcli
-
-    src = str(Path(diffcli.__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
 def peak(args: list[str], cwd: Path) -> tuple[float, float]:
