@@ -6,28 +6,34 @@ that it does not depend on exact centring. It answers two questions about sample
 class-conditional model: which digit does each image show (accuracy against the requested
 class), and how far is the distribution of its penultimate features (128-d) from real digits'
 (a Frechet distance in this classifier's feature space, "FD-judge": like FID, lower is better,
-but only comparable between runs judged by this same network).
+but only comparable between runs judged by this same network). Its floor: ``floor_n`` real
+digits drawn at random (one draw per seed of ``floor_seeds``) against the whole split - what a
+model drawing real digits scores with that many samples (mean and spread in the table).
 
-Run: ``python benchmarks/mnist_judge.py`` (about 2 minutes on 2 CPU cores); the weights go
-to ``benchmarks/out/mnist_judge.pt`` and are reused by ``benchmarks/guidance_mnist.py``.
+Run: ``python -m benchmarks run mnist_judge`` (about 2 minutes on 2 CPU cores; writes
+docs/results/mnist_judge.json); the weights go to ``benchmarks/out/mnist_judge/`` and
+:func:`judge` / :func:`load_judge` load them there (training them first when missing) for the
+guidance, likelihood and latent benchmarks.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.core import Benchmark, Settings
 from diffcli.eval.fid import frechet_distance
 
 HERE = Path(__file__).resolve().parent
-WEIGHTS = HERE / "out" / "mnist_judge.pt"
+WEIGHTS = HERE / "out" / "mnist_judge" / "mnist_judge.pt"  # the real run's workdir
 DATA = Path(os.environ.get("MNIST_ROOT", HERE.parent.parent / "shared" / "data"))  # MNIST/raw/
 HELD_OUT = 1000
 
@@ -72,25 +78,29 @@ def _shift(x: Tensor, gen: torch.Generator, pixels: int = 2) -> Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def train(epochs: int = 4, seed: int = 0, make: type[nn.Module] = Judge) -> tuple[nn.Module, float]:
-    """Train a ``make()`` classifier (``features`` + ``head``) on images 0..8999; return it and
-    its accuracy on 9000..9999."""
+def train(epochs: int = 4, seed: int = 0, make: type[nn.Module] = Judge,
+          train_images: int | None = None) -> tuple[nn.Module, float]:
+    """Train a ``make()`` classifier (``features`` + ``head``) on images 0..8999 (the first
+    ``train_images`` of them when given); return it and its accuracy on 9000..9999."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, labels = read_mnist_test()
     x, y = to_input(images), labels
     xt, yt, xv, yv = x[:-HELD_OUT], y[:-HELD_OUT], x[-HELD_OUT:], y[-HELD_OUT:]
+    xt, yt = xt[:train_images], yt[:train_images]
     judge = make()
     opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
     for epoch in range(epochs):
         order = torch.randperm(len(xt), generator=gen)
+        judge.train()
         for start in range(0, len(xt), 128):
             idx = order[start:start + 128]
             loss = F.cross_entropy(judge(_shift(xt[idx], gen)), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        print(f"epoch {epoch + 1}/{epochs}: held-out accuracy {accuracy(judge, xv, yv):.4f}")
+        print(f"epoch {epoch + 1}/{epochs}: held-out accuracy {accuracy(judge, xv, yv):.4f}",
+              flush=True)
     return judge, accuracy(judge, xv, yv)
 
 
@@ -133,27 +143,74 @@ def load_trained(make: type[nn.Module], path: Path, script: str) -> nn.Module:
     return net.eval()
 
 
-def load_judge(path: Path = WEIGHTS) -> Judge:
-    """The trained judge (train it first with this script)."""
-    return load_trained(Judge, path, "benchmarks/mnist_judge.py")
+PRESET = {"epochs": 8, "seed": 0, "train_images": 9000, "held_out": HELD_OUT,
+          "floor_n": 500, "floor_seeds": [0, 1, 2, 3, 4]}
+SMOKE = {"epochs": 1, "train_images": 1000, "floor_n": 100, "floor_seeds": [0, 1]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    args = parser.parse_args()
-    start = time.perf_counter()
-    judge, acc = train(args.epochs)
-    WEIGHTS.parent.mkdir(exist_ok=True)
-    torch.save(judge.state_dict(), WEIGHTS)
-    images, labels = read_mnist_test()
-    _, feats = predict(judge, to_input(images))
-    half = len(feats) // 2  # the distance between two halves of real data: the floor
-    floor = feature_distance(feats[:half], feats[half:])
-    print(f"judge: held-out accuracy {acc:.4f} on {HELD_OUT} images; FD-judge between two "
-          f"halves of the real test split {floor:.3f}; {time.perf_counter() - start:.0f} s; "
-          f"weights {WEIGHTS}")
+def floor(feats: Tensor, n: int, seeds: list[int]) -> list[float]:
+    """FD-judge of ``n`` random real digits (one draw per seed) against all of ``feats`` (the
+    whole split): what a model that draws real digits scores with ``n`` samples."""
+    out = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        out.append(feature_distance(feats[torch.randperm(len(feats), generator=gen)[:n]], feats))
+    return out
 
 
-if __name__ == "__main__":
-    main()
+def judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent,
+          retrain: bool = False) -> tuple[Judge, float]:
+    """The judge trained with ``settings`` and its held-out accuracy: loaded from
+    ``folder/mnist_judge.pt`` when it was saved there with these same settings (its
+    ``.json`` beside it says which), else trained now and saved there. The one way the
+    MNIST benchmarks get their judge."""
+    weights, stamp = folder / WEIGHTS.name, folder / "mnist_judge.json"
+    want = {"settings": {k: settings[k] for k in ("epochs", "seed", "train_images")}}
+    if not retrain and weights.is_file() and stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        if saved.get("settings") == want["settings"]:
+            net = Judge()
+            net.load_state_dict(torch.load(weights, weights_only=True))
+            return net.eval(), saved["accuracy"]
+    net, acc = train(settings["epochs"], settings["seed"], train_images=settings["train_images"])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), weights)
+    stamp.write_text(json.dumps({**want, "accuracy": acc}) + "\n")
+    return net.eval(), acc
+
+
+def load_judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent) -> Judge:
+    """The judge of ``settings`` (trained on first use, see :func:`judge`), in eval mode."""
+    return judge(settings, folder)[0]
+
+
+def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
+    """Train the judge (weights to ``workdir``), its accuracy on the held-out real digits and
+    the random-split floor of FD-judge."""
+    if settings["held_out"] != HELD_OUT:
+        raise ValueError(f"held_out is fixed at {HELD_OUT}")
+    net, acc = judge(settings, workdir, retrain=True)
+    _, feats = predict(net, to_input(read_mnist_test()[0]))
+    draws = floor(feats, settings["floor_n"], settings["floor_seeds"])
+    result = {"accuracy": acc, "held_out": HELD_OUT, "floor_n": settings["floor_n"],
+              "floor": draws, "floor_mean": float(np.mean(draws)),
+              "floor_sd": float(np.std(draws, ddof=1)) if len(draws) > 1 else 0.0,
+              "reference": len(feats)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def table(result: Mapping[str, Any]) -> str:
+    return "\n".join([
+        "| judge accuracy (held-out real digits) | FD-judge floor: n random real digits vs the "
+        "whole split |",
+        "| ---: | ---: |",
+        f"| {100 * result['accuracy']:.1f}% of {result['held_out']:,} | "
+        f"{result['floor_mean']:.1f} ± {result['floor_sd']:.1f} (n = {result['floor_n']}, "
+        f"{len(result['floor'])} draws) |"])
+
+
+BENCHMARK = Benchmark(
+    name="mnist_judge", title="the MNIST judge: held-out accuracy and FD-judge's real-data floor",
+    preset=PRESET, smoke=SMOKE, run=measure, tables={"judge": table})
+
