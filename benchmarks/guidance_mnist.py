@@ -2,120 +2,187 @@
 
 1. ``diffcli train`` a class-conditional U-Net on the offline MNIST test split with
    classifier-free guidance training (``conditional=true``, 10% null labels), and a noise-aware
-   classifier (``task=classifier``) with the same schedule - both through the real CLI;
-2. sample ``--n`` images (classes 0-9 in equal numbers, DDIM ``--steps``) at several
-   classifier-free guidance scales w, and with classifier guidance of scale s on the same
-   network's unconditional branch (w = 0: the network trained with null labels is an
-   unconditional model);
-3. judge them with the separate MNIST classifier of ``benchmarks/mnist_judge.py``: accuracy =
-   fraction labelled as the requested class, and FD-judge = Frechet distance of the judge's
-   features to the real test images (lower is closer to real digits; comparable only within
-   this table); also NFE per sample and images/s at equal steps (the cost of guidance).
+   classifier (``task=classifier``) with the same schedule - both through the real CLI, each
+   with the full list of overrides of the preset (every setting the model depends on, written
+   out, so a change of diffcli's defaults does not change the recipe);
+2. sample ``n`` images (classes 0-9 in equal numbers, DDIM ``steps``, EMA weights) at each
+   guidance setting of the preset: classifier-free guidance scales w, and classifier guidance
+   of scale s on the same network's unconditional branch (w = 0: the network trained with null
+   labels is an unconditional model) or on the conditional model (w = 1);
+3. judge them with the MNIST classifier of ``benchmarks/mnist_judge.py``: accuracy = fraction
+   labelled as the requested class, and FD-judge = Frechet distance of the judge's features to
+   those of the whole real test split (lower is closer to real digits; comparable only within
+   this table and with the judge's floor for the same n); also NFE per sample and images/s.
 
-Run: ``python benchmarks/mnist_judge.py`` once, then ``python benchmarks/guidance_mnist.py``
-(``--train-steps``/``--classifier-steps`` set the recipes; ``--reuse`` keeps trained runs under
-``benchmarks/out/guidance-mnist``). Prints a markdown table.
+Run: ``python -m benchmarks run guidance_mnist`` (writes docs/results/guidance_mnist.json and
+the table of docs/guidance.md; trains the judge first when benchmarks/out/mnist_judge/ has no
+weights of its preset; the runs go to benchmarks/out/guidance_mnist/).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_judge import (  # noqa: E402
+from benchmarks import mnist_judge
+from benchmarks.core import Benchmark, Settings
+from benchmarks.mnist_judge import (
     DATA,
     feature_distance,
-    load_judge,
+    judge,
+    judge_folder,
     predict,
     read_mnist_test,
     run_diffcli,
     to_input,
 )
 
-from diffcli.diffusion.generate import generate, to_uint8  # noqa: E402
-from diffcli.guided_run import Guidance, guide  # noqa: E402
-from diffcli.restore import make_sampler, open_run  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "out" / "guidance-mnist"
-COMMON = ["dataset=mnist", f"dataset.root={DATA}", "dataset.split=test", "logger=none",
-          "schedule=cosine", "dataset.batch_size=64"]
-
-
-
-
-def train_runs(steps: int, classifier_steps: int, reuse: bool) -> tuple[Path, Path]:
-    """The conditional diffusion run and the classifier run (trained unless reused)."""
-    model, clf = OUT / "model" / "checkpoints" / "last.ckpt", OUT / "classifier" / "checkpoints" \
-        / "last.ckpt"
-    if not (reuse and model.is_file()):
-        run_diffcli("train", *COMMON, "conditional=true", "model=unet", "model.base_channels=32",
-                "model.channel_mults=[1,2,2]", "model.num_res_blocks=1",
-                f"trainer.max_steps={steps}", "callbacks.preview=null",
-                f"hydra.run.dir={OUT / 'model'}")
-    if not (reuse and clf.is_file()):
-        run_diffcli("train", "task=classifier", *COMMON, f"trainer.max_steps={classifier_steps}",
-                f"hydra.run.dir={OUT / 'classifier'}")
-    return model, clf
-
-
-def settings(classifier: Path) -> list[tuple[str, Guidance]]:
-    rows = [(f"classifier-free, w = {w:g}", Guidance(scale=w)) for w in (0.0, 1.0, 2.0, 3.0)]
-    rows += [(f"classifier, s = {s:g} (w = 0)", Guidance(scale=0.0, classifier=str(classifier),
-                                                       classifier_scale=s))
-             for s in (1.0, 3.0, 10.0)]
-    return rows
+COMMON = [  # both stages: data, schedule, trainer, LR schedule, seed
+    "dataset=mnist", "dataset.split=test", "dataset.image_size=28", "dataset.random_flip=false",
+    "dataset.batch_size=64", "dataset.num_workers=0", "logger=none",
+    "schedule=cosine", "schedule.num_timesteps=1000", "schedule.s=0.008", "schedule.max_beta=0.999",
+    "trainer.precision=32", "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=1",
+    "lr_scheduler=cosine", "lr_scheduler.warmup_steps=100", "lr_scheduler.min_ratio=0.0",
+    "seed=0"]
+MODEL = [*COMMON,  # the class-conditional U-Net (1.05M parameters)
+         "conditional=true", "model=unet", "model.base_channels=32", "model.channel_mults=[1,2,2]",
+         "model.num_res_blocks=1", "model.dropout=0.0", "model.groups=8",
+         "model.attention_resolutions=[]", "model.use_scale_shift_norm=false",
+         "module.prediction=v", "module.min_snr_gamma=null", "module.ema_sigma_rel=0.05",
+         "module.ema_decay=0.995", "module.ema_warmup=true", "module.cond_drop_prob=0.1",
+         "loss=simple", "optimizer=adam", "optimizer.lr=0.002", "optimizer.betas=[0.9,0.999]",
+         "optimizer.eps=1e-8", "optimizer.weight_decay=0.0", "callbacks.preview=null",
+         "trainer.max_steps=1500"]
+CLASSIFIER = [*COMMON,  # the noise-aware classifier of x_t
+              "task=classifier", "model.base_channels=32", "model.channel_mults=[1,2,2]",
+              "model.num_res_blocks=1", "model.dropout=0.0", "model.groups=8",
+              "model.use_scale_shift_norm=true", "optimizer=adamw", "optimizer.lr=0.002",
+              "optimizer.betas=[0.9,0.999]", "optimizer.eps=1e-8", "optimizer.weight_decay=0.01",
+              "trainer.max_steps=800"]
+SAMPLER = {"_target_": "diffcli.diffusion.samplers.ddim.DDIM", "eta": 0.0, "grid": "trailing"}
+ROWS = [  # name, classifier-free w, classifier scale s (None: no classifier)
+    *[(f"classifier-free, w = {w:g}" + {0: " (unconditional)", 1: " (conditional)"}.get(w, ""),
+       float(w), None) for w in (0, 1, 2, 3)],
+    *[(f"classifier guidance, s = {s:g} (on w = 0)", 0.0, float(s)) for s in (1, 3, 10, 30, 100)],
+    ("classifier guidance, s = 3 on the conditional model (w = 1)", 1.0, 3.0)]
+PER_MACHINE = ("dataset.root", "hydra.run.dir")  # added at run time, not part of the recipe
 
 
-def measure(model: Path, classifier: Path, n: int, steps: int) -> list[dict]:
-    judge = load_judge()
-    images, _ = read_mnist_test()
-    _, real = predict(judge, to_input(images))
-    device = torch.device("cpu")
-    rows = []
-    for name, g in settings(classifier):
-        opened = open_run(model, use_ema=True, device=device)
-        sampler, _ = make_sampler({"_target_": "diffcli.diffusion.samplers.ddim.DDIM"},
-                                  opened.schedule, steps=steps, clip_denoised=True)
-        guided = guide(opened, g, device)
-        labels = guided.labels(n)
-        start = time.perf_counter()
-        x = generate(sampler, guided.denoiser, opened.info.shape, list(range(n)), 250, device,
-                     labels=labels)
-        seconds = time.perf_counter() - start
-        pred, feats = predict(judge, to_input(to_uint8(x)))
-        rows.append({"setting": name, "accuracy": float((pred == labels).float().mean()),
-                     "fd_judge": feature_distance(feats, real),
-                     "nfe": opened.counter.rows // n, "images_per_s": n / seconds})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+def changed(overrides: Sequence[str], **values: Any) -> list[str]:
+    """``overrides`` with the keys of ``values`` (``__`` for ``.``) set to them."""
+    new = {k.replace("__", "."): v for k, v in values.items()}
+    kept = [o for o in overrides if o.split("=", 1)[0] not in new]
+    return kept + [f"{k}={v}" for k, v in new.items()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-steps", type=int, default=1500)
-    parser.add_argument("--classifier-steps", type=int, default=800)
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--reuse", action="store_true")
-    args = parser.parse_args()
+PRESET = {
+    "model": MODEL, "classifier": CLASSIFIER, "n": 500, "steps": 25, "batch": 250,
+    "sampler": SAMPLER, "use_ema": True, "clip_denoised": True,
+    "rows": [{"setting": name, "w": w, "s": s} for name, w, s in ROWS],
+    "judge": mnist_judge.PRESET}
+SMOKE = {
+    "model": changed(MODEL, trainer__max_steps=2, model__base_channels=8,
+                     model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
+                     dataset__batch_size=8),
+    "classifier": changed(CLASSIFIER, trainer__max_steps=2, model__base_channels=8,
+                          model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
+                          dataset__batch_size=8, module__eval_images=20),
+    "n": 10, "steps": 2, "batch": 10,
+    "judge": {**mnist_judge.PRESET, **mnist_judge.SMOKE, "train_images": 300}}
+
+
+def composed(overrides: Sequence[str]) -> dict[str, Any]:
+    """The training config ``diffcli train <overrides>`` composes, minus what varies per
+    machine (hydra, dataset.root, runs_root)."""
+    from omegaconf import OmegaConf
+
+    from diffcli.cli.overrides import validate
+
+    cfg = OmegaConf.to_container(validate("train", list(overrides)), resolve=False)
+    cfg.pop("hydra", None)
+    cfg.pop("runs_root", None)
+    cfg.get("dataset", {}).pop("root", None)
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
+
+
+def resolve(settings: Settings) -> dict[str, Any]:
+    """The settings with each stage's overrides replaced by the config they compose to."""
+    return {**settings, "model": composed(settings["model"]),
+            "classifier": composed(settings["classifier"])}
+
+
+def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
+    """Train the conditional diffusion run and the classifier run in ``workdir``; their
+    checkpoints."""
+    ckpts = {}
+    for stage in ("model", "classifier"):
+        run_diffcli("train", *settings[stage], f"dataset.root={DATA}",
+                    f"hydra.run.dir={workdir / stage}")
+        ckpts[stage] = workdir / stage / "checkpoints" / "last.ckpt"
+    return ckpts
+
+
+def sample_row(model: Path, classifier: Path, row: Mapping[str, Any],
+               settings: Settings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                   int, float]:
+    """(uint8 images, requested labels, NFE per sample, seconds) of one guidance setting."""
+    from diffcli.diffusion.generate import generate, to_uint8
+    from diffcli.guided_run import Guidance, guide
+    from diffcli.restore import make_sampler, open_run
+
+    n = settings["n"]
+    opened = open_run(model, use_ema=settings["use_ema"], device=device)
+    sampler, _ = make_sampler(dict(settings["sampler"]), opened.schedule, steps=settings["steps"],
+                              clip_denoised=settings["clip_denoised"])
+    g = (Guidance(scale=row["w"]) if row["s"] is None else
+         Guidance(scale=row["w"], classifier=str(classifier), classifier_scale=row["s"]))
+    guided = guide(opened, g, device)
+    labels = guided.labels(n)
     start = time.perf_counter()
-    model, clf = train_runs(args.train_steps, args.classifier_steps, args.reuse)
-    rows = measure(model, clf, args.n, args.steps)
-    print(f"\n{args.n} samples (classes 0-9, {args.n // 10} each), DDIM {args.steps} steps, "
-          f"EMA weights; model {args.train_steps} steps, classifier {args.classifier_steps} "
-          f"steps; total {time.perf_counter() - start:.0f} s\n")
-    print("| guidance | judge accuracy | FD-judge | NFE / sample | images/s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['setting']} | {100 * r['accuracy']:.1f}% | {r['fd_judge']:.1f} | "
-              f"{r['nfe']} | {r['images_per_s']:.1f} |")
+    x = generate(sampler, guided.denoiser, opened.info.shape, list(range(n)), settings["batch"],
+                 device, labels=labels)
+    return to_uint8(x), labels.cpu(), opened.counter.rows // n, time.perf_counter() - start
 
 
-if __name__ == "__main__":
-    main()
+def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
+    """Train both stages, sample every guidance row and judge it; rows for the table."""
+    start = time.perf_counter()
+    ckpts = train_runs(settings, workdir)
+    train_s = time.perf_counter() - start
+    net, judge_acc = judge(settings["judge"], judge_folder(settings["judge"], workdir))
+    _, real = predict(net, to_input(read_mnist_test()[0]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for row in settings["rows"]:
+        images, labels, nfe, seconds = sample_row(ckpts["model"], ckpts["classifier"], row,
+                                                  settings, device)
+        pred, feats = predict(net, to_input(images))
+        rows.append({**row, "accuracy": float((pred == labels).float().mean()),
+                     "fd_judge": feature_distance(feats, real), "nfe": nfe,
+                     "images_per_s": settings["n"] / seconds})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "n": settings["n"], "steps": settings["steps"],
+            "judge_accuracy": judge_acc, "train_s": round(train_s, 1), "device": device.type}
+
+
+def table(result: Mapping[str, Any]) -> str:
+    """Accuracy, FD-judge and NFE per row (images/s stay in the JSON: measured on a shared
+    machine they are not a reliable cost figure; NFE is)."""
+    lines = ["| guidance | judge accuracy | FD-judge | NFE / sample |",
+             "| --- | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        chance = " (chance: 10%)" if r["w"] == 0 and r["s"] is None else ""
+        lines.append(f"| {r['setting']} | {100 * r['accuracy']:.1f}%{chance} | "
+                     f"{r['fd_judge']:.1f} | {r['nfe']} |")
+    return "\n".join(lines)
+
+
+BENCHMARK = Benchmark(
+    name="guidance_mnist",
+    title="classifier-free and classifier guidance on MNIST: judge accuracy, FD-judge, NFE",
+    preset=PRESET, smoke=SMOKE, run=measure, tables={"table": table}, resolve=resolve)

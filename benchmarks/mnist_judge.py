@@ -179,6 +179,13 @@ def judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent,
     return net.eval(), acc
 
 
+def judge_folder(settings: Settings, workdir: Path) -> Path:
+    """Where the judge of ``settings`` lives: the published judge's folder (the real run's,
+    benchmarks/out/mnist_judge/) for the preset, else ``workdir/judge`` (a smoke run's judge
+    never replaces the real one)."""
+    return WEIGHTS.parent if dict(settings) == PRESET else workdir / "judge"
+
+
 def load_judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent) -> Judge:
     """The judge of ``settings`` (trained on first use, see :func:`judge`), in eval mode."""
     return judge(settings, folder)[0]
