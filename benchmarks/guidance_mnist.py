@@ -84,7 +84,7 @@ PRESET = {
     "model": MODEL, "classifier": CLASSIFIER, "n": 500, "steps": 25, "batch": 250,
     "sampler": SAMPLER, "use_ema": True, "clip_denoised": True,
     "rows": [{"setting": name, "w": w, "s": s} for name, w, s in ROWS],
-    "judge": mnist_judge.PRESET}
+    "judge": mnist_judge.training(mnist_judge.PRESET)}
 SMOKE = {
     "model": changed(MODEL, trainer__max_steps=2, model__base_channels=8,
                      model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
@@ -93,7 +93,7 @@ SMOKE = {
                           model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
                           dataset__batch_size=8, module__eval_images=20),
     "n": 10, "steps": 2, "batch": 10,
-    "judge": {**mnist_judge.PRESET, **mnist_judge.SMOKE, "train_images": 300}}
+    "judge": {**mnist_judge.training(mnist_judge.PRESET), "epochs": 1, "train_images": 300}}
 
 
 def composed(overrides: Sequence[str]) -> dict[str, Any]:

@@ -145,6 +145,7 @@ def load_trained(make: type[nn.Module], path: Path, script: str) -> nn.Module:
 
 PRESET = {"epochs": 8, "seed": 0, "train_images": 9000, "held_out": HELD_OUT,
           "floor_n": [200, 500], "floor_seeds": [0, 1, 2, 3, 4]}
+TRAINING = ("epochs", "seed", "train_images")  # the settings the judge's weights depend on
 SMOKE = {"epochs": 1, "train_images": 1000, "floor_n": [100], "floor_seeds": [0, 1]}
 
 
@@ -158,6 +159,11 @@ def floor(feats: Tensor, n: int, seeds: list[int]) -> list[float]:
     return out
 
 
+def training(settings: Settings) -> dict[str, Any]:
+    """The settings of :data:`TRAINING` (what another benchmark pins of its judge)."""
+    return {k: settings[k] for k in TRAINING}
+
+
 def judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent,
           retrain: bool = False) -> tuple[Judge, float]:
     """The judge trained with ``settings`` and its held-out accuracy: loaded from
@@ -165,7 +171,7 @@ def judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent,
     ``.json`` beside it says which), else trained now and saved there. The one way the
     MNIST benchmarks get their judge."""
     weights, stamp = folder / WEIGHTS.name, folder / "mnist_judge.json"
-    want = {"settings": {k: settings[k] for k in ("epochs", "seed", "train_images")}}
+    want = {"settings": training(settings)}
     if not retrain and weights.is_file() and stamp.is_file():
         saved = json.loads(stamp.read_text())
         if saved.get("settings") == want["settings"]:
@@ -183,7 +189,7 @@ def judge_folder(settings: Settings, workdir: Path) -> Path:
     """Where the judge of ``settings`` lives: the published judge's folder (the real run's,
     benchmarks/out/mnist_judge/) for the preset, else ``workdir/judge`` (a smoke run's judge
     never replaces the real one)."""
-    return WEIGHTS.parent if dict(settings) == PRESET else workdir / "judge"
+    return WEIGHTS.parent if training(settings) == training(PRESET) else workdir / "judge"
 
 
 def load_judge(settings: Settings = PRESET, folder: Path = WEIGHTS.parent) -> Judge:
@@ -209,7 +215,7 @@ def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
 
 
 def table(result: Mapping[str, Any]) -> str:
-    lines = ["| the judge | |", "| --- | ---: |",
+    lines = ["| the judge | value |", "| --- | ---: |",
              f"| accuracy on the {result['held_out']:,} held-out real digits | "
              f"{100 * result['accuracy']:.1f}% |"]
     lines += [f"| FD-judge floor: {f['n']} random real digits vs all {result['reference']:,} "
