@@ -22,6 +22,9 @@ weights of its preset; the runs go to benchmarks/out/guidance_mnist/).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +41,6 @@ from benchmarks.mnist_judge import (
     judge_folder,
     predict,
     read_mnist_test,
-    run_diffcli,
     to_input,
 )
 
@@ -83,6 +85,7 @@ def changed(overrides: Sequence[str], **values: Any) -> list[str]:
 PRESET = {
     "model": MODEL, "classifier": CLASSIFIER, "n": 500, "steps": 25, "batch": 250,
     "sampler": SAMPLER, "use_ema": True, "clip_denoised": True,
+    "reference": None,  # real digits FD-judge compares with: the first N (None: all 10,000)
     "rows": [{"setting": name, "w": w, "s": s} for name, w, s in ROWS],
     "judge": mnist_judge.training(mnist_judge.PRESET)}
 SMOKE = {
@@ -92,7 +95,7 @@ SMOKE = {
     "classifier": changed(CLASSIFIER, trainer__max_steps=2, model__base_channels=8,
                           model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
                           dataset__batch_size=8, module__eval_images=20),
-    "n": 10, "steps": 2, "batch": 10,
+    "n": 10, "steps": 2, "batch": 10, "reference": 1000,
     "judge": {**mnist_judge.training(mnist_judge.PRESET), "epochs": 1, "train_images": 300}}
 
 
@@ -117,14 +120,25 @@ def resolve(settings: Settings) -> dict[str, Any]:
 
 
 def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
-    """Train the conditional diffusion run and the classifier run in ``workdir``; their
-    checkpoints."""
-    ckpts = {}
+    """Train the conditional diffusion run and the classifier run in ``workdir``, side by side
+    (each ``diffcli train``'s output goes to ``<stage>.log`` there); their checkpoints."""
+    procs = {}
     for stage in ("model", "classifier"):
-        run_diffcli("train", *settings[stage], f"dataset.root={DATA}",
-                    f"hydra.run.dir={workdir / stage}")
-        ckpts[stage] = workdir / stage / "checkpoints" / "last.ckpt"
-    return ckpts
+        args = ["train", *settings[stage], f"dataset.root={DATA}",
+                f"hydra.run.dir={workdir / stage}"]
+        print("$ diffcli " + " ".join(args), flush=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir / f"{stage}.log", "w") as log:
+            procs[stage] = subprocess.Popen([sys.executable, "-m", "diffcli", *args], stdout=log,
+                                            stderr=subprocess.STDOUT,
+                                            env={**os.environ, "COLUMNS": "120"})
+    for stage, proc in procs.items():
+        if proc.wait() != 0:
+            tail = (workdir / f"{stage}.log").read_text()[-2000:]
+            raise RuntimeError(f"diffcli train ({stage}) exited {proc.returncode}:\n{tail}")
+        print(f"{stage}: " + (workdir / f"{stage}.log").read_text().strip().splitlines()[-2],
+              flush=True)
+    return {stage: workdir / stage / "checkpoints" / "last.ckpt" for stage in procs}
 
 
 def sample_row(model: Path, classifier: Path, row: Mapping[str, Any],
@@ -155,7 +169,7 @@ def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
     ckpts = train_runs(settings, workdir)
     train_s = time.perf_counter() - start
     net, judge_acc = judge(settings["judge"], judge_folder(settings["judge"], workdir))
-    _, real = predict(net, to_input(read_mnist_test()[0]))
+    _, real = predict(net, to_input(read_mnist_test()[0][:settings["reference"]]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for row in settings["rows"]:

@@ -18,6 +18,7 @@ guidance, likelihood and latent benchmarks.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -38,8 +39,10 @@ DATA = Path(os.environ.get("MNIST_ROOT", HERE.parent.parent / "shared" / "data")
 HELD_OUT = 1000
 
 
+@functools.cache
 def read_mnist_test(root: Path = DATA) -> tuple[Tensor, Tensor]:
-    """The 10,000 test images (N, 28, 28) uint8 and labels (N,) int64, from the idx files."""
+    """The 10,000 test images (N, 28, 28) uint8 and labels (N,) int64, from the idx files
+    (read once a process; do not modify them in place)."""
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     raw = root / "MNIST" / "raw"
