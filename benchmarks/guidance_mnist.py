@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks import mnist_judge
-from benchmarks.core import Benchmark, Settings
+from benchmarks.core import Benchmark, Settings, composed
 from benchmarks.mnist_judge import (
     DATA,
     feature_distance,
@@ -99,24 +99,10 @@ SMOKE = {
     "judge": {**mnist_judge.training(mnist_judge.PRESET), "epochs": 1, "train_images": 300}}
 
 
-def composed(overrides: Sequence[str]) -> dict[str, Any]:
-    """The training config ``diffcli train <overrides>`` composes, minus what varies per
-    machine (hydra, dataset.root, runs_root)."""
-    from omegaconf import OmegaConf
-
-    from diffcli.cli.overrides import validate
-
-    cfg = OmegaConf.to_container(validate("train", list(overrides)), resolve=False)
-    cfg.pop("hydra", None)
-    cfg.pop("runs_root", None)
-    cfg.get("dataset", {}).pop("root", None)
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-
-
 def resolve(settings: Settings) -> dict[str, Any]:
     """The settings with each stage's overrides replaced by the config they compose to."""
-    return {**settings, "model": composed(settings["model"]),
-            "classifier": composed(settings["classifier"])}
+    return {**settings, "model": composed("train", settings["model"]),
+            "classifier": composed("train", settings["classifier"])}
 
 
 def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:

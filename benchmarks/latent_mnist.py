@@ -45,6 +45,8 @@ from benchmarks.mnist_judge import (
     run_diffcli,
     to_input,
 )
+from benchmarks.mnist_judge import PRESET as JUDGE
+from benchmarks.mnist_judge import training as judge_training
 from diffcli.data.captions import number_word
 
 PROMPTS = [f"a handwritten digit {number_word(str(d))}" for d in range(10)]
@@ -101,7 +103,7 @@ def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     stages = {stage: composed(COMMANDS[stage], overrides(settings, stage))
               for stage in settings["stages"]}
     return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny")},
-            "stages": stages}
+            "stages": stages, "judge": judge_training(JUDGE)}
 
 
 def judged(images: np.ndarray, asked: torch.Tensor, judge: torch.nn.Module,

@@ -41,7 +41,9 @@ from benchmarks.mnist_judge import (
     run_diffcli,
     to_input,
 )
+from benchmarks.mnist_judge import PRESET as JUDGE
 from benchmarks.mnist_judge import train as train_judge
+from benchmarks.mnist_judge import training as judge_training
 
 # the recipe behind the published table (diffcli's defaults when it was measured: eps
 # prediction, a constant learning rate after a 100-step warm-up, a constant 0.995 EMA), written
@@ -98,7 +100,8 @@ def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     stages = {name: composed("train", stage_overrides(settings, name))
               for name in settings["stages"]}
     return {**{k: v for k, v in settings.items() if k not in ("stages", "tiny", "nll")},
-            "stages": stages, "nll": composed("eval_nll", nll_args(settings["nll"]))}
+            "stages": stages, "nll": composed("eval_nll", nll_args(settings["nll"])),
+            "judge": judge_training(JUDGE)}  # the judge's recipe (mnist_judge's preset)
 
 
 def nll_args(nll_settings: Mapping[str, Any]) -> list[str]:
