@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("BENCHMARKS_ROOT", HERE.parent))  # the checkout (docs/, results)
 RESULTS = ROOT / "docs" / "results"
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-MARKER = re.compile(r"<!-- results: ([\w-]+)/([\w-]+) -->\n(.*?)<!-- /results -->", re.S)
+MARKER = re.compile(r"^([ \t]*)<!-- results: ([\w-]+)/([\w-]+) -->\n(.*?)^[ \t]*<!-- /results -->",
+                    re.S | re.M)  # indented inside a list item: the table is indented alike
 
 Settings = Mapping[str, Any]
 Result = dict[str, Any]
@@ -186,13 +187,15 @@ def render_docs(benches: Mapping[str, Benchmark], write: bool = True) -> list[st
         text = doc.read_text()
 
         def swap(m: re.Match, doc: Path = doc) -> str:
-            table = rendered(m.group(1), m.group(2), benches)
-            if table is None:
-                problems.append(f"{doc.name}: {m.group(1)}/{m.group(2)} has no result")
+            indent, name, table = m.group(1), m.group(2), m.group(3)
+            body = rendered(name, table, benches)
+            if body is None:
+                problems.append(f"{doc.name}: {name}/{table} has no result")
                 return m.group(0)
-            if table != m.group(3):
-                problems.append(f"{doc.name}: {m.group(1)}/{m.group(2)} differs from its JSON")
-            return f"<!-- results: {m.group(1)}/{m.group(2)} -->\n{table}<!-- /results -->"
+            body = "".join(f"{indent}{line}\n" for line in body.splitlines())
+            if body != m.group(4):
+                problems.append(f"{doc.name}: {name}/{table} differs from its JSON")
+            return f"{indent}<!-- results: {name}/{table} -->\n{body}{indent}<!-- /results -->"
 
         new = MARKER.sub(swap, text)
         if write and new != text:
