@@ -111,6 +111,13 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
+def markdown_table(header: Sequence[str], aligns: str, rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table: ``aligns`` one character a column (``l`` left, ``r`` right)."""
+    rule = ["---:" if a == "r" else "---" for a in aligns]
+    lines = [header, rule, *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
 def digest(value: Any) -> str:
     """sha256 of ``value`` as canonical JSON (sorted keys), first 16 hex digits."""
     text = json.dumps(value, sort_keys=True, default=str)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import Benchmark, child_env, composed
+from benchmarks.core import Benchmark, child_env, composed, markdown_table
 
 TRAIN = [  # every setting the trained model depends on, pinned (not diffcli's defaults)
     "dataset=digits", "dataset.image_size=8", "dataset.batch_size=128", "dataset.random_flip=false",
@@ -82,11 +82,10 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def table(result: Mapping[str, Any]) -> str:
-    lines = ["| command (digits model, ddim 5 steps) | peak RSS | wall | RSS / first |",
-             "| --- | --- | --- | --- |"]
-    lines += [f"| `diffcli {r['command']}` | {r['peak_rss_mib']:.0f} MiB | {r['wall_s']:.0f} s | "
-              f"{r['ratio']:.2f}x |" for r in result["rows"]]
-    return "\n".join(lines)
+    return markdown_table(
+        ["command (digits model, ddim 5 steps)", "peak RSS", "wall", "RSS / first"], "llll",
+        [[f"`diffcli {r['command']}`", f"{r['peak_rss_mib']:.0f} MiB", f"{r['wall_s']:.0f} s",
+          f"{r['ratio']:.2f}x"] for r in result["rows"]])
 
 
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from benchmarks.core import Benchmark  # noqa: E402
+from benchmarks.core import Benchmark, markdown_table  # noqa: E402
 from diffcli.diffusion.samplers import DDIM, Denoiser  # noqa: E402
 from diffcli.diffusion.schedules import linear_schedule  # noqa: E402
 from diffcli.nets.unet import UNet  # noqa: E402
@@ -76,11 +76,10 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def table(result: Mapping[str, Any]) -> str:
-    lines = ["| data | params | batch | images/s | ms per network call |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['data']} | {r['params']:,} | {r['batch']} | {r['images_per_s']:.1f} | "
-              f"{r['ms_per_call']:.1f} |" for r in result["rows"]]
-    return "\n".join(lines)
+    return markdown_table(
+        ["data", "params", "batch", "images/s", "ms per network call"], "lrrrr",
+        [[r["data"], f"{r['params']:,}", r["batch"], f"{r['images_per_s']:.1f}",
+          f"{r['ms_per_call']:.1f}"] for r in result["rows"]])
 
 
 BENCHMARK = Benchmark(
