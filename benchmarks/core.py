@@ -210,15 +210,62 @@ def render_docs(benches: Mapping[str, Benchmark], write: bool = True) -> list[st
     return problems
 
 
+# Config keys added to diffcli after results were published, each with the value that does what
+# the code did before the key existed (dotted, matched at the end of a resolved path, e.g.
+# "module.objective"). A result without such a key, whose value today is that one, ran exactly
+# what today's preset runs, so it is not stale. Every other difference is.
+UNCHANGED_BY_DEFAULT: dict[str, Any] = {}
+
+
+def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``value``'s leaves by dotted path (mappings are walked, an empty one has no leaves; lists
+    are leaves)."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _neutral(path: str, value: Any, neutral: Mapping[str, Any]) -> bool:
+    return any((path == key or path.endswith("." + key)) and value == want
+               for key, want in neutral.items())
+
+
+def differences(published: Any, today: Any,
+                neutral: Mapping[str, Any] = UNCHANGED_BY_DEFAULT) -> list[str]:
+    """What differs between a result's resolved settings and today's, one line a leaf: changed
+    or removed leaves, and added ones unless ``neutral`` says their value is what the code did
+    before they existed."""
+    old, new = flat(published), flat(today)
+    lines = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if k in new and old[k] != new[k]]
+    lines += [f"{k} removed (was {old[k]!r})" for k in old if k not in new]
+    lines += [f"{k} added = {new[k]!r}" for k in new
+              if k not in old and not _neutral(k, new[k], neutral)]
+    return lines
+
+
 def stale(benches: Mapping[str, Benchmark], folder: Path = RESULTS) -> list[str]:
-    """Results whose resolved settings differ from what their preset resolves to today."""
+    """Results whose resolved settings differ from what their preset resolves to today (keys
+    added since at their neutral value aside, :data:`UNCHANGED_BY_DEFAULT`), and smoke results
+    among the published ones."""
     out = []
     for name, bench in benches.items():
         record = load(name, folder)
         if record is None:
             continue
-        now = digest(bench.resolved(bench.preset))
-        if record.get("smoke") or record.get("resolved_sha256") != now:
-            out.append(f"{name}: results {record.get('resolved_sha256')} but the preset "
-                       f"resolves to {now} today: run python -m benchmarks run {name}")
+        today = bench.resolved(bench.preset)
+        if record.get("smoke"):
+            out.append(f"{name}: a smoke result among the published ones: "
+                       f"run python -m benchmarks run {name}")
+            continue
+        if record.get("resolved_sha256") == digest(today):
+            continue
+        diff = differences(json.loads(json.dumps(record.get("resolved"), default=str)),
+                           json.loads(json.dumps(today, default=str)))
+        if diff:
+            more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+            out.append(f"{name}: its settings differ from what the preset resolves to today "
+                       f"({'; '.join(diff[:3])}{more}): run python -m benchmarks run {name}")
     return out

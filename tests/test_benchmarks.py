@@ -79,3 +79,31 @@ def test_smoke(tmp_path: Path, name: str, benchmarks_importable: None):
     import diffcli
 
     assert ROOT / "diffcli" not in Path(diffcli.__file__).resolve().parents  # the installed one
+
+
+def test_stale_names_what_changed_and_lets_a_neutral_new_key_pass(
+        tmp_path: Path, benchmarks_importable: None):
+    """A result is stale when a pinned value changed or a key appeared with a value that changes
+    what runs; a key added since at the value that does what the code did before it existed
+    (declared in UNCHANGED_BY_DEFAULT) leaves it current."""
+    from benchmarks import core
+
+    preset = {"train": {"module": {"prediction": "v"}}}
+    published = core.Benchmark("fake", "a fake", preset, run=lambda s, w: {})
+    core.run(published, False, tmp_path, tmp_path / "work")
+    assert core.stale({"fake": published}, tmp_path) == []
+
+    def now(**module: object) -> dict[str, core.Benchmark]:
+        moved = {"train": {"module": {"prediction": "v", **module}}}
+        return {"fake": core.Benchmark("fake", "a fake", moved, run=lambda s, w: {})}
+
+    [line] = core.stale(now(prediction="eps"), tmp_path)
+    assert "train.module.prediction: 'v' -> 'eps'" in line
+    assert "python -m benchmarks run fake" in line
+    [line] = core.stale(now(objective="edm"), tmp_path)
+    assert "train.module.objective added = 'edm'" in line
+    neutral = {"module.objective": "ddpm"}
+    assert core.differences({"a": {"module": {}}}, {"a": {"module": {"objective": "ddpm"}}},
+                            neutral) == []
+    assert core.differences({"a": 1}, {"a": 1, "b": {"module": {"objective": "edm"}}},
+                            neutral) == ["b.module.objective added = 'edm'"]
