@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +147,29 @@ def commit() -> str:
                               check=False).stdout.strip()
     head = git("rev-parse", "HEAD") or "unknown"
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+STAMP = "benchmark-finished.json"  # written into a training run's folder when it finished
+
+
+def finished_before(folder: Path, args: Sequence[str]) -> bool:
+    """Whether ``folder`` holds a training run that this same clean commit finished with these
+    same ``args`` (its :data:`STAMP`), so a benchmark stopped midway (Ctrl-C, a session's end)
+    retrains only what had not finished when run again. Otherwise the folder is removed: the
+    run starts afresh, never resumed from a partial one."""
+    stamp = folder / STAMP
+    want = {"commit": commit(), "args": list(args)}
+    if (not want["commit"].endswith("+dirty") and stamp.is_file()
+            and json.loads(stamp.read_text()) == want):
+        print(f"reusing {folder}: finished by this commit with these arguments", flush=True)
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def mark_finished(folder: Path, args: Sequence[str]) -> None:
+    """Stamp ``folder`` as a run finished by this commit with ``args`` (:func:`finished_before`)."""
+    (folder / STAMP).write_text(json.dumps({"commit": commit(), "args": list(args)}))
 
 
 def run(bench: Benchmark, smoke: bool, out: Path, workdir: Path) -> Path:

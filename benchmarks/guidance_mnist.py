@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks import mnist_judge
-from benchmarks.core import Benchmark, Settings, composed
+from benchmarks.core import Benchmark, Settings, composed, finished_before, mark_finished
 from benchmarks.mnist_judge import (
     DATA,
     feature_distance,
@@ -108,10 +108,11 @@ def resolve(settings: Settings) -> dict[str, Any]:
 def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
     """Train the conditional diffusion run and the classifier run in ``workdir``, side by side
     (each ``diffcli train``'s output goes to ``<stage>.log`` there); their checkpoints."""
-    procs = {}
-    for stage in ("model", "classifier"):
-        args = ["train", *settings[stage], f"dataset.root={DATA}",
-                f"hydra.run.dir={workdir / stage}"]
+    procs, stages = {}, ("model", "classifier")
+    argv = {stage: ["train", *settings[stage], f"dataset.root={DATA}",
+                    f"hydra.run.dir={workdir / stage}"] for stage in stages}
+    for stage in [s for s in stages if not finished_before(workdir / s, argv[s])]:
+        args = argv[stage]
         print("$ diffcli " + " ".join(args), flush=True)
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir / f"{stage}.log", "w") as log:
@@ -124,7 +125,8 @@ def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
             raise RuntimeError(f"diffcli train ({stage}) exited {proc.returncode}:\n{tail}")
         print(f"{stage}: " + (workdir / f"{stage}.log").read_text().strip().splitlines()[-2],
               flush=True)
-    return {stage: workdir / stage / "checkpoints" / "last.ckpt" for stage in procs}
+        mark_finished(workdir / stage, argv[stage])
+    return {stage: workdir / stage / "checkpoints" / "last.ckpt" for stage in stages}
 
 
 def sample_row(model: Path, classifier: Path, row: Mapping[str, Any],

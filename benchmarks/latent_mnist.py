@@ -25,7 +25,6 @@ in docs/latent.md; runs go under ``benchmarks/out/latent_mnist``).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.core import Benchmark, composed
+from benchmarks.core import Benchmark, composed, finished_before, mark_finished
 from benchmarks.likelihood_mnist import judge_for, judge_sha256
 from benchmarks.mnist_judge import (
     DATA,
@@ -120,9 +119,11 @@ def judged(images: np.ndarray, asked: torch.Tensor, judge: torch.nn.Module,
 
 
 def train(settings: Mapping[str, Any], stage: str, run_dir: Path, *extra: str) -> Path:
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
-    run_diffcli("train", *overrides(settings, stage), f"dataset.root={DATA}", *extra,
-                f"hydra.run.dir={run_dir}")
+    args = ["train", *overrides(settings, stage), f"dataset.root={DATA}", *extra,
+            f"hydra.run.dir={run_dir}"]
+    if not finished_before(run_dir, args):
+        run_diffcli(*args)
+        mark_finished(run_dir, args)
     return run_dir / "checkpoints" / "last.ckpt"
 
 

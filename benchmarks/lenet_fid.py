@@ -26,7 +26,6 @@ To score your own runs (2 CPU cores):
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.core import Benchmark, composed
+from benchmarks.core import Benchmark, composed, finished_before, mark_finished
 from benchmarks.mnist_judge import (
     DATA,
     HELD_OUT,
@@ -209,19 +208,22 @@ def train_lenet(settings: Mapping[str, Any], path: Path) -> float:
 
 def train_runs(settings: Mapping[str, Any], workdir: Path) -> dict[str, dict[str, Any]]:
     """``diffcli train`` each run the tables use, from scratch, into ``workdir/runs/NAME``;
-    name -> {folder, steps trained, seconds}."""
+    name -> {folder, steps trained, seconds (None: a run this commit had finished, reused)}."""
     used = {score[0] for scores in settings["tables"].values() for score in scores}
     out = {}
     for name in [r for r in settings["runs"] if r in used]:
         folder = workdir / "runs" / name
-        shutil.rmtree(folder, ignore_errors=True)
+        args = ["train", *settings["runs"][name]["overrides"], f"dataset.root={DATA}",
+                f"runs_root={workdir / 'runs'}", f"hydra.run.dir={folder}"]
         start = time.perf_counter()
-        run_diffcli("train", *settings["runs"][name]["overrides"], f"dataset.root={DATA}",
-                    f"runs_root={workdir / 'runs'}", f"hydra.run.dir={folder}")
+        reused = finished_before(folder, args)
+        if not reused:
+            run_diffcli(*args)
+            mark_finished(folder, args)
         ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu",
                           weights_only=False)
         out[name] = {"folder": str(folder), "steps": int(ckpt["global_step"]),
-                     "seconds": round(time.perf_counter() - start, 1)}
+                     "seconds": None if reused else round(time.perf_counter() - start, 1)}
     return out
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.core import Benchmark, composed
+from benchmarks.core import Benchmark, composed, finished_before, mark_finished
 from benchmarks.mnist_judge import (
     DATA,
     WEIGHTS,
@@ -135,9 +134,11 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     _, real = predict(judge, to_input(images))
     rows = []
     for name in settings["stages"]:
-        shutil.rmtree(workdir / name, ignore_errors=True)  # a fresh run, not a resumed one
-        run_diffcli("train", *stage_overrides(settings, name), f"dataset.root={DATA}",
-                    f"hydra.run.dir={workdir / name}")
+        args = ["train", *stage_overrides(settings, name), f"dataset.root={DATA}",
+                f"hydra.run.dir={workdir / name}"]
+        if not finished_before(workdir / name, args):
+            run_diffcli(*args)
+            mark_finished(workdir / name, args)
         ckpt = workdir / name / "checkpoints" / "last.ckpt"
         vlb = nll(ckpt, workdir / f"{name}-nll.json", settings["nll"])
         rows.append({"loss": name, "bits_per_dim": vlb["bits_per_dim"],

@@ -107,3 +107,26 @@ def test_stale_names_what_changed_and_lets_a_neutral_new_key_pass(
                             neutral) == []
     assert core.differences({"a": 1}, {"a": 1, "b": {"module": {"objective": "edm"}}},
                             neutral) == ["b.module.objective added = 'edm'"]
+
+
+def test_a_stopped_benchmark_retrains_only_what_had_not_finished(
+        tmp_path: Path, benchmarks_importable: None, monkeypatch: pytest.MonkeyPatch):
+    """A run folder is reused only when this same clean commit finished it with the same
+    arguments; a partial run, other arguments or uncommitted changes start it afresh."""
+    from benchmarks import core
+
+    monkeypatch.setattr(core, "commit", lambda: "abc")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_text("partial")
+    assert not core.finished_before(run, ["train", "seed=0"]) and not run.exists()
+    run.mkdir()
+    (run / "weights").write_text("done")
+    core.mark_finished(run, ["train", "seed=0"])
+    assert core.finished_before(run, ["train", "seed=0"]) and (run / "weights").is_file()
+    monkeypatch.setattr(core, "commit", lambda: "abc+dirty")
+    assert not core.finished_before(run, ["train", "seed=0"]) and not run.exists()
+    monkeypatch.setattr(core, "commit", lambda: "abc")
+    run.mkdir()
+    core.mark_finished(run, ["train", "seed=0"])
+    assert not core.finished_before(run, ["train", "seed=1"]) and not run.exists()
