@@ -257,7 +257,7 @@ def guide_text(opened: OpenedRun, g: Guidance) -> GuidedRun:
         denoiser = ClassifierFreeGuidance(
             net=base.net, schedule=base.schedule, prediction=base.prediction, scale=w,
             rescale=float(g.rescale), null=net.null_tokens(),
-            learned_variance=base.learned_variance,
+            learned_variance=base.learned_variance, objective=base.objective,
             interval=tuple(g.interval) if g.interval is not None else None)
     meta = {"guidance": w, "prompts": prompts}
     return GuidedRun(denoiser, list(range(len(prompts))), tuple(prompts), meta,
@@ -311,7 +311,7 @@ def guide(opened: OpenedRun, g: Guidance, device: torch.device) -> GuidedRun:
             denoiser = ClassifierFreeGuidance(
                 net=base.net, schedule=base.schedule, prediction=base.prediction,
                 num_classes=run.num_classes, scale=w, rescale=float(g.rescale),
-                learned_variance=base.learned_variance,
+                learned_variance=base.learned_variance, objective=base.objective,
                 interval=tuple(g.interval) if g.interval is not None else None)
         meta["guidance"] = w
     if g.classifier is not None:

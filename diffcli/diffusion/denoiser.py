@@ -22,14 +22,38 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from diffcli.diffusion.process import Parameterization, Prediction, alpha_bar, to_x0_eps
+from diffcli.diffusion.process import (
+    Parameterization,
+    Prediction,
+    alpha_bar,
+    eps_from_x0,
+    to_x0_eps,
+)
 from diffcli.diffusion.schedules import NoiseSchedule
 
 Network = Callable[[Tensor, Tensor], Tensor]
+
+
+class Coefficients(NamedTuple):
+    """A continuous objective's preconditioning at noise levels sigma (B,), each (B,) float64,
+    on the variance-preserving x_t = xbar / sqrt(1 + sigma^2): the network sees c_in x_t and
+    c_noise, and D = c_skip x_t + c_out F (Karras et al. 2022, eq. 7, rescaled)."""
+
+    c_in: Tensor
+    c_noise: Tensor
+    c_skip: Tensor
+    c_out: Tensor
+
+
+class Preconditioned(Protocol):
+    """What the denoiser needs of an objective (:mod:`diffcli.diffusion.objectives`)."""
+
+    def precondition(self, sigma: Tensor) -> Coefficients: ...
 
 
 def split_learned(output: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,12 +87,20 @@ class Denoiser:
     variance output (:func:`split_learned`), and every view also returns its
     ``var_frac`` (B, C, ...). False (the default): the net's output is the prediction and
     ``var_frac`` is None.
+
+    ``objective`` (keyword): a continuous-time objective (EDM, flow matching;
+    :mod:`diffcli.diffusion.objectives`) that preconditions the network: it sees
+    c_in(sigma) x_t and c_noise(sigma), and its output F gives x0 = c_skip x_t + c_out F.
+    ``schedule`` is then the objective's sampling lattice (:meth:`lattice`), on which the grids
+    and samplers run unchanged. None (the default): the discrete DDPM chain, the network sees
+    (x_t, t) and predicts ``prediction``.
     """
 
     net: Network
     schedule: NoiseSchedule
     prediction: Parameterization = Parameterization.EPS
     learned_variance: bool = field(default=False, kw_only=True)
+    objective: Preconditioned | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prediction", Parameterization(self.prediction))
@@ -82,16 +114,45 @@ class Denoiser:
         timesteps t (B,) (long, or float64 between training timesteps) whose alpha-bar is
         ``abar`` (broadcastable to x_t, e.g. (B, 1, ...)). Wrappers such as guidance
         (:mod:`diffcli.diffusion.guidance`) override this one method. Each (B, ...)."""
-        return self.prediction_of(self.net(x_t, t), x_t, abar)
+        return self.prediction_of(self.net(*self.net_inputs(x_t, t)), x_t, t, abar)
 
-    def prediction_of(self, output: Tensor, x_t: Tensor, abar: Tensor) -> Prediction:
-        """A raw network output for x_t (B, ...) as (x0, eps[, var_frac]): the whole output,
-        or with ``learned_variance`` its first half, through :func:`to_x0_eps`; the second
-        half gives var_frac (:func:`split_learned`). Each (B, ...)."""
-        if not self.learned_variance:
+    def net_inputs(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """What the network is called with for x_t (B, ...) at timesteps t (B,): (x_t, t) for
+        the DDPM chain; (c_in x_t, c_noise) of the noise level for an ``objective``."""
+        if self.objective is None:
+            return x_t, t
+        pre = self.objective.precondition(self.sigma_at(t))
+        c_in = pre.c_in.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t)
+        return c_in * x_t, pre.c_noise.to(torch.float32)  # as in training
+
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """The noise level sigma of timesteps t (B,) of ``schedule`` (long: the table's; float:
+        log-sigma interpolated, exactly as :meth:`NoiseSchedule.level` inverts it). (B,)
+        float64"""
+        if t.is_floating_point():
+            abar = self.schedule.alpha_bar_at(t)
+            return ((1 - abar) / abar).sqrt()
+        return self.schedule.sigmas.to(t.device)[t]
+
+    def to_prediction(self, output: Tensor, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
+        """A network's prediction output (B, ...) for x_t at t as (x0, eps): through
+        :func:`to_x0_eps` for the DDPM chain, x0 = c_skip x_t + c_out F for an ``objective``
+        (Karras et al. 2022, eq. 7). Each (B, ...)."""
+        if self.objective is None:
             return to_x0_eps(output, self.prediction, x_t, abar)
+        pre = self.objective.precondition(self.sigma_at(t))
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        x0 = pre.c_skip.reshape(shape).to(x_t) * x_t + pre.c_out.reshape(shape).to(x_t) * output
+        return Prediction(x0, eps_from_x0(x_t, x0, abar))
+
+    def prediction_of(self, output: Tensor, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
+        """A raw network output for x_t (B, ...) at t (B,) as (x0, eps[, var_frac]): the whole
+        output, or with ``learned_variance`` its first half, through :meth:`to_prediction`;
+        the second half gives var_frac (:func:`split_learned`). Each (B, ...)."""
+        if not self.learned_variance:
+            return self.to_prediction(output, x_t, t, abar)
         mean_out, var_frac = split_learned(output)
-        return to_x0_eps(mean_out, self.prediction, x_t, abar)._replace(var_frac=var_frac)
+        return self.to_prediction(mean_out, x_t, t, abar)._replace(var_frac=var_frac)
 
     @property
     def takes_labels(self) -> bool:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from diffcli.diffusion.denoiser import Denoiser, split_learned
-from diffcli.diffusion.process import Prediction, eps_from_x0, to_x0_eps, x0_from_eps
+from diffcli.diffusion.process import Prediction, eps_from_x0, x0_from_eps
 
 Classifier = Callable[[Tensor, Tensor], Tensor]
 
@@ -187,7 +187,7 @@ class ClassifierFreeGuidance(Denoiser):
         return (sigma >= self.interval[0]) & (sigma <= self.interval[1])
 
     def _forward(self, x_t: Tensor, t: Tensor, y: Tensor, abar: Tensor) -> Prediction:
-        return self.prediction_of(self.net(x_t, t, y), x_t, abar)
+        return self.prediction_of(self.net(*self.net_inputs(x_t, t), y), x_t, t, abar)
 
     def evaluate(self, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
         """(x0, eps[, var_frac]) of the guided output for x_t (B, ...) at t (B,); each
@@ -202,24 +202,26 @@ class ClassifierFreeGuidance(Denoiser):
         unconditional = self.scale == 0 and self.rescale == 0 and not self.learned_variance
         if unconditional and bool(mask.all()):
             return self._forward(x_t, t, null, abar)
-        out = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        x_in, t_in = self.net_inputs(x_t, t)
+        out = self.net(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
+                       torch.cat([labels, null]))
         out_c, out_u = out.chunk(2)
         var_frac = None
         if self.learned_variance:  # (B, 2C, ...) each: guide the prediction half only
             (out_c, var_frac), (out_u, _) = split_learned(out_c), split_learned(out_u)
-        return self._combine(x_t, abar, out_c, out_u, mask)._replace(var_frac=var_frac)
+        return self._combine(x_t, t, abar, out_c, out_u, mask)._replace(var_frac=var_frac)
 
-    def _combine(self, x_t: Tensor, abar: Tensor, out_c: Tensor, out_u: Tensor,
+    def _combine(self, x_t: Tensor, t: Tensor, abar: Tensor, out_c: Tensor, out_u: Tensor,
                  mask: Tensor) -> Prediction:
         """eq. 6 on the guided samples (mask (B,)) of the predictions out_c, out_u (B, C, ...),
         the conditional one on the others, then the rescale of the x0 estimate. (x0, eps) each
         (B, ...)."""
         rows = mask.reshape(-1, *([1] * (x_t.ndim - 1)))
         out = torch.where(rows, out_u + self.scale * (out_c - out_u), out_c)
-        pred = to_x0_eps(out, self.prediction, x_t, abar)
+        pred = self.to_prediction(out, x_t, t, abar)
         if self.rescale == 0:
             return pred
-        x0_c = to_x0_eps(out_c, self.prediction, x_t, abar).x0
+        x0_c = self.to_prediction(out_c, x_t, t, abar).x0
         x0 = torch.where(rows, rescaled_x0(pred.x0, x0_c, self.rescale), pred.x0)
         return Prediction(x0, eps_from_x0(x_t, x0, abar))
 
@@ -259,7 +261,8 @@ class ClassifierGuidance(Denoiser):
                labels: Tensor | None = None) -> ClassifierGuidance:
         """Guide ``base`` (its net, schedule and prediction are copied) by ``classifier``."""
         return cls(base.net, base.schedule, base.prediction, base=base, classifier=classifier,
-                   scale=scale, labels=labels, learned_variance=base.learned_variance)
+                   scale=scale, labels=labels, learned_variance=base.learned_variance,
+                   objective=base.objective)
 
     @property
     def takes_labels(self) -> bool:
