@@ -36,7 +36,14 @@ from diffcli.diffusion.process import q_sample
 from diffcli.diffusion.samplers import Sampler
 from diffcli.errors import DiffcliError
 from diffcli.guided_run import Guidance, GuidedRun, forward_rows, guide
-from diffcli.restore import OpenedRun, check_sampling_fits, make_sampler, open_run, pick_device
+from diffcli.restore import (
+    OpenedRun,
+    check_sampling_fits,
+    make_sampler,
+    nll_method,
+    open_run,
+    pick_device,
+)
 from diffcli.runs import checkpoint_of
 
 console = Console(stderr=True, soft_wrap=True)
@@ -247,7 +254,9 @@ class Pipeline:
             decoder: str = "auto", variance: str = "auto", progress: bool = False) -> Tensor:
         """Bits/dim per item (N,) of ``x0`` (images in [-1, 1], (N, C, H, W)) under the
         variational bound, over all T terms or ``steps`` stratified ones (as ``diffcli
-        eval-nll method=vlb``)."""
+        eval-nll method=vlb``); the DDPM chain's only (a model of objective=edm|flow has no
+        such bound: DiffcliError)."""
+        nll_method("vlb", self.opened.run)
         kind = "latent" if self.opened.codec is not None else self.kind
         if self.opened.codec is not None:
             x0 = self.opened.codec.encode_batches(x0.float())

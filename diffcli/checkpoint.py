@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffcli.components import build, build_datamodule, check_config
+from diffcli.diffusion.objectives import DDPM, for_data
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import CheckpointError, DiffcliError
@@ -139,8 +140,29 @@ class LoadedRun:
         labelled = self.kind.labels is not None or bool(self.config.get("conditional", False))
         return self.data.num_classes if labelled and self.data is not None else None
 
+    def objective(self) -> Any:
+        """The training objective (:mod:`diffcli.diffusion.objectives`), rebuilt from the stored
+        config, with what depends on the data's size filled in; checkpoints from before
+        objectives trained the DDPM chain."""
+        node = self.config.get("objective")
+        if node is None:
+            return DDPM()
+        return for_data(build("objective", node, source=str(self.path)),
+                        tuple(self.data_info().shape))
+
+    @property
+    def continuous(self) -> Any:
+        """The continuous objective (EDM, flow) the network was trained with; None for the
+        DDPM chain."""
+        objective = self.objective()
+        return objective if objective.continuous else None
+
     def schedule(self) -> NoiseSchedule:
-        """The training noise schedule, rebuilt from the stored config."""
+        """The noise levels samplers step on, rebuilt from the stored config: the training
+        schedule of the DDPM chain, a continuous objective's sampling lattice."""
+        objective = self.objective()
+        if objective.continuous:
+            return objective.lattice()
         return build("schedule", self.config["schedule"], source=str(self.path))
 
     def weights(self, prefix: str) -> dict[str, torch.Tensor]:

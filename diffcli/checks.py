@@ -33,11 +33,12 @@ from diffcli.runs import checkpoint_of, newest_run, run_roots
 from diffcli.workflows.schemas import Key, UsageError, check_top_level
 from diffcli.workflows.trainer_args import check_trainer_arguments
 
-GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "loss", "optimizer",
-          "lr_scheduler", "autoencoder", "text_encoder")
+GROUPS = ("dataset", "model", "schedule", "sampler", "logger", "module", "loss", "objective",
+          "optimizer", "lr_scheduler", "autoencoder", "text_encoder")
 
 
-CHEAP = ("schedule", "sampler", "loss", "optimizer", "lr_scheduler")  # built to run their checks
+# built to run their checks
+CHEAP = ("schedule", "sampler", "loss", "objective", "optimizer", "lr_scheduler")
 
 
 def group(cfg: DictConfig, name: str) -> Any:

@@ -79,6 +79,9 @@ COMPONENTS: dict[str, frozenset[str]] = {
                          "diffcli.lit.autoencoder_module.AutoencoderModule"}),
     "loss": frozenset({"diffcli.lit.objectives.Simple", "diffcli.lit.objectives.Hybrid",
                        "diffcli.lit.objectives.VLB"}),
+    "objective": frozenset({"diffcli.diffusion.objectives.discrete.DDPM",
+                            "diffcli.diffusion.objectives.edm.EDM",
+                            "diffcli.diffusion.objectives.flow.Flow"}),
     "optimizer": frozenset({"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"}),
     "lr_scheduler": frozenset({
         "diffcli.lit.schedulers.linear_warmup",
@@ -105,13 +108,16 @@ GROUP_AT: dict[str, str] = {
     "logger": "logger",
     "module": "module",
     "loss": "loss",
+    "objective": "objective",
     "optimizer": "optimizer",
     "lr_scheduler": "lr_scheduler",
 }
 PARTIAL_AT: frozenset[str] = frozenset({"optimizer", "lr_scheduler"})  # built as partials
 # groups rebuilt from a stored config
-BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule", "autoencoder", "text_encoder")
-OPTIONAL_GROUPS = frozenset({"autoencoder", "text_encoder"})  # null in most runs
+BUILT_FROM_CHECKPOINT = ("dataset", "model", "schedule", "objective", "autoencoder",
+                         "text_encoder")
+# null in most runs; no objective: a checkpoint from before objectives (the DDPM chain)
+OPTIONAL_GROUPS = frozenset({"autoencoder", "text_encoder", "objective"})
 ADVISORY_KEYS: dict[str, frozenset[str]] = {  # keys a group node holds that are not arguments
     "dataset": frozenset({"train_steps"}),
     "model": frozenset({"in_channels", "image_size", "dim"}),  # set from the data (old files)

@@ -27,6 +27,7 @@ from diffcli.checkpoint import LoadedRun, load_checkpoint
 from diffcli.components import build_net
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError, number_text, user_errors
 from diffcli.restore import OpenedRun
 
@@ -175,7 +176,7 @@ def read_classifier(path: str | Path, model: LoadedRun) -> LoadedRun:
         raise DiffcliError(f"classifier={path} is {run.kind.noun} checkpoint, not a classifier: "
                            "train one with `diffcli train task=classifier` on the same dataset")
     _check_same_data(run, model)
-    if run.config.get("schedule") != model.config.get("schedule"):
+    if model.continuous is None and run.config.get("schedule") != model.config.get("schedule"):
         raise DiffcliError(f"classifier={path} was trained on x_t of another noise schedule "
                            f"({_schedule(run)}) than the model ({_schedule(model)}): train it "
                            "with the model's schedule= settings")
@@ -194,7 +195,31 @@ def open_classifier(path: str | Path, model: LoadedRun,
     except RuntimeError as e:
         raise DiffcliError(f"{path}: weights do not fit the configured classifier "
                            f"({str(e).splitlines()[0]})") from None
-    return net.to(device).eval().requires_grad_(False), run
+    net = net.to(device).eval().requires_grad_(False)
+    if model.continuous is not None:  # the model's lattice is not the classifier's schedule
+        net = AtNoiseLevel(net, run.schedule(), model.schedule())
+    return net, run
+
+
+class AtNoiseLevel(nn.Module):
+    """A noise-aware classifier of a DDPM schedule, called at a continuous model's timesteps:
+    each timestep of the model's lattice is mapped to the classifier's real-valued timestep of
+    the same noise level sigma (the VP-scaled x_t is the same at the same sigma), clamped to
+    the classifier's range. (x (B, ...), t (B,)) -> logits (B, K)."""
+
+    def __init__(self, classifier: nn.Module, own: NoiseSchedule, model: NoiseSchedule) -> None:
+        super().__init__()
+        self.classifier, self.own, self.model = classifier, own, model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            abar = self.model.alpha_bar_at(t)
+            sigma = ((1 - abar) / abar).sqrt()
+        else:
+            sigma = self.model.sigmas.to(t.device)[t]
+        own = torch.tensor([self.own.sigma_to_t(float(s)) for s in sigma.cpu()],
+                           dtype=torch.float64, device=x.device)
+        return self.classifier(x, own)
 
 
 def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] | None] | None:

@@ -122,6 +122,20 @@ def check_sampler_variance(variance: Any, run: LoadedRun) -> None:
                            "sampler.variance=beta_tilde or beta (or auto)")
 
 
+def nll_method(method: str, run: LoadedRun) -> str:
+    """``eval-nll``'s method for ``run``: ``auto`` is the VLB for the DDPM chain and the
+    probability-flow ODE for a continuous objective (EDM, flow), which has no discrete bound;
+    ``vlb`` / ``both`` on one of those is refused in one line."""
+    continuous = run.continuous
+    if method == "auto":
+        return "vlb" if continuous is None else "ode"
+    if continuous is not None and method in ("vlb", "both"):
+        raise DiffcliError(f"method={method}: the variational bound is the DDPM chain's; "
+                           f"{run.path} was trained with objective={continuous.name}, which has "
+                           "none: use method=ode (or auto)")
+    return method
+
+
 def make_sampler(node: Any, schedule: NoiseSchedule, *, steps: int | None = None,
                  clip_denoised: bool | None = None,
                  run: LoadedRun | None = None) -> tuple[Sampler, int]:
@@ -212,4 +226,5 @@ def open_run(ckpt: Path | LoadedRun, *, use_ema: bool, device: torch.device,
     counter = CountingNet(torch.compile(net) if compile else net)
     return OpenedRun(ckpt, run, info, weights, counter,
                      Denoiser(counter, run.schedule(), run.prediction,
-                              learned_variance=run.learned_variance), net, codec)
+                              learned_variance=run.learned_variance,
+                              objective=run.continuous), net, codec)

@@ -17,7 +17,7 @@ import torch
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.gaussian import GaussianData
 from diffcli.diffusion.objectives import EDM, Continuous, Flow, objective_loss
-from diffcli.diffusion.objectives.base import column, to_vp
+from diffcli.diffusion.objectives.continuous import column, to_vp
 from diffcli.diffusion.ode_likelihood import ode_log_likelihood
 from diffcli.diffusion.samplers import (
     DDIM,
@@ -220,12 +220,12 @@ def test_ode_likelihood_is_the_exact_log_density(name):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda: EDM(sigma_data=0), "objective.sigma_data must be a positive number"),
-    (lambda: EDM(sigma_min=5, sigma_max=1), "objective.sigma_min"),
-    (lambda: Flow(interpolant="cubic"), "objective.interpolant must be one of linear, gvp, vp"),
-    (lambda: Flow(target="x0"), "objective.target must be one of velocity, noise"),
-    (lambda: Flow(shift=-1.0), "objective.shift must be a positive number"),
-    (lambda: Flow(t_sampling="beta"), "objective.t_sampling"),
+    (lambda: EDM(sigma_data=0), "sigma_data must be a positive number"),
+    (lambda: EDM(sigma_min=5, sigma_max=1), "sigma_min"),
+    (lambda: Flow(interpolant="cubic"), "interpolant must be one of linear, gvp, vp"),
+    (lambda: Flow(target="x0"), "target must be one of velocity, noise"),
+    (lambda: Flow(shift=-1.0), "shift must be a positive number"),
+    (lambda: Flow(t_sampling="beta"), "t_sampling"),
 ])
 def test_bad_settings_are_one_line_naming_the_key(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -126,7 +126,7 @@ def test_start_summary_names_each_group_and_its_main_keys(tmp_path: Path):
     choices = {"dataset": "moons", "model": "mlp", "schedule": "linear", "module": "diffusion",
                "optimizer": "adamw", "lr_scheduler": "cosine", "trainer": "default",
                "callbacks": "default", "logger": "none", "experiment": None,
-               "text_encoder": None, "loss": "simple"}
+               "text_encoder": None, "loss": "simple", "objective": "ddpm"}
     facts = StartFacts(run_dir=tmp_path, data_shape=(2,), num_samples=10_000, per_device=128,
                        world=2, accumulate=3, precision="32-true", device="cpu",
                        timesteps=1000)
@@ -141,6 +141,7 @@ def test_start_summary_names_each_group_and_its_main_keys(tmp_path: Path):
         "accumulation = 768",
         "├── model: mlp  MLP, hidden 256, depth 3",
         "├── schedule: linear  T=1000, beta_start 0.0001, beta_end 0.02",
+        "├── objective: ddpm  DDPM's discrete chain (schedule above, prediction and loss below)",
         "├── module: diffusion  eps prediction, loss simple, EMA 0.9999 with warm-up",
         "├── optimizer: adamw  AdamW, lr 0.0002, betas (0.9, 0.999), weight_decay 0.01",
         "├── lr_scheduler: cosine  warm-up 100 steps, cosine decay to 0 x lr at step 3000",
@@ -191,6 +192,6 @@ def test_train_says_its_precision_and_prints_the_summary_once(tmp_path: Path):
         [f"note: {note}", *([trainer_line] if "bf16" in precision else [])]
     assert proc.stderr.count("diffcli train: a diffusion model, run dir") == 1
     summary = [ln for ln in proc.stderr.splitlines() if ln.startswith(("├", "│", "└"))]
-    assert "│   └── total          191,106" in summary and len(summary) == 15
+    assert "│   └── total          191,106" in summary and len(summary) == 16
     log = next(tmp_path.glob("outputs/*/*/cli.log")).read_text()
     assert all(line in log for line in summary) and f"note: {note}" in log

@@ -22,7 +22,7 @@ KEYS: dict[str, Key] = {
     **COMMON_SAMPLING,
     "steps": Key(int | None, "vlb: terms, one per geometric stratum of t; null: all T",
                  ge=1),
-    "method": Key(str, "vlb | ode | both", choices=("vlb", "ode", "both")),
+    "method": Key(str, "auto | vlb | ode | both", choices=("auto", "vlb", "ode", "both")),
     "n": Key(int, "items of the data evaluated", ge=1),
     "split": Key(str | None, "the run's dataset split", nonempty=True),
     "root": Key(str | None, "overrides the run's dataset.root", nonempty=True),
@@ -44,13 +44,14 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     """The run's checkpoint read once; the decoder and variance against it (exit 2)."""
     from diffcli.api import resolve_options
     from diffcli.checks import run_to_check
-    from diffcli.restore import require_diffusion
+    from diffcli.restore import nll_method, require_diffusion
 
     run = run_to_check(cfg)
     if run is None:
         return None
     require_diffusion(run)
     try:
+        nll_method(str(cfg.method), run)
         kind = "latent" if run.latent is not None else run.data_info().kind
         resolve_options(str(cfg.decoder), str(cfg.variance), kind, run.learned_variance,
                         run.path)

@@ -103,12 +103,17 @@ def _train_loss(cfg: DictConfig) -> None:
     those need one."""
     from diffcli.checks import group
     from diffcli.components import build
+    from diffcli.diffusion.objectives import check_combination
 
     loss, model = group(cfg, "loss"), group(cfg, "model") or {}
     if not loss or not task_named(cfg.get("task")).generates:
         return
     module = group(cfg, "module") or {}
+    objective = group(cfg, "objective")
     try:
+        if objective is not None:
+            check_combination(build("objective", objective), build("loss", loss).name,
+                              bool(model.get("learn_sigma")), module.get("min_snr_gamma"))
         build("loss", loss).check(bool(model.get("learn_sigma")), module.get("min_snr_gamma"))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -16,6 +16,7 @@ from diffcli.checkpoint import CHECKPOINT_KEY
 from diffcli.data.labels import batch_data
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.losses import vlb_estimate
+from diffcli.diffusion.objectives import Continuous, check_combination, objective_loss
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.lit.ema import check_ema, ema_decay_for
@@ -155,6 +156,12 @@ class DiffusionModule(EMAMixin, L.LightningModule):
             network learns those. It is not saved in checkpoints (they record its file).
         latent_cached: the batches already hold the encoder's moments (the latent cache), so
             they are sampled (:meth:`LatentCodec.from_moments`) rather than encoded.
+        objective: the forward process and training target (:mod:`diffcli.diffusion.objectives`):
+            None or the DDPM chain (``schedule``, ``prediction``, ``loss``, ``min_snr_gamma``
+            as above), or a continuous one (EDM, flow matching) that brings its own noise
+            levels, target and weighting; ``schedule`` is then its sampling lattice and
+            ``prediction`` is unused. EDM2's learned uncertainty weighting, when on, is a
+            submodule trained with the network and saved in checkpoints.
 
     A text-to-image ``net`` (:class:`~diffcli.nets.text.TextConditionedNet`) gets ``(x, captions)``
     batches: the captions are tokenized and each replaced by the empty prompt with
@@ -181,6 +188,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         loss: Objective | None = None,
         latent: nn.Module | None = None,
         latent_cached: bool = False,
+        objective: Any = None,
     ) -> None:
         super().__init__()
         check_ema(ema_decay, ema_sigma_rel)
@@ -193,13 +201,17 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         self.net = net
         keep_ema = ema_decay is not None or ema_sigma_rel is not None
         self.ema_net = copy.deepcopy(net).requires_grad_(False) if keep_ema else None
-        self.schedule = schedule
+        self.continuous: Continuous | None = (
+            objective if getattr(objective, "continuous", False) else None)
+        self.schedule = schedule if self.continuous is None else self.continuous.lattice()
+        self.uncertainty = None if self.continuous is None else self.continuous.uncertainty()
         self.prediction = Parameterization(prediction)
         self.ema_decay, self.ema_warmup = ema_decay, ema_warmup
         self.ema_sigma_rel = ema_sigma_rel
         self.min_snr_gamma = min_snr_gamma
         self.learned_variance = bool(getattr(net, "learn_sigma", False))
         self.objective = loss or Simple()
+        check_combination(objective, self.objective.name, self.learned_variance, min_snr_gamma)
         self.objective.check(self.learned_variance, min_snr_gamma)
         if isinstance(self.objective, VLB):
             self.objective.bind(schedule.num_timesteps)
@@ -218,6 +230,12 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         x0 = self.to_latents(batch_data(batch))  # (B, ...)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
+        if self.continuous is not None:
+            loss = objective_loss(self.continuous, self._forward(batch), x0,
+                                  uncertainty=self.uncertainty)
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+            return loss
         step = Step(self._forward(batch), self.schedule, self.prediction, self.learned_variance,
                     self._decoder(x0), self.min_snr_gamma)
         loss = self.objective.loss(step, x0)
@@ -299,14 +317,17 @@ class DiffusionModule(EMAMixin, L.LightningModule):
             self.log("train/grad_norm", norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_for(self.net, self.make_optimizer, self.make_lr_scheduler,
+        trained = self.net if self.uncertainty is None else nn.ModuleList([self.net,
+                                                                             self.uncertainty])
+        return optimizers_for(trained, self.make_optimizer, self.make_lr_scheduler,
                               self.trainer)
 
     def denoiser(self, net: nn.Module) -> Denoiser:
         """``net`` (this module's network or its EMA copy) as a :class:`Denoiser` of this
         module's schedule and parameterization (learned variances when the net has them)."""
         return Denoiser(net, self.schedule, self.prediction,
-                        learned_variance=bool(getattr(self.net, "learn_sigma", False)))
+                        learned_variance=bool(getattr(self.net, "learn_sigma", False)),
+                        objective=self.continuous)
 
     def on_train_start(self) -> None:
         self._ema_step = self.global_step

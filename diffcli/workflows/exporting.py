@@ -69,6 +69,11 @@ def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
     if fmt == "onnx" and run.text_encoder is not None:
         raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
                            "of (x_t, t[, y]); export it as format=safetensors")
+    if fmt in ("diffusers", "onnx") and run.continuous is not None:
+        held = {"diffusers": "DDPM-chain pipelines", "onnx": "networks of integer timesteps"}
+        raise DiffcliError(f"format={fmt} writes {held[fmt]}; {run.path} was trained with "
+                           f"objective={run.continuous.name} (real-valued noise levels): export "
+                           "it as format=safetensors")
     if fmt == "diffusers":
         scheduler_of(sampler)
         try:

@@ -39,7 +39,7 @@ from diffcli.diffusion.generate import to_uint8
 from diffcli.diffusion.ode_likelihood import image_nll, ode_log_likelihood
 from diffcli.errors import DiffcliError
 from diffcli.files import write_json_output
-from diffcli.restore import OpenedRun, open_run, pick_device
+from diffcli.restore import OpenedRun, nll_method, open_run, pick_device
 from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz.plots import plot_vlb_terms
 
@@ -157,7 +157,8 @@ def eval_nll(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
     decoder, variance = resolve_options(str(cfg.decoder), str(cfg.variance), kind,
                                         opened.run.learned_variance, ckpt)
     items = load_items(cfg, opened)
-    methods = ["vlb", "ode"] if cfg.method == "both" else [str(cfg.method)]
+    method = nll_method(str(cfg.method), run)
+    methods = ["vlb", "ode"] if method == "both" else [method]
     results: dict[str, dict[str, Any]] = {}
     eval_dir = run_dir_of(ckpt) / "eval"
     stem = f"{items.split}-n{len(items.x0)}"
@@ -189,7 +190,7 @@ def eval_nll(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
                  if items.kind == "latent" else {}),
               "seconds": round(time.perf_counter() - started, 1)}
     out = Path(str(cfg.out)).expanduser() if cfg.out else \
-        eval_dir / f"nll-{cfg.method}-{stem}.json"
+        eval_dir / f"nll-{method}-{stem}.json"
     out = write_json_output(out, record, "eval-nll", overwrite=bool(cfg.overwrite))
     if pictures:
         eval_dir.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,22 @@ def _schedule(section: Section, config: Section, f: StartFacts) -> str:
         section, ("beta_start", "beta_end", "s"))]))
 
 
+def continuous(config: Section) -> bool:
+    """Whether the run trains a continuous objective (EDM, flow): its own noise levels, target
+    and weighting replace the schedule, prediction and loss."""
+    objective = config.get("objective") or {}
+    return bool(objective) and not str(objective.get("_target_", "")).endswith(".DDPM")
+
+
+def _objective(section: Section, config: Section, f: StartFacts) -> str:
+    if not continuous(config):
+        return "DDPM's discrete chain (schedule above, prediction and loss below)"
+    keys = ("sigma_data", "p_mean", "p_std", "sigma_min", "sigma_max", "uncertainty_weighting",
+            "interpolant", "target", "t_sampling", "shift")
+    shift = "" if section.get("shift", 1) is not None else "shift sqrt(H W) / base_resolution"
+    return ", ".join(filter(None, [_target(section), _keys(section, keys), shift]))
+
+
 def _ema(section: Section) -> str:
     if section.get("ema_sigma_rel") is not None:
         return f"EMA power profile sigma_rel {_short(section['ema_sigma_rel'])}"
@@ -123,7 +139,10 @@ def _ema(section: Section) -> str:
 
 def _module(section: Section, config: Section, f: StartFacts) -> str:
     parts = []
-    if "prediction" in section:
+    if "prediction" in section and continuous(config):
+        if config.get("conditional"):
+            parts.append(f"class-conditional, label drop {_short(section.get('cond_drop_prob'))}")
+    elif "prediction" in section:
         parts.append(f"{section['prediction']} prediction")
         loss = config.get("loss") or {}
         parts.append(f"loss {_target(loss).lower() or 'simple'}")
@@ -175,17 +194,21 @@ def _callbacks(section: Section, config: Section, f: StartFacts) -> str:
 
 DESCRIBE: dict[str, Callable[[Section, Section, StartFacts], str]] = {
     "dataset": _dataset, "model": _network, "autoencoder": _network, "text_encoder": _network,
-    "schedule": _schedule, "module": _module, "optimizer": _optimizer,
+    "schedule": _schedule, "objective": _objective, "module": _module, "optimizer": _optimizer,
     "lr_scheduler": _lr_scheduler, "trainer": _trainer, "callbacks": _callbacks}
 
 
-def groups_shown(task: Task, choices: Mapping[str, str | None]) -> list[str]:
+def groups_shown(task: Task, choices: Mapping[str, str | None],
+                 objective: bool = False) -> list[str]:
     """The groups this run uses, in the order of the summary: the network group of its task
-    (``autoencoder`` or ``model``), no schedule for an autoencoder, the optional groups only
-    when chosen."""
+    (``autoencoder`` or ``model``), no schedule for an autoencoder, the objective of a model
+    that generates (a continuous ``objective``: no schedule), the optional groups only when
+    chosen."""
     network = "autoencoder" if task.encodes else "model"
-    groups = ["experiment", "dataset", network, "text_encoder",
-              *([] if task.encodes else ["schedule"]),
+    noise = [] if task.encodes else ["schedule"]
+    if task.generates:
+        noise = ["objective"] if objective else ["schedule", "objective"]
+    groups = ["experiment", "dataset", network, "text_encoder", *noise,
               "module", "optimizer", "lr_scheduler", "trainer", "callbacks", "logger"]
     optional = ("experiment", "text_encoder")
     return [g for g in groups if g not in optional or choices.get(g) is not None]
@@ -195,7 +218,7 @@ def group_lines(choices: Mapping[str, str | None], config: Section, task: Task,
                 facts: StartFacts) -> list[tuple[str, str]]:
     """``(group, "choice  main keys")`` for each group of :func:`groups_shown`."""
     lines = []
-    for group in groups_shown(task, choices):
+    for group in groups_shown(task, choices, continuous(config)):
         section = config.get(group)
         choice = choices.get(group) or ("none" if not section else "(inline)")
         describe = DESCRIBE.get(group)

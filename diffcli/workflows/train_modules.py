@@ -18,6 +18,7 @@ from diffcli.components import (
     build_net,
     plain,
 )
+from diffcli.diffusion.objectives import for_data
 from diffcli.errors import DiffcliError
 from diffcli.lit.classifier_module import ClassifierModule, accuracy_by_t, format_accuracy
 from diffcli.tasks import task_named
@@ -90,6 +91,8 @@ def build_module(cfg: DictConfig, dm: Any, space: LatentSpace | None = None) -> 
     extra: dict[str, Any] = {}
     if cfg.get("loss") and task_named(cfg.get("task")).generates:
         extra["loss"] = build("loss", cfg.loss)
+    if cfg.get("objective") and task_named(cfg.get("task")).generates:
+        extra["objective"] = for_data(build("objective", cfg.objective), tuple(dm.data_shape))
     data_info = data_description(dm, num_classes)
     if space is not None:
         extra |= {"latent": space.codec, "latent_cached": space.cached}

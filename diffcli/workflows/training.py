@@ -63,7 +63,7 @@ from diffcli.workflows.trainer_args import lightning_arguments
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
-MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "text_encoder",
+MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "objective", "text_encoder",
                         "autoencoder")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
@@ -105,6 +105,8 @@ def _comparable(key: str, value: object) -> object:
     value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     if key == "dataset" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in DATASET_RUNTIME_KEYS}
+    if key == "objective" and value is None:  # a checkpoint from before objectives
+        return {"_target_": "diffcli.diffusion.objectives.discrete.DDPM"}
     return value
 
 

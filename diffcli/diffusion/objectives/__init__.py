@@ -1,6 +1,6 @@
 """Training objectives beyond the discrete chain, as pure math (the ``objective`` config group).
 
-* :class:`~diffcli.diffusion.objectives.ddpm.DDPM`: the discrete chain of Ho et al. (2020) -
+* :class:`~diffcli.diffusion.objectives.discrete.DDPM`: the discrete chain of Ho et al. (2020) -
   the ``schedule``, ``loss`` and ``module.prediction`` settings define it, as before;
 * :class:`~diffcli.diffusion.objectives.edm.EDM`: Karras et al. (2022)'s preconditioned
   denoiser, log-normal noise levels, lambda(sigma) weighting; EDM2's learned uncertainty
@@ -9,16 +9,22 @@
   rectified flow (Liu et al. 2023) with SD3's logit-normal t and shift (Esser et al. 2024), on
   the linear, GVP or VP interpolant (Ma et al. 2024).
 
-The continuous ones (:class:`~diffcli.diffusion.objectives.base.Continuous`) all map the network
-onto one denoiser D(x; sigma) of the variance-exploding noise level, so every sampler, grid,
+The continuous ones (:class:`~diffcli.diffusion.objectives.continuous.Continuous`) all map the
+network onto one denoiser D(x; sigma) of the variance-exploding noise level, so every sampler, grid,
 guidance and likelihood of :mod:`diffcli.diffusion` runs on them unchanged.
 """
 
-from diffcli.diffusion.objectives.base import Continuous, objective_loss
-from diffcli.diffusion.objectives.ddpm import DDPM
+from diffcli.diffusion.objectives.continuous import (
+    Continuous,
+    check_combination,
+    for_data,
+    objective_loss,
+)
+from diffcli.diffusion.objectives.discrete import DDPM
 from diffcli.diffusion.objectives.edm import EDM
 from diffcli.diffusion.objectives.flow import Flow
 
 Objective = DDPM | EDM | Flow
 
-__all__ = ["DDPM", "EDM", "Continuous", "Flow", "Objective", "objective_loss"]
+__all__ = ["DDPM", "EDM", "Continuous", "Flow", "Objective", "check_combination", "for_data",
+           "objective_loss"]

@@ -8,7 +8,7 @@ Table 1 ("Ours") of Karras et al. (2022), with sigma_data the data's standard de
     ln sigma ~ N(P_mean, P_std^2),
     lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
 
-lambda(sigma) c_out^2 = 1, so in F's units (:func:`~diffcli.diffusion.objectives.base.
+lambda(sigma) c_out^2 = 1, so in F's units (:func:`~diffcli.diffusion.objectives.continuous.
 objective_loss`) the weight is 1: every noise level's target has unit variance (eq. 8). The
 coefficients are applied to the variance-preserving x = xbar / sqrt(1 + sigma^2) that the samplers
 use, so c_in and c_skip here carry the factor sqrt(1 + sigma^2). diffcli's networks embed their
@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from diffcli.diffusion.denoiser import Coefficients
-from diffcli.diffusion.objectives.base import F64, LATTICE, Continuous
+from diffcli.diffusion.objectives.continuous import F64, LATTICE, Continuous
 
 
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
             or not math.isfinite(value):
-        raise ValueError(f"objective.{name} must be a positive number, got {value!r}")
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
 
 
@@ -77,10 +77,10 @@ class EDM(Continuous):
         for key in ("sigma_data", "p_std", "sigma_min", "sigma_max", "time_scale"):
             _positive(key, getattr(self, key))
         if isinstance(self.p_mean, bool) or not isinstance(self.p_mean, int | float):
-            raise ValueError(f"objective.p_mean must be a number, got {self.p_mean!r}")
+            raise ValueError(f"p_mean must be a number, got {self.p_mean!r}")
         if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"objective.sigma_min ({self.sigma_min}) must be below "
-                             f"objective.sigma_max ({self.sigma_max})")
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below "
+                             f"sigma_max ({self.sigma_max})")
 
     def precondition(self, sigma: Tensor) -> Coefficients:
         """Table 1's coefficients at sigma (B,), on the VP-scaled x. Each (B,) float64."""

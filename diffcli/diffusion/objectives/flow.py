@@ -11,7 +11,7 @@ SiT, Sec. 2):
 The network sees x_t and ``time_scale`` t and predicts the velocity
 dx_t/dt = alpha' x0 + s' eps (``target=velocity``; eps - x0 for the linear path) or the noise
 (``target=noise``). Then x0 = (s' x_t - s F) / (alpha s' - s alpha') or (x_t - s F) / alpha:
-affine in F, so it is a preconditioned denoiser (:mod:`~diffcli.diffusion.objectives.base`) of
+affine in F, so it is a preconditioned denoiser (:mod:`~diffcli.diffusion.objectives.continuous`) of
 sigma = s / alpha, and x_t = alpha sqrt(1 + sigma^2) x in the VP scale of the samplers.
 
 Training t (Esser et al. 2024, Sec. 3.1): ``logit_normal`` (logit t ~ N(m, s^2), their best,
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from diffcli.diffusion.denoiser import Coefficients
-from diffcli.diffusion.objectives.base import F64, LATTICE, Continuous
+from diffcli.diffusion.objectives.continuous import F64, LATTICE, Continuous
 
 INTERPOLANTS = ("linear", "gvp", "vp")
 TARGETS = ("velocity", "noise")
@@ -45,14 +45,14 @@ T_EDGE = 1e-3  # sampling lattice and training t stay inside [T_EDGE, 1 - T_EDGE
 
 def _choice(name: str, value: object, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"objective.{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _number(name: str, value: object, positive: bool = False) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (positive and not value > 0):
         kind = "a positive number" if positive else "a number"
-        raise ValueError(f"objective.{name} must be {kind}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ class Flow(Continuous):
         if self.shift is not None:
             _number("shift", self.shift, positive=True)
         if not self.beta_min < self.beta_max:
-            raise ValueError(f"objective.beta_min ({self.beta_min}) must be below "
-                             f"objective.beta_max ({self.beta_max})")
+            raise ValueError(f"beta_min ({self.beta_min}) must be below "
+                             f"beta_max ({self.beta_max})")
 
     def for_images(self, height: int, width: int) -> Flow:
         """This objective with ``shift`` set: as given, or (null) sqrt(H W) / base_resolution
@@ -98,7 +98,7 @@ class Flow(Continuous):
     @property
     def shift_value(self) -> float:
         if self.shift is None:
-            raise ValueError("objective.shift=null is set from the images' size: call "
+            raise ValueError("shift=null is set from the images' size: call "
                              "for_images(H, W) first")
         return float(self.shift)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -124,3 +124,31 @@ def objective_loss(objective: Continuous, net: Callable[[Tensor, Tensor], Tensor
         u = uncertainty(pre.c_noise.to(torch.float32)).reshape(-1).to(err)
         per_sample = per_sample / u.exp() + u
     return per_sample.mean()
+
+
+def check_combination(objective: object, loss: str, learn_sigma: bool,
+                      min_snr_gamma: float | None) -> None:
+    """EDM and flow own their target and weighting: the DDPM chain's ``loss=hybrid|vlb``,
+    learned variances and Min-SNR weighting do not apply to them. ValueError, one line naming
+    both settings; nothing for the DDPM chain."""
+    if not getattr(objective, "continuous", False):
+        return
+    name = f"objective={getattr(objective, 'name', '?')}"
+    if loss != "simple":
+        raise ValueError(f"loss={loss} is a loss of the DDPM chain's bound; {name} has its own "
+                         "loss: use loss=simple (or objective=ddpm)")
+    if learn_sigma:
+        raise ValueError(f"model.learn_sigma=true learns the DDPM chain's variances; {name} has "
+                         "none: set model.learn_sigma=false (or objective=ddpm)")
+    if min_snr_gamma is not None:
+        raise ValueError(f"module.min_snr_gamma weights the DDPM chain's loss; {name} has its "
+                         "own weighting: set module.min_snr_gamma=null (or objective=ddpm)")
+
+
+def for_data(objective: Any, shape: tuple[int, ...]) -> Any:
+    """``objective`` with what depends on the data's size filled in: flow's resolution-dependent
+    shift (null) from images (C, H, W); unchanged otherwise (points, or nothing to fill)."""
+    fill = getattr(objective, "for_images", None)
+    if fill is None or len(shape) != 3:
+        return objective
+    return fill(int(shape[1]), int(shape[2]))

@@ -1,0 +1,106 @@
+"""objective=edm and objective=flow through the command line, on tiny runs trained here (issue 27):
+they train, sample with every sampler family, guide (classifier-free, and a DDPM-trained
+classifier matched by noise level), evaluate the ODE likelihood and export; the DDPM chain's
+settings on them are one line naming both, with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bad_inputs import run_in_process
+from test_cli import TINY_UNET
+from test_conditional_cli import train_runs
+
+MOONS = ["dataset=moons", "dataset.n_points=256", "logger=none", "trainer.max_steps=20"]
+RUNS = {
+    "edm": ["train", *MOONS, "model=mlp", "objective=edm", "callbacks.preview=null",
+            "objective.uncertainty_weighting=true"],
+    "flow": ["train", *MOONS, "model=mlp", "conditional=true", "objective=flow",
+             "callbacks.preview=null"],
+    "clf": ["train", "task=classifier", *MOONS, "model=mlp_classifier"],
+    "digits": ["train", *TINY_UNET, "model.channel_mults=[1]", "logger=none",
+               "trainer.max_steps=2", "callbacks.preview=null", "objective=flow",
+               "objective.shift=null", "objective.interpolant=gvp"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    return train_runs(tmp_path_factory.mktemp("objectives"), RUNS)
+
+
+def sample(runs: dict[str, Path], name: str, monkeypatch, capsys, *args: str) -> dict:
+    code, lines = run_in_process(["sample", f"ckpt={runs[name]}", *args], runs["cwd"],
+                                 monkeypatch, capsys)
+    assert code in (0, None), lines
+    folder = lines[-1].split(" to ", 1)[1].split(" : ")[0].strip()
+    return json.loads((runs["cwd"] / folder / "meta.json").read_text())
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_3m", "heun", "unipc", "restart"])
+def test_an_edm_model_samples_with_every_sampler_family(runs, monkeypatch, capsys, sampler):
+    meta = sample(runs, "edm", monkeypatch, capsys, f"sampler={sampler}", "steps=4", "n=6")
+    assert meta["n"] == 6 and meta["nfe"] >= 4
+
+
+def test_the_edm2_uncertainty_is_trained_and_saved(runs):
+    import torch
+
+    state = torch.load(runs["edm"], map_location="cpu", weights_only=True)["state_dict"]
+    assert "uncertainty.linear.weight" in state
+    assert float(state["uncertainty.linear.weight"].abs().sum()) > 0  # it moved from zero
+
+
+def test_a_flow_model_is_guided_and_a_ddpm_classifier_guides_an_edm_model(
+        runs, monkeypatch, capsys):
+    meta = sample(runs, "flow", monkeypatch, capsys, "sampler=euler", "steps=4", "n=4",
+                  "guidance=3", "classes=0-1")
+    assert meta["guidance"] == 3 and meta["nfe"] == 8
+    meta = sample(runs, "edm", monkeypatch, capsys, "sampler=heun", "steps=3", "n=4",
+                  f"classifier={runs['clf']}", "classifier_scale=2", "classes=0")
+    assert meta["classifier_scale"] == 2 and meta["classes"] == [0]
+
+
+def test_eval_nll_is_the_ode_and_the_vlb_is_one_line(runs, monkeypatch, capsys):
+    code, lines = run_in_process(["eval-nll", f"ckpt={runs['edm']}", "n=16", "batch_size=16"],
+                                 runs["cwd"], monkeypatch, capsys)
+    assert code in (0, None), lines
+    written = runs["edm"].parent.parent / "eval" / "nll-ode-train-n16.json"
+    assert np.isfinite(json.loads(written.read_text())["results"]["ode"]["bits_per_dim"])
+    code, lines = run_in_process(["eval-nll", f"ckpt={runs['edm']}", "method=vlb"], runs["cwd"],
+                                 monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1 and "objective=edm" in lines[0], lines
+
+
+def test_images_with_a_resolution_dependent_shift_sample_and_export(runs, monkeypatch, capsys):
+    from diffcli.checkpoint import load_checkpoint
+
+    run = load_checkpoint(runs["digits"])
+    assert run.continuous.shift == pytest.approx(8 / 256)  # sqrt(8 * 8) / 256
+    meta = sample(runs, "digits", monkeypatch, capsys, "sampler=dpmpp_2m", "steps=3", "n=2")
+    assert meta["n"] == 2
+    code, lines = run_in_process(["export", f"ckpt={runs['digits']}", "format=safetensors"],
+                                 runs["cwd"], monkeypatch, capsys)
+    assert code in (0, None), lines
+    code, lines = run_in_process(["export", f"ckpt={runs['digits']}", "format=onnx"],
+                                 runs["cwd"], monkeypatch, capsys)
+    assert code != 0 and "objective=flow" in lines[-1] and "safetensors" in lines[-1], lines
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["loss=hybrid", "model.learn_sigma=true"], ["loss=hybrid", "objective=flow"]),
+    (["model.learn_sigma=true", "loss=simple"], ["model.learn_sigma=true", "objective=flow"]),
+    (["module.min_snr_gamma=5"], ["module.min_snr_gamma", "objective=flow"]),
+    (["objective.interpolant=cubic"], ["objective:", "interpolant"]),
+])
+def test_the_ddpm_chains_settings_on_flow_are_one_line(runs, monkeypatch, capsys, extra, words,
+                                                       tmp_path):
+    args = ["train", *MOONS, "model=mlp", "objective=flow", *extra,
+            f"hydra.run.dir={tmp_path / 'never'}"]
+    code, lines = run_in_process(args, tmp_path, monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert all(w in lines[0] for w in words), lines
+    assert not (tmp_path / "never").exists()
