@@ -60,7 +60,7 @@ class Uncertainty(nn.Module):
 class EDM(Continuous):
     """EDM training and sampling settings (Karras et al. 2022, Table 1 and Sec. 5):
     ``sigma_data`` 0.5, ``p_mean`` -1.2, ``p_std`` 1.2; sampling from ``sigma_max`` 80 down to
-    ``sigma_min`` 0.002; ``time_scale`` multiplies c_noise for diffcli's timestep embeddings;
+    ``sigma_min`` 0.002 on noise levels spaced by ``rho`` 7 (eq. 5); ``time_scale`` multiplies c_noise for diffcli's timestep embeddings;
     ``uncertainty``: EDM2's learned per-sigma weighting (Karras et al. 2024, eq. 21)."""
 
     sigma_data: float = 0.5
@@ -68,13 +68,14 @@ class EDM(Continuous):
     p_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    rho: float = 7.0
     time_scale: float = 1000.0
     uncertainty_weighting: bool = False
 
     name: ClassVar[str] = "edm"
 
     def __post_init__(self) -> None:
-        for key in ("sigma_data", "p_std", "sigma_min", "sigma_max", "time_scale"):
+        for key in ("sigma_data", "p_std", "sigma_min", "sigma_max", "rho", "time_scale"):
             _positive(key, getattr(self, key))
         if isinstance(self.p_mean, bool) or not isinstance(self.p_mean, int | float):
             raise ValueError(f"p_mean must be a number, got {self.p_mean!r}")
@@ -102,9 +103,13 @@ class EDM(Continuous):
         return (self.p_mean + self.p_std * z).exp()
 
     def lattice_sigmas(self, num: int = LATTICE) -> Tensor:
-        """``num`` noise levels log-uniform from sigma_min to sigma_max. (num,) float64"""
-        return torch.logspace(math.log10(self.sigma_min), math.log10(self.sigma_max), num,
-                              dtype=F64)
+        """``num`` noise levels from sigma_min to sigma_max spaced as EDM's sampling grid (eq. 5,
+        rho = ``rho``): sigma_i = (sigma_min^(1/rho) + i / (num - 1) (sigma_max^(1/rho) -
+        sigma_min^(1/rho)))^rho, so that the default ``trailing`` grid of N steps on this lattice
+        follows EDM's spacing from sigma_max (stopping short of sigma_min, as trailing grids do);
+        ``sampler.grid=karras`` is EDM's grid exactly. (num,) float64"""
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return (lo + torch.linspace(0, 1, num, dtype=F64) * (hi - lo)) ** self.rho
 
     def uncertainty(self) -> nn.Module | None:
         return Uncertainty() if self.uncertainty_weighting else None
