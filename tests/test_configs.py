@@ -208,11 +208,21 @@ def test_every_callbacks_option_builds(name: str, tmp_path: Path):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_composes_and_builds(name: str):
     cfg = compose_with("train", f"experiment={name}")
+    if name == "flow_t2i_mnist":  # a latent text-to-image preset: tested in test_objectives_cli
+        assert cfg.objective.interpolant == "linear" and cfg.text_encoder is not None
+        return
     net = build_net(cfg.model, (3, 32, 32))
     lit = build("module", cfg.module, net=net, schedule=build("schedule", cfg.schedule),
                 optimizer=build("optimizer", cfg.optimizer),
-                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler), loss=build("loss", cfg.loss))
-    assert lit.ema_decay == 0.9999 and cfg.dataset.name == "cifar10"
+                lr_scheduler=build("lr_scheduler", cfg.lr_scheduler), loss=build("loss", cfg.loss),
+                objective=build("objective", cfg.objective))
+    assert cfg.dataset.name == "cifar10"
+    assert lit.ema_decay == (0.99929 if name == "edm_cifar10" else 0.9999)
     if name == "iddpm_cifar10":  # learned variances, L_hybrid, cosine T=4000
         assert lit.learned_variance and lit.objective.name == "hybrid"
         assert lit.schedule.num_timesteps == 4000
+    if name == "edm_cifar10":  # Table 1 and 7: EDM's preconditioning, batch 512, 200 Mimg
+        assert lit.continuous.name == "edm" and lit.continuous.sigma_data == 0.5
+        assert float(lit.schedule.sigmas[-1]) == pytest.approx(80.0)
+        assert (cfg.dataset.batch_size, cfg.trainer.max_steps, cfg.model.dropout) == (
+            512, 390625, 0.13)

@@ -37,7 +37,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                                      "callbacks.preview=null"]})
     moved = cwd / "ae-copy.ckpt"  # the LDM is trained on this file, later replaced
     shutil.copy(out["ae"], moved)
-    out |= train_runs(cwd, {"ldm": ["train", f"latent={moved}", *LDM]})
+    out |= train_runs(cwd, {"ldm": ["train", f"latent={moved}", *LDM],
+                            "flow": ["train", "experiment=flow_t2i_mnist", f"latent={moved}",
+                                     *LDM, "dataset.image_size=8", "model.transformer_levels=[0]"]})
     out["ae_copy"] = moved
     return out
 
@@ -262,3 +264,18 @@ def test_each_command_reads_each_checkpoint_once(name, runs, tmp_path, monkeypat
     expected = {files[k].resolve(): 1 for k in read}
     assert loads == expected, lines
     assert sorted(reads) == sorted(expected)
+
+
+def test_the_flow_text_to_image_preset_trains_and_follows_prompts(runs, monkeypatch, capsys):
+    """experiment=flow_t2i_mnist (SD3's recipe at our scale) on the tiny latents: a flow model
+    that samples with prompts and guidance."""
+    from diffcli.checkpoint import load_checkpoint
+
+    run = load_checkpoint(runs["flow"])
+    assert run.continuous.name == "flow" and run.continuous.t_sampling == "logit_normal"
+    assert run.config["dataset"]["name"] == "digits" and run.latent is not None
+    lines = _ok(["sample", f"ckpt={runs['flow']}", "prompt=[a handwritten digit seven]",
+                 "guidance=3", "sampler=euler", "steps=3", "n=2"], runs, monkeypatch, capsys)
+    out = runs["flow"].parent.parent / "samples"
+    meta = json.loads(next(out.glob("*/meta.json")).read_text())
+    assert meta["prompts"] == ["a handwritten digit seven"] and meta["nfe"] == 6, lines
