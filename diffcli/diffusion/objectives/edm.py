@@ -60,8 +60,9 @@ class Uncertainty(nn.Module):
 class EDM(Continuous):
     """EDM training and sampling settings (Karras et al. 2022, Table 1 and Sec. 5):
     ``sigma_data`` 0.5, ``p_mean`` -1.2, ``p_std`` 1.2; sampling from ``sigma_max`` 80 down to
-    ``sigma_min`` 0.002 on noise levels spaced by ``rho`` 7 (eq. 5); ``time_scale`` multiplies c_noise for diffcli's timestep embeddings;
-    ``uncertainty``: EDM2's learned per-sigma weighting (Karras et al. 2024, eq. 21)."""
+    ``sigma_min`` 0.002 on noise levels spaced by ``rho`` 7 (eq. 5); ``time_scale`` multiplies
+    c_noise for diffcli's timestep embeddings; ``uncertainty_weighting``: EDM2's learned
+    per-sigma weighting (Karras et al. 2024, eq. 21)."""
 
     sigma_data: float = 0.5
     p_mean: float = -1.2
