@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from diffcli.diffusion.denoiser import Denoiser
-from diffcli.diffusion.gaussian import GaussianData
+from diffcli.diffusion.gaussian import GaussianData, IdealObjectiveNetwork
 from diffcli.diffusion.objectives import EDM, Continuous, Flow, objective_loss
 from diffcli.diffusion.objectives.continuous import column, to_vp
 from diffcli.diffusion.ode_likelihood import ode_log_likelihood
@@ -44,19 +44,9 @@ OBJECTIVES = {
 }
 
 
-class IdealNet:
-    """The exact minimiser of an objective's loss for Gaussian ``data``: called as the network,
-    (c_in x (B, D), c_noise (B,)) -> F* (B, D)."""
-
-    def __init__(self, objective: Continuous, data: GaussianData = DATA) -> None:
-        self.objective, self.data = objective, data
-
-    def __call__(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        sigma = self.objective.noise_level(c_noise)
-        pre = self.objective.precondition(sigma)
-        x = x_in / column(pre.c_in, x_in)
-        d = self.data.posterior_mean(x, column(1 / (1 + sigma**2), x))
-        return (d - column(pre.c_skip, x) * x) / column(pre.c_out, x)
+def IdealNet(objective: Continuous, data: GaussianData = DATA) -> IdealObjectiveNetwork:  # noqa: N802
+    """The exact minimiser of ``objective``'s loss for Gaussian ``data``."""
+    return IdealObjectiveNetwork(data, objective)
 
 
 def ideal_denoiser(objective: Continuous) -> Denoiser:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -267,6 +267,27 @@ class IdealNetwork:
         abar = alpha_bar(self.schedule, t, x_t)
         x0 = self.data.posterior_mean(x_t, abar)
         return target_for(self.prediction, x0, eps_from_x0(x_t, x0, abar), abar)
+
+
+@dataclass(frozen=True, eq=False)
+class IdealObjectiveNetwork:
+    """The exact minimiser of a continuous objective's loss (:mod:`diffcli.diffusion.objectives`)
+    for ``data``: F* = (E[x0 | x] - c_skip x) / c_out at the noise level its time input names.
+
+    Called like the network: ``net(c_in x (B, ...), c_noise (B,)) -> F* (B, ...)``; wrapped in a
+    :class:`~diffcli.diffusion.denoiser.Denoiser` with ``objective=`` it is the exact denoiser.
+    """
+
+    data: PosteriorMeanData
+    objective: Any  # a Continuous objective: noise_level(c_noise), precondition(sigma)
+
+    def __call__(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        sigma = self.objective.noise_level(c_noise)  # (B,) float64
+        pre = self.objective.precondition(sigma)
+        shape = (-1, *([1] * (x_in.ndim - 1)))
+        x = x_in / pre.c_in.reshape(shape).to(x_in)
+        x0 = self.data.posterior_mean(x, (1 / (1 + sigma**2)).reshape(shape).to(x_in))
+        return (x0 - pre.c_skip.reshape(shape).to(x_in) * x) / pre.c_out.reshape(shape).to(x_in)
 
 
 def _null_or_label(y: Tensor, batch: int, num_classes: int) -> Tensor:
