@@ -21,16 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.core import Benchmark, markdown_table
-from benchmarks.sampler_nfe import cell, our_run, our_sampler, plain, value
+from benchmarks.sampler_nfe import cell, exact_draws, our_run, our_sampler, plain, value
 from diffcli.components import build
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.gaussian import IdealNetwork, IdealObjectiveNetwork, two_d_mixture
 from diffcli.diffusion.process import Parameterization
 from diffcli.diffusion.schedules import make_schedule
-from diffcli.eval.distances import sliced_wasserstein
 
 # objective row -> the objective group's node (the "ddpm" row: sampler_nfe's chain)
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -77,13 +74,7 @@ def denoiser(node: Mapping[str, Any]) -> Denoiser:
 def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     """Every (objective, sampler) row's sliced W2 at every NFE budget, and the noise floor."""
     seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
-    data = two_d_mixture()
-    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
-    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
-        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
-    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
-                        dtype=torch.float64)
-    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
+    truth, floor, noise = exact_draws(settings)
     rows = []
     for objective, node in settings["objectives"].items():
         den = denoiser(node)

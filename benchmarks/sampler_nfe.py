@@ -265,6 +265,21 @@ def cell(make: Callable[..., Sampler] | None, name: str, run: Run, nfe: int, noi
     return (text if actual == nfe else f"{text} ({actual})"), seconds
 
 
+def exact_draws(settings: Mapping[str, Any]) -> tuple[Tensor, float, Tensor]:
+    """(``n`` exact draws of the mixture, the noise floor: sliced W2 between them and a second
+    set of exact draws, the x_T noise (n, 2) float64), from the settings' seeds; the floor is
+    printed."""
+    seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
+    data = two_d_mixture()
+    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
+    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
+        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
+                        dtype=torch.float64)
+    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
+    return truth, floor, noise
+
+
 def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     """Every row's sliced W2 at every NFE budget of ``settings``, and the noise floor. Refuses
     (one line, exit 1) when ``require_diffusers`` and diffusers is missing; without that
@@ -272,14 +287,9 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     if settings.get("grid") is None and not have_diffusers() and settings["require_diffusers"]:
         raise SystemExit(f"error: {NO_DIFFUSERS}")
     seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
-    data, schedule = two_d_mixture(), make_schedule(settings["schedule"])
-    net = IdealNetwork(data, schedule, Parameterization(settings["prediction"]))
-    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
-    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
-        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
-    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
-                        dtype=torch.float64)
-    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
+    schedule = make_schedule(settings["schedule"])
+    net = IdealNetwork(two_d_mixture(), schedule, Parameterization(settings["prediction"]))
+    truth, floor, noise = exact_draws(settings)
     out = []
     for row, (name, make, run) in rows(net, settings).items():
         cells = [cell(make, name, run, nfe, noise, truth, schedule, directions,
