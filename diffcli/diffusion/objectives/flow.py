@@ -40,7 +40,7 @@ from diffcli.diffusion.objectives.continuous import F64, LATTICE, Continuous
 INTERPOLANTS = ("linear", "gvp", "vp")
 TARGETS = ("velocity", "noise")
 T_SAMPLING = ("logit_normal", "uniform")
-T_EDGE = 1e-3  # sampling lattice and training t stay inside [T_EDGE, 1 - T_EDGE]
+T_EDGE = 1e-3  # training and sampling keep to the noise levels of t in [T_EDGE, 1 - T_EDGE]
 
 
 def _choice(name: str, value: object, choices: Sequence[str]) -> None:
@@ -151,19 +151,29 @@ class Flow(Continuous):
         """The sigma whose c_noise (= time_scale t) this is. (B,) float64"""
         return self.sigma_of_t(c_noise.to(F64) / self.time_scale)
 
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels training and sampling keep to, whatever the shift: those of the
+        path's t in [1e-3, 1 - 1e-3] (e.g. sigma 0.001 to 999 on the linear path)."""
+        edges = self.sigma_of_t(torch.tensor([T_EDGE, 1 - T_EDGE], dtype=F64))
+        return float(edges[0]), float(edges[1])
+
     def sample_sigma(self, n: int, device: torch.device | str = "cpu",
                      generator: torch.Generator | None = None) -> Tensor:
-        """t ~ logit-normal(logit_mean, logit_std) or uniform, kept inside the lattice's
-        [1e-3, 1 - 1e-3], as sigma (shift applied). (n,) float64"""
+        """t ~ logit-normal(logit_mean, logit_std) or uniform, as sigma with the shift applied,
+        kept inside :meth:`sigma_range`. (n,) float64"""
         if self.t_sampling == "uniform":
             t = torch.rand(n, generator=generator, device=device, dtype=F64)
         else:
             z = torch.randn(n, generator=generator, device=device, dtype=F64)
             t = torch.sigmoid(self.logit_mean + self.logit_std * z)
-        return self.shift_value * self.sigma_of_t(t.clamp(T_EDGE, 1 - T_EDGE))
+        lo, hi = self.sigma_range()
+        return (self.shift_value * self.sigma_of_t(t.clamp(1e-12, 1 - 1e-12))).clamp(lo, hi)
 
     def lattice_sigmas(self, num: int = LATTICE) -> Tensor:
-        """``num`` noise levels of t uniform in [1e-3, 1 - 1e-3] (shift applied): a trailing
-        grid on this lattice is the uniform-t Euler grid of flow models. (num,) float64"""
-        t = torch.linspace(T_EDGE, 1 - T_EDGE, num, dtype=F64)
+        """``num`` noise levels spanning :meth:`sigma_range`, at uniform steps of the unshifted
+        t (shift applied): a trailing grid on this lattice is the shifted uniform-t Euler grid
+        of flow models (SD3), starting at the top of the range for any shift. (num,) float64"""
+        lo, hi = self.sigma_range()
+        ends = self.t_of_sigma(torch.tensor([lo, hi], dtype=F64) / self.shift_value)
+        t = torch.linspace(float(ends[0]), float(ends[1]), num, dtype=F64)
         return self.shift_value * self.sigma_of_t(t)
