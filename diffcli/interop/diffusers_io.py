@@ -6,8 +6,9 @@ The U-Net's layout and weights map through :mod:`diffcli.interop.diffusers_layou
 schedule maps onto the scheduler config (``linear`` betas, ``squaredcos_cap_v2`` for the cosine
 schedule of Nichol & Dhariwal 2021, else the exact ``trained_betas``), with the prediction type
 and the ``trailing`` timestep grid diffcli's samplers use, so a diffusers scheduler of the same
-algorithm takes the same steps as ``diffcli sample clip_denoised=false``. Weights are read from
-``diffusion_pytorch_model.safetensors`` only: a ``.bin`` is a pickle.
+algorithm takes the same steps as ``diffcli sample clip_denoised=false``. A flow-matching model
+goes with ``FlowMatchEulerDiscreteScheduler`` (:mod:`diffcli.interop.diffusers_flow`), both ways.
+Weights are read from ``diffusion_pytorch_model.safetensors`` only: a ``.bin`` is a pickle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from diffcli.errors import CheckpointError
 from diffcli.files import atomic_write_text, dumps_json
+from diffcli.interop.diffusers_flow import FLOW_SCHEDULERS, flow_objective_node
 from diffcli.interop.diffusers_layout import (
     diffusers_unet_config,
     from_diffusers_config,
@@ -87,6 +89,29 @@ def schedule_node(config: dict[str, Any]) -> dict[str, Any]:
                      "squaredcos_cap_v2 (cosine)")
 
 
+def noise_model(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, str,
+                                                 bool]:
+    """What a diffusers scheduler config says of the network beside it: (diffcli schedule node,
+    objective node or None for the DDPM chain, prediction, learned variance). A flow scheduler
+    (:data:`~diffcli.interop.diffusers_flow.FLOW_SCHEDULERS`) reads as ``objective=flow`` (the
+    schedule node is then the default one a flow run carries, unused). ValueError (one line)
+    for what diffcli does not have."""
+    name = str(config.get("_class_name", ""))
+    if name in FLOW_SCHEDULERS:
+        node = {"_target_": LINEAR, "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+        return node, flow_objective_node(config), "eps", False
+    if name.startswith(("FlowMatch", "EDM")):
+        raise ValueError(f"scheduler {name}: diffcli reads the DDPM chain's schedulers (beta "
+                         f"schedules) and {' / '.join(FLOW_SCHEDULERS)}")
+    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(
+        config.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise ValueError(f"scheduler prediction_type={config.get('prediction_type')}: "
+                         "diffcli's networks predict epsilon, sample or v_prediction")
+    learned = config.get("variance_type") in ("learned", "learned_range")
+    return schedule_node(config), None, prediction, learned
+
+
 def _refuse_kind(text: bool) -> None:
     if text:
         raise ValueError("a text-to-image model needs UNet2DConditionModel with diffcli's text "
@@ -110,14 +135,16 @@ def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
 
 
 def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tuple[int, ...],
-                           weights: dict[str, torch.Tensor], *, prediction: str,
-                           learned_variance: bool, num_classes: int | None, text: bool,
-                           sampler: str, betas: torch.Tensor, dataset: dict[str, Any] | None,
+                           weights: dict[str, torch.Tensor], *,
+                           scheduler: tuple[str, dict[str, Any]], num_classes: int | None,
+                           text: bool, dataset: dict[str, Any] | None,
                            data: dict[str, Any] | None, vae: Any = None) -> bool:
     """Write ``unet/`` and ``scheduler/`` into ``folder`` (plus ``model_index.json`` of a
     ``DDPMPipeline`` when the model is unconditional and in pixel space: returns whether it
     did; a latent model's autoencoder, ``vae``, goes to ``vae/``). ``data_shape``: what the
-    U-Net generates. ValueError (one line) for a model diffusers cannot express."""
+    U-Net generates; ``scheduler``: (diffusers class name, its config), from
+    :func:`scheduler_config` or :func:`~diffcli.interop.diffusers_flow.flow_scheduler_config`.
+    ValueError (one line) for a model diffusers cannot express."""
     import diffusers
     from diffusers import DDPMPipeline, UNet2DModel
 
@@ -127,16 +154,14 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     unet.load_state_dict(to_diffusers_state_dict(weights, kwargs, data_shape), strict=True)
-    name, sched_cfg = scheduler_config(config.get("schedule") or {}, betas, prediction,
-                                       learned_variance, sampler)
-    scheduler = getattr(diffusers, name).from_config(sched_cfg)
+    name, sched_cfg = scheduler
+    made = getattr(diffusers, name).from_config(sched_cfg)
     pipeline = num_classes is None and vae is None
     if pipeline:
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder,
-                                                                     safe_serialization=True)
+        DDPMPipeline(unet=unet, scheduler=made).save_pretrained(folder, safe_serialization=True)
     else:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
-        scheduler.save_pretrained(folder / "scheduler")
+        made.save_pretrained(folder / "scheduler")
     if vae is not None:
         vae.save_pretrained(folder / "vae", safe_serialization=True)
     atomic_write_text(folder / DIFFCLI_FILE, dumps_json({"dataset": dataset, "data": data}))
@@ -233,16 +258,10 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     :func:`diffcli.interop.safetensors_io.read_safetensors`)."""
     unet_dir = _unet_folder(folder)
     unet_cfg, sched = _json(unet_dir / "config.json"), _scheduler(folder, unet_dir)
-    learned = sched.get("variance_type") in ("learned", "learned_range")
-    prediction = {v: k for k, v in PREDICTION_TYPES.items()}.get(
-        sched.get("prediction_type", "epsilon"))
     try:
-        if prediction is None:
-            raise ValueError(f"scheduler prediction_type={sched.get('prediction_type')}: "
-                             "diffcli's networks predict epsilon, sample or v_prediction")
+        schedule, objective, prediction, learned = noise_model(sched)
         kwargs, shape = from_diffusers_config(unet_cfg, learn_sigma=learned)
         state = from_diffusers_state_dict(_weights(unet_dir), kwargs, shape)
-        schedule = schedule_node(sched)
     except ValueError as e:
         raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
     extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
@@ -258,9 +277,11 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     config = {"model": {"_target_": UNET_TARGET, **kwargs}, "schedule": schedule,
               "module": {"prediction": prediction}, "dataset": dataset, "task": "diffusion",
               "conditional": num_classes is not None}
+    if objective is not None:
+        config["objective"] = objective
     return {"diffcli": {"config": config, "data": data},
             "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
 
 
-__all__ = ["autoencoder_kl", "diffusers_layout", "read_diffusers_folder", "schedule_node",
-           "scheduler_config", "vae_kwargs", "write_diffusers_folder"]
+__all__ = ["autoencoder_kl", "diffusers_layout", "noise_model", "read_diffusers_folder",
+           "schedule_node", "scheduler_config", "vae_kwargs", "write_diffusers_folder"]

@@ -4,7 +4,9 @@
   ``model.json`` (the run's resolved config): ``diffcli sample ckpt=<out>/model.safetensors``
   and ``diffcli.load(...)`` use it with no pickle anywhere.
 * ``format=diffusers``: a ``DDPMPipeline`` folder (``unet/`` a ``UNet2DModel``, ``scheduler/``
-  the run's schedule with the chosen ``sampler`` as DDPM / DDIM / DPM-Solver++ scheduler);
+  the run's schedule with the chosen ``sampler`` as DDPM / DDIM / DPM-Solver++ scheduler; a
+  flow-matching model's, ``objective=flow`` on diffusers' linear path, as
+  ``FlowMatchEulerDiscreteScheduler``; EDM and other flow paths are refused in one line);
   ``diffcli sample ckpt=<folder>`` reads it back.
 * ``format=onnx``: ``model.onnx``, the denoiser ``(x_t, t[, y]) -> prediction`` with a dynamic
   batch axis, checked against torch with onnxruntime.
@@ -52,6 +54,26 @@ def scheduler_of(sampler: Any) -> str:
     return name
 
 
+def diffusers_scheduler(run: LoadedRun, sampler: Any) -> tuple[str, dict[str, Any]]:
+    """(diffusers scheduler class, its config) for ``run`` exported with the ``sampler`` node:
+    the DDPM chain's schedule as the sampler's scheduler, a flow model's objective as
+    ``FlowMatchEulerDiscreteScheduler`` (sampler euler or ddim). ValueError / DiffcliError, one
+    line, for what diffusers has no scheduler of (EDM, other flow paths, other samplers)."""
+    from diffcli.interop.diffusers_flow import (
+        FLOW_SCHEDULER,
+        flow_sampler,
+        flow_scheduler_config,
+    )
+    from diffcli.interop.diffusers_io import scheduler_config
+
+    if run.continuous is not None:
+        config = flow_scheduler_config(run.continuous)
+        flow_sampler(sampler)
+        return FLOW_SCHEDULER, config
+    return scheduler_config(run.config.get("schedule") or {}, run.schedule().betas,
+                            run.prediction, run.learned_variance, scheduler_of(sampler))
+
+
 def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
     """One line, before anything is written, for a model that ``fmt`` cannot hold (and, for
     diffusers, a ``sampler`` node without a diffusers scheduler)."""
@@ -69,14 +91,13 @@ def check_exportable(run: LoadedRun, fmt: str, sampler: Any = None) -> None:
     if fmt == "onnx" and run.text_encoder is not None:
         raise DiffcliError(f"{run.path} is a text-to-image model: format=onnx exports networks "
                            "of (x_t, t[, y]); export it as format=safetensors")
-    if fmt in ("diffusers", "onnx") and run.continuous is not None:
-        held = {"diffusers": "DDPM-chain pipelines", "onnx": "networks of integer timesteps"}
-        raise DiffcliError(f"format={fmt} writes {held[fmt]}; {run.path} was trained with "
-                           f"objective={run.continuous.name} (real-valued noise levels): export "
-                           "it as format=safetensors")
+    if fmt == "onnx" and run.continuous is not None:
+        raise DiffcliError(f"format=onnx writes networks of integer timesteps; {run.path} was "
+                           f"trained with objective={run.continuous.name} (real-valued noise "
+                           "levels): export it as format=safetensors")
     if fmt == "diffusers":
-        scheduler_of(sampler)
         try:
+            diffusers_scheduler(run, sampler)
             diffusers_layout(run.config, run.sample_shape, num_classes=run.num_classes,
                              text=run.text_encoder is not None)
             if run.latent is not None and not run.latent.pretrained:
@@ -172,12 +193,11 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
 
     weights, taken = exported_weights(run, which)
     try:
+        scheduler = diffusers_scheduler(run, sampler)
         pipeline = write_diffusers_folder(
-            folder, run.config, run.sample_shape, weights, prediction=run.prediction,
-            learned_variance=run.learned_variance, num_classes=run.num_classes,
-            text=run.text_encoder is not None, sampler=scheduler_of(sampler),
-            betas=run.schedule().betas, dataset=run.config.get("dataset"), data=run.describe_data(),
-            vae=_vae(run))
+            folder, run.config, run.sample_shape, weights, scheduler=scheduler,
+            num_classes=run.num_classes, text=run.text_encoder is not None,
+            dataset=run.config.get("dataset"), data=run.describe_data(), vae=_vae(run))
     except ValueError as e:
         raise DiffcliError(f"format=diffusers: {e}") from None
     if pipeline:
@@ -185,13 +205,20 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
                 'pipe = DDPMPipeline.from_pretrained("{folder}")',
                 "images = pipe(batch_size=16, num_inference_steps=50).images"]
     else:
-        load = ["from diffusers import UNet2DModel", "",
+        label = ", class_labels=y" if run.num_classes is not None else ""
+        name, shape = scheduler[0], ", ".join(map(str, run.sample_shape))
+        load = ["import torch", f"from diffusers import UNet2DModel, {name}", "",
                 'unet = UNet2DModel.from_pretrained("{folder}", subfolder="unet")',
-                "# class-conditional: unet(x_t, t, class_labels=y).sample"]
+                f'scheduler = {name}.from_pretrained("{{folder}}", subfolder="scheduler")',
+                "scheduler.set_timesteps(50)", f"x = torch.randn(16, {shape})",
+                "with torch.no_grad():", "    for t in scheduler.timesteps:",
+                f"        x = scheduler.step(unet(x, t{label}).sample, t, x).prev_sample"]
+        if label:
+            load.insert(6, f"y = torch.randint(0, {run.num_classes}, (16,))  # class labels")
         if run.latent is not None:
             load += ["from diffusers import AutoencoderKL",
                      'vae = AutoencoderKL.from_pretrained("{folder}", subfolder="vae")',
-                     "# images = vae.decode(latents / vae.config.scaling_factor).sample"]
+                     "images = vae.decode(x / vae.config.scaling_factor).sample"]
     return taken, load + ["# or: diffcli sample ckpt={folder}"]
 
 
@@ -224,4 +251,5 @@ def export(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
     return folder.path
 
 
-__all__ = ["check_exportable", "export", "exported_weights", "scheduler_of"]
+__all__ = ["check_exportable", "diffusers_scheduler", "export", "exported_weights",
+           "scheduler_of"]
