@@ -6,6 +6,7 @@ settings on them are one line naming both, with nothing written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ RUNS = {
     "digits": ["train", *TINY_UNET, "model.channel_mults=[1]", "logger=none",
                "trainer.max_steps=2", "callbacks.preview=null", "objective=flow",
                "objective.shift=null", "objective.interpolant=gvp"],
+    "linear": ["train", *TINY_UNET, "model.channel_mults=[1]", "logger=none",
+               "trainer.max_steps=2", "callbacks.preview=null", "objective=flow",
+               "objective.shift=null"],
 }
 
 
@@ -88,6 +92,79 @@ def test_images_with_a_resolution_dependent_shift_sample_and_export(runs, monkey
     code, lines = run_in_process(["export", f"ckpt={runs['digits']}", "format=onnx"],
                                  runs["cwd"], monkeypatch, capsys)
     assert code != 0 and "objective=flow" in lines[-1] and "safetensors" in lines[-1], lines
+
+
+def _images(runs: dict[str, Path], ckpt: Path, monkeypatch, capsys, *args: str) -> np.ndarray:
+    code, lines = run_in_process(["sample", f"ckpt={ckpt}", *args], runs["cwd"], monkeypatch,
+                                 capsys)
+    assert code in (0, None), lines
+    folder = lines[-1].split(" to ", 1)[1].split(" : ")[0].strip()
+    return np.load(runs["cwd"] / folder / "samples.npz")["images"]
+
+
+def test_a_linear_flow_model_is_a_diffusers_flow_pipeline_both_ways(runs, monkeypatch, capsys):
+    """objective=flow on diffusers' path exports as a DDPMPipeline with
+    FlowMatchEulerDiscreteScheduler (the run's shift) that runs; from the same noise on
+    diffcli's t grid, diffusers' Euler gives diffcli's Euler samples; diffcli samples the folder
+    as the run. The gvp path, EDM and another sampler are one line each, with nothing written."""
+    import torch
+    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
+
+    import diffcli
+    from diffcli.components import option
+    from diffcli.restore import make_sampler
+
+    code, lines = run_in_process(["export", f"ckpt={runs['linear']}", "format=diffusers"],
+                                 runs["cwd"], monkeypatch, capsys)
+    assert code in (0, None), lines
+    folder = runs["linear"].parent.parent / "export" / "diffusers"
+    pipe = DDPMPipeline.from_pretrained(folder)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    config = pipe.scheduler.config
+    assert config.shift == 8 / 256 and not config.use_dynamic_shifting  # sqrt(8 * 8) / 256
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+
+    den = diffcli.load(runs["linear"]).opened.denoiser
+    flow = den.objective
+    sampler, _ = make_sampler(option("sampler", "euler") | {"grid": "trailing"}, den.schedule,
+                              steps=4, clip_denoised=False)
+    sigmas = torch.tensor(sampler.make_grid(den.schedule).sigmas[:-1], dtype=torch.float64)
+    t = flow.t_of_sigma(sigmas)  # the grid's t, shift applied; diffusers shifts what it gets:
+    s = flow.shift_value
+    pipe.scheduler.set_timesteps(sigmas=(t / (s - (s - 1) * t)).tolist())
+    assert torch.allclose(pipe.scheduler.sigmas[:-1].double(), t, atol=1e-6)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = sampler.sample(den, noise.clone())
+    x = noise * flow.precondition(sigmas[:1]).c_in.float()  # x_t = (1 - t) xbar at the top
+    with torch.no_grad():
+        for step in pipe.scheduler.timesteps:
+            x = pipe.scheduler.step(pipe.unet(x, step).sample, step, x).prev_sample
+    assert float((x - expected).abs().max()) < 1e-4 * max(1.0, float(expected.abs().max()))
+
+    common = ["sampler=euler", "steps=3", "n=3"]
+    np.testing.assert_array_equal(_images(runs, folder, monkeypatch, capsys, *common),
+                                  _images(runs, runs["linear"], monkeypatch, capsys, *common))
+    assert _images(runs, folder, monkeypatch, capsys, "sampler=dpmpp_3m", "steps=3",
+                   "n=2").shape == (2, 8, 8, 1)
+    for name, args, words in (
+            ("digits", [], ["interpolant=gvp", "FlowMatchEulerDiscreteScheduler"]),
+            ("edm", [], ["EDMEulerScheduler", "1000 ln(sigma) / 4"]),
+            ("linear", ["sampler=heun", "out=never"], ["sampler=euler or ddim", "Heun"])):
+        code, lines = run_in_process(["export", f"ckpt={runs[name]}", "format=diffusers", *args],
+                                     runs["cwd"], monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert not (runs["cwd"] / "never").exists()
+    assert not (runs["digits"].parent.parent / "export" / "diffusers").exists()
+    assert "DDPMPipeline.from_pretrained" in (folder / "README.md").read_text()
+    edited = shutil.copytree(folder, runs["cwd"] / "dynamic")  # a shift set per image size
+    config_file = edited / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text())
+                                      | {"use_dynamic_shifting": True}))
+    code, lines = run_in_process(["sample", f"ckpt={edited}", "n=2"], runs["cwd"], monkeypatch,
+                                 capsys)
+    assert code == 1 and len(lines) == 1 and "use_dynamic_shifting=true" in lines[0], lines
 
 
 @pytest.mark.parametrize("extra, words", [
