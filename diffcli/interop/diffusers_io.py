@@ -142,8 +142,8 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
     """Write ``unet/`` and ``scheduler/`` into ``folder`` (plus ``model_index.json`` of a
     ``DDPMPipeline`` when the model is unconditional and in pixel space: returns whether it
     did; a latent model's autoencoder, ``vae``, goes to ``vae/``). ``data_shape``: what the
-    U-Net generates; ``scheduler``: (diffusers class name, its config), from
-    :func:`scheduler_config` or :func:`~diffcli.interop.diffusers_flow.flow_scheduler_config`.
+    U-Net generates; ``scheduler``: (diffusers class name, its config): :func:`scheduler_config`
+    or ``FLOW_SCHEDULER`` with :func:`~diffcli.interop.diffusers_flow.flow_scheduler_config`.
     ValueError (one line) for a model diffusers cannot express."""
     import diffusers
     from diffusers import DDPMPipeline, UNet2DModel
