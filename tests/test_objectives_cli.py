@@ -89,6 +89,8 @@ def test_images_with_a_resolution_dependent_shift_sample_and_export(runs, monkey
     code, lines = run_in_process(["export", f"ckpt={runs['digits']}", "format=safetensors"],
                                  runs["cwd"], monkeypatch, capsys)
     assert code in (0, None), lines
+    card = (runs["digits"].parent.parent / "export" / "safetensors" / "README.md").read_text()
+    assert "| objective | Flow: interpolant gvp" in card and "| schedule |" not in card
     code, lines = run_in_process(["export", f"ckpt={runs['digits']}", "format=onnx"],
                                  runs["cwd"], monkeypatch, capsys)
     assert code != 0 and "objective=flow" in lines[-1] and "safetensors" in lines[-1], lines

@@ -50,6 +50,19 @@ def _table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _objective_rows(objective: dict[str, Any], schedule: dict[str, Any],
+                    module: dict[str, Any]) -> list[str]:
+    """The objective's rows: the DDPM chain's schedule and prediction, or a continuous
+    objective (EDM, flow) with its settings."""
+    name = str(objective.get("_target_", "DDPM")).rsplit(".", 1)[-1]
+    if name == "DDPM":
+        return [f"| schedule | {str(schedule.get('_target_', '?')).rsplit('.', 1)[-1]}, "
+                f"T={schedule.get('num_timesteps', '?')} |",
+                f"| predicts | {module.get('prediction', 'eps')} |"]
+    settings = ", ".join(f"{k} {v}" for k, v in objective.items() if k != "_target_")
+    return [f"| objective | {name}: {settings} |"]
+
+
 def model_card(*, title: str, fmt: str, config: dict[str, Any], data: dict[str, Any] | None,
                global_step: int, weights: str, source: str, parameters: int,
                evals: list[tuple[str, dict[str, Any]]], load: list[str]) -> str:
@@ -68,9 +81,7 @@ def model_card(*, title: str, fmt: str, config: dict[str, Any], data: dict[str, 
         f"| dataset | {dataset.get('name', '?')} ({(data or {}).get('kind', '?')} {shape}) |",
         f"| network | {str(model.get('_target_', '?')).rsplit('.', 1)[-1]}, "
         f"{parameters:,} parameters |",
-        f"| schedule | {str(schedule.get('_target_', '?')).rsplit('.', 1)[-1]}, "
-        f"T={schedule.get('num_timesteps', '?')} |",
-        f"| predicts | {module.get('prediction', 'eps')} |",
+        *_objective_rows(config.get("objective") or {}, schedule, module),
         f"| trained | {global_step:,} steps; {weights} weights exported |",
     ]
     if classes:
