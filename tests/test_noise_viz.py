@@ -13,25 +13,38 @@ from test_cli import assert_one_line_error
 from test_cli import run_here as run
 
 from diffcli.cli import CONF_DIR
+from diffcli.diffusion.objectives import EDM, Flow
+from diffcli.diffusion.objectives.levels import (
+    log_sigma_cdf,
+    log_sigma_density,
+    schedule_log_sigma_density,
+    sigma_quantile,
+)
 from diffcli.diffusion.schedules import cosine_schedule, linear_schedule, make_schedule
 from diffcli.errors import DiffcliError
 from diffcli.viz import (
+    LevelCurve,
     evenly_spaced,
     forward_frames,
     forward_grid,
     plot_forward_grid,
+    plot_noise_levels,
     plot_reverse,
     plot_schedules,
     reverse_frames,
     save_gif,
+    sigma_grid,
     to_display,
 )
+from diffcli.viz.noise_levels import log_sigma_span
+from diffcli.viz.plots import wrap_title
 from diffcli.workflows.noise_pictures import (
     build_schedules,
     check_timesteps,
     load_images,
     prepare_reverse,
 )
+from diffcli.workflows.objective_pictures import check_sigmas, forward_columns
 
 SCHEDULES = [linear_schedule(), cosine_schedule()]
 
@@ -96,6 +109,79 @@ def test_to_display_clips_to_unit_range():
     assert to_display(torch.zeros(3, 4, 5)).shape == (4, 5, 3)
 
 
+# --- the objectives' noise levels (EDM, flow) beside the DDPM chain ---------------------------
+
+LAWS = {"edm": EDM(), "flow": Flow(), "flow-shift3": Flow(shift=3.0),
+        "gvp-uniform": Flow(interpolant="gvp", t_sampling="uniform"),
+        "vp": Flow(interpolant="vp", logit_mean=0.5, logit_std=0.8)}
+
+
+@pytest.mark.parametrize("name", LAWS)
+def test_training_laws_integrate_to_one_and_quantiles_invert_the_cdf(name):
+    objective = LAWS[name]
+    x = torch.linspace(-25, 25, 20001, dtype=torch.float64)
+    assert torch.trapezoid(log_sigma_density(objective, x), x).item() == pytest.approx(1, abs=1e-6)
+    q = torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99], dtype=torch.float64)
+    torch.testing.assert_close(log_sigma_cdf(objective, sigma_quantile(objective, q).log()), q)
+
+
+def test_training_laws_where_the_closed_forms_put_them():
+    from math import exp, log, pi, sqrt
+
+    half, one_std = torch.tensor([0.5]), torch.special.ndtr(torch.tensor([1.0]))
+    # EDM: ln sigma ~ N(-1.2, 1.2^2) (Karras et al. 2022, Table 1)
+    assert sigma_quantile(EDM(), half).item() == pytest.approx(exp(-1.2))
+    assert sigma_quantile(EDM(), one_std).item() == pytest.approx(1.0)
+    # linear flow, logit-normal t, shift 3: ln sigma = ln 3 + logit t ~ N(ln 3, 1)
+    flow3 = Flow(shift=3.0)
+    assert sigma_quantile(flow3, half).item() == pytest.approx(3.0)
+    assert log_sigma_density(flow3, torch.tensor([log(3)])).item() == pytest.approx(
+        1 / sqrt(2 * pi))
+    # uniform t on the linear path: t = sigmoid(ln sigma), so p(ln sigma) = t (1 - t)
+    x = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    t = torch.sigmoid(x)
+    torch.testing.assert_close(log_sigma_density(Flow(t_sampling="uniform"), x), t * (1 - t))
+    # the DDPM chain: T cells of mass 1/T, timestep k's around its ln sigma_k
+    schedule = linear_schedule()
+    edges, density = schedule_log_sigma_density(schedule)
+    assert (density * edges.diff()).sum().item() == pytest.approx(1.0)
+    assert bool(((edges[:-1] < schedule.log_sigmas) & (schedule.log_sigmas < edges[1:])).all())
+
+
+def test_sigma_grid_is_the_ddpm_forward_process_at_the_same_sigma():
+    x0, eps = _images(n=2)
+    schedule, ts = linear_schedule(), [0, 300, 999]
+    by_sigma = sigma_grid(x0, [float(schedule.sigmas[t]) for t in ts], eps)
+    torch.testing.assert_close(by_sigma, forward_grid(x0, [schedule], ts, eps), atol=1e-5,
+                               rtol=1e-5)
+    assert torch.equal(sigma_grid(x0, [0.0], eps)[0, :, 0], x0)
+
+
+def test_an_objectives_columns_and_sigmas():
+    columns = forward_columns(EDM(), None)  # 0, the 10..90% quantiles, sigma_max
+    assert len(columns) == 7 and columns[0] == 0 and columns[-1] == pytest.approx(80)
+    assert columns[3] == pytest.approx(np.exp(-1.2))  # the median
+    assert forward_columns(EDM(), [0.0, 2.0]) == [0.0, 2.0]
+    assert check_sigmas(OmegaConf.create({"s": [0, 1.5]}).s) == [0.0, 1.5]
+    for bad in ([], [-1], ["x"], [True]):
+        with pytest.raises(DiffcliError, match="sigmas"):
+            check_sigmas(bad)
+
+
+def test_noise_levels_png_widens_to_every_step_and_titles_wrap(tmp_path: Path):
+    assert log_sigma_span([[np.exp(9.9), 0.0], [1.0]]) == pytest.approx((-7.5, 10.4))
+    x = torch.linspace(-7.5, 7.5, 11, dtype=torch.float64)
+    edges, density = schedule_log_sigma_density(cosine_schedule(50))
+    curves = [LevelCurve("cosine", "cosine", edges, density, [10.0, 1.0, 0.0], stairs=True),
+              LevelCurve("EDM", "EDM", x, log_sigma_density(EDM(), x), [80.0, 0.1, 0.0])]
+    w, h = _png_size(plot_noise_levels(curves, tmp_path / "n.png", sampler="ddim (2 steps)"))
+    assert w > h > 400
+    wrapped = wrap_title("word " * 60 + r"$x = \sigma \epsilon$ end", 3.0)
+    assert r"$x = \sigma \epsilon$" in wrapped and wrapped.count("\n") >= 5
+    room = 3.0 * 72 / (0.55 * 11)  # characters of 11 points in 3 inches
+    assert all(len(line) <= room for line in wrapped.splitlines() if "$" not in line)
+
+
 # --- the pictures ----------------------------------------------------------------------------
 
 
@@ -150,6 +236,9 @@ def test_gifs_have_one_frame_per_step(tmp_path: Path):
     x_t = torch.randn(4, 2, 1, 8, 8)
     frames = reverse_frames([999, 500, 250.5, 0], x_t, x_t.clamp(-1, 1))
     assert len(frames) == 4 and frames[0].size == frames[-1].size
+    mixed = [Image.new("RGB", (10, 30)), Image.new("RGB", (40, 20))]  # captions of any length
+    with Image.open(save_gif(mixed, tmp_path / "m.gif")) as gif:
+        assert gif.size == (40, 30) and gif.n_frames == 2
 
 
 # --- the workflow's checks -------------------------------------------------------------------
@@ -216,9 +305,10 @@ def test_cli_writes_forward_schedules_and_gif_to_its_run_dir(tmp_path: Path):
     proc = run(tmp_path, "noise-viz", "schedules=[linear,cosine]", "timesteps=[0,500,999]",
                "image_size=16", "gif=true", "gif_frames=5")
     (out,) = tmp_path.glob("outputs/noise-viz/*")
-    assert {p.name for p in out.iterdir()} == {"forward.png", "schedules.png", "forward.gif"}
+    assert {p.name for p in out.iterdir()} == {"forward.png", "schedules.png", "forward.gif",
+                                                "noise-levels.png"}
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        f"wrote forward.png, schedules.png, forward.gif to {out}/")
+        f"wrote forward.png, schedules.png, forward.gif, noise-levels.png to {out}/")
     with Image.open(out / "forward.gif") as gif:
         assert gif.n_frames == 5
     assert not list(tmp_path.rglob("checkpoints"))  # `diffcli sample` never mistakes it for a run
@@ -226,17 +316,34 @@ def test_cli_writes_forward_schedules_and_gif_to_its_run_dir(tmp_path: Path):
 
 @pytest.mark.slow
 def test_cli_reverse_from_the_newest_trained_run(tmp_path: Path):
+    """A flow run (DDPM runs: test_conditional_cli, test_latent_cli): its forward process at its
+    own noise levels, and the reverse process."""
     run(tmp_path, "train", "dataset.image_size=8", "model.base_channels=8", "model.groups=4",
-        "trainer.max_steps=3", "logger=none", "callbacks.preview=null")
+        "trainer.max_steps=3", "logger=none", "callbacks.preview=null", "objective=flow")
     (ckpt,) = tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")
-    run(tmp_path, "noise-viz", "reverse=true", "steps=4", "num_images=1", "timesteps=[0,999]",
-        "gif=true", "gif_frames=3")
+    proc = run(tmp_path, "noise-viz", "reverse=true", "steps=4", "num_images=1", "gif=true",
+               "gif_frames=3")
+    assert "objective=flow at its own noise levels" in proc.stderr
     viz = ckpt.parent.parent / "viz"
     assert {p.name for p in viz.iterdir()} == {"forward.png", "schedules.png", "forward.gif",
-                                                "reverse.png", "reverse.gif"}
+                                                "noise-levels.png", "reverse.png", "reverse.gif"}
     with Image.open(viz / "reverse.gif") as gif:
         assert gif.n_frames == 4  # one per DDIM step
     assert not (tmp_path / "outputs" / "noise-viz").exists()  # nothing left in a run dir
+
+
+@pytest.mark.slow
+def test_cli_draws_an_objective_without_a_run(tmp_path: Path):
+    proc = run(tmp_path, "noise-viz", "objective=flow", "objective.shift=3", "sigmas=[0,1,3]",
+               "image_size=8", "num_images=1", "gif=true", "gif_frames=3", "steps=4")
+    (out,) = tmp_path.glob("outputs/noise-viz/*")
+    assert {p.name for p in out.iterdir()} == {"forward.png", "schedules.png", "forward.gif",
+                                                "noise-levels.png"}
+    assert "objective=flow at its own noise levels" in proc.stderr
+    with Image.open(out / "forward.gif") as gif:
+        assert gif.n_frames == 3  # points of flow's sampling lattice
+    w3, _ = _png_size(out / "forward.png")
+    assert 3 * 100 < w3 < 6 * 100  # the three columns of sigmas=
 
 
 @pytest.mark.slow

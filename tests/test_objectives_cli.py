@@ -183,3 +183,12 @@ def test_the_ddpm_chains_settings_on_flow_are_one_line(runs, monkeypatch, capsys
     assert code == 2 and len(lines) == 1, lines
     assert all(w in lines[0] for w in words), lines
     assert not (tmp_path / "never").exists()
+
+
+
+def test_noise_viz_on_a_run_refuses_another_objective(runs, monkeypatch, capsys):
+    args = ["noise-viz", f"ckpt={runs['digits']}", "objective=edm"]  # drawing: test_noise_viz
+    code, lines = run_in_process(args, runs["cwd"], monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "objective=flow" in lines[0] and "drop objective=" in lines[0], lines
+    assert not (runs["digits"].parent.parent / "viz").exists()

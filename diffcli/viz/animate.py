@@ -52,10 +52,13 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def with_header(body: Image.Image, caption: str, column_labels: Sequence[str],
                 cell: int) -> Image.Image:
     """``body`` below two text lines: ``caption``, then a label centred over each column
-    (columns ``cell`` pixels wide, :data:`PAD` apart, as :func:`tile` lays them out)."""
-    frame = Image.new("RGB", (body.width, body.height + 2 * LINE), "white")
+    (columns ``cell`` pixels wide, :data:`PAD` apart, as :func:`tile` lays them out); the frame
+    is widened (white on the right) to hold the caption."""
+    font = _font()
+    width = max(body.width, math.ceil(font.getlength(caption)) + 2 * PAD)
+    frame = Image.new("RGB", (width, body.height + 2 * LINE), "white")
     frame.paste(body, (0, 2 * LINE))
-    draw, font = ImageDraw.Draw(frame), _font()
+    draw = ImageDraw.Draw(frame)
     draw.text((PAD, 2), caption, fill="black", font=font)
     for j, label in enumerate(column_labels):
         centre = PAD + j * (cell + PAD) + cell / 2
@@ -80,12 +83,17 @@ def forward_frames(x0: Tensor, schedules: Sequence[NoiseSchedule], names: Sequen
         noise: eps (N, C, H, W), shared by every schedule and frame.
     """
     grid = forward_grid(x0, schedules, timesteps, noise)  # (S, N, F, C, H, W)
-    scale = cell_scale(x0.shape[-1])
+    return grid_frames(grid, names, [f"forward process  t = {t}" for t in timesteps])
+
+
+def grid_frames(grid: Tensor, names: Sequence[str], captions: Sequence[str]) -> list[Image.Image]:
+    """One frame per column f of a forward grid (S, N, F, C, H, W): rows are the N images,
+    columns the S processes (``names``) side by side, under ``captions[f]``."""
+    scale = cell_scale(grid.shape[-1])
     frames = []
-    for f, t in enumerate(timesteps):
-        body = tile(grid[:, :, f].transpose(0, 1), scale)  # rows: images, columns: schedules
-        frames.append(with_header(body, f"forward process  t = {t}", names,
-                                  x0.shape[-1] * scale))
+    for f, caption in enumerate(captions):
+        body = tile(grid[:, :, f].transpose(0, 1), scale)  # rows: images, columns: processes
+        frames.append(with_header(body, caption, names, grid.shape[-1] * scale))
     return frames
 
 
@@ -107,9 +115,16 @@ def reverse_frames(timesteps: Sequence[float], x_t: Tensor, x0: Tensor) -> list[
 
 def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int = 80,
              hold_ms: int = 1000) -> Path:
-    """Write ``frames`` as a looping GIF; the first and last frames stay ``hold_ms`` on screen."""
+    """Write ``frames`` as a looping GIF; the first and last frames stay ``hold_ms`` on screen.
+    Frames of different sizes are drawn top left on white frames of the largest size."""
     if not frames:
         raise ValueError("no frames to write")
+    size = (max(f.width for f in frames), max(f.height for f in frames))
+    if any(f.size != size for f in frames):
+        canvases = [Image.new("RGB", size, "white") for _ in frames]
+        for canvas, frame in zip(canvases, frames, strict=True):
+            canvas.paste(frame, (0, 0))
+        frames = canvases
     durations = [frame_ms] * len(frames)
     durations[0] = durations[-1] = hold_ms
     path = Path(path)

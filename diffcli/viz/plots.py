@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ DPI = 110
 ABAR = r"$\bar\alpha$"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib
 
@@ -49,8 +50,28 @@ def format_t(t: float) -> str:
     return str(int(t)) if float(t).is_integer() else f"{t:.1f}"
 
 
+def wrap_title(title: str, width_inches: float, points: float = 11) -> str:
+    """``title`` with each line broken at spaces to fit ``width_inches`` at ``points`` (about
+    0.55 em a character); mathtext between $ signs is kept whole and counted at half length."""
+    room = width_inches * 72 / (0.55 * points)
+    lines = []
+    for line in title.split("\n"):
+        out, used = [], 0.0
+        for word in re.findall(r"(?:\$[^$]*\$|[^\s$])+", line):
+            size = len(word) - 0.5 * sum(len(m) for m in re.findall(r"\$[^$]*\$", word))
+            if out and used + 1 + size > room:
+                lines.append(" ".join(out))
+                out, used = [], 0.0
+            out.append(word)
+            used += size + (1 if len(out) > 1 else 0)
+        lines.append(" ".join(out))
+    return "\n".join(lines)
+
+
 def plot_forward_grid(grid: Tensor, names: Sequence[str], timesteps: Sequence[int],
-                      alpha_bars: Tensor, path: str | Path, title: str | None = None) -> Path:
+                      alpha_bars: Tensor, path: str | Path, title: str | None = None,
+                      column_titles: Sequence[str] | None = None,
+                      cell_labels: Sequence[str] | None = None) -> Path:
     """Save the forward-process grid: per image a block of one row per schedule, one column per t.
 
     Columns are labelled with t (0-based, as in training), rows with the schedule name, and
@@ -64,14 +85,23 @@ def plot_forward_grid(grid: Tensor, names: Sequence[str], timesteps: Sequence[in
         alpha_bars: abar_t of each schedule at each timestep, shape (S, K).
         path: the PNG to write.
         title: an optional figure title.
+        column_titles: K titles instead of "t = <t>" (e.g. a continuous objective's sigma).
+        cell_labels: K labels under every row's cells instead of abar_t.
     """
     s, n, k = grid.shape[:3]
     if len(names) != s or len(timesteps) != k or tuple(alpha_bars.shape) != (s, k):
         raise ValueError(f"grid {tuple(grid.shape[:3])} (S, N, K) does not match {len(names)} "
                          f"names, {len(timesteps)} timesteps, alpha_bars {tuple(alpha_bars.shape)}")
-    plt = _pyplot()
-    fig = plt.figure(figsize=(1.2 + CELL_INCHES * k, (0.5 + (CELL_INCHES + 0.25) * s) * n
-                              + (0.4 if title else 0)), dpi=DPI, layout="constrained")
+    heads = list(column_titles) if column_titles is not None else [f"t = {t}" for t in timesteps]
+    if len(heads) != k or (cell_labels is not None and len(cell_labels) != k):
+        raise ValueError(f"{k} columns need {k} column titles and cell labels")
+    plt = pyplot()
+    width = 1.2 + CELL_INCHES * k
+    title = wrap_title(title, width) if title else None
+    extra = 0.2 * max(h.count("\n") for h in heads)  # column titles of several lines
+    fig = plt.figure(figsize=(width, (0.5 + extra + (CELL_INCHES + 0.25) * s) * n
+                              + (0.4 + 0.25 * title.count("\n") if title else 0)),
+                     dpi=DPI, layout="constrained")
     blocks = np.atleast_1d(fig.subfigures(n, 1))
     for i, block in enumerate(blocks):
         axes = np.asarray(block.subplots(s, k, squeeze=False))
@@ -81,13 +111,15 @@ def plot_forward_grid(grid: Tensor, names: Sequence[str], timesteps: Sequence[in
             for c in range(k):
                 ax = axes[r, c]
                 _show(ax, grid[r, i, c])
-                ax.set_xlabel(f"{ABAR} = {float(alpha_bars[r, c]):.3f}", fontsize=8, labelpad=2)
+                label = (cell_labels[c] if cell_labels is not None
+                         else f"{ABAR} = {float(alpha_bars[r, c]):.3f}")
+                ax.set_xlabel(label, fontsize=8, labelpad=2)
                 if r == 0:
-                    ax.set_title(f"t = {timesteps[c]}", fontsize=10)
+                    ax.set_title(heads[c], fontsize=10)
             axes[r, 0].set_ylabel(names[r], fontsize=10, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_schedules(schedules: Sequence[NoiseSchedule], path: str | Path,
@@ -107,7 +139,7 @@ def plot_schedules(schedules: Sequence[NoiseSchedule], path: str | Path,
     """
     labels = list(labels) if labels is not None else [
         f"{s.name} (T={s.num_timesteps})" for s in schedules]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8 + (0.3 if title else 0)), dpi=DPI,
                              layout="constrained")
     panels = [(lambda s: s.alphas_cumprod, ABAR + r"$_t$ (signal fraction)", "linear"),
@@ -127,13 +159,14 @@ def plot_schedules(schedules: Sequence[NoiseSchedule], path: str | Path,
     axes[0].legend(fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str | Path,
                  title: str | None = None, total_steps: int | None = None,
                  steps: Sequence[int] | None = None, final: Tensor | None = None,
-                 row_names: Sequence[str] | None = None) -> Path:
+                 row_names: Sequence[str] | None = None,
+                 levels: Sequence[str] | None = None) -> Path:
     """Save the reverse process: per sample a row of x_t and a row of the network's x0 estimate
     x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) (inverse of Ho et al. 2020, eq. 4),
     one column per recorded sampler step.
@@ -147,6 +180,7 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
         total_steps, steps: when given, columns also say "step <steps[j] + 1>/<total_steps>".
         final: the sampler's output (N, C, H, W), drawn as a last column in the x_t rows.
         row_names: a name per sample (N), e.g. "unguided" / "class 7, w=3".
+        levels: K labels instead of "t = <t>" (a continuous objective's sigma, and flow's t).
     """
     k, n = x_t.shape[:2]
     if x0.shape != x_t.shape or len(timesteps) != k:
@@ -155,10 +189,12 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
     if final is not None and final.shape != x_t.shape[1:]:
         raise ValueError(f"final {tuple(final.shape)} must have shape {tuple(x_t.shape[1:])}")
     cols = k + (final is not None)
-    plt = _pyplot()
+    plt = pyplot()
+    width = 1.3 + CELL_INCHES * cols
+    title = wrap_title(title, width) if title else None
     fig, axes = plt.subplots(2 * n, cols, squeeze=False, dpi=DPI, layout="constrained",
-                             figsize=(1.3 + CELL_INCHES * cols,
-                                      0.5 + 2 * n * (CELL_INCHES + 0.05) + (0.4 if title else 0)))
+                             figsize=(width, 0.5 + 2 * n * (CELL_INCHES + 0.05)
+                                      + (0.4 + 0.25 * title.count("\n") if title else 0)))
     for i in range(n):
         for c in range(k):
             _show(axes[2 * i, c], x_t[c, i])
@@ -172,19 +208,20 @@ def plot_reverse(timesteps: Sequence[float], x_t: Tensor, x0: Tensor, path: str 
                                       ha="right", va="center")
     for c in range(k):
         head = f"step {steps[c] + 1}/{total_steps}\n" if steps is not None and total_steps else ""
-        axes[0, c].set_title(f"{head}t = {format_t(timesteps[c])}", fontsize=9)
+        level = levels[c] if levels is not None else f"t = {format_t(timesteps[c])}"
+        axes[0, c].set_title(f"{head}{level}", fontsize=9)
     if final is not None:
         axes[0, k].set_title("output\n(after the last step)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sweep(scales: Sequence[float], metrics: dict[str, Sequence[float]], swept: str,
                path: str | Path) -> Path:
     """One panel per metric against the guidance scale (Ho & Salimans 2022, Fig. 4: FID and
     Inception Score against w). ``metrics``: name -> one value per scale."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(metrics)
     fig, axes = plt.subplots(1, len(names), squeeze=False, dpi=DPI, layout="constrained",
                              figsize=(3.6 * len(names), 3.0))
@@ -193,14 +230,14 @@ def plot_sweep(scales: Sequence[float], metrics: dict[str, Sequence[float]], swe
         ax.set_xlabel(swept, fontsize=10)
         ax.set_title(name, fontsize=11)
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_vlb_terms(timesteps: Sequence[int], terms: Sequence[float], path: str | Path,
                    title: str | None = None) -> Path:
     """The variational bound's terms against t (Nichol & Dhariwal 2021, Fig. 2): L_0 (the
     decoder, t = 0) and L_{t-1} for t > 0, each the mean over the items, bits/dim, log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=DPI, layout="constrained")
     ax.plot(list(timesteps), list(terms), lw=1.5, marker="." if len(terms) <= 100 else None)
     ax.set_yscale("log")
@@ -209,12 +246,12 @@ def plot_vlb_terms(timesteps: Sequence[int], terms: Sequence[float], path: str |
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     """Write ``fig`` as a PNG (white background) and close it."""
     path = Path(path)
     fig.savefig(path, facecolor="white")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

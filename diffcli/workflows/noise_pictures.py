@@ -1,9 +1,12 @@
 """`diffcli noise-viz`: config -> images, schedules (+ a trained run) -> explanatory pictures.
 
-Writes ``forward.png`` (images noised by q(x_t | x_0) under each schedule), ``schedules.png``
-(alpha-bar, beta and log-SNR curves) and, from a checkpoint, ``reverse.png`` (a sampler's x_t and
-x0 estimates); ``gif=true`` adds ``forward.gif`` / ``reverse.gif``. This module is the only one
-that reads the config; the drawing lives in :mod:`diffcli.viz`.
+Writes ``forward.png`` (images noised by q(x_t | x_0) under each schedule, or at the noise
+levels of a continuous objective: ``objective=edm|flow`` or a run trained with one),
+``schedules.png`` (alpha-bar, beta and log-SNR curves), ``noise-levels.png`` (every objective's
+training and sampling noise levels over ln sigma) and, from a checkpoint, ``reverse.png`` (a
+sampler's x_t and x0 estimates); ``gif=true`` adds ``forward.gif`` / ``reverse.gif``. This module
+and :mod:`diffcli.workflows.objective_pictures` read the config; the drawing lives in
+:mod:`diffcli.viz`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ from diffcli.viz import (
     plot_schedules,
     reverse_frames,
     save_gif,
+)
+from diffcli.workflows.objective_pictures import (
+    Drawn,
+    draw_noise_levels,
+    draw_objective_forward,
+    drawn_objective,
+    level_title,
+    reverse_levels,
 )
 
 if TYPE_CHECKING:
@@ -220,13 +231,20 @@ def output_dir(reverse: Reverse | None) -> Path:
 
 
 def draw_forward(cfg: DictConfig, x0: Tensor, schedules: list[NoiseSchedule], names: list[str],
-                 timesteps: list[int], out: Path) -> list[Path]:
-    """forward.png, schedules.png and (gif=true) forward.gif."""
+                 timesteps: list[int], out: Path, drawn: Drawn | None = None) -> list[Path]:
+    """forward.png, schedules.png and (gif=true) forward.gif; with ``drawn`` (a continuous
+    objective) forward.png and forward.gif show it, at its own noise levels."""
     gen = torch.Generator().manual_seed(int(cfg.seed))
     noise = torch.randn(x0.shape, generator=gen)
+    T = schedules[0].num_timesteps
+    if drawn is not None:
+        gif = _positive(cfg.gif_frames, "gif_frames") if cfg.gif else None
+        return [*draw_objective_forward(x0, noise, drawn.objective, drawn.sigmas, out,
+                                        drawn.whose, gif),
+                plot_schedules(schedules, out / "schedules.png", labels=names,
+                               title=f"noise schedules of the DDPM chain, T = {T}")]
     grid = forward_grid(x0, schedules, timesteps, noise)
     abar = torch.stack([s.alphas_cumprod[timesteps] for s in schedules])
-    T = schedules[0].num_timesteps
     title = (r"forward process $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,"
              rf"\epsilon$, T = {T}, the same $\epsilon$ in every row")
     written = [plot_forward_grid(grid, names, timesteps, abar, out / "forward.png", title=title),
@@ -265,9 +283,14 @@ def draw_reverse(cfg: DictConfig, rev: Reverse, out: Path) -> list[Path]:
     title = f"reverse process: {rev.name}, {len(t)} steps, checkpoint at step {rev.global_step}"
     if rev.opened is not None and rev.opened.codec is not None:
         title += " (latents, shown decoded)"
+    continuous = rev.opened.run.continuous if rev.opened is not None else None
+    levels = None
+    if continuous is not None:
+        title += f", objective={continuous.name}"
+        levels = reverse_levels(continuous, rev.opened.schedule, [t[c] for c in cols])
     written = [plot_reverse([t[c] for c in cols], x_t[cols], x0[cols], out / "reverse.png",
                             title=title, total_steps=len(t), steps=cols, final=torch.cat(finals),
-                            row_names=names)]
+                            row_names=names, levels=levels)]
     if cfg.gif:
         written.append(save_gif(reverse_frames(t, x_t, x0), out / "reverse.gif"))
     return written
@@ -298,10 +321,25 @@ def draw_latent_forward(cfg: DictConfig, rev: Reverse, timesteps: list[int], out
                                                                  *x0.shape[1:])
     abar = schedule.alphas_cumprod[ts].repeat(2, 1)
     shape = "x".join(map(str, z0.shape[1:]))
+    continuous, where = opened.run.continuous, f"{schedule.name} T = {T}"
+    if continuous is not None:  # its sampling lattice's noise levels, not indices
+        where = f"objective={continuous.name}, on its sampling lattice"
     return plot_forward_grid(rows, ["pixel space", f"latent {shape}\n(decoded)"], ts, abar,
                              out / "forward-latent.png",
                              title=f"noise in pixel space vs in the autoencoder's latent space "
-                                   f"(decoded), {schedule.name} T = {T}")
+                                   f"(decoded), {where}",
+                             column_titles=None if continuous is None else [
+                                 level_title(continuous, float(schedule.sigmas[t])) for t in ts])
+
+
+def _run_objective(rev: Reverse | None) -> Drawn | None:
+    """The continuous objective (EDM, flow) of the run drawn, else None."""
+    objective = None if rev is None or rev.opened is None else rev.opened.run.continuous
+    if objective is None:
+        return None
+    folder = run_dir_of(rev.ckpt.resolve())
+    return Drawn(objective, None, f"run {folder.parent.name}/{folder.name} (objective="
+                 f"{objective.name}, step {rev.global_step}), ", "this run")
 
 
 def _guided_name(guided: Any) -> str:
@@ -345,11 +383,19 @@ def _noise_viz(cfg: DictConfig, conf_dir: Path, run: LoadedRun | None) -> Path:
     timesteps = check_timesteps(cfg.timesteps, int(cfg.num_timesteps))
     x0 = load_images(cfg)
     rev = prepare_reverse(cfg, run)  # every input is checked before anything is written
+    drawn = drawn_objective(cfg, _run_objective(rev), tuple(x0.shape[1:]))
     out = output_dir(rev)
-    console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
-                  f"{', '.join(names)} at t = {timesteps}", soft_wrap=True)
+    if drawn is None:
+        console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
+                      f"{', '.join(names)} at t = {timesteps}", soft_wrap=True)
+    else:
+        console.print(f"noising {len(x0)} image(s) of {tuple(x0.shape[1:])} with "
+                      f"objective={drawn.objective.name} at its own noise levels", soft_wrap=True)
     with staged_files(out) as tmp:  # the pictures join out/ together, once all are drawn
-        written = draw_forward(cfg, x0, schedules, names, timesteps, tmp)
+        written = draw_forward(cfg, x0, schedules, names, timesteps, tmp, drawn)
+        written.append(draw_noise_levels(
+            cfg, schedules, names, conf_dir, drawn and drawn.objective,
+            drawn.legend if drawn else "", tmp))
         if rev is not None:
             written += draw_reverse(cfg, rev, tmp)
             if rev.opened.codec is not None:
