@@ -108,14 +108,21 @@ class Continuous(ABC):
 
 def objective_loss(objective: Continuous, net: Callable[[Tensor, Tensor], Tensor], x0: Tensor,
                    *, uncertainty: nn.Module | None = None,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | None = None,
+                   noise: Tensor | None = None) -> Tensor:
     """One batch's loss: sigma ~ p(sigma), x = (x0 + sigma eps) / sqrt(1 + sigma^2),
     w(sigma) || F - (x0 - c_skip x) / c_out ||^2 averaged over each sample's elements, then over
     the batch. With ``uncertainty`` u(sigma) (EDM2, Karras et al. 2024, eq. 21) each sample's
-    loss L becomes L / exp(u) + u. x0: (B, ...) -> scalar."""
+    loss L becomes L / exp(u) + u. ``noise`` (B, ...): the eps paired with each x0 (a coupling,
+    e.g. reflow's (z, ODE(z)) pairs, Liu et al. 2023, Sec. 2.2) instead of independent draws.
+    x0: (B, ...) -> scalar."""
     sigma = objective.sample_sigma(x0.shape[0], x0.device, generator)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x = to_vp(x0, noise, sigma)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise of shape {tuple(noise.shape)} for data of shape "
+                         f"{tuple(x0.shape)}: give one eps per sample, shaped like it")
+    x = to_vp(x0, noise.to(x0), sigma)
     pre = objective.precondition(sigma)
     out = net(column(pre.c_in, x) * x, pre.c_noise.to(torch.float32))
     err = (out - objective.training_target(x0, x, pre)) ** 2
