@@ -37,6 +37,9 @@ KEYS: dict[str, Key] = {
                 choices=("diffusion", "classifier", "autoencoder")),
     "latent": Key(dict, "latent diffusion: ckpt= an autoencoder checkpoint or pretrained= "
                   "a diffusers AutoencoderKL folder; cache, scale_factor, sample"),
+    "reflow": Key(dict, "rectified flow's reflow (objective=flow): ckpt= a flow run whose "
+                  "(noise, sample) pairs to train on; n, sampler, steps, batch_size, use_ema, "
+                  "init"),
 }
 
 # keys that moved into config groups with the redesign: a hint instead of "not in struct"
@@ -181,10 +184,12 @@ def check(cfg: DictConfig) -> CheckpointReads:
     and the run folder it was given. Returns the checkpoints read (handed to :func:`run`)."""
     from diffcli.checkpoint import CheckpointReads
     from diffcli.runs import check_run_dir
+    from diffcli.workflows.reflow import check_reflow
     from diffcli.workflows.training import check_resumable, resume_path
 
     reads = CheckpointReads()
     _train_latent(cfg, reads)
+    check_reflow(cfg, reads.load)
     _train_labels(cfg)
     _train_data(cfg)
     _train_requeue(cfg)
@@ -210,5 +215,6 @@ COMMAND = Command(
     help="Train a diffusion model; the run goes to outputs/<date>/<time>/.",
     example="diffcli train dataset=swiss_roll model=mlp trainer.max_steps=3000",
     check=check, run=run, keys=KEYS, moved=MOVED, writes_runs_root=True, logged=True,
-    aliases={"latent": "latent.ckpt"},  # diffcli train latent=<autoencoder ckpt>
+    aliases={"latent": "latent.ckpt",  # diffcli train latent=<autoencoder ckpt>
+             "reflow": "reflow.ckpt"},  # diffcli train objective=flow reflow=<flow run>
 )

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from diffcli.checkpoint import CHECKPOINT_KEY
 from diffcli.data.labels import batch_data
+from diffcli.data.pairs import Coupled, batch_noise
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.losses import vlb_estimate
 from diffcli.diffusion.objectives import Continuous, check_combination, objective_loss
@@ -37,7 +38,10 @@ def update_ema(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
 
 
 def batch_labels(batch: Tensor | tuple | list) -> Tensor | None:
-    """The labels (B,) of a ``(data, labels)`` batch; None for a bare data batch."""
+    """The labels (B,) of a ``(data, labels)`` batch; None for a bare data batch or a
+    :class:`~diffcli.data.pairs.Coupled` one (samples and their noise)."""
+    if isinstance(batch, Coupled):
+        return None
     return batch[1] if isinstance(batch, tuple | list) and len(batch) > 1 else None
 
 
@@ -232,7 +236,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if self.continuous is not None:
             loss = objective_loss(self.continuous, self._forward(batch), x0,
-                                  uncertainty=self.uncertainty)
+                                  uncertainty=self.uncertainty, noise=batch_noise(batch))
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/lr", self.optimizers().param_groups[0]["lr"])
             return loss

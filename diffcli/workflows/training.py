@@ -51,6 +51,7 @@ from diffcli.runs import (
 )
 from diffcli.slurm import SlurmJob, requeue, signal_name, slurm_job
 from diffcli.tasks import task_named
+from diffcli.workflows import reflow
 from diffcli.workflows.latent_space import (
     autoencoder_sha256,
     latent_source,
@@ -64,7 +65,7 @@ from diffcli.workflows.trainer_args import lightning_arguments
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
 MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "objective", "text_encoder",
-                        "autoencoder")  # and what the network predicts
+                        "autoencoder", "reflow")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
 DATASET_RUNTIME_KEYS = ("batch_size", "num_workers", "pin_memory", "train_steps", "download",
                         "cache")
@@ -105,6 +106,8 @@ def _comparable(key: str, value: object) -> object:
     value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     if key == "dataset" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in DATASET_RUNTIME_KEYS}
+    if key == "reflow":
+        return reflow.comparable(value)
     if key == "objective" and value is None:  # a checkpoint from before objectives
         return {"_target_": "diffcli.diffusion.objectives.discrete.DDPM"}
     return value
@@ -298,6 +301,7 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
     module = build_module(cfg, dm, space)
     if space is not None:
         dm = space.datamodule
+    dm = reflow.reflow_data(cfg, dm, module, reads.load, resumed=resume is not None)
     trainer = _trainer(cfg, run_dir, stop, reads, manual=not module.automatic_optimization)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
