@@ -235,8 +235,7 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if self.continuous is not None:
-            loss = objective_loss(self.continuous, self._forward(batch), x0,
-                                  uncertainty=self.uncertainty, noise=batch_noise(batch))
+            loss = self.continuous_loss(batch, x0)
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/lr", self.optimizers().param_groups[0]["lr"])
             return loss
@@ -251,6 +250,14 @@ class DiffusionModule(EMAMixin, L.LightningModule):
                                                    decoder=step.decoder))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def continuous_loss(self, batch: Tensor | tuple | list, x0: Tensor) -> Tensor:
+        """The continuous objective's loss on ``x0`` (B, ...), the data of ``batch``: with the
+        batch's own noise when it carries some (reflow's :class:`~diffcli.data.pairs.Coupled`
+        pairs), else independent draws."""
+        assert self.continuous is not None
+        return objective_loss(self.continuous, self._forward(batch), x0,
+                              uncertainty=self.uncertainty, noise=batch_noise(batch))
 
     @property
     def latent_shape(self) -> tuple[int, ...] | None:
