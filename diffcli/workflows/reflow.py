@@ -41,6 +41,7 @@ from diffcli.errors import DiffcliError
 from diffcli.nets.latent import file_sha256
 from diffcli.restore import make_sampler, open_run
 from diffcli.runs import checkpoint_of
+from diffcli.tasks import DIFFUSION, task_named
 from diffcli.workflows.schemas import UsageError
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
@@ -120,11 +121,11 @@ def check_reflow(cfg: Any, read: Any) -> Reflow | None:
     settings = reflow_settings(cfg.get("reflow"))
     if settings is None:
         return None
-    objective = _name(cfg.get("objective"))
-    if objective != "flow" or str(cfg.get("task", "diffusion")) != "diffusion":
+    objective, task = _name(cfg.get("objective")), task_named(cfg.get("task"))
+    if objective != "flow" or task is not DIFFUSION:
         raise UsageError(f"reflow trains a rectified flow on the (noise, sample) pairs of "
                          f"reflow.ckpt: it needs task=diffusion objective=flow (this run: "
-                         f"task={cfg.get('task', 'diffusion')} objective={objective})")
+                         f"task={task.name} objective={objective})")
     if cfg.get("conditional") or cfg.get("text_encoder") is not None or _latent_on(cfg):
         raise UsageError("reflow trains an unconditional pixel or point flow: drop "
                          "conditional=true, text_encoder= and latent= from this run")
