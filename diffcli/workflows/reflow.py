@@ -110,9 +110,10 @@ def adds_noise(sampler: Sampler) -> bool:
     return bool(getattr(sampler, "eta", 0) or getattr(sampler, "s_churn", 0))
 
 
-def _name(node: Any) -> str:
-    target = str((plain(node) or {}).get("_target_", ""))
-    return {"Flow": "flow", "EDM": "edm", "DDPM": "ddpm"}.get(target.rpartition(".")[2], target)
+def objective_name(node: Any) -> str:
+    """The name ("ddpm", "edm", "flow") of the objective a config node builds; "ddpm" for
+    none (runs from before objectives)."""
+    return "ddpm" if not plain(node) else str(build("objective", node).name)
 
 
 def check_reflow(cfg: Any, read: Any) -> Reflow | None:
@@ -121,7 +122,7 @@ def check_reflow(cfg: Any, read: Any) -> Reflow | None:
     settings = reflow_settings(cfg.get("reflow"))
     if settings is None:
         return None
-    objective, task = _name(cfg.get("objective")), task_named(cfg.get("task"))
+    objective, task = objective_name(cfg.get("objective")), task_named(cfg.get("task"))
     if objective != "flow" or task is not DIFFUSION:
         raise UsageError(f"reflow trains a rectified flow on the (noise, sample) pairs of "
                          f"reflow.ckpt: it needs task=diffusion objective=flow (this run: "
@@ -145,10 +146,10 @@ def check_source(run: LoadedRun, cfg: Any, settings: Reflow) -> None:
     """The source is a flow model of this run's data, unconditional, in pixel or point space;
     with ``reflow.init`` its network is this run's."""
     where = f"reflow.ckpt={settings.ckpt}"
-    if not run.kind.generates or _name(run.config.get("objective")) != "flow":
-        what = run.task if not run.kind.generates else \
-            f"objective={_name(run.config.get('objective')) or 'ddpm'}"
-        raise UsageError(f"{where} was trained as {what}; reflow needs a flow model "
+    trained = f"task={run.task}" if not run.kind.generates else \
+        f"objective={run.objective().name}"
+    if trained != "objective=flow":
+        raise UsageError(f"{where} was trained with {trained}; reflow needs a flow model "
                          "(diffcli train objective=flow)")
     if run.num_classes is not None or run.text_encoder is not None or run.latent is not None:
         what = "latent diffusion" if run.latent is not None else "conditional"
