@@ -238,9 +238,13 @@ def render_docs(benches: Mapping[str, Benchmark], write: bool = True) -> list[st
 # the code did before the key existed (dotted, matched at the end of a resolved path, e.g.
 # "module.objective"). A result without such a key, whose value today is that one, ran exactly
 # what today's preset runs, so it is not stale. Every other difference is.
-UNCHANGED_BY_DEFAULT: dict[str, Any] = {
-    "objective._target_": "diffcli.diffusion.objectives.discrete.DDPM",  # issue 27: the chain
+_ADDED_SINCE = {  # issue 27: the DDPM chain, no reflow (its settings apply only with a ckpt)
+    "objective": {"_target_": "diffcli.diffusion.objectives.discrete.DDPM"},
+    "reflow": {"ckpt": None, "n": 10000, "sampler": "dpmpp_2m", "steps": 32, "batch_size": 256,
+               "use_ema": True, "init": True},
 }
+UNCHANGED_BY_DEFAULT: dict[str, Any] = {
+    f"{group}.{key}": value for group, node in _ADDED_SINCE.items() for key, value in node.items()}
 
 
 def flat(value: Any, prefix: str = "") -> dict[str, Any]:
