@@ -113,6 +113,10 @@ def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
                     f"hydra.run.dir={workdir / stage}"] for stage in stages}
     for stage in [s for s in stages if not finished_before(workdir / s, argv[s])]:
         args = argv[stage]
+        if os.environ.get(mnist_judge.IN_PROCESS) == "1":  # the smoke tests: one after the other
+            mnist_judge.run_diffcli(*args)
+            mark_finished(workdir / stage, args)
+            continue
         print("$ diffcli " + " ".join(args), flush=True)
         workdir.mkdir(parents=True, exist_ok=True)
         with open(workdir / f"{stage}.log", "w") as log:

@@ -126,15 +126,38 @@ def feature_distance(a: Tensor, b: Tensor) -> float:
                                   b64.mean(0), np.cov(b64, rowvar=False)))
 
 
+IN_PROCESS = "BENCHMARKS_IN_PROCESS"  # set (to 1) by the smoke tests: see run_diffcli
+
+
 def run_diffcli(*args: str) -> None:
-    """Run the real CLI (``python -m diffcli``), echoing the command; stop on failure."""
+    """Run the real CLI (``python -m diffcli``), echoing the command; stop on failure. With
+    ``BENCHMARKS_IN_PROCESS=1`` (the smoke tests, which check the benchmarks' code paths, not
+    the processes) the same entry point runs in this process, sparing a start-up of torch,
+    Lightning and Hydra per command."""
     import os
     import subprocess
     import sys
 
     print("$ diffcli " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "diffcli", *args], check=True,
-                   env={**os.environ, "COLUMNS": "120"})
+    if os.environ.get(IN_PROCESS) != "1":
+        subprocess.run([sys.executable, "-m", "diffcli", *args], check=True,
+                       env={**os.environ, "COLUMNS": "120"})
+        return
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from diffcli.cli import app
+
+    GlobalHydra.instance().clear()  # as in a new process
+    HydraConfig.instance().cfg = None
+    argv, sys.argv = sys.argv, ["diffcli"]
+    try:
+        app(list(args), prog_name="diffcli")
+    except SystemExit as done:
+        if done.code not in (0, None):
+            raise subprocess.CalledProcessError(int(done.code), ["diffcli", *args]) from None
+    finally:
+        sys.argv = argv
 
 
 def load_trained(make: type[nn.Module], path: Path, script: str) -> nn.Module:

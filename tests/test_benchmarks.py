@@ -55,6 +55,7 @@ def benchmarks_importable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.syspath_prepend(str(link))
     monkeypatch.setenv("PYTHONPATH", str(link))  # for the processes a benchmark starts
     monkeypatch.setenv("BENCHMARKS_ROOT", str(ROOT))
+    monkeypatch.setenv("BENCHMARKS_IN_PROCESS", "1")  # the diffcli commands: in this process
     monkeypatch.chdir(tmp_path)
 
 
@@ -64,7 +65,9 @@ def benchmarks_importable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_smoke(tmp_path: Path, name: str, benchmarks_importable: None):
     """``python -m benchmarks run NAME --smoke`` runs end to end and writes its JSON (with
     provenance) to the scratch folder, never to docs/results. In this process (the import of
-    torch is paid once a worker); the diffcli runs a benchmark makes are new processes."""
+    torch is paid once a worker), the diffcli commands a benchmark runs through
+    ``run_diffcli`` too (BENCHMARKS_IN_PROCESS); the ones whose process is the point (memory,
+    train_throughput's isolated rows, guidance's two trainings side by side) stay processes."""
     from benchmarks.__main__ import main
 
     before = sorted((ROOT / "docs" / "results").glob("*.json"))
