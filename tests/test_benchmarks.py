@@ -1,7 +1,7 @@
 """The benchmark system (issue 35): every script in benchmarks/ is a registered benchmark that
 runs end to end with its smoke settings, every results table in the docs is what its JSON in
 docs/results/ renders to, and no JSON is stale (its resolved settings are what its preset
-resolves to today). The benchmarks run in new processes that import the installed diffcli."""
+resolves to today). The benchmarks import the installed diffcli."""
 
 from __future__ import annotations
 
