@@ -212,11 +212,7 @@ class AtNoiseLevel(nn.Module):
         self.classifier, self.own, self.model = classifier, own, model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point():
-            abar = self.model.alpha_bar_at(t)
-            sigma = ((1 - abar) / abar).sqrt()
-        else:
-            sigma = self.model.sigmas.to(t.device)[t]
+        sigma = self.model.sigma_at(t)
         own = torch.tensor([self.own.sigma_to_t(float(s)) for s in sigma.cpu()],
                            dtype=torch.float64, device=x.device)
         return self.classifier(x, own)

@@ -129,10 +129,7 @@ class Denoiser:
         """The noise level sigma of timesteps t (B,) of ``schedule`` (long: the table's; float:
         log-sigma interpolated, exactly as :meth:`NoiseSchedule.level` inverts it). (B,)
         float64"""
-        if t.is_floating_point():
-            abar = self.schedule.alpha_bar_at(t)
-            return ((1 - abar) / abar).sqrt()
-        return self.schedule.sigmas.to(t.device)[t]
+        return self.schedule.sigma_at(t)
 
     def to_prediction(self, output: Tensor, x_t: Tensor, t: Tensor, abar: Tensor) -> Prediction:
         """A network's prediction output (B, ...) for x_t at t as (x0, eps): through

@@ -74,11 +74,7 @@ def sigma_of(denoiser: Denoiser, t: Tensor) -> Tensor:
     """The noise level sigma_t = sqrt((1 - abar_t) / abar_t) of timesteps t (B,), in float64:
     the schedule's table on training timesteps, its log-sigma interpolation between them.
     (B,) float64"""
-    schedule = denoiser.schedule
-    if t.is_floating_point():
-        abar = schedule.alpha_bar_at(t)
-        return ((1 - abar) / abar).sqrt()
-    return schedule.sigmas.to(t.device)[t]
+    return denoiser.schedule.sigma_at(t)
 
 
 def rescaled_x0(x0_guided: Tensor, x0_cond: Tensor, phi: float) -> Tensor:

@@ -101,6 +101,14 @@ class NoiseSchedule:
         sigma2 = torch.exp(2 * ((1 - w) * log_sig[lo] + w * log_sig[hi]))
         return 1.0 / (1.0 + sigma2)
 
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """sigma of timesteps t (B,): the table's on training timesteps (long), the log-sigma
+        interpolation of :meth:`alpha_bar_at` between them (float). (B,) float64"""
+        if t.is_floating_point():
+            abar = self.alpha_bar_at(t)
+            return ((1.0 - abar) / abar).sqrt()
+        return self.sigmas.to(t.device)[t]
+
     def sigma_to_t(self, sigma: float) -> float:
         """The real-valued timestep whose sigma (interpolated as in :meth:`alpha_bar_at`) is
         ``sigma``, clamped to [0, T-1]."""
