@@ -121,7 +121,7 @@ def test_the_shift_is_sd3s_time_shift():
     torch.testing.assert_close(t3, 3 * t / (1 + 2 * t))
     assert Flow(shift=None).for_images(1024, 1024).shift == 4.0
     assert Flow(shift=None).for_images(28, 28).shift == pytest.approx(28 / 256)
-    with pytest.raises(ValueError, match="for_images"):
+    with pytest.raises(ValueError, match="not images"):
         Flow(shift=None).lattice()
 
 

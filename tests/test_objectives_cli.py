@@ -174,6 +174,7 @@ def test_a_linear_flow_model_is_a_diffusers_flow_pipeline_both_ways(runs, monkey
     (["model.learn_sigma=true", "loss=simple"], ["model.learn_sigma=true", "objective=flow"]),
     (["module.min_snr_gamma=5"], ["module.min_snr_gamma", "objective=flow"]),
     (["objective.interpolant=cubic"], ["objective:", "interpolant"]),
+    (["objective.shift=null"], ["objective.shift=null", "2-D points"]),
 ])
 def test_the_ddpm_chains_settings_on_flow_are_one_line(runs, monkeypatch, capsys, extra, words,
                                                        tmp_path):

@@ -115,11 +115,24 @@ def _train_loss(cfg: DictConfig) -> None:
     objective = group(cfg, "objective")
     try:
         if objective is not None:
-            check_combination(build("objective", objective), build("loss", loss).name,
+            built = build("objective", objective)
+            check_combination(built, build("loss", loss).name,
                               bool(model.get("learn_sigma")), module.get("min_snr_gamma"))
+            _shift_needs_images(built, group(cfg, "dataset") or {})
         build("loss", loss).check(bool(model.get("learn_sigma")), module.get("min_snr_gamma"))
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _shift_needs_images(objective: object, dataset: dict) -> None:
+    """Flow's resolution-dependent shift (``objective.shift=null``) is for images."""
+    from diffcli.data.registry import DATASETS
+
+    spec = DATASETS.get(str(dataset.get("name")))
+    if getattr(objective, "shift", 1.0) is None and spec is not None and spec.kind != "image":
+        raise ValueError(f"objective.shift=null (SD3's resolution rule, sqrt(H W) / "
+                         f"base_resolution) needs images; dataset={dataset.get('name')} has 2-D "
+                         "points: give objective.shift=<number> (1 is no shift)")
 
 
 def _train_latent(cfg: DictConfig, reads: CheckpointReads) -> None:

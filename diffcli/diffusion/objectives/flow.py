@@ -98,8 +98,8 @@ class Flow(Continuous):
     @property
     def shift_value(self) -> float:
         if self.shift is None:
-            raise ValueError("shift=null is set from the images' size: call "
-                             "for_images(H, W) first")
+            raise ValueError("shift=null (the resolution rule) is set from the images' size, "
+                             "and these data are not images: give shift=<number>")
         return float(self.shift)
 
     # the interpolant: alpha(t), s(t) and their derivatives, t (B,) float64
