@@ -56,7 +56,8 @@ COMMAND = Command(
     help="Export a run (the newest unless ckpt=...) for other tools: format=safetensors "
          "(weights + JSON config, no pickle; diffcli sample ckpt=<file> loads it), "
          "format=diffusers (a DDPMPipeline folder: UNet2DModel + the run's schedule as the "
-         "sampler= scheduler), format=onnx (the denoiser, checked with onnxruntime). Writes "
+         "sampler= scheduler; rectified-flow runs with FlowMatchEulerDiscreteScheduler), "
+         "format=onnx (the denoiser, checked with onnxruntime). Writes "
          "<run dir>/export/<format>/ with a model card.",
     example="diffcli export format=diffusers sampler=ddim",
     check=check, run=run, keys=KEYS, output=lambda cfg: (f"export-{cfg.get('format')}", True),
