@@ -51,6 +51,9 @@ class Benchmark:
     tables: Mapping[str, Callable[[Result], str]] = field(default_factory=dict)
     smoke: Settings = field(default_factory=dict)
     resolve: Callable[[Settings], Any] | None = None
+    # data files rendered from the result like the tables (path under the checkout -> render),
+    # e.g. the table sampler=auto reads
+    files: Mapping[str, Callable[[Result], str]] = field(default_factory=dict)
 
     def settings(self, smoke: bool = False) -> dict[str, Any]:
         return {**self.preset, **(self.smoke if smoke else {})}
@@ -231,6 +234,26 @@ def render_docs(benches: Mapping[str, Benchmark], write: bool = True) -> list[st
         new = MARKER.sub(swap, text)
         if write and new != text:
             doc.write_text(new)
+    return problems + render_files(benches, write)
+
+
+def render_files(benches: Mapping[str, Benchmark], write: bool = True) -> list[str]:
+    """Rewrite every benchmark's data files (:attr:`Benchmark.files`) from its JSON; returns the
+    ones that differed (``write`` false: only report them) as ``path: differs from NAME's
+    JSON``."""
+    problems = []
+    for name, bench in benches.items():
+        record = load(name)
+        for rel, render in bench.files.items():
+            path = ROOT / rel
+            if record is None:
+                problems.append(f"{rel}: {name} has no result")
+                continue
+            text = render(record["result"])
+            if not path.is_file() or path.read_text() != text:
+                problems.append(f"{rel}: differs from {name}'s JSON")
+                if write:
+                    path.write_text(text)
     return problems
 
 

@@ -17,17 +17,22 @@ tables of docs/objectives.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from benchmarks.core import Benchmark, markdown_table
-from benchmarks.sampler_nfe import cell, exact_draws, our_run, our_sampler, plain, value
+from benchmarks.sampler_nfe import Run, denoiser, our_run, our_sampler, plain, steps_for
 from diffcli.components import build
-from diffcli.diffusion.denoiser import Denoiser
-from diffcli.diffusion.gaussian import IdealNetwork, IdealObjectiveNetwork, two_d_mixture
-from diffcli.diffusion.process import Parameterization
-from diffcli.diffusion.schedules import make_schedule
+from diffcli.diffusion.gaussian import two_d_mixture
+from diffcli.diffusion.samplers import Sampler
+from diffcli.diffusion.schedules import NoiseSchedule
+from diffcli.eval.distances import sliced_wasserstein
 
 # objective row -> the objective group's node (the "ddpm" row: sampler_nfe's chain)
 OBJECTIVES: dict[str, dict[str, Any]] = {
@@ -59,16 +64,45 @@ PRESET: dict[str, Any] = {
 SMOKE: dict[str, Any] = {"n": 200, "nfes": [5, 10]}
 
 
-def denoiser(node: Mapping[str, Any]) -> Denoiser:
-    """The exact denoiser of the mixture under one objective row of :data:`OBJECTIVES`."""
+def cell(make: Callable[..., Sampler], name: str, run: Run, nfe: int, noise: Tensor,
+         truth: Tensor, schedule: NoiseSchedule, directions: int,
+         seed: int) -> tuple[str, float]:
+    """(the table entry, seconds spent sampling) for one sampler at one NFE budget: the sliced
+    W2 to ``truth``, the actual NFE in parentheses when it differs."""
+    steps, actual = steps_for(make, name, nfe, schedule)
+    if not 1 <= steps <= schedule.num_timesteps:
+        return "n/a", 0.0
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            x = run(noise, steps)
+    except ValueError:  # a grid this sampler cannot step on
+        return "n/a", 0.0
+    seconds = time.perf_counter() - t0
+    distance = sliced_wasserstein(x, truth, directions, torch.Generator().manual_seed(seed))
+    text = f"{distance:.4f}" if math.isfinite(distance) else "NaN"  # NaN/inf samples
+    return (text if actual == nfe else f"{text} ({actual})"), seconds
+
+
+def exact_draws(settings: Mapping[str, Any]) -> tuple[Tensor, float, Tensor]:
+    """(``n`` exact draws of the mixture, the noise floor: sliced W2 between them and a second
+    set of exact draws, the x_T noise (n, 2) float64), from the settings' seeds; the floor is
+    printed."""
+    seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
     data = two_d_mixture()
-    if "_target_" not in node:
-        schedule = make_schedule(node["schedule"])
-        prediction = Parameterization(node["prediction"])
-        return Denoiser(IdealNetwork(data, schedule, prediction), schedule, prediction)
-    objective = build("objective", dict(node))
-    return Denoiser(IdealObjectiveNetwork(data, objective), objective.lattice(),
-                    objective=objective)
+    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
+    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
+        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
+                        dtype=torch.float64)
+    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
+    return truth, floor, noise
+
+
+def value(text: str) -> float:
+    """The sliced W2 of a cell's text ("0.0811 (19)" -> 0.0811; "n/a", "NaN" -> inf)."""
+    head = text.split(" ")[0]
+    return float(head) if head not in ("n/a", "NaN") else math.inf
 
 
 def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
@@ -79,7 +113,7 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
     for objective, node in settings["objectives"].items():
         den = denoiser(node)
         for row, (name, options) in settings["samplers"].items():
-            make = our_sampler(name, settings, **options)
+            make = our_sampler(name, **options)
             run = our_run(make, den, seeds["sampler"])
             cells = [cell(make, name, run, nfe, noise, truth, den.schedule, directions,
                           seeds["directions"])[0] for nfe in settings["nfes"]]
@@ -119,7 +153,7 @@ def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
         build("objective", dict(node))).items()} if "_target_" in node else dict(node))
         for row, node in settings["objectives"].items()}
     samplers = {row: {k: plain(v) for k, v in dataclasses.asdict(
-        our_sampler(name, settings, **options)(steps=1)).items() if k != "steps"}
+        our_sampler(name, **options)(steps=1)).items() if k != "steps"}
         for row, (name, options) in settings["samplers"].items()}
     return {**settings, "objectives_resolved": objectives, "samplers_resolved": samplers}
 

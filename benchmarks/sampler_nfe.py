@@ -1,62 +1,54 @@
-"""Sample quality against the number of network evaluations (NFE), with an exact network.
+"""Sample quality against the number of network evaluations (NFE), with exact networks; and the
+table ``sampler=auto`` reads.
 
-The network is the closed-form ideal denoiser of the 2-D Gaussian mixture
+**The data and the networks.** The 2-D Gaussian mixture
 :func:`diffcli.diffusion.gaussian.two_d_mixture` (8 modes of std 0.1 on a circle of radius 2,
-unequal weights), so every error in the table is the sampler's discretization error plus
-sampling noise. Each cell is the sliced 2-Wasserstein distance (256 random directions, the same
-for every cell) between ``--n`` samples (default 10,000) and ``--n`` exact draws from the
-mixture; the noise floor printed above the table is that distance between two independent sets
-of exact draws. All samplers start from the same x_T noise, in float64 on the CPU.
+unequal weights) under each objective: the DDPM chain (linear schedule, eps), EDM (Karras et al.
+2022) and flow matching (linear path, Lipman et al. 2023), each network the closed-form minimiser
+of its loss, so every error in the table is the sampler's.
 
-Rows: DDPM (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M), (3M) and (2M SDE)
-(Lu et al. 2022), Euler and Heun on the Karras sigma grid (Karras et al. 2022), UniPC (Zhao et
-al. 2023) and Restart (Xu et al. 2023; one restart cycle of two Heun steps, K = 1, so that it
-fits small budgets: the most main-pass steps whose 2N - 1 + 4 evaluations fit the NFE, the
-actual NFE in parentheses when it differs); some of them again with another grid or variant,
-rows "name (option)" (``VARIANT_ROWS``): DPM-Solver++(2M), (3M) and UniPC on the
-uniform-logSNR grid, UniPC on Karras', and UniPC with B1(h) = h (orders 2 and 3), the variant
-Zhao et al. recommend for unconditional sampling; and, when ``diffusers`` is importable, its
-schedulers as peer rows, each stepping the same network over ``trained_betas`` = our betas
-with ``timestep_spacing="trailing"`` like our samplers: ``DDIMScheduler``
-(``clip_sample=False``: the data leave [-1, 1]),
-``DPMSolverMultistepScheduler`` as dpmsolver++ order 2 and order 3 (3M) and as sde-dpmsolver++
-order 2 (2M SDE, also with ``use_karras_sigmas=True``), ``UniPCMultistepScheduler`` bh2
-(``predict_x0=True``, ``solver_order=2``, corrector on: its default; also with
-``use_karras_sigmas=True``), ``DEISMultistepScheduler`` order 3 and
-``EulerAncestralDiscreteScheduler``. The loop is x = noise * ``init_noise_sigma``, then per
-timestep t: out = net(``scale_model_input(x, t)``, t), x = ``step(out, t, x).prev_sample``
-(``scale_model_input`` is the identity except for Euler ancestral, which steps on
-x / sqrt(alpha_bar)). The stochastic rows (2M SDE, Euler ancestral) get a fresh
-``torch.Generator`` seeded 4 at every cell, passed to every ``step(..., generator=g)``, so they
-are reproducible. With ``use_karras_sigmas=True`` diffusers ignores ``timestep_spacing`` (it is
-passed but unused: the sigmas are Karras' rho = 7 grid between our sigma_max and sigma_min) and
-calls the network at the nearest integer timestep of each Karras sigma, as in its pipelines.
-All rows run in float64 (noise and network output; each scheduler still upcasts/downcasts
-internally, see below): in diffusers 0.42 none of them, UniPC included, fails or gives NaN in
-float64 here, and float32 inputs (``diffusers_run(..., dtype=torch.float32)``) give the same
-cells to 4 decimals (checked at NFE 5-50, linear schedule, eps, n = 2,000), except Euler
-ancestral, whose noise draws differ with the dtype. Euler ancestral on the trailing grid is
-DDPM's ancestral step in sigma coordinates, with the same seeded draws, so it reproduces the
-ddpm row (to ~1e-4 per sample). A cell that ends with NaN or inf samples reads "NaN". Heun
-spends 2N - 1 evaluations on N steps, so it runs (NFE + 1) // 2 steps and its cells give the
-actual NFE in parentheses.
+**The metric, and why it can rank.** Each cell is MMD^2 (Gretton et al. 2012) between the
+sampler's output and the exact probability-flow ODE solution from the same x_T noise (``n``
+pairs; DPM-Solver++(3M) on ``reference_steps`` log-SNR steps to the objective's smallest noise
+level, then its x0_hat, which is where every sampler's grid ends). The kernel is a Gaussian
+kernel with bandwidths 0.05-1 in ``features`` random Fourier features
+(:class:`diffcli.eval.distances.FourierKernel`), and the estimator is the coupled U-statistic
+(:func:`diffcli.eval.distances.coupled_mmd`): unbiased, and its scatter shrinks with the
+distance between each sample and its exact counterpart, so it has no floor of its own; the
+earlier sliced W2 between two independent sample sets sat at a floor (0.048 at n = 10,000)
+within 1-2x of every cell from 20 NFE on. Each cell has a standard error from 10 folds; the
+"best" table says at each NFE whether the best cell is at least 5 standard errors above zero
+(ranked) or not. The stochastic samplers (DDPM, 2M SDE, Euler ancestral) are not coupled to the
+ODE path, so their cells carry the O(1/n) scatter of independent sets (about 1e-5 here); they
+are ranked by the same estimate. How far the reference itself lies from the mixture (its x_T
+is N(0, I), not the exact marginal, and it stops at the smallest noise level) is printed as the
+reference's MMD^2 to the mixture, with the closed-form mixture side
+(:func:`diffcli.eval.distances.mmd_to_mixture`), beside the floor of that metric for exact
+draws.
 
-Every sampler steps on its own default grid (trailing timesteps; Karras sigmas for Euler and
-Heun); ``--grid karras`` (or ``logsnr``, ``leading``, ...) puts all of ours on that grid instead
-(``sampler.grid``), rows that cannot take it (DDPM off the training timesteps) reading "n/a".
+**Rows.** Ours (``candidates``: one network evaluation per step, the configurations
+``sampler=auto`` may pick): DDIM, DPM-Solver++(2M), (3M) with and without
+``lower_order_final``, (2M SDE), UniPC (bh2 order 2, bh1 order 3), each on the trailing,
+log-SNR and Karras grids; and (``others``) DDPM, Euler, Heun and Restart (Heun spends up to
+2N - 1 evaluations on N steps, Restart 2N - 1 + 4: the most steps that fit the NFE, the
+actual NFE in parentheses when it differs). Peer rows (the DDPM chain only; ``diffusers``,
+which the preset requires): diffusers' ``DPMSolverMultistepScheduler`` as dpmsolver++ order 2
+(2M) and 3 (3M) and as sde-dpmsolver++ order 2 (2M SDE), and ``UniPCMultistepScheduler`` bh2
+order 2, each on trailing timesteps, ``use_karras_sigmas`` and a uniform log-SNR grid
+(``use_lu_lambdas``; UniPC has none, so ``use_exponential_sigmas``, uniform in log sigma, the
+same grid), with ``lower_order_final`` on and off; ``DDIMScheduler``,
+``DEISMultistepScheduler`` order 3 and ``EulerAncestralDiscreteScheduler`` on trailing
+timesteps. Each steps the same network over ``trained_betas`` = our betas; the loop is x = noise
+* ``init_noise_sigma``, then per timestep out = net(``scale_model_input(x, t)``, t), x =
+``step(out, t, x).prev_sample``; stochastic rows get a fresh generator seeded 4 at every cell.
+All rows run in float64 (diffusers' schedulers compute partly in float32 internally).
 
-Run: ``python -m benchmarks run sampler_nfe`` (the pinned preset below: linear schedule, eps,
-n = 10,000, each sampler's own grid; writes docs/results/sampler_nfe.json and the tables in
-docs/samplers.md). The preset needs ``diffusers`` (the ``bench`` extra) and refuses to run
-without it, so a result never lacks the peer rows; the smoke run skips them when it is missing
-and says so in its result. To explore other settings (not published):
-``python benchmarks/sampler_nfe.py [--schedule cosine] [--prediction v] [--n 10000]
-[--grid karras]``.
-With n = 10,000 it takes about 3 minutes on 2 CPU cores with the 28 rows (192 s;
-a row is ~1,200 network calls of 4-15 ms each, depending on the load), and the time
-grows linearly with n, while the noise floor shrinks only like n^(-1/4) (it is dominated by the
-scatter of the mode weights).
-The diffusers schedulers compute in float32, so they agree with ours to ~1e-5, not 1e-12.
+**The auto table.** ``diffcli/diffusion/samplers/auto_table.yaml`` is rendered from the result
+(like the docs' tables): per objective and NFE, the candidate with the lowest cell.
+
+Run: ``python -m benchmarks run sampler_nfe`` (writes docs/results/sampler_nfe.json, the tables
+in docs/samplers.md and the auto table; needs ``diffusers``, the ``bench`` extra). Explore other
+settings (printed, not published): ``python benchmarks/sampler_nfe.py [--n 2000]``.
 """
 
 from __future__ import annotations
@@ -75,10 +67,16 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchmarks.core import Benchmark, digest  # noqa: E402
-from diffcli.diffusion.gaussian import IdealNetwork, two_d_mixture  # noqa: E402
+from benchmarks.core import Benchmark, digest, markdown_table  # noqa: E402
+from diffcli.components import build  # noqa: E402
+from diffcli.diffusion.gaussian import (  # noqa: E402
+    IdealNetwork,
+    IdealObjectiveNetwork,
+    two_d_mixture,
+)
 from diffcli.diffusion.process import Parameterization  # noqa: E402
 from diffcli.diffusion.samplers import (  # noqa: E402
     DDIM,
@@ -88,96 +86,115 @@ from diffcli.diffusion.samplers import (  # noqa: E402
     DPMSolverPP2MSDE,
     DPMSolverPP3M,
     Euler,
-    GridKind,
     Heun,
     Restart,
     Sampler,
     UniPC,
 )
 from diffcli.diffusion.schedules import NoiseSchedule, make_schedule  # noqa: E402
-from diffcli.eval.distances import sliced_wasserstein  # noqa: E402
+from diffcli.eval.distances import FourierKernel, coupled_mmd, mmd_to_mixture  # noqa: E402
 
 OURS: dict[str, Callable[..., Sampler]] = {
     "ddpm": DDPM, "ddim": DDIM, "dpmpp_2m": DPMSolverPP2M, "dpmpp_3m": DPMSolverPP3M,
     "dpmpp_2m_sde": DPMSolverPP2MSDE, "euler": Euler, "heun": Heun,
     "unipc": UniPC, "restart": Restart,
 }
+AUTO_TABLE = "diffcli/diffusion/samplers/auto_table.yaml"
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 NO_DIFFUSERS = ("sampler_nfe's preset compares with diffusers' schedulers and diffusers is not "
                 "installed: pip install 'diffcli[bench]'")
-# (B, 2) noise, number of steps -> (B, 2) samples
-Run = Callable[[Tensor, int], Tensor]
+Run = Callable[[Tensor, int], Tensor]  # (B, 2) noise, number of steps -> (B, 2) samples
+GRIDS = ("trailing", "logsnr", "karras")
 
-# The pinned settings: every row (sampler and options), budget, seed and size of the table.
-PRESET: dict[str, Any] = {
-    "schedule": "linear", "prediction": "eps", "n": 10_000, "directions": 256,
-    "nfes": [5, 10, 20, 50, 100, 1000],
-    "grid": None,  # None: each sampler on its own default grid
-    # truth: the exact draws; floor: the second set of exact draws; noise: x_T; sampler: the
-    # generator of the stochastic rows (fresh at every cell); directions: sliced W2's
-    "seeds": {"truth": 1, "floor": 2, "noise": 3, "sampler": 4, "directions": 0},
-    "ours": list(OURS),
-    # options every row of that sampler gets: Restart with one cycle of two Heun steps
-    # (4 extra evaluations), so that it fits NFE 5
-    "options": {"restart": {"restart_k": 1, "restart_steps": 2}},
-    # our samplers again with another grid or variant than their default: row -> [sampler, options]
-    "variants": {
-        "dpmpp_2m (logsnr)": ["dpmpp_2m", {"grid": "logsnr"}],
-        "dpmpp_2m (karras)": ["dpmpp_2m", {"grid": "karras"}],
-        "dpmpp_3m (logsnr)": ["dpmpp_3m", {"grid": "logsnr"}],  # the default of diffcli sample
-        "unipc (logsnr)": ["unipc", {"grid": "logsnr"}],
-        "unipc (karras)": ["unipc", {"grid": "karras"}],
-        "unipc (bh1)": ["unipc", {"variant": "bh1"}],  # Zhao et al.'s choice unconditionally
-        "unipc (order 3, bh1)": ["unipc", {"order": 3, "variant": "bh1"}],
-    },
-    # diffusers' schedulers as peer rows (row "diffusers NAME"): [class, constructor options];
-    # "seed": the stochastic ones get a fresh generator seeded so at every cell
-    "diffusers": {
-        "DDIMScheduler": ["DDIMScheduler", {"clip_sample": False}],
-        "DPMSolverMultistep": ["DPMSolverMultistepScheduler",
-                               {"algorithm_type": "dpmsolver++", "solver_order": 2}],
+
+def _grid_rows(name: str, options: Mapping[str, Any], label: str = "") -> dict[str, list]:
+    """``name (label, grid)`` -> [name, options + grid] for each of :data:`GRIDS`."""
+    tag = f"{label}, " if label else ""
+    return {f"{name} ({tag}{g})": [name, {**options, "grid": g}] for g in GRIDS}
+
+
+def _diffusers_rows() -> dict[str, list]:
+    """Each multistep solver of diffusers on each grid, lower_order_final on and off."""
+    solvers = {
+        "DPMSolverMultistep 2M": ["DPMSolverMultistepScheduler",
+                                  {"algorithm_type": "dpmsolver++", "solver_order": 2}],
         "DPMSolverMultistep 3M": ["DPMSolverMultistepScheduler",
                                   {"algorithm_type": "dpmsolver++", "solver_order": 3}],
         "DPMSolverMultistep 2M SDE": ["DPMSolverMultistepScheduler", {
             "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4}],
-        "DPMSolverMultistep 2M SDE karras": ["DPMSolverMultistepScheduler", {
-            "algorithm_type": "sde-dpmsolver++", "solver_order": 2, "seed": 4,
-            "use_karras_sigmas": True}],
         "UniPCMultistep bh2": ["UniPCMultistepScheduler",
                                {"solver_type": "bh2", "predict_x0": True, "solver_order": 2}],
-        "UniPCMultistep bh2 karras": ["UniPCMultistepScheduler", {
-            "solver_type": "bh2", "predict_x0": True, "solver_order": 2,
-            "use_karras_sigmas": True}],
-        "DEISMultistep 3": ["DEISMultistepScheduler", {"solver_order": 3}],
-        "EulerAncestralDiscrete": ["EulerAncestralDiscreteScheduler", {"seed": 4}],
+    }
+    grids = {"trailing": {}, "karras": {"use_karras_sigmas": True},
+             "lu": {"use_lu_lambdas": True},  # uniform log-SNR: DPMSolverMultistep only
+             "exponential": {"use_exponential_sigmas": True}}  # uniform log sigma: UniPC's
+    out = {}
+    for row, (cls, options) in solvers.items():
+        logsnr = "exponential" if cls == "UniPCMultistepScheduler" else "lu"
+        for grid in ("trailing", "karras", logsnr):
+            extra = grids[grid]
+            for lof in (True, False):
+                tag = f"{grid}, lower_order_final {'on' if lof else 'off'}"
+                out[f"{row} ({tag})"] = [cls, {**options, **extra, "lower_order_final": lof}]
+    return {**out,
+            "DDIMScheduler (trailing)": ["DDIMScheduler", {"clip_sample": False}],
+            "DEISMultistep 3 (trailing)": ["DEISMultistepScheduler", {"solver_order": 3}],
+            "EulerAncestralDiscrete (trailing)": ["EulerAncestralDiscreteScheduler", {"seed": 4}]}
+
+
+# The pinned settings: every row (sampler and options), budget, seeds and size of the table.
+PRESET: dict[str, Any] = {
+    "n": 10_000, "features": 1024, "bandwidths": [0.05, 0.1, 0.2, 0.5, 1.0], "folds": 10,
+    "nfes": [5, 8, 10, 15, 20, 30, 50], "reference_steps": 1000,
+    # noise: x_T; sampler: the generator of the stochastic rows (fresh at every cell); kernel:
+    # the Fourier features; floor: the exact draws of the mixture metric's floor
+    "seeds": {"noise": 3, "sampler": 4, "kernel": 0, "floor": 2},
+    "objectives": {
+        "ddpm": {"schedule": "linear", "prediction": "eps"},
+        "edm": {"_target_": "diffcli.diffusion.objectives.edm.EDM"},
+        "flow": {"_target_": "diffcli.diffusion.objectives.flow.Flow"},
     },
+    # the configurations sampler=auto may pick: row -> [sampler, options]
+    "candidates": {
+        **_grid_rows("ddim", {}),
+        **_grid_rows("dpmpp_2m", {}),
+        **_grid_rows("dpmpp_3m", {}),
+        **_grid_rows("dpmpp_3m", {"lower_order_final": False}, "lower_order_final off"),
+        **_grid_rows("dpmpp_2m_sde", {}),
+        **_grid_rows("unipc", {}),
+        **_grid_rows("unipc", {"order": 3, "variant": "bh1"}, "order 3, bh1"),
+    },
+    # more of ours, each on its default grid (DDPM: the DDPM chain only)
+    "others": {
+        "ddpm": ["ddpm", {}], "euler": ["euler", {}], "heun": ["heun", {}],
+        "heun (logsnr)": ["heun", {"grid": "logsnr", "sigma_max": None}],
+        "restart": ["restart", {"restart_k": 1, "restart_steps": 2}],
+    },
+    "diffusers": _diffusers_rows(),  # peer rows on the DDPM chain: row -> [class, options]
     "require_diffusers": True,  # the run refuses without diffusers (no silently missing rows)
 }
 # the smoke run: every row, two budgets, 200 samples; the diffusers rows only when installed
-SMOKE: dict[str, Any] = {"n": 200, "nfes": [5, 10], "require_diffusers": False}
-
-
-def our_sampler(name: str, settings: Mapping[str, Any], **options: Any) -> Callable[..., Sampler]:
-    """Sampler ``name``'s class with the preset's options for it and ``options`` bound."""
-    cls, bound = OURS[name], {**settings.get("options", {}).get(name, {}), **options}
-    return lambda **kw: cls(**bound, **kw)
+SMOKE: dict[str, Any] = {"n": 200, "features": 64, "nfes": [5, 10], "reference_steps": 50,
+                         "require_diffusers": False}
 
 
 def steps_for(make: Callable[..., Sampler], name: str, nfe: int,
               schedule: NoiseSchedule) -> tuple[int, int]:
-    """(steps, actual NFE) for a budget of ``nfe`` evaluations: Heun uses 2N - 1 per N steps,
-    Restart 2N - 1 plus its restart cycle's (when the grid reaches its interval): the most
-    steps that fit."""
-    if name == "heun":
-        steps = (nfe + 1) // 2
-        return steps, 2 * steps - 1
-    if name == "restart":
-        for steps in range((nfe + 1) // 2, 0, -1):
-            actual = make(steps=steps).nfe(schedule)
-            if actual <= nfe:
-                return steps, actual
-        return 1, make(steps=1).nfe(schedule)
-    return nfe, nfe
+    """(steps, actual NFE) for a budget of ``nfe`` evaluations: Heun and Restart (up to 2N - 1
+    per N steps, Restart plus its cycle's) get the most steps whose :meth:`nfe` fits; the
+    others one evaluation per step."""
+    if name not in ("heun", "restart"):
+        return nfe, nfe
+    for steps in range(nfe, 0, -1):
+        actual = make(steps=steps).nfe(schedule)
+        if actual <= nfe:
+            return steps, actual
+    return 1, make(steps=1).nfe(schedule)
+
+
+def our_sampler(name: str, **options: Any) -> Callable[..., Sampler]:
+    """Sampler ``name``'s class with ``options`` bound."""
+    return lambda **kw: OURS[name](**options, **kw)
 
 
 def our_run(make: Callable[..., Sampler], den: Denoiser, seed: int) -> Run:
@@ -189,14 +206,12 @@ def our_run(make: Callable[..., Sampler], den: Denoiser, seed: int) -> Run:
 
 
 def diffusers_run(scheduler_cls: Any, net: IdealNetwork, prediction: str,
-                  dtype: torch.dtype = torch.float64, seed: int | None = None,
-                  **extra: Any) -> Run:
+                  seed: int | None = None, **extra: Any) -> Run:
     """A diffusers scheduler driven by ``net``: x <- step(net(scale_model_input(x, t), t), t,
     x).prev_sample over ``set_timesteps(steps)``, from x_T = noise * init_noise_sigma (1 for the
     VP schedulers; the Euler ones work on x / sqrt(alpha_bar) and ``scale_model_input`` maps it
-    back to x_t, the identity for the others). The noise and the network output are cast to
-    ``dtype`` (the samples come back in float64); a ``seed`` makes the scheduler stochastic: a
-    fresh seeded generator goes to every ``step``, so every cell sees the same noise."""
+    back to x_t). A ``seed`` makes the scheduler stochastic: a fresh seeded generator goes to
+    every ``step``, so every cell sees the same noise. float64 throughout."""
     def run(noise: Tensor, steps: int) -> Tensor:
         sched = scheduler_cls(num_train_timesteps=net.schedule.num_timesteps,
                               trained_betas=net.schedule.betas.numpy(),
@@ -204,10 +219,10 @@ def diffusers_run(scheduler_cls: Any, net: IdealNetwork, prediction: str,
                               timestep_spacing="trailing", **extra)
         sched.set_timesteps(steps)
         options = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
-        x = noise.to(dtype) * sched.init_noise_sigma
+        x = noise * sched.init_noise_sigma
         for t in sched.timesteps:
             x_in = sched.scale_model_input(x, t).to(torch.float64)
-            out = net(x_in, torch.full((x.shape[0],), int(t), dtype=torch.long)).to(dtype)
+            out = net(x_in, torch.full((x.shape[0],), int(t), dtype=torch.long))
             x = sched.step(out, t, x, **options).prev_sample
         return x.to(torch.float64)
     return run
@@ -217,137 +232,208 @@ def have_diffusers() -> bool:
     return importlib.util.find_spec("diffusers") is not None
 
 
-def our_rows(settings: Mapping[str, Any]) -> dict[str, tuple[str, Callable[..., Sampler]]]:
-    """Row name -> (sampler name, its class with the row's options bound): every sampler of
-    ``ours`` (on ``grid`` when one is given, else its own), then the variant rows."""
-    grid = settings.get("grid")
-    suffix, on = ("", {}) if grid is None else (f" ({grid})", {"grid": grid})
-    out = {name + suffix: (name, our_sampler(name, settings, **on)) for name in settings["ours"]}
-    if grid is None:
-        out.update({row: (name, our_sampler(name, settings, **options))
-                    for row, (name, options) in settings["variants"].items()})
-    return out
+def denoiser(node: Mapping[str, Any]) -> Denoiser:
+    """The exact denoiser of the mixture under one objective of the preset."""
+    data = two_d_mixture()
+    if "_target_" not in node:
+        schedule = make_schedule(node["schedule"])
+        prediction = Parameterization(node["prediction"])
+        return Denoiser(IdealNetwork(data, schedule, prediction), schedule, prediction)
+    objective = build("objective", dict(node))
+    return Denoiser(IdealObjectiveNetwork(data, objective), objective.lattice(),
+                    objective=objective)
 
 
-def rows(net: IdealNetwork, settings: Mapping[str, Any]) -> dict[str, tuple[str, Any, Run]]:
-    """Every row to measure: name -> (sampler name for the NFE rule, its class or None, run);
-    the diffusers rows when ``diffusers`` is importable and our samplers are on their own
-    grids."""
-    den = Denoiser(net, net.schedule, settings["prediction"])
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row: its name, whether auto may pick it, the sampler name (None: a peer) and how
+    to run it."""
+
+    name: str
+    candidate: bool
+    sampler: str | None
+    make: Callable[..., Sampler] | None
+    run: Run
+
+
+def rows(objective: str, den: Denoiser, settings: Mapping[str, Any]) -> list[Row]:
+    """Every row to measure on one objective; the diffusers rows on the DDPM chain."""
     seed = settings["seeds"]["sampler"]
-    out = {row: (name, make, our_run(make, den, seed))
-           for row, (name, make) in our_rows(settings).items()}
-    if settings.get("grid") is None and have_diffusers():
+    out = []
+    for group, candidate in (("candidates", True), ("others", False)):
+        for row, (name, options) in settings[group].items():
+            if name == "ddpm" and objective != "ddpm":
+                continue  # the DDPM chain's ancestral sampler
+            make = our_sampler(name, **options)
+            out.append(Row(row, candidate, name, make, our_run(make, den, seed)))
+    if objective == "ddpm" and have_diffusers():
         import diffusers
 
+        node = settings["objectives"]["ddpm"]
+        net = IdealNetwork(two_d_mixture(), den.schedule, Parameterization(node["prediction"]))
         for row, (cls, extra) in settings["diffusers"].items():
-            out["diffusers " + row] = (row, None, diffusers_run(
-                getattr(diffusers, cls), net, settings["prediction"], **extra))
+            out.append(Row("diffusers " + row, False, None, None, diffusers_run(
+                getattr(diffusers, cls), net, node["prediction"], **extra)))
     return out
 
 
-def cell(make: Callable[..., Sampler] | None, name: str, run: Run, nfe: int, noise: Tensor,
-         truth: Tensor, schedule: NoiseSchedule, directions: int,
-         seed: int) -> tuple[str, float]:
-    """(the table entry, seconds spent sampling) for one sampler at one NFE budget."""
-    steps, actual = (nfe, nfe) if make is None else steps_for(make, name, nfe, schedule)
-    if not 1 <= steps <= schedule.num_timesteps:
-        return "n/a", 0.0
+def cell(row: Row, nfe: int, noise: Tensor, reference: Tensor, kernel: FourierKernel,
+         schedule: NoiseSchedule, folds: int) -> dict[str, Any] | None:
+    """One row at one NFE budget: {nfe (actual), mmd, se, seconds}; None where the row cannot
+    run (a grid the sampler cannot take)."""
+    steps, actual = (nfe, nfe) if row.make is None else steps_for(row.make, row.sampler, nfe,
+                                                                   schedule)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
-            x = run(noise, steps)
-    except ValueError:  # a grid this sampler cannot step on
-        return "n/a", 0.0
+            x = row.run(noise, steps)
+    except ValueError:
+        return None
     seconds = time.perf_counter() - t0
-    distance = sliced_wasserstein(x, truth, directions, torch.Generator().manual_seed(seed))
-    text = f"{distance:.4f}" if math.isfinite(distance) else "NaN"  # NaN/inf samples
-    return (text if actual == nfe else f"{text} ({actual})"), seconds
+    if not bool(torch.isfinite(x).all()):
+        return {"nfe": actual, "mmd": math.nan, "se": math.nan, "seconds": seconds}
+    mmd, se = coupled_mmd(kernel.features(x), reference, folds)
+    return {"nfe": actual, "mmd": mmd, "se": se, "seconds": round(seconds, 3)}
 
 
-def exact_draws(settings: Mapping[str, Any]) -> tuple[Tensor, float, Tensor]:
-    """(``n`` exact draws of the mixture, the noise floor: sliced W2 between them and a second
-    set of exact draws, the x_T noise (n, 2) float64), from the settings' seeds; the floor is
-    printed."""
-    seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
-    data = two_d_mixture()
-    truth = data.sample(n, torch.Generator().manual_seed(seeds["truth"]))
-    floor = sliced_wasserstein(truth, data.sample(n, torch.Generator().manual_seed(
-        seeds["floor"])), directions, torch.Generator().manual_seed(seeds["directions"]))
-    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
-                        dtype=torch.float64)
-    print(f"noise floor (two independent true samples): {floor:.4f}", flush=True)
-    return truth, floor, noise
+def measure_objective(objective: str, node: Mapping[str, Any], settings: Mapping[str, Any],
+                      kernel: FourierKernel, noise: Tensor) -> dict[str, Any]:
+    """Every row's cells on one objective, and its reference's distance to the mixture."""
+    den = denoiser(node)
+    with torch.inference_mode():
+        exact = DPMSolverPP3M(steps=settings["reference_steps"], grid="logsnr").sample(den, noise)
+    reference = kernel.features(exact)
+    out = []
+    for row in rows(objective, den, settings):
+        cells = [cell(row, nfe, noise, reference, kernel, den.schedule, settings["folds"])
+                 for nfe in settings["nfes"]]
+        out.append({"sampler": row.name, "candidate": row.candidate, "peer": row.make is None,
+                    "config": None if row.make is None else [row.sampler, plain(
+                        settings["candidates" if row.candidate else "others"][row.name][1])],
+                    "cells": cells})
+        print(f"  {objective} / {row.name}: {' '.join(text(c) for c in cells)}", flush=True)
+    to_mixture = mmd_to_mixture(exact, two_d_mixture(), kernel)
+    print(f"{objective}: the reference's MMD^2 to the mixture {to_mixture:.2e}", flush=True)
+    return {"reference_to_mixture": to_mixture, "rows": out}
 
 
 def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
-    """Every row's sliced W2 at every NFE budget of ``settings``, and the noise floor. Refuses
-    (one line, exit 1) when ``require_diffusers`` and diffusers is missing; without that
-    requirement the peer rows are skipped and the result says so."""
-    if settings.get("grid") is None and not have_diffusers() and settings["require_diffusers"]:
+    """Every objective's rows at every NFE budget of ``settings``. Refuses (one line, exit 1)
+    when ``require_diffusers`` and diffusers is missing; without that requirement the peer rows
+    are skipped and the result says so."""
+    if not have_diffusers() and settings["require_diffusers"]:
         raise SystemExit(f"error: {NO_DIFFUSERS}")
-    seeds, n, directions = settings["seeds"], settings["n"], settings["directions"]
-    schedule = make_schedule(settings["schedule"])
-    net = IdealNetwork(two_d_mixture(), schedule, Parameterization(settings["prediction"]))
-    truth, floor, noise = exact_draws(settings)
-    out = []
-    for row, (name, make, run) in rows(net, settings).items():
-        cells = [cell(make, name, run, nfe, noise, truth, schedule, directions,
-                      seeds["directions"]) for nfe in settings["nfes"]]
-        out.append({"sampler": row, "peer": make is None, "cells": [c for c, _ in cells],
-                    "seconds": [round(s, 3) for _, s in cells]})
-        print(f"  {row}: {' '.join(out[-1]['cells'])}", flush=True)
-    if settings.get("grid") is not None:
-        peers = "not run: our samplers are on one grid (grid=...)"
-    elif have_diffusers():
+    seeds, n = settings["seeds"], settings["n"]
+    kernel = FourierKernel.gaussian(2, settings["bandwidths"], settings["features"],
+                                    seeds["kernel"])
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(seeds["noise"]),
+                        dtype=torch.float64)
+    data = two_d_mixture()
+    floor = [mmd_to_mixture(data.sample(n, torch.Generator().manual_seed(seeds["floor"] + k)),
+                            data, kernel) for k in range(5)]
+    floor_rms = math.sqrt(sum(f * f for f in floor) / len(floor))
+    print(f"MMD^2 of {n:,} exact draws to the mixture (5 draws, RMS): {floor_rms:.1e}",
+          flush=True)
+    objectives = {name: measure_objective(name, node, settings, kernel, noise)
+                  for name, node in settings["objectives"].items()}
+    if have_diffusers():
         import diffusers
         peers = diffusers.__version__
     else:
         peers = "skipped: diffusers is not installed (pip install 'diffcli[bench]')"
-    return {"floor": floor, "diffusers": peers, "nfes": list(settings["nfes"]), "n": n,
-            "rows": out}
+    return {"exact_draws_to_mixture_rms": floor_rms, "diffusers": peers,
+            "nfes": list(settings["nfes"]), "n": n, "objectives": objectives}
 
 
-def value(text: str) -> float:
-    """The sliced W2 of a cell's text ("0.0811 (19)" -> 0.0811; "n/a", "NaN" -> inf)."""
-    head = text.split(" ")[0]
-    return float(head) if head not in ("n/a", "NaN") else math.inf
+def text(c: Mapping[str, Any] | None, with_se: bool = False) -> str:
+    """A cell as the tables show it: MMD^2 to 2 digits (± its standard error), the actual NFE
+    in parentheses when it differs from the column's; "n/a" where the row cannot run."""
+    if c is None:
+        return "n/a"
+    if not math.isfinite(c["mmd"]):
+        return "NaN"
+    out = f"{c['mmd']:.1e}" + (f" ± {c['se']:.0e}" if with_se else "")
+    return out
 
 
-def nfe_table(result: Mapping[str, Any]) -> str:
-    """The floor and versions, then a markdown table: one row per sampler, one column per
-    NFE."""
-    peers = result["diffusers"]
-    note = (f"diffusers {peers}" if peers[:1].isdigit() else f"diffusers rows {peers}")
-    lines = [f"Noise floor (two independent sets of {result['n']:,} exact draws): "
-             f"**{result['floor']:.4f}**; {note}.", "",
-             "| sliced W2 | " + " | ".join(f"NFE {n}" for n in result["nfes"]) + " |",
-             "| --- " * (len(result["nfes"]) + 1) + "|"]
-    lines += [f"| {r['sampler']} | " + " | ".join(r["cells"]) + " |" for r in result["rows"]]
-    return "\n".join(lines)
+def value(c: Mapping[str, Any] | None) -> float:
+    """A cell's MMD^2 for ranking (inf where it cannot run or is not finite)."""
+    return c["mmd"] if c is not None and math.isfinite(c["mmd"]) else math.inf
+
+
+def _cells_text(row: Mapping[str, Any], nfes: list[int]) -> list[str]:
+    return [text(c) + (f" ({c['nfe']})" if c is not None and c["nfe"] != nfe else "")
+            for c, nfe in zip(row["cells"], nfes, strict=True)]
+
+
+def nfe_table(objective: str) -> Callable[[Mapping[str, Any]], str]:
+    """The table of one objective: one row per sampler, one column per NFE."""
+    def render(result: Mapping[str, Any]) -> str:
+        part, nfes = result["objectives"][objective], result["nfes"]
+        head = (f"MMD^2 to the exact ODE solution ({result['n']:,} coupled pairs); the "
+                f"reference's own MMD^2 to the mixture: {part['reference_to_mixture']:.1e} "
+                f"(exact draws: {result['exact_draws_to_mixture_rms']:.0e} RMS)"
+                + (f"; diffusers {result['diffusers']}" if objective == "ddpm" else "")
+                + ".\n\n")
+        body = [[r["sampler"], *_cells_text(r, nfes)] for r in part["rows"]]
+        return head + markdown_table(["sampler", *(f"NFE {n}" for n in nfes)],
+                                     "l" + "r" * len(nfes), body)
+    return render
+
+
+def best(rows: list[Mapping[str, Any]], i: int) -> Mapping[str, Any] | None:
+    """The row with the lowest cell in column i."""
+    ranked = [r for r in rows if math.isfinite(value(r["cells"][i]))]
+    return min(ranked, key=lambda r: value(r["cells"][i])) if ranked else None
 
 
 def best_table(result: Mapping[str, Any]) -> str:
-    """At each NFE budget, the best diffcli row against the best diffusers row."""
-    def best(rows: list, i: int) -> str:
-        if not rows:
-            return "- | -"
-        top = min(rows, key=lambda r: value(r["cells"][i]))
-        return f"{top['sampler']} | {top['cells'][i]}"
+    """Per objective and NFE: the best diffcli row (± its standard error, and whether it is
+    ranked: at least 5 of them above zero), auto's pick against it, and the best diffusers
+    row."""
+    body = []
+    for objective, part in result["objectives"].items():
+        ours = [r for r in part["rows"] if not r["peer"]]
+        picks = [r for r in ours if r["candidate"]]
+        peers = [r for r in part["rows"] if r["peer"]]
+        for i, nfe in enumerate(result["nfes"]):
+            top, pick, peer = best(ours, i), best(picks, i), best(peers, i)
+            c = top["cells"][i]
+            ranked = "yes" if c["mmd"] >= 5 * c["se"] else "no"
+            ratio = value(pick["cells"][i]) / value(c) if value(c) > 0 else math.nan
+            body.append([objective, str(nfe), top["sampler"], text(c, True), ranked,
+                         f"{ratio:.2f}", "-" if peer is None else peer["sampler"],
+                         "-" if peer is None else text(peer["cells"][i])])
+    return markdown_table(["objective", "NFE", "best diffcli row", "MMD^2", "ranked",
+                           "auto / best", "best diffusers row", "MMD^2"], "lrlrrrlr", body)
 
-    ours = [r for r in result["rows"] if not r["peer"]]
-    peers = [r for r in result["rows"] if r["peer"]]
-    lines = ["| NFE | best diffcli row | sliced W2 | best diffusers row | sliced W2 |",
-             "| ---: | --- | ---: | --- | ---: |"]
-    lines += [f"| {n} | {best(ours, i)} | {best(peers, i)} |"
-              for i, n in enumerate(result["nfes"])]
-    return "\n".join(lines)
+
+def auto_table(result: Mapping[str, Any]) -> str:
+    """The YAML ``sampler=auto`` reads: per objective and NFE, the candidate with the lowest
+    cell (:mod:`diffcli.diffusion.samplers.auto`)."""
+    table = {}
+    for objective, part in result["objectives"].items():
+        picks = [r for r in part["rows"] if r["candidate"]]
+        table[objective] = []
+        for i, nfe in enumerate(result["nfes"]):
+            top = best(picks, i)
+            if top is not None:
+                name, options = top["config"]
+                table[objective].append({"nfe": nfe, "sampler": name, "options": options,
+                                         "mmd": float(f"{top['cells'][i]['mmd']:.3g}")})
+    head = ("# sampler=auto's choices: per objective and NFE, the configuration with the lowest\n"
+            "# MMD^2 to the exact ODE solution on the 2-D mixture (benchmarks/sampler_nfe.py).\n"
+            "# Written from docs/results/sampler_nfe.json; regenerate with\n"
+            "#   python -m benchmarks run sampler_nfe\n")
+    return head + yaml.safe_dump({"objectives": table}, sort_keys=False)
 
 
 def plain(value: Any) -> Any:
-    """Enums as their values, tuples as lists (JSON-able settings)."""
+    """Enums as their values, tuples as lists, mappings walked (JSON-able settings)."""
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
@@ -355,37 +441,39 @@ def plain(value: Any) -> Any:
 
 def resolve(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings plus what they leave to diffcli's defaults: every field of every row's
-    sampler, the schedule's betas (their hash) and the mixture."""
-    samplers = {row: {k: plain(v) for k, v in dataclasses.asdict(make(steps=1)).items()
-                      if k != "steps"}
-                for row, (_, make) in our_rows(settings).items()}
-    data, betas = two_d_mixture(), make_schedule(settings["schedule"]).betas
-    return {**settings, "samplers": samplers,
+    sampler and of every objective, the schedule's betas (their hash) and the mixture."""
+    samplers = {row: {k: plain(v) for k, v in dataclasses.asdict(
+        our_sampler(name, **options)(steps=1)).items() if k != "steps"}
+        for group in ("candidates", "others") for row, (name, options) in settings[group].items()}
+    objectives = {name: ({k: plain(v) for k, v in dataclasses.asdict(
+        build("objective", dict(node))).items()} if "_target_" in node else dict(node))
+        for name, node in settings["objectives"].items()}
+    data, betas = two_d_mixture(), make_schedule("linear").betas
+    return {**plain(settings), "samplers": samplers, "objectives_resolved": objectives,
             "schedule_betas": {"T": len(betas), "sha256": digest(betas.tolist())},
             "mixture": {"weights": data.weights.tolist(), "means": data.means.tolist(),
                         "stds": data.stds.tolist()}}
 
 
 BENCHMARK = Benchmark(
-    name="sampler_nfe", title="sliced W2 against NFE with the exact denoiser of a 2-D mixture",
+    name="sampler_nfe", title="MMD^2 to the exact ODE solution against NFE (2-D mixture, exact "
+                              "networks); the table of sampler=auto",
     preset=PRESET, smoke=SMOKE, run=measure, resolve=resolve,
-    tables={"nfe": nfe_table, "best": best_table})
+    tables={"ddpm": nfe_table("ddpm"), "edm": nfe_table("edm"), "flow": nfe_table("flow"),
+            "best": best_table},
+    files={AUTO_TABLE: auto_table})
 
 
 def main() -> None:
-    """Explore other settings (printed, not published): schedule, prediction, n, one grid."""
+    """Explore other settings (printed, not published): n, NFEs."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--schedule", default="linear", choices=["linear", "cosine", "sigmoid"])
-    ap.add_argument("--prediction", default="eps", choices=[p.value for p in Parameterization])
-    ap.add_argument("--n", type=int, default=10_000, help="samples per cell and true samples")
-    ap.add_argument("--grid", default=None,
-                    choices=[g.value for g in GridKind if g is not GridKind.CUSTOM],
-                    help="step all our samplers on this grid (default: each one's own)")
+    ap.add_argument("--n", type=int, default=10_000, help="samples per cell")
+    ap.add_argument("--nfes", type=int, nargs="+", default=PRESET["nfes"])
     args = ap.parse_args()
     start = time.perf_counter()
-    result = measure({**PRESET, "schedule": args.schedule, "prediction": args.prediction,
-                      "n": args.n, "grid": args.grid, "require_diffusers": False}, Path("."))
-    print("\n" + nfe_table(result) + "\n\n" + best_table(result))
+    result = measure({**PRESET, "n": args.n, "nfes": args.nfes, "require_diffusers": False},
+                     Path("."))
+    print("\n" + best_table(result))
     print(f"\ntotal runtime: {time.perf_counter() - start:.0f} s")
 
 

@@ -43,12 +43,13 @@ from diffcli.restore import (
     nll_method,
     open_run,
     pick_device,
+    settle_sampler,
 )
 from diffcli.runs import checkpoint_of
 
 console = Console(stderr=True, soft_wrap=True)
 OUTPUTS = ("uint8", "float", "pil")
-DEFAULT_SAMPLER = "dpmpp_3m"  # the default of `diffcli sample` (conf/sample.yaml)
+DEFAULT_SAMPLER = "auto"  # the default of `diffcli sample` (conf/sample.yaml)
 
 def draw_batches(sampler: Sampler, opened: OpenedRun, seeds: Sequence[int], batch_size: int,
                  device: torch.device, trajectory: Trajectory | None = None, show: bool = True,
@@ -233,6 +234,9 @@ class Pipeline:
         clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
         smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,
                               run=self.opened.run)
+        smp, notes = settle_sampler(smp, self.opened.run, self.opened.schedule)
+        for line in notes:
+            console.print(f"[yellow]note[/]: {line}")
         guided = guide(self.opened, g, self.device)
         picked, note = guided.even_seeds(picked, given=seeds is not None)
         if note:

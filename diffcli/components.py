@@ -58,6 +58,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.diffusion.schedules.sigmoid_schedule",
     }),
     "sampler": frozenset({
+        "diffcli.diffusion.samplers.auto.Auto",
         "diffcli.diffusion.samplers.ddpm.DDPM",
         "diffcli.diffusion.samplers.ddim.DDIM",
         "diffcli.diffusion.samplers.dpm_solver.DPMSolverPP2M",

@@ -95,10 +95,14 @@ def test_samples_depend_only_on_their_own_seed():
 
 @pytest.mark.parametrize("options, expected", [
     ({}, 2 * 18 - 1 + 2 * 2 * 3),  # the defaults: 47
-    ({"steps": 5, "restart_k": 1, "restart_steps": 2}, 2 * 5 - 1 + 2 * 1 * 2),
+    ({"steps": 5, "restart_k": 1, "restart_steps": 2, "max_ratio": None}, 2 * 5 - 1 + 2 * 1 * 2),
+    # the Karras grid 80 -> 0.01 in 5 steps shrinks sigma more than 10-fold twice: Euler steps
+    ({"steps": 5, "restart_k": 1, "restart_steps": 2}, 2 * 5 - 1 - 2 + 2 * 1 * 2),
     ({"steps": 10, "restart_k": 0}, 2 * 10 - 1),
     ({"steps": 1}, 1),  # the grid is [80, 0]: no level in the restart interval
-    ({"steps": 8, "grid": "trailing", "restart_k": 4, "restart_steps": 1}, 2 * 8 - 1 + 2 * 4),
+    ({"steps": 8, "grid": "trailing", "restart_k": 4, "restart_steps": 1, "max_ratio": None},
+     2 * 8 - 1 + 2 * 4),
+    ({"steps": 8, "grid": "trailing", "restart_k": 4, "restart_steps": 1}, 2 * 8 - 1 - 1 + 2 * 4),
 ])
 def test_nfe_counts_the_network_calls(options, expected):
     sched = cosine_schedule()

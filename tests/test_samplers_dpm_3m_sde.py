@@ -99,13 +99,15 @@ def _exact_step(x, lam_t, lam_s, coef):
     return sigma(lam_s) / sigma(lam_t) * x + sigma(lam_s) * (big_f(lam_s) - big_f(lam_t))
 
 
+@pytest.mark.parametrize("lower_order_final", [False, True])
 @pytest.mark.parametrize("grid", ["karras", "trailing", "logsnr"])
-def test_3m_third_order_steps_are_exact_for_x0_quadratic_in_lambda(grid):
+def test_3m_third_order_steps_are_exact_for_x0_quadratic_in_lambda(grid, lower_order_final):
     """From its third step on, 3M integrates the quadratic through the last three x0 exactly,
     so each step is the exact solution when x0(lambda) is a quadratic (on any, uneven, grid);
-    the second step (2M's) is not."""
+    the second step (2M's) is not, nor, with lower_order_final on 12 steps, the step into the
+    last grid point (second order there)."""
     sched, coef = linear_schedule(), (0.3, -0.2, 0.05)
-    sampler = DPMSolverPP3M(steps=12, grid=grid)
+    sampler = DPMSolverPP3M(steps=12, grid=grid, lower_order_final=lower_order_final)
     states = []
     out = sampler.sample(_quadratic_x0_model(sched, coef), PROBES,
                          callback=lambda step: states.append(step.x_t))
@@ -113,7 +115,10 @@ def test_3m_third_order_steps_are_exact_for_x0_quadratic_in_lambda(grid):
     errors = [(states[i + 1] - _exact_step(states[i], lam[i], lam[i + 1], coef)).abs().max().item()
               for i in range(len(states) - 1)]
     assert errors[1] > 1e-6, errors  # the second-order step
-    assert max(errors[2:]) < 1e-11, errors
+    third = errors[2:-1] if lower_order_final else errors[2:]
+    assert max(third) < 1e-11, errors
+    if lower_order_final:
+        assert errors[-1] > 1e-9, errors  # second order into the last grid point
     torch.testing.assert_close(out, torch.full_like(PROBES, coef[0] + coef[1] * lam[-1]
                                                     + coef[2] * lam[-1] ** 2))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from diffcli.restore import (
     pick_device,
     require_diffusion,
     sampler_name,
+    settle_sampler,
 )
 from diffcli.runs import run_dir_of, run_to_use
 from diffcli.workflows.sample_files import ImageSink, PointSink
@@ -105,6 +106,7 @@ class Request:
     guided: GuidedRun
     labels: Tensor | None  # (N,) each seed's class; None: unconditional
     note: str | None = None  # n rounded up to a multiple of the classes (GuidedRun.even_seeds)
+    sampler_notes: list[str] = field(default_factory=list)  # auto's pick, grid adaptations
 
 
 def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
@@ -125,9 +127,11 @@ def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
     seeds, note = guided.even_seeds(seeds, given=cfg.seeds is not None)
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
+    sampler, sampler_notes = settle_sampler(sampler, opened.run, opened.schedule)
     folder = OutputFolder(run_dir_of(ckpt) / "samples" / f"{name}-{steps}{guided.tag}",
                           overwrite=bool(cfg.overwrite), kind="samples")
-    return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels, note)
+    return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels, note,
+                   sampler_notes)
 
 
 def draw(req: Request, cfg: DictConfig, rank: int, world: int,
@@ -199,6 +203,7 @@ def _meta(req: Request, cfg: DictConfig, nfe: int, world: int) -> dict:
             "seeds": compact_seeds(req.seeds), "checkpoint": str(req.opened.ckpt),
             "global_step": req.opened.run.global_step, "weights": req.opened.weights,
             "clip_denoised": req.clip, "precision": str(cfg.precision), "processes": world,
+            "sampler_notes": req.sampler_notes,
             **req.guided.meta}
     if req.guided.class_names is not None and req.guided.classes is not None \
             and req.guided.tokens is None:
@@ -222,8 +227,9 @@ def sample(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     req = resolve(cfg, device, run)
-    if req.note and rank == 0:
-        console.print(f"[yellow]note[/]: {req.note}")
+    if rank == 0:
+        for line in [req.note] * bool(req.note) + req.sampler_notes:
+            console.print(f"[yellow]note[/]: {line}")
     trajectory = Trajectory(keep=cfg.trajectory) if cfg.trajectory else None
     batches = draw(req, cfg, rank, world, trajectory)
     if rank != 0:

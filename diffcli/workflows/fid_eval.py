@@ -64,6 +64,7 @@ from diffcli.restore import (
     pick_device,
     restore_autoencoder,
     sampler_name,
+    settle_sampler,
 )
 from diffcli.runs import run_dir_of, run_to_use
 from diffcli.viz.plots import plot_sweep
@@ -144,6 +145,7 @@ def _run_side(cfg: DictConfig, run: LoadedRun, n: int, device: torch.device,
     sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=bool(cfg.clip_denoised))
     name = sampler_name(sampler_choice(), sampler)
+    sampler, notes = settle_sampler(sampler, opened.run, opened.schedule)
     precision = str(cfg.precision)
     check_precision(precision, device)
 
@@ -163,10 +165,11 @@ def _run_side(cfg: DictConfig, run: LoadedRun, n: int, device: torch.device,
     meta = {"checkpoint": str(ckpt.resolve()), "global_step": opened.run.global_step,
             "weights": opened.weights, "sampler": name, "steps": steps,
             "sampler_config": sampler_config, "clip_denoised": bool(cfg.clip_denoised),
-            "precision": precision, **guided.meta}
+            "precision": precision, "sampler_notes": notes, **guided.meta}
     guided_text = "".join(f", {k} {v}" for k, v in guided.meta.items() if k != "classes")
     announce = (f"sampling {n} images x {cfg.repeats} seed set(s) from {ckpt} ({name}, {steps} "
-                f"steps, {opened.weights} weights, {size_text(info.shape[-2:])}{guided_text})")
+                f"steps, {opened.weights} weights, {size_text(info.shape[-2:])}{guided_text})"
+                + "".join(f"\nnote: {line}" for line in notes))
     return FakeSide(tuple(info.shape[-2:]), n, batches, lambda k: compact_seeds(seed_set(k, n)),
                     out, meta, dict(opened.run.config["dataset"]), opened.counter, announce)
 

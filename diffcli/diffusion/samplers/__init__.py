@@ -3,6 +3,7 @@
 
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.grids import Grid, GridKind
+from diffcli.diffusion.samplers.auto import Auto
 from diffcli.diffusion.samplers.base import Sampler, SamplerStep, timestep_sequence
 from diffcli.diffusion.samplers.ddim import DDIM
 from diffcli.diffusion.samplers.ddpm import DDPM
@@ -15,7 +16,8 @@ from diffcli.diffusion.samplers.restart import Restart
 from diffcli.diffusion.samplers.unipc import UniPC
 
 __all__ = [
-    "DDIM", "DDPM", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "Denoiser", "Euler",
+    "Auto", "DDIM", "DDPM", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "Denoiser",
+    "Euler",
     "Grid", "GridKind", "Heun", "Sampler", "SamplerStep", "timestep_sequence",
     "UniPC",
     "Restart",

@@ -242,6 +242,11 @@ class Sampler(ABC):
         """The N + 1 decreasing noise levels of :meth:`make_grid`, the last 0."""
         return list(self.make_grid(schedule).sigmas)
 
+    def notice(self, schedule: NoiseSchedule) -> str | None:
+        """One line on how this sampler adapts its step rule to its grid on ``schedule`` (for
+        the commands to print), or None when it runs as configured."""
+        return None
+
     def denoised(self, x0: Tensor) -> Tensor:
         """The sampler's post-processing of x0_hat: dynamic thresholding or clipping, or none."""
         if self.dynamic_threshold is not None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
-from diffcli.diffusion.samplers.base import (
-    Generator,
-)
+from diffcli.diffusion.samplers.base import Generator, check
 from diffcli.diffusion.samplers.dpm_solver import DataPredictionMultistep, midpoint_x0
 
 
@@ -49,12 +48,23 @@ class DPMSolverPP3M(DataPredictionMultistep):
     The first step is first order (DDIM: x0' = x0'' = 0); the second is DPM-Solver++(2M)'s
     (Lu et al. 2022, Algorithm 2: c1 ((1 + 1/(2r)) x0_t - 1/(2r) x0_1), r = h1 / h), so the
     first two steps are those of :class:`~diffcli.diffusion.samplers.dpm_solver.DPMSolverPP2M`.
-    The last step goes to alpha-bar = 1 (lambda = inf) and returns x0_hat. Deterministic; one
-    network evaluation per step; ``steps`` defaults to 20, any grid. A learned variance
-    (``Prediction.var_frac``) is ignored: the solver uses x0_hat only.
+    ``lower_order_final`` (default true; below 15 steps): the step into the last grid point is
+    second order, as in DPM-Solver++'s few-step recipe
+    (:func:`~diffcli.diffusion.samplers.dpm_solver.multistep_orders`); false keeps order 3
+    there. The last step goes to alpha-bar = 1 (lambda = inf) and returns x0_hat (first order:
+    it needs no option). Deterministic; one network evaluation per step; ``steps`` defaults to
+    20, any grid. A learned variance (``Prediction.var_frac``) is ignored: the solver uses
+    x0_hat only.
     """
 
     steps: int | None = 20
+    lower_order_final: bool = True
+    order: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.lower_order_final, bool),
+              f"lower_order_final must be true or false, got {self.lower_order_final!r}")
 
     def update(self, x: Tensor, x0: Tensor, history: Sequence[tuple[Tensor, float]],
                abar_t: float, abar_s: float, h: float, generator: Generator) -> Tensor:

@@ -39,7 +39,8 @@ class DPMSolverPP2MSDE(DataPredictionMultistep):
     alpha_s (h - (1 - e^{-(1+eta) h}) / (1 + eta)) (x0_t - x0_prev) / h_prev, to leading
     order. With eta = 0 the step is exactly DPM-Solver++(2M)'s (Algorithm 2, no noise).
 
-    The last step goes to alpha-bar = 1 (lambda = inf) and returns x0_hat without noise. One
+    The last step goes to alpha-bar = 1 (lambda = inf) and returns x0_hat without noise (first
+    order: as DPM-Solver++(2M), it needs no ``lower_order_final``). One
     network evaluation per step; ``steps`` defaults to 20, any grid. The noise is drawn with
     :func:`~diffcli.diffusion.samplers.base.randn_like`, so a list of generators (one per
     sample) makes each sample depend on its own seed only. A learned variance

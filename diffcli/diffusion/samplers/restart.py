@@ -20,7 +20,16 @@ from diffcli.diffusion.samplers.base import (
     check,
     randn_like,
 )
-from diffcli.diffusion.samplers.karras import KarrasSampler, to_vp, to_xbar
+from diffcli.diffusion.samplers.karras import (
+    MAX_SIGMA_RATIO,
+    KarrasSampler,
+    check_max_ratio,
+    corrects,
+    euler_steps_note,
+    heun_step,
+    to_vp,
+    to_xbar,
+)
 from diffcli.diffusion.schedules import NoiseSchedule
 
 
@@ -61,6 +70,10 @@ class Restart(KarrasSampler):
     :class:`~diffcli.diffusion.samplers.heun.Heun`); the noise is sqrt(t_max^2 - sigma_j^2) z. A
     grid with no level in (0, t_max) gets no restarts.
 
+    Every Heun step here, main pass and restarts, is an Euler step where it shrinks sigma more
+    than ``max_ratio``-fold (:func:`~diffcli.diffusion.samplers.karras.heun_step`, as in
+    :class:`~diffcli.diffusion.samplers.heun.Heun`; :meth:`notice` names them).
+
     Network evaluations (:meth:`nfe`): 2N - 1 for the main pass and 2 ``restart_steps`` per cycle
     (every restart step ends at sigma_j > 0, so each is a full Heun step):
     NFE = 2N - 1 + 2 K ``restart_steps`` = 2 (N + K ``restart_steps``) - 1. The defaults give
@@ -80,9 +93,11 @@ class Restart(KarrasSampler):
     restart_steps: int = 3
     t_min: float = 0.06
     t_max: float = 0.30
+    max_ratio: float | None = MAX_SIGMA_RATIO
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_max_ratio(self.max_ratio)
         check(_count(self.restart_k, 0),
               f"restart_k must be an integer >= 0, got {self.restart_k!r}")
         check(_count(self.restart_steps, 1),
@@ -115,20 +130,23 @@ class Restart(KarrasSampler):
         return [self.t_max, *inner, sigmas[j]]  # the ends exact, not re-rounded by eq. 5
 
     def nfe(self, schedule: NoiseSchedule) -> int:
-        """Network evaluations per sample: 2N - 1 + 2 K ``restart_steps`` (no restarts: 2N - 1)."""
-        n = len(self.make_grid(schedule))
-        cycles = self.restart_k if self.restart_sigmas(schedule) else 0
-        return 2 * n - 1 + 2 * cycles * self.restart_steps
+        """Network evaluations per sample: 2N - 1 + 2 K ``restart_steps`` (no restarts: 2N - 1),
+        less one per main-pass step that ``max_ratio`` makes an Euler step."""
+        sigmas = self.sigmas(schedule)
+        main = len(sigmas) - 1 + sum(corrects(a, b, self.max_ratio) for a, b in pairwise(sigmas))
+        restart = self.restart_sigmas(schedule)
+        cycles = self.restart_k if restart else 0
+        return main + cycles * sum(1 + corrects(a, b, self.max_ratio)
+                                   for a, b in pairwise(restart))
+
+    def notice(self, schedule: NoiseSchedule) -> str | None:
+        return euler_steps_note("restart", self.sigmas(schedule), self.max_ratio)
 
     def _heun(self, model: Denoiser, x: Tensor, sigma: float, nxt: float) -> tuple[Tensor, Tensor]:
-        """One Heun step from sigma to nxt (Euler when nxt = 0): (xbar at nxt, D at sigma)."""
-        x0 = self.denoised(model.denoise(x, sigma))
-        d = (x - x0) / sigma
-        x_next = x + (nxt - sigma) * d
-        if nxt > 0:
-            d2 = (x_next - self.denoised(model.denoise(x_next, nxt))) / nxt
-            x_next = x + (nxt - sigma) * (d + d2) / 2
-        return x_next, x0
+        """One Heun step from sigma to nxt (:func:`heun_step`: Euler when nxt = 0 or sigma
+        shrinks more than ``max_ratio``-fold): (xbar at nxt, D at sigma)."""
+        return heun_step(lambda z, s: self.denoised(model.denoise(z, s)), x, sigma, nxt,
+                         self.max_ratio)
 
     @torch.inference_mode()
     def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,

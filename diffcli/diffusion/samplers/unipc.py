@@ -22,10 +22,9 @@ from diffcli.diffusion.samplers.base import (
     StepCallback,
     check,
 )
-from diffcli.diffusion.samplers.dpm_solver import half_log_snr
+from diffcli.diffusion.samplers.dpm_solver import half_log_snr, multistep_orders
 
 VARIANTS = ("bh1", "bh2")
-LOWER_ORDER_FINAL_BELOW = 15  # lower_order_final acts on grids of fewer steps than this
 
 
 def phi(k: int, z: float) -> float:
@@ -155,9 +154,9 @@ class UniPC(Sampler):
             check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
 
     def step_orders(self, n: int) -> list[int]:
-        """The order q of the predictor step from grid point i to i + 1, i = 0..n-2."""
-        lower = self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW
-        return [min(self.order, i + 1, n - i if lower else self.order) for i in range(n - 1)]
+        """The order q of the predictor step from grid point i to i + 1, i = 0..n-2
+        (:func:`~diffcli.diffusion.samplers.dpm_solver.multistep_orders`)."""
+        return multistep_orders(self.order, n, self.lower_order_final)
 
     def _advance(self, x: Tensor, abar_s: float, abar_t: float, h: float, m_s: Tensor,
                  diffs: list[tuple[float, Tensor]]) -> Tensor:
