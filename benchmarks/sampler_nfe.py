@@ -144,7 +144,7 @@ def _diffusers_rows() -> dict[str, list]:
 
 # The pinned settings: every row (sampler and options), budget, seeds and size of the table.
 PRESET: dict[str, Any] = {
-    "n": 10_000, "features": 1024, "bandwidths": [0.05, 0.1, 0.2, 0.5, 1.0], "folds": 10,
+    "n": 10_000, "features": 256, "bandwidths": [0.05, 0.1, 0.2, 0.5, 1.0], "folds": 10,
     "nfes": [5, 8, 10, 15, 20, 30, 50], "reference_steps": 1000,
     # noise: x_T; sampler: the generator of the stochastic rows (fresh at every cell); kernel:
     # the Fourier features; floor: the exact draws of the mixture metric's floor
