@@ -17,8 +17,8 @@ kernel with bandwidths 0.05-1 in ``features`` random Fourier features
 distance between each sample and its exact counterpart, so it has no floor of its own; the
 earlier sliced W2 between two independent sample sets sat at a floor (0.048 at n = 10,000)
 within 1-2x of every cell from 20 NFE on. Each cell has a standard error from 10 folds; the
-"best" table says at each NFE whether the best cell is at least 5 standard errors above zero
-(ranked) or not. The stochastic samplers (DDPM, 2M SDE, Euler ancestral) are not coupled to the
+"best" table ranks by MMD^2 + 2 standard errors and says at each NFE whether the best cell is
+at least 5 standard errors above zero (ranked) or not. The stochastic samplers (DDPM, 2M SDE, Euler ancestral) are not coupled to the
 ODE path, so their cells carry the O(1/n) scatter of independent sets (about 1e-5 here); they
 are ranked by the same estimate. How far the reference itself lies from the mixture (its x_T
 is N(0, I), not the exact marginal, and it stops at the smallest noise level) is printed as the
@@ -44,7 +44,8 @@ timesteps. Each steps the same network over ``trained_betas`` = our betas; the l
 All rows run in float64 (diffusers' schedulers compute partly in float32 internally).
 
 **The auto table.** ``diffcli/diffusion/samplers/auto_table.yaml`` is rendered from the result
-(like the docs' tables): per objective and NFE, the candidate with the lowest cell.
+(like the docs' tables): per objective and NFE, the candidate with the lowest MMD^2 + 2
+standard errors (an upper bound: a noisy cell cannot win by its scatter).
 
 Run: ``python -m benchmarks run sampler_nfe`` (writes docs/results/sampler_nfe.json, the tables
 in docs/samplers.md and the auto table; needs ``diffusers``, the ``bench`` extra). Explore other
@@ -357,8 +358,12 @@ def text(c: Mapping[str, Any] | None, with_se: bool = False) -> str:
 
 
 def value(c: Mapping[str, Any] | None) -> float:
-    """A cell's MMD^2 for ranking (inf where it cannot run or is not finite)."""
-    return c["mmd"] if c is not None and math.isfinite(c["mmd"]) else math.inf
+    """A cell's score for ranking: its MMD^2 plus two standard errors, an upper bound, so that
+    a noisy cell (a stochastic sampler's, uncoupled) cannot win by its scatter; inf where the
+    row cannot run or gave non-finite samples."""
+    if c is None or not math.isfinite(c["mmd"]):
+        return math.inf
+    return c["mmd"] + 2 * c["se"]
 
 
 def _cells_text(row: Mapping[str, Any], nfes: list[int]) -> list[str]:
@@ -382,15 +387,16 @@ def nfe_table(objective: str) -> Callable[[Mapping[str, Any]], str]:
 
 
 def best(rows: list[Mapping[str, Any]], i: int) -> Mapping[str, Any] | None:
-    """The row with the lowest cell in column i."""
+    """The row with the lowest cell in column i (by :func:`value`: MMD^2 + 2 standard
+    errors)."""
     ranked = [r for r in rows if math.isfinite(value(r["cells"][i]))]
     return min(ranked, key=lambda r: value(r["cells"][i])) if ranked else None
 
 
 def best_table(result: Mapping[str, Any]) -> str:
-    """Per objective and NFE: the best diffcli row (± its standard error, and whether it is
-    ranked: at least 5 of them above zero), auto's pick against it, and the best diffusers
-    row."""
+    """Per objective and NFE: the best diffcli row (the lowest MMD^2 + 2 standard errors; its
+    MMD^2 ± standard error, and whether it is ranked: at least 5 standard errors above zero),
+    auto's pick against it (ratio of MMD^2), and the best diffusers row."""
     body = []
     for objective, part in result["objectives"].items():
         ours = [r for r in part["rows"] if not r["peer"]]
@@ -400,7 +406,7 @@ def best_table(result: Mapping[str, Any]) -> str:
             top, pick, peer = best(ours, i), best(picks, i), best(peers, i)
             c = top["cells"][i]
             ranked = "yes" if c["mmd"] >= 5 * c["se"] else "no"
-            ratio = value(pick["cells"][i]) / value(c) if value(c) > 0 else math.nan
+            ratio = pick["cells"][i]["mmd"] / c["mmd"] if c["mmd"] > 0 else math.nan
             body.append([objective, str(nfe), top["sampler"], text(c, True), ranked,
                          f"{ratio:.2f}", "-" if peer is None else peer["sampler"],
                          "-" if peer is None else text(peer["cells"][i])])
@@ -425,7 +431,8 @@ def auto_table(result: Mapping[str, Any]) -> str:
             "# MMD^2 to the exact ODE solution on the 2-D mixture (benchmarks/sampler_nfe.py).\n"
             "# Written from docs/results/sampler_nfe.json; regenerate with\n"
             "#   python -m benchmarks run sampler_nfe\n")
-    return head + yaml.safe_dump({"objectives": table}, sort_keys=False)
+    dumper = type("NoAliases", (yaml.SafeDumper,), {"ignore_aliases": lambda *_: True})
+    return head + yaml.dump({"objectives": table}, Dumper=dumper, sort_keys=False)
 
 
 def plain(value: Any) -> Any:

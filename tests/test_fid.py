@@ -473,11 +473,13 @@ def test_eval_fid_on_a_tiny_trained_run(tmp_path: Path):
     run_dir = next(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")).parent.parent
     proc = run(tmp_path, "eval-fid", "extractor=standin", "n=64", "steps=5", "repeats=2")
     assert "last.ckpt" in proc.stderr and "computed reference statistics" in proc.stderr
-    out = run_dir / "eval" / "fid-dpmpp_3m-5-n64-standin.json"  # the default sampler
+    out = run_dir / "eval" / "fid-auto-5-n64-standin.json"  # the default sampler
     record = json.loads(out.read_text())
     assert [r["seeds"] for r in record["results"]] == ["0-63", "64-127"]
     gen = record["generated"]
-    assert gen["sampler"] == "dpmpp_3m" and gen["steps"] == 5 and gen["weights"] == "ema_net"
+    assert gen["sampler"] == "auto" and gen["steps"] == 5 and gen["weights"] == "ema_net"
+    assert gen["sampler_notes"][0].startswith("auto -> ")  # what auto picked
+    assert gen["sampler_notes"][0] in proc.stderr
     assert gen["checkpoint"].endswith("last.ckpt") and record["reference"]["n"] == 1797
     fids = [r["fid"] for r in record["results"]]
     assert record["summary"]["fid"]["min"] == min(fids)
