@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.core import Benchmark, composed, finished_before, mark_finished
+from benchmarks.core import Benchmark, composed, finished_before, mark_finished, markdown_table
 from benchmarks.mnist_judge import (
     DATA,
     HELD_OUT,
@@ -81,6 +81,13 @@ def _run(label: str, *overrides: str, schedule: list[str] = LINEAR) -> dict[str,
     return {"label": label, "overrides": [*COMMON, *schedule, *overrides]}
 
 
+SAMPLER_NFES = (5, 10, 20)
+SAMPLER_ROWS = [("auto", {}), ("ddim", {"grid": "trailing"}),
+                *[(name, {**extra, "grid": grid}) for name, extra in (
+                    ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_2m_sde", {}), ("unipc", {}),
+                    ("unipc", {"order": 3, "variant": "bh1"})) for grid in ("trailing", "logsnr")],
+                ("unipc", {"grid": "karras"})]
+
 PRESET: dict[str, Any] = {
     "lenet": {"epochs": 8, "seed": 0},
     "n": 500,  # samples per score, seeds 0..n-1; the floor: n random real digits, 5 draws
@@ -110,12 +117,10 @@ PRESET: dict[str, Any] = {
                    ["after", "dpmpp_3m", {"steps": 20, "grid": "logsnr"}]],
         "recipes": [[run, "dpmpp_3m", {"steps": 20, "grid": "trailing"}] for run in (
             "r-before", "r-eps", "r-ema10", "r-cosine", "r-level3", "r-minsnr", "r-v")],
-        "samplers": [["after", "ddim", {"steps": 20, "grid": "trailing"}],
-                     ["after", "dpmpp_2m", {"steps": 20, "grid": "trailing"}],
-                     ["after", "dpmpp_3m", {"steps": 20, "grid": "trailing"}],
-                     ["after", "dpmpp_3m", {"steps": 20, "grid": "logsnr"}],
-                     ["after", "unipc", {"steps": 20, "grid": "trailing"}],
-                     ["after", "unipc", {"steps": 20, "grid": "karras"}]],
+        # issue 34's second yardstick: sampler=auto against the configurations it picks from,
+        # at 5, 10 and 20 NFE on the 15-minute model
+        "samplers": [["after", name, {**options, "steps": nfe}]
+                     for name, options in SAMPLER_ROWS for nfe in SAMPLER_NFES],
     },
 }
 _TINY = ["trainer.max_steps=2", "model.base_channels=8", "dataset.batch_size=8"]
@@ -127,7 +132,8 @@ SMOKE: dict[str, Any] = {
     "runs": {name: {**run, "overrides": [*run["overrides"], *_TINY]}
              for name, run in PRESET["runs"].items()},
     "tables": {"budget": [["after", "dpmpp_3m", {"steps": 2, "grid": "logsnr"}]],
-               "samplers": [["after", "unipc", {"steps": 2, "grid": "karras"}]]},
+               "samplers": [["after", "unipc", {"steps": 2, "grid": "karras"}],
+                            ["after", "auto", {"steps": 2}]]},
 }
 
 
@@ -249,7 +255,8 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
             fid, sec = cache[key]
             rows.append({"run": run, "label": settings["runs"][run]["label"],
                          "steps": runs[run]["steps"], "sampler": sampler,
-                         "sampler_steps": config["steps"], "grid": config["grid"],
+                         "sampler_steps": config["steps"], "grid": config.get("grid", "auto"),
+                         "options": {k: v for k, v in options.items() if k != "steps"},
                          "lenet_fid": fid, "sample_s": round(sec, 1)})
             print(f"{table}: {run} {sampler} on {config['grid']}: LeNet-FID {fid:.2f}",
                   flush=True)
@@ -291,12 +298,31 @@ def recipes_table(result: Mapping[str, Any]) -> str:
 
 
 def samplers_table(result: Mapping[str, Any]) -> str:
+    """One row per sampler configuration, one column per NFE; auto's row first, then how far
+    it is from the best configuration at each NFE."""
     rows = result["tables"]["samplers"]
-    lines = ["| sampler | steps | grid | LeNet-FID |", "| --- | ---: | --- | ---: |"]
-    lines += [f"| {r['sampler']} | {r['sampler_steps']} | {r['grid']} | {r['lenet_fid']:.2f} |"
-              for r in rows]
-    return _caption(result, f"the '{rows[0]['run']}' model, {rows[0]['steps']} steps") + \
-        "\n".join(lines)
+    nfes = sorted({r["sampler_steps"] for r in rows})
+
+    def label(r: Mapping[str, Any]) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in r.get("options", {}).items() if k != "grid")
+        return r["sampler"] + (f" ({r['grid']}{', ' + extra if extra else ''})"
+                               if r["sampler"] != "auto" else "")
+
+    cells: dict[str, dict[int, float]] = {}
+    for r in rows:
+        cells.setdefault(label(r), {})[r["sampler_steps"]] = r["lenet_fid"]
+    body = [[name, *(f"{by[n]:.2f}" if n in by else "-" for n in nfes)]
+            for name, by in cells.items()]
+    auto = cells.get("auto", {})
+    gap = []
+    for n in nfes:
+        best = min(by[n] for by in cells.values() if n in by)
+        if n in auto:
+            gap.append(f"{n} NFE: auto {auto[n]:.2f}, best {best:.2f} "
+                       f"({100 * (auto[n] / best - 1):+.0f}%)")
+    return (_caption(result, f"the '{rows[0]['run']}' model, {rows[0]['steps']} steps")
+            + markdown_table(["sampler", *(f"NFE {n}" for n in nfes)], "l" + "r" * len(nfes),
+                             body) + ("\n\n" + "; ".join(gap) + "." if gap else ""))
 
 
 BENCHMARK = Benchmark(

@@ -18,9 +18,10 @@ distance between each sample and its exact counterpart, so it has no floor of it
 earlier sliced W2 between two independent sample sets sat at a floor (0.048 at n = 10,000)
 within 1-2x of every cell from 20 NFE on. Each cell has a standard error from 10 folds; the
 "best" table ranks by MMD^2 + 2 standard errors and says at each NFE whether the best cell is
-at least 5 standard errors above zero (ranked) or not. The stochastic samplers (DDPM, 2M SDE, Euler ancestral) are not coupled to the
-ODE path, so their cells carry the O(1/n) scatter of independent sets (about 1e-5 here); they
-are ranked by the same estimate. How far the reference itself lies from the mixture (its x_T
+at least 5 standard errors above zero (ranked) or not. The stochastic samplers (DDPM, 2M SDE,
+Euler ancestral) are not coupled to the ODE path, so their cells carry the O(1/n) scatter of
+independent sets (standard errors about 1e-4 here), which the upper bound accounts for. How
+far the reference itself lies from the mixture (its x_T
 is N(0, I), not the exact marginal, and it stops at the smallest noise level) is printed as the
 reference's MMD^2 to the mixture, with the closed-form mixture side
 (:func:`diffcli.eval.distances.mmd_to_mixture`), beside the floor of that metric for exact

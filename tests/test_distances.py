@@ -107,3 +107,51 @@ def test_gaussian_mmd_matches_a_brute_force_double_sum():
 def test_dimension_mismatch_is_an_error():
     with pytest.raises(ValueError, match="dimension"):
         sliced_wasserstein(torch.zeros(3, 2), torch.zeros(3, 3))
+
+
+def _one_gaussian(mean, std):
+    from diffcli.diffusion.gaussian import GaussianMixtureData
+
+    return GaussianMixtureData(torch.ones(1, dtype=torch.float64),
+                               torch.tensor([mean], dtype=torch.float64),
+                               torch.tensor([std], dtype=torch.float64))
+
+
+def test_fourier_features_of_a_mixture_in_closed_form_match_exact_draws():
+    from diffcli.diffusion.gaussian import two_d_mixture
+    from diffcli.eval.distances import FourierKernel
+
+    data, kernel = two_d_mixture(), FourierKernel.gaussian(2, m=64)
+    draws = kernel.features(data.sample(200_000, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(draws.mean(0), kernel.mixture_features(data), atol=5e-3, rtol=0)
+    assert float((draws**2).sum(1).max()) == pytest.approx(1.0)  # k(x, x) = 1
+
+
+def test_mmd_to_a_mixture_is_zero_for_exact_draws_and_grows_with_a_shift():
+    from diffcli.diffusion.gaussian import two_d_mixture
+    from diffcli.eval.distances import FourierKernel, mmd_to_mixture
+
+    data, kernel = two_d_mixture(), FourierKernel.gaussian(2)
+    x = data.sample(5000, torch.Generator().manual_seed(1))
+    values = [mmd_to_mixture(x + c, data, kernel) for c in (0.0, 0.05, 0.2)]
+    assert abs(values[0]) < 2e-4 and values[0] < values[1] < values[2]
+
+
+def test_coupled_mmd_is_the_closed_form_mmd_with_a_small_error():
+    """Pairs (x, x + c) of N(0, 1) in 2-D: the coupled estimate of MMD^2(N(0, 1), N(c, 1)) is
+    unbiased: within 3 of its standard errors of the closed form |E phi(x) - E phi(y)|^2
+    (:meth:`FourierKernel.mixture_features` of the two Gaussians), and that error is far below
+    the O(1/N) scatter of independent sets."""
+    from diffcli.eval.distances import FourierKernel, coupled_mmd
+
+    kernel = FourierKernel.gaussian(2, m=512)
+    x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    c = torch.tensor([0.03, -0.02], dtype=torch.float64)
+    exact = (kernel.mixture_features(_one_gaussian([0.0, 0.0], [1.0, 1.0]))
+             - kernel.mixture_features(_one_gaussian(c.tolist(), [1.0, 1.0]))).pow(2).sum()
+    value, se = coupled_mmd(kernel.features(x), kernel.features(x + c))
+    assert abs(value - float(exact)) < 3 * se and se < 0.25 * float(exact)
+    shuffled = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(3))] + c
+    _, se_independent = coupled_mmd(kernel.features(x), kernel.features(shuffled))
+    assert se_independent > 10 * se  # the same estimator on uncoupled pairs
+    assert coupled_mmd(kernel.features(x), kernel.features(x)) == (0.0, 0.0)
