@@ -258,8 +258,8 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
                          "sampler_steps": config["steps"], "grid": config.get("grid", "auto"),
                          "options": {k: v for k, v in options.items() if k != "steps"},
                          "lenet_fid": fid, "sample_s": round(sec, 1)})
-            print(f"{table}: {run} {sampler} on {config['grid']}: LeNet-FID {fid:.2f}",
-                  flush=True)
+            print(f"{table}: {run} {sampler} on {rows[-1]['grid']}, {config['steps']} steps: "
+                  f"LeNet-FID {fid:.2f}", flush=True)
         result["tables"][table] = rows
     return result
 

@@ -96,6 +96,7 @@ def test_guidance_one_is_one_forward_and_classifier_guidance_runs(runs, monkeypa
                        "meta.json").read_text())
     assert meta["nfe"] == 4
     code, lines = run_in_process(["sample", f"ckpt={runs['uncond']}", "sampler=heun", "steps=3",
+                                  "sampler.max_ratio=null",  # 2N - 1 evaluations
                                   "n=4", f"classifier={runs['clf']}", "classifier_scale=2",
                                   "classes=0"], runs["cwd"], monkeypatch, capsys)
     assert code in (0, None), lines

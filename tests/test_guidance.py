@@ -218,8 +218,8 @@ class _Spy:
 @pytest.mark.parametrize("cls", [DDIM, Heun], ids=lambda c: c.__name__)
 def test_one_forward_per_evaluation_of_2b_when_guided_else_b(cls):
     x = torch.randn(4, 2, generator=_gen(6), dtype=F64)
-    sampler = cls(steps=5)
-    nfe = 5 if cls is DDIM else 9  # Heun: 2N - 1
+    sampler = cls(steps=5) if cls is DDIM else cls(steps=5, max_ratio=None)
+    nfe = 5 if cls is DDIM else 9  # Heun: 2N - 1 (every step corrected: max_ratio=None)
     labels = torch.tensor([0, 1, 2, 0])
     for scale, rows, used in ((3.0, 8, [0, 1, 2, K]), (0.5, 8, [0, 1, 2, K]),
                               (0.0, 4, [K]), (1.0, 4, [0, 1, 2])):
