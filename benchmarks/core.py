@@ -265,6 +265,9 @@ _ADDED_SINCE = {  # issue 27: the DDPM chain, no reflow (its settings apply only
     "objective": {"_target_": "diffcli.diffusion.objectives.discrete.DDPM"},
     "reflow": {"ckpt": None, "n": 10000, "sampler": "dpmpp_2m", "steps": 32, "batch_size": 256,
                "use_ema": True, "init": True},
+    # issue 34: latent_mnist's reconstruct stage (an autoencoder's `diffcli sample`) never
+    # samples, so 3M's new option cannot change it
+    "reconstruct.sampler": {"lower_order_final": True},
 }
 UNCHANGED_BY_DEFAULT: dict[str, Any] = {
     f"{group}.{key}": value for group, node in _ADDED_SINCE.items() for key, value in node.items()}

@@ -84,7 +84,9 @@ LDM = [
     "optimizer.lr=5e-4", "trainer.max_steps=2500", "callbacks.preview=null",
     "callbacks.fid_proxy=null",
 ]
-RECONSTRUCT = ["n=1000", "batch_size=256", "use_ema=true", "overwrite=true"]
+# an autoencoder's `diffcli sample` reconstructs and ignores the sampler; it is pinned so that
+# a move of the default sampler cannot stale the result
+RECONSTRUCT = ["n=1000", "batch_size=256", "use_ema=true", "overwrite=true", "sampler=dpmpp_3m"]
 SAMPLE = ["prompt=[" + ",".join(PROMPTS) + "]", "n=500", "seed=0", "batch_size=256",
           "sampler=ddim", "steps=50", "sampler.eta=0.0", "sampler.grid=trailing",
           "sampler.dynamic_threshold=null", "clip_denoised=null", "use_ema=true",
