@@ -61,7 +61,8 @@ class Choice:
         """``dpmpp_2m_sde, logsnr, 5 steps`` (and any option besides the grid)."""
         other = [f"{k}={v}" for k, v in self.options.items() if k != "grid"]
         grid = self.options.get("grid", "its default grid")
-        return ", ".join([self.sampler, str(grid), *other, f"{steps} steps"])
+        return ", ".join([self.sampler, str(grid), *other,
+                          f"{steps} step" + ("s" if steps != 1 else "")])
 
 
 def read_table(path: Path = TABLE) -> dict[str, list[Choice]]:
