@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import copy_points_run
-from test_cli import run
+from test_cli import run, run_here
 
 from diffcli.diffusion.gaussian import IdealNetwork, two_d_mixture
 from diffcli.diffusion.process import Parameterization
@@ -82,6 +82,6 @@ def test_diffcli_sample_says_what_auto_picked(points_checkpoint: Path, tmp_path:
     assert line in proc.stderr
     meta = json.loads((ckpt.parent.parent / "samples" / "auto-5" / "meta.json").read_text())
     assert meta["sampler"] == "auto" and meta["sampler_notes"][0] == line
-    bad = run(tmp_path, "sample", f"ckpt={ckpt}", "sampler.grid=karras", ok=False)
+    bad = run_here(tmp_path, "sample", f"ckpt={ckpt}", "sampler.grid=karras", ok=False)
     assert bad.returncode != 0 and "sampler.grid" in bad.stderr  # auto has no grid key
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
