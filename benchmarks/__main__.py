@@ -9,12 +9,20 @@ differs from its JSON or a result is stale."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.core import RESULTS, ROOT, registry, render_docs, run, stale
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a benchmark as Ctrl-C does: as an exception (exit 143), so that
+    ``subprocess.run`` kills the ``diffcli`` command it is waiting for instead of leaving it
+    running on as an orphan; its run is not stamped finished, so the next run retrains it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown benchmark {', '.join(unknown)}; choose from: "
               f"{', '.join(benches)} or all", file=sys.stderr)
         return 2
+    stop_on_sigterm()
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS)
     if args.smoke and out.resolve() == RESULTS.resolve():
         print("error: --smoke never writes over docs/results", file=sys.stderr)

@@ -133,3 +133,35 @@ def test_a_stopped_benchmark_retrains_only_what_had_not_finished(
     run.mkdir()
     core.mark_finished(run, ["train", "seed=0"])
     assert not core.finished_before(run, ["train", "seed=1"]) and not run.exists()
+
+
+def test_sigterm_stops_a_benchmark_and_the_command_it_waits_for(tmp_path: Path):
+    """`kill <benchmark>` must not leave its `diffcli train` running as an orphan (one did, for
+    35 minutes of a 2-core CPU): the benchmark's SIGTERM handler turns the signal into an
+    exception, and subprocess.run kills its child on the way out."""
+    import signal
+    import time
+
+    link = tmp_path / "path"
+    link.mkdir()
+    (link / "benchmarks").symlink_to(ROOT / "benchmarks")
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    script = ("import subprocess, sys\nfrom benchmarks.__main__ import stop_on_sigterm\n"
+              f"stop_on_sigterm()\nsubprocess.run([sys.executable, '-c', {child!r}])\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(link)})
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # the child is killed, then reaped by subprocess.run
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the benchmark's child {pid} outlived it")
