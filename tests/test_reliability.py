@@ -201,6 +201,10 @@ SIGNALS = {  # command, where its temporary folder appears, signal, exit code, o
 }
 
 
+# serial: in the parallel pass of two clean-clone CI runs (issue 34's stop) the Ctrl-C'd
+# `diffcli sample` twice failed to exit within 120 s, while it passes alone and under an extra
+# CPU load in about 5 s; the cause is not found, so these real-signal tests run on their own
+@pytest.mark.serial
 @pytest.mark.parametrize("name", SIGNALS)
 def test_a_signal_mid_write_leaves_the_earlier_outputs_and_no_partial_one(name: str,
                                                                           run_copy: Path):
