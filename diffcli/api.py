@@ -234,7 +234,7 @@ class Pipeline:
         clip = self.kind == "image" if clip_denoised is None else bool(clip_denoised)
         smp, _ = make_sampler(node, self.opened.schedule, steps=steps, clip_denoised=clip,
                               run=self.opened.run)
-        smp, notes = settle_sampler(smp, self.opened.run, self.opened.schedule)
+        smp, notes = settle_sampler(smp, self.opened.denoiser)
         for line in notes:
             console.print(f"[yellow]note[/]: {line}")
         guided = guide(self.opened, g, self.device)

@@ -22,7 +22,7 @@ from diffcli.checkpoint import DataInfo, LoadedRun, load_checkpoint, read_autoen
 from diffcli.components import build, build_autoencoder, build_net
 from diffcli.diffusion.generate import CountingNet
 from diffcli.diffusion.samplers import Denoiser, Sampler
-from diffcli.diffusion.samplers.auto import Auto
+from diffcli.diffusion.samplers.auto import Auto, objective_of
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError, user_errors
 from diffcli.nets.latent import LatentCodec, file_sha256, load_pretrained_autoencoder
@@ -157,18 +157,17 @@ def make_sampler(node: Any, schedule: NoiseSchedule, *, steps: int | None = None
     return sampler, n
 
 
-def settle_sampler(sampler: Sampler, run: LoadedRun,
-                   schedule: NoiseSchedule) -> tuple[Sampler, list[str]]:
-    """The sampler to run for ``run``: ``sampler=auto`` becomes the sampler it picks for the
-    run's objective (:class:`~diffcli.diffusion.samplers.auto.Auto`); with the lines to print
-    (what auto picked, and how the sampler adapts to its grid: :meth:`Sampler.notice`)."""
+def settle_sampler(sampler: Sampler, denoiser: Denoiser) -> tuple[Sampler, list[str]]:
+    """The sampler to run on ``denoiser``: ``sampler=auto`` becomes the sampler it picks for
+    the network's objective (:class:`~diffcli.diffusion.samplers.auto.Auto`); with the lines
+    to print (what auto picked, and how the sampler adapts to its grid:
+    :meth:`Sampler.notice`)."""
     notes = []
     if isinstance(sampler, Auto):
-        objective = "ddpm" if run.continuous is None else str(run.continuous.name)
         with user_errors("sampler"):
-            notes.append(sampler.describe(objective))
-            sampler = sampler.pick(objective)
-    notice = sampler.notice(schedule)
+            sampler, line = sampler.picked(objective_of(denoiser))
+        notes.append(line)
+    notice = sampler.notice(denoiser.schedule)
     return sampler, notes + ([notice] if notice else [])
 
 

@@ -127,7 +127,7 @@ def resolve(cfg: DictConfig, device: torch.device, run: LoadedRun) -> Request:
     seeds, note = guided.even_seeds(seeds, given=cfg.seeds is not None)
     labels = guided.labels(len(seeds))
     name = sampler_name(sampler_choice(), sampler)
-    sampler, sampler_notes = settle_sampler(sampler, opened.run, opened.schedule)
+    sampler, sampler_notes = settle_sampler(sampler, opened.denoiser)
     folder = OutputFolder(run_dir_of(ckpt) / "samples" / f"{name}-{steps}{guided.tag}",
                           overwrite=bool(cfg.overwrite), kind="samples")
     return Request(opened, sampler, name, steps, seeds, clip, device, folder, guided, labels, note,

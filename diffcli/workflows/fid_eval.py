@@ -145,7 +145,7 @@ def _run_side(cfg: DictConfig, run: LoadedRun, n: int, device: torch.device,
     sampler, steps = make_sampler(cfg.sampler, opened.schedule, run=opened.run, steps=cfg.steps,
                                   clip_denoised=bool(cfg.clip_denoised))
     name = sampler_name(sampler_choice(), sampler)
-    sampler, notes = settle_sampler(sampler, opened.run, opened.schedule)
+    sampler, notes = settle_sampler(sampler, opened.denoiser)
     precision = str(cfg.precision)
     check_precision(precision, device)
 

@@ -129,14 +129,21 @@ class Auto(Sampler):
         """The row picked for ``objective`` at ``steps``."""
         return choose(self.rows(), objective, int(self.steps))
 
+    def picked(self, objective: str) -> tuple[Sampler, str]:
+        """The concrete sampler for ``objective`` at ``steps`` and the line that names it
+        (``auto -> dpmpp_2m_sde, logsnr, 5 steps``), from one reading of the table."""
+        choice = self.choice(objective)
+        sampler = choice.build(int(self.steps), clip_denoised=self.clip_denoised,
+                               dynamic_threshold=self.dynamic_threshold)
+        return sampler, f"auto -> {choice.describe(int(self.steps))}"
+
     def pick(self, objective: str) -> Sampler:
         """The concrete sampler for ``objective`` at ``steps``."""
-        return self.choice(objective).build(int(self.steps), clip_denoised=self.clip_denoised,
-                                            dynamic_threshold=self.dynamic_threshold)
+        return self.picked(objective)[0]
 
     def describe(self, objective: str) -> str:
         """``auto -> dpmpp_2m_sde, logsnr, 5 steps``: what :meth:`pick` gives."""
-        return f"auto -> {self.choice(objective).describe(int(self.steps))}"
+        return self.picked(objective)[1]
 
     def sample(self, model: Denoiser, noise: Tensor, *, generator: Generator = None,
                callback: StepCallback | None = None) -> Tensor:
