@@ -110,7 +110,7 @@ def test_the_installed_wheel_trains_exports_and_samples(installed: dict[str, str
     _diffcli(installed, tmp_path, "train", "dataset=digits", "trainer.max_steps=20", "logger=csv")
     (run,) = (p.parent for p in tmp_path.glob("outputs/*/*/checkpoints"))
     common = ["sampler=ddim", "steps=4", "n=6"]
-    for fmt in ("safetensors", "diffusers", "onnx"):
+    for fmt in ("safetensors", "diffusers"):  # onnx: tests/test_export.py, on this install in CI
         _diffcli(installed, tmp_path, "export", f"format={fmt}")
         assert any((run / "export" / fmt).iterdir())
     exported = run / "export" / "safetensors" / "model.safetensors"
