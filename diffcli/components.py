@@ -45,7 +45,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.data.registry.make_datamodule",
         "diffcli.data.datamodule.make_datamodule",  # its former path, named by older checkpoints
     }),
-    "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP",
+    "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP", "diffcli.nets.dit.DiT",
                         "diffcli.nets.classifier.EncoderClassifier",
                         "diffcli.nets.classifier.MLPClassifier"}),
     "autoencoder": frozenset({"diffcli.nets.autoencoder.KLAutoencoder",
@@ -401,7 +401,8 @@ def build_net(model_cfg: Any, data_shape: Sequence[int], num_classes: int | None
 
     encoder = build("text_encoder", text_encoder_cfg)
     node["context_dim"] = int(encoder.width)
-    if not node.get("transformer_levels") and not node.get("transformer_resolutions") \
+    unet = str(node.get("_target_", "")).endswith(".UNet")  # a DiT cross-attends in every block
+    if unet and not node.get("transformer_levels") and not node.get("transformer_resolutions") \
             and not node.get("mid_transformer"):
         # the default: cross-attention at the lowest resolution and in the middle block
         node["transformer_levels"] = [len(node.get("channel_mults") or (1, 2)) - 1]

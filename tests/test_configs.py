@@ -30,7 +30,9 @@ from diffcli.nets.autoencoder import KLAutoencoder
 from diffcli.restore import make_sampler
 
 SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32), "classifier": (1, 16, 16),
-          "mlp_classifier": (2,)}
+          "mlp_classifier": (2,), "dit": (3, 16, 16), "dit_s": (4, 32, 32), "dit_b": (4, 32, 32),
+          "dit_l": (4, 32, 32), "dit_xl": (4, 32, 32)}
+ON_META = ("dit_s", "dit_b", "dit_l", "dit_xl")  # the paper's sizes: shapes only, no memory
 CLASSIFIERS = ("classifier", "mlp_classifier")
 
 
@@ -81,12 +83,13 @@ def test_every_model_builds(name: str):
         x = torch.randn(2, *SHAPES[name])
         assert net(x, torch.tensor([0, 999])).shape == (2, 3)
         return
-    net = build_net(compose_with("train", f"model={name}").model, SHAPES[name])
-    x = torch.randn(2, *SHAPES[name])
-    assert net(x, torch.tensor([0, 999])).shape == x.shape
-    conditional = build_net(compose_with("train", f"model={name}").model, SHAPES[name],
-                            num_classes=4)  # + the null label 4
-    assert conditional(x, torch.tensor([0, 999]), torch.tensor([1, 4])).shape == x.shape
+    with torch.device("meta" if name in ON_META else "cpu"):
+        net = build_net(compose_with("train", f"model={name}").model, SHAPES[name])
+        x = torch.randn(2, *SHAPES[name])
+        assert net(x, torch.tensor([0, 999])).shape == x.shape
+        conditional = build_net(compose_with("train", f"model={name}").model, SHAPES[name],
+                                num_classes=4)  # + the null label 4
+        assert conditional(x, torch.tensor([0, 999]), torch.tensor([1, 4])).shape == x.shape
 
 
 @pytest.mark.parametrize("name", options("schedule"))

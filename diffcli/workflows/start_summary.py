@@ -103,7 +103,7 @@ def _dataset(section: Section, config: Section, f: StartFacts) -> str:
 def _network(section: Section, config: Section, f: StartFacts) -> str:
     return ", ".join(filter(None, [_target(section), _keys(section, (
         "base_channels", "channel_mults", "num_res_blocks", "attention_levels", "hidden",
-        "depth", "width", "z_channels", "learn_sigma")),
+        "patch_size", "hidden_size", "depth", "width", "z_channels", "learn_sigma")),
         f"latents {f.encodes_to}" if f.encodes_to else ""]))
 
 
