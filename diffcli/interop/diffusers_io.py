@@ -1,6 +1,7 @@
 """diffusers folders: a diffcli U-Net as a ``DDPMPipeline`` (``unet/`` + ``scheduler/``), and a
 ``UNet2DModel`` folder (exported here, or e.g. google/ddpm-cifar10-32) read back as a diffcli
-checkpoint.
+checkpoint; a diffcli DiT as ``transformer/`` (``DiTTransformer2DModel``, mapped by
+:mod:`diffcli.interop.dit_diffusers`) + ``scheduler/``, read back the same way.
 
 The U-Net's layout and weights map through :mod:`diffcli.interop.diffusers_layout`; the noise
 schedule maps onto the scheduler config (``linear`` betas, ``squaredcos_cap_v2`` for the cosine
@@ -34,6 +35,7 @@ PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler",
               "dpmpp_2m": "DPMSolverMultistepScheduler"}
 DIFFCLI_FILE = "diffcli.json"  # the run's dataset and classes, for reading the folder back
+DIT_TARGET = "diffcli.nets.dit.DiT"
 LINEAR = "diffcli.diffusion.schedules.linear_schedule"
 COSINE = "diffcli.diffusion.schedules.cosine_schedule"
 
@@ -122,9 +124,12 @@ def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
                      num_classes: int | None, text: bool) -> dict[str, Any]:
     """The ``UNet2DModel`` config of a run's network (its ``config``; ``data_shape``: what the
     U-Net generates, latents for a latent model), or ValueError (one line) for a model that a
-    diffusers folder cannot hold."""
-    _refuse_kind(text)
+    diffusers folder cannot hold. A DiT gets its ``DiTTransformer2DModel`` config
+    (:mod:`diffcli.interop.dit_diffusers`)."""
     model = config.get("model") or {}
+    if model.get("_target_") == DIT_TARGET:
+        return _dit_layout(model, data_shape, num_classes=num_classes, text=text)[0]
+    _refuse_kind(text)
     if model.get("_target_") != UNET_TARGET:
         raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
                          "UNet2DModel takes images; 2-D point models export as safetensors")
@@ -148,6 +153,11 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
     import diffusers
     from diffusers import DDPMPipeline, UNet2DModel
 
+    if (config.get("model") or {}).get("_target_") == DIT_TARGET:
+        _write_dit_folder(folder, config, data_shape, weights, scheduler=scheduler,
+                          num_classes=num_classes, text=text, dataset=dataset, data=data,
+                          vae=vae)
+        return False
     unet = UNet2DModel(**diffusers_layout(config, data_shape, num_classes=num_classes,
                                           text=text))
     kwargs = {k: v for k, v in (config.get("model") or {}).items() if k != "_target_"}
@@ -166,6 +176,87 @@ def write_diffusers_folder(folder: Path, config: dict[str, Any], data_shape: tup
         vae.save_pretrained(folder / "vae", safe_serialization=True)
     atomic_write_text(folder / DIFFCLI_FILE, dumps_json({"dataset": dataset, "data": data}))
     return pipeline
+
+
+def _dit_layout(model: dict[str, Any], data_shape: tuple[int, ...], *, num_classes: int | None,
+                text: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``DiTTransformer2DModel`` config, the DiT's kwargs) of a DiT ``model`` node; ValueError
+    (one line) for a text-conditioned DiT or one diffusers' DiT cannot compute exactly."""
+    from diffcli.interop.dit_diffusers import TEXT_REFUSAL, diffusers_dit_config
+
+    if text or model.get("context_dim") is not None:
+        raise ValueError(TEXT_REFUSAL)
+    kwargs = {k: v for k, v in model.items() if k != "_target_"}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return diffusers_dit_config(kwargs, data_shape), kwargs
+
+
+def _write_dit_folder(folder: Path, config: dict[str, Any], data_shape: tuple[int, ...],
+                      weights: dict[str, torch.Tensor], *, scheduler: tuple[str, dict[str, Any]],
+                      num_classes: int | None, text: bool, dataset: dict[str, Any] | None,
+                      data: dict[str, Any] | None, vae: Any = None) -> None:
+    """A DiT run as ``transformer/`` (``DiTTransformer2DModel``), ``scheduler/`` and, for a
+    latent model, ``vae/``: the U-Net folder's layout with ``transformer/`` for ``unet/``
+    (no ``model_index.json``: diffusers' ``DiTPipeline`` hard-codes ImageNet's 1000 labels and
+    the SD VAE's scale)."""
+    import diffusers
+    from diffusers import DiTTransformer2DModel
+
+    from diffcli.interop.dit_diffusers import to_diffusers_dit_state_dict
+
+    dit_config, kwargs = _dit_layout(config.get("model") or {}, data_shape,
+                                     num_classes=num_classes, text=text)
+    transformer = DiTTransformer2DModel(**dit_config)
+    transformer.load_state_dict(to_diffusers_dit_state_dict(weights, kwargs, data_shape),
+                                strict=True)
+    name, sched_cfg = scheduler
+    transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+    getattr(diffusers, name).from_config(sched_cfg).save_pretrained(folder / "scheduler")
+    if vae is not None:
+        vae.save_pretrained(folder / "vae", safe_serialization=True)
+    atomic_write_text(folder / DIFFCLI_FILE, dumps_json({"dataset": dataset, "data": data}))
+
+
+def _read_dit_folder(folder: Path, dit_dir: Path) -> dict[str, Any]:
+    """:func:`read_diffusers_folder` for a ``DiTTransformer2DModel`` (``transformer/`` of an
+    exported DiT run, or the folder itself)."""
+    from diffcli.interop.dit_diffusers import from_diffusers_dit
+
+    dit_cfg, sched = _json(dit_dir / "config.json"), _scheduler(folder, dit_dir)
+    try:
+        schedule, objective, prediction, learned = noise_model(sched)
+        kwargs, shape, state = from_diffusers_dit(dit_cfg, _weights(dit_dir),
+                                                  learn_sigma=learned)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
+    extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
+    num_classes = kwargs.pop("num_classes", None)
+    data = {**(extra.get("data") or {}), **_image_data(folder, shape)}
+    c, h, _ = data["shape"]
+    if num_classes is not None and "num_classes" not in data:
+        data = {**data, "num_classes": num_classes,
+                "class_names": [str(i) for i in range(num_classes)]}
+    dataset = extra.get("dataset") or {"_target_": "diffcli.data.registry.make_datamodule",
+                                       "name": "imagefolder", "root": None, "image_size": h,
+                                       "channels": c}
+    config = {"model": {"_target_": DIT_TARGET, **kwargs}, "schedule": schedule,
+              "module": {"prediction": prediction}, "dataset": dataset, "task": "diffusion",
+              "conditional": num_classes is not None}
+    if objective is not None:
+        config["objective"] = objective
+    return {"diffcli": {"config": config, "data": data},
+            "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
+
+
+def _dit_folder(folder: Path) -> Path | None:
+    """The folder holding a ``DiTTransformer2DModel`` (``folder/transformer`` or ``folder``),
+    or None when ``folder`` holds none."""
+    for candidate in (folder / "transformer", folder):
+        path = candidate / "config.json"
+        if path.is_file() and _json(path).get("_class_name") == "DiTTransformer2DModel":
+            return candidate
+    return None
 
 
 def autoencoder_kl(ae_config: dict[str, Any], weights: dict[str, torch.Tensor],
@@ -255,7 +346,11 @@ def _image_data(folder: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
 def read_diffusers_folder(folder: Path) -> dict[str, Any]:
     """A diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/`` and
     ``scheduler/``) as the checkpoint-shaped mapping of a diffcli run (see
-    :func:`diffcli.interop.safetensors_io.read_safetensors`)."""
+    :func:`diffcli.interop.safetensors_io.read_safetensors`). A ``DiTTransformer2DModel``
+    folder (``transformer/``) reads as a diffcli DiT."""
+    dit_dir = _dit_folder(folder)
+    if dit_dir is not None:
+        return _read_dit_folder(folder, dit_dir)
     unet_dir = _unet_folder(folder)
     unet_cfg, sched = _json(unet_dir / "config.json"), _scheduler(folder, unet_dir)
     try:

@@ -6,10 +6,17 @@ Layout (Peebles & Xie 2023, Sec. 3.2, Fig. 3):
 
 * patchify: a ``p x p`` convolution with stride ``p`` turns ``(B, C, H, W)`` into
   ``T = (H / p) (W / p)`` tokens of width ``hidden_size`` (a linear embedding of each
-  ``p x p x C`` patch), plus fixed 2-D sine-cosine position embeddings (a buffer, not learned);
-* conditioning ``c = TimeEmbedding(t) + LabelEmbedding(y)`` ``(B, hidden_size)``: sinusoidal
-  features of ``t`` through a two-layer MLP (as the repo's U-Net), plus a class embedding with
-  one extra null label for classifier-free guidance (Ho & Salimans 2022);
+  ``p x p x C`` patch), plus fixed 2-D sine-cosine position embeddings (a buffer, not learned;
+  the first half of the channels encodes the column, the second the row, as the paper's code
+  and diffusers' ``PatchEmbed``);
+* conditioning ``c = TimeEmbedding(t) + LabelEmbedding(y)`` ``(B, hidden_size)``: 256
+  sinusoidal features of ``t`` through a two-layer MLP (as the repo's U-Net), plus a class
+  embedding with one extra null label for classifier-free guidance (Ho & Salimans 2022). The
+  features are ``[cos(t f_i), sin(t f_i)]`` with ``f_i = 10000 ** (-i / (128 - 1))`` by default
+  (``time_freq_shift=1``): diffusers' ``DiTTransformer2DModel`` basis (``Timesteps(256,
+  flip_sin_to_cos=True, downscale_freq_shift=1)``), so the net exports to it exactly
+  (:mod:`diffcli.interop.dit_diffusers`); the paper's own code uses ``time_freq_shift=0``
+  (``f_i = 10000 ** (-i / 128)``), a slightly different frequency basis of the same kind;
 * ``depth`` adaLN-Zero blocks: LayerNorm without affine parameters, modulated by a shift,
   scale and gate regressed from ``c`` (SiLU -> Linear, zero-initialised so each block is the
   identity at init), around multi-head self-attention and a GELU (tanh) MLP;
@@ -78,11 +85,12 @@ def _sincos_1d(dim: int, positions: Tensor) -> Tensor:
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
     """Fixed 2-D sine-cosine position embedding (Peebles & Xie 2023, Sec. 3.2, after ViT /
     MAE): ``(grid_h * grid_w, dim)`` float32, row-major over the token grid; the first half of
-    the channels encodes the row, the second half the column. ``dim`` must be a multiple of 4.
-    Computed on the CPU."""
+    the channels encodes the column, the second half the row (the layout of the paper's code and
+    of diffusers' ``PatchEmbed`` at its trained size). ``dim`` must be a multiple of 4. Computed
+    on the CPU."""
     rows = torch.arange(grid_h, device="cpu").repeat_interleave(grid_w)  # (T,)
     cols = torch.arange(grid_w, device="cpu").repeat(grid_h)  # (T,)
-    emb = torch.cat([_sincos_1d(dim // 2, rows), _sincos_1d(dim // 2, cols)], dim=1)
+    emb = torch.cat([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], dim=1)
     return emb.to(torch.float32)  # (T, dim)
 
 
@@ -211,7 +219,11 @@ class DiT(nn.Module):
         grad_checkpointing: recompute each block in the backward pass
             (:func:`torch.utils.checkpoint.checkpoint`, ``use_reentrant=False``) while training
             with gradients enabled: less activation memory, about one more forward of compute.
-        freq_dim: width of the sinusoidal timestep features (256 in the paper).
+        freq_dim: width of the sinusoidal timestep features (256 in the paper and diffusers).
+        time_freq_shift: the timestep frequencies are ``10000 ** (-i / (freq_dim / 2 -
+            time_freq_shift))``: 1 (default) is diffusers' ``DiTTransformer2DModel``
+            (``downscale_freq_shift=1``), needed for ``format=diffusers``; 0 is the paper's
+            code.
 
     Raises:
         ValueError: data that are not images ``(C, H, W)``, or sizes that do not fit (one line
@@ -223,7 +235,8 @@ class DiT(nn.Module):
                  depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
                  num_classes: int | None = None, learn_sigma: bool = False,
                  out_channels: int | None = None, context_dim: int | None = None,
-                 grad_checkpointing: bool = False, freq_dim: int = 256) -> None:
+                 grad_checkpointing: bool = False, freq_dim: int = 256,
+                 time_freq_shift: float = 1.0) -> None:
         super().__init__()
         image_width = image_size
         if data_shape is not None:
@@ -233,7 +246,7 @@ class DiT(nn.Module):
                         learn_sigma, out_channels, context_dim)
         self.grad_checkpointing = bool(grad_checkpointing)
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
-        self.t_embedder = TimeEmbedding(freq_dim, hidden_size)
+        self.t_embedder = TimeEmbedding(freq_dim, hidden_size, freq_shift=time_freq_shift)
         # Row ``num_classes`` is the null label (classifier-free guidance).
         self.y_embedder = (None if num_classes is None
                            else nn.Embedding(num_classes + 1, hidden_size))

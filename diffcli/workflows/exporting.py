@@ -7,7 +7,8 @@
   the run's schedule with the chosen ``sampler`` as DDPM / DDIM / DPM-Solver++ scheduler; a
   flow-matching model's, ``objective=flow`` on diffusers' linear path, as
   ``FlowMatchEulerDiscreteScheduler``; EDM and other flow paths are refused in one line);
-  ``diffcli sample ckpt=<folder>`` reads it back.
+  ``diffcli sample ckpt=<folder>`` reads it back. A DiT run writes ``transformer/`` (a
+  ``DiTTransformer2DModel``) in place of ``unet/``.
 * ``format=onnx``: ``model.onnx``, the denoiser ``(x_t, t[, y]) -> prediction`` with a dynamic
   batch axis, checked against torch with onnxruntime.
 
@@ -200,7 +201,9 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
             dataset=run.config.get("dataset"), data=run.describe_data(), vae=_vae(run))
     except ValueError as e:
         raise DiffcliError(f"format=diffusers: {e}") from None
-    if pipeline:
+    if (run.config.get("model") or {}).get("_target_") == "diffcli.nets.dit.DiT":
+        load = _dit_load_lines(run, scheduler[0])
+    elif pipeline:
         load = ["from diffusers import DDPMPipeline", "",
                 'pipe = DDPMPipeline.from_pretrained("{folder}")',
                 "images = pipe(batch_size=16, num_inference_steps=50).images"]
@@ -220,6 +223,28 @@ def _diffusers(run: LoadedRun, folder: Path, which: str,
                      'vae = AutoencoderKL.from_pretrained("{folder}", subfolder="vae")',
                      "images = vae.decode(x / vae.config.scaling_factor).sample"]
     return taken, load + ["# or: diffcli sample ckpt={folder}"]
+
+
+def _dit_load_lines(run: LoadedRun, name: str) -> list[str]:
+    """The model card's lines that sample an exported DiT with diffusers: the transformer and
+    scheduler driven by hand (an unconditional DiT's label table is zero: any label works)."""
+    k, shape = run.num_classes, ", ".join(map(str, run.sample_shape))
+    labels = (f"y = torch.randint(0, {k}, (16,))  # class labels; {k} is the null label" if k
+              else "y = torch.zeros(16, dtype=torch.long)  # unconditional: any label, same output")
+    out = "net(x, t.expand(16), class_labels=y).sample"
+    if run.learned_variance and name != "DDPMScheduler":
+        out += f"[:, :{run.sample_shape[0]}]"  # the prediction half; the variances are unused
+    load = ["import torch", f"from diffusers import DiTTransformer2DModel, {name}", "",
+            'net = DiTTransformer2DModel.from_pretrained("{folder}", subfolder="transformer")',
+            f'scheduler = {name}.from_pretrained("{{folder}}", subfolder="scheduler")',
+            "scheduler.set_timesteps(50)", f"x = torch.randn(16, {shape})", labels,
+            "with torch.no_grad():", "    for t in scheduler.timesteps:",
+            f"        x = scheduler.step({out}, t, x).prev_sample"]
+    if run.latent is not None:
+        load += ["from diffusers import AutoencoderKL",
+                 'vae = AutoencoderKL.from_pretrained("{folder}", subfolder="vae")',
+                 "images = vae.decode(x / vae.config.scaling_factor).sample"]
+    return load
 
 
 def export(cfg: DictConfig, run: LoadedRun | None = None) -> Path:
