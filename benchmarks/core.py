@@ -268,6 +268,8 @@ _ADDED_SINCE = {  # issue 27: the DDPM chain, no reflow (its settings apply only
     # issue 34: latent_mnist's reconstruct stage (an autoencoder's `diffcli sample`) never
     # samples, so 3M's new option cannot change it
     "reconstruct.sampler": {"lower_order_final": True},
+    # issue 28: the U-Net's activation checkpointing, off (the same numbers, recomputed or not)
+    "model": {"grad_checkpointing": False},
 }
 UNCHANGED_BY_DEFAULT: dict[str, Any] = {
     f"{group}.{key}": value for group, node in _ADDED_SINCE.items() for key, value in node.items()}

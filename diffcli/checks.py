@@ -66,9 +66,25 @@ def check_trainer(cfg: DictConfig) -> None:
         if isinstance(batches, float) and batches > 1:
             raise UsageError(f"trainer.limit_train_batches={batches}: give a fraction <= 1.0 "
                              "of an epoch or a whole number of batches")
+        check_fsdp(trainer)
         if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UsageError(f"trainer.accelerator={trainer['accelerator']} but this machine has "
                              "no CUDA device; use trainer=cpu (or trainer.accelerator=auto)")
+
+
+def check_fsdp(trainer: Mapping) -> None:
+    """``trainer=fsdp`` (any ``fsdp*`` strategy) only where it can run: Lightning's FSDPStrategy
+    wraps torch's FullyShardedDataParallel, which needs an accelerator device (on the CPU
+    Lightning refuses it, and torch raises "FSDP needs a non-CPU accelerator device")."""
+    strategy = trainer.get("strategy")
+    if not (isinstance(strategy, str) and strategy.startswith("fsdp")):
+        return
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return
+    version = torch.__version__.split("+")[0]
+    raise UsageError(f"trainer=fsdp needs CUDA GPUs (FSDP has no CPU backend in torch {version}); "
+                     "use trainer=ddp trainer.accelerator=cpu on the CPU")
 
 
 def check_groups(cfg: DictConfig) -> None:

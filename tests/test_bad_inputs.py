@@ -184,6 +184,23 @@ def test_bad_input(args: list[str], fragment: str, code: int, workdir: Path,
         assert _is_a_key(args[0].replace("-", "_"), key, choices), f"{key} in: {lines[0]}"
 
 
+@pytest.mark.parametrize("args", [
+    ["train", "trainer=fsdp", "trainer.accelerator=cpu"],
+    pytest.param(["train", "trainer=fsdp"], marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="refused only without CUDA")),
+], ids=" ".join)
+def test_fsdp_on_the_cpu_is_refused_in_one_line_before_any_work(
+        args: list[str], workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture):
+    """Lightning refuses FSDP with accelerator=cpu and torch's FullyShardedDataParallel needs
+    an accelerator device: one line naming trainer=ddp, as the table's cases (kept out of the
+    table, whose count the docs state)."""
+    test_bad_input(args, "trainer=fsdp needs CUDA GPUs (FSDP has no CPU backend in torch ", 2,
+                   workdir, monkeypatch, capsys)
+    _, lines = run_in_process(args, workdir, monkeypatch, capsys)
+    assert lines[0].endswith("use trainer=ddp trainer.accelerator=cpu on the CPU"), lines
+
+
 SUGGESTION = re.compile(r"(?:did you mean|is now|use|pass|set|or|lower|e\.g\.) "
                         r"`?(?:diffcli \w+ )?([a-z_][a-z0-9_.]*)(?:=|\?|\b)")
 

@@ -13,6 +13,7 @@ from torch import nn
 from diffcli.errors import DiffcliError
 from diffcli.files import NpzStream
 from diffcli.nets import memory
+from diffcli.nets.dit import DiT
 from diffcli.nets.memory import Footprint, check_fits, footprint
 from diffcli.nets.mlp import MLP
 from diffcli.nets.unet import UNet
@@ -90,3 +91,35 @@ def test_a_batch_that_cannot_fit_is_refused_naming_one_that_does(monkeypatch):
 def test_a_sample_too_large_for_any_batch_says_so():
     fp = Footprint(params=10, fixed=0, per_sample=2**40)
     assert memory.batch_hint(fp, 2**30, "batch_size").startswith("even batch_size=1 needs 1.0 TiB")
+
+
+def _dit(checkpointing: bool) -> DiT:
+    return DiT(data_shape=(4, 16, 16), patch_size=2, hidden_size=128, depth=4, num_heads=4,
+               grad_checkpointing=checkpointing)
+
+
+def _unet(checkpointing: bool) -> UNet:
+    return UNet(data_shape=(3, 16, 16), base_channels=16, grad_checkpointing=checkpointing)
+
+
+@pytest.mark.parametrize(("build", "shape"), [(_unet, (3, 16, 16)), (_dit, (4, 16, 16))])
+def test_activation_checkpointing_lowers_the_traced_training_bytes_a_sample(build, shape):
+    plain = footprint(lambda: build(False), shape, grad=True)
+    ckpt = footprint(lambda: build(True), shape, grad=True)
+    assert plain.params == ckpt.params
+    assert 0 < ckpt.per_sample < 0.7 * plain.per_sample
+
+
+def test_the_fitted_line_bounds_every_traced_peak_and_meets_it_at_large_batches():
+    """With checkpointing the gradients of the weights set the peak of small batches (the old
+    two small traces saw 0.4x of the per-sample bytes): the fit is the large-batch slope, from
+    the small batch's peak, so it is never below a traced peak and close to it when large."""
+    fp = footprint(lambda: _dit(True), (4, 16, 16), grad=True)
+    with torch.device("meta"):
+        net = _dit(True)
+    for batch in (4, 16, 256, 4096):
+        traced = memory._peak(net, (4, 16, 16), batch, True, lambda n, x, t: n(x, t))
+        fitted = fp.fixed + batch * fp.per_sample
+        assert traced <= fitted, batch
+        if batch >= 256:
+            assert fitted < 1.05 * traced, batch

@@ -418,3 +418,37 @@ def test_unet_defaults_unchanged() -> None:
     assert not _attention_blocks(net) and net.label_embed is None
     assert [type(m).__name__ for m in net.mid_block] == ["ResBlock", "ResBlock"]
     assert count_parameters(net) == 634_273
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_unet_grad_checkpointing_gives_the_same_outputs_and_gradients(dropout: float) -> None:
+    """Checkpointed blocks (recomputed in backward, non-reentrant: dropout replays the same
+    random state) give the plain net's outputs and gradients, with the same state_dict keys;
+    attention, a spatial transformer and class labels included."""
+    kwargs = {"data_shape": (2, 16, 16), "base_channels": 8, "channel_mults": (1, 2),
+              "num_res_blocks": 1, "attention_levels": (1,), "transformer_levels": (1,),
+              "context_dim": 8, "num_classes": 3, "use_scale_shift_norm": True,
+              "dropout": dropout}
+    torch.manual_seed(0)
+    plain = UNet(**kwargs)  # type: ignore[arg-type]
+    _randomise_(plain)
+    ckpt = UNet(**kwargs, grad_checkpointing=True)  # type: ignore[arg-type]
+    assert list(ckpt.state_dict()) == list(plain.state_dict())
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, y = torch.randn(2, 2, 16, 16), torch.tensor([3.0, 600.0]), torch.tensor([0, 2])
+    context = torch.randn(2, 3, 8)
+    outs, grads = [], []
+    for net in (plain, ckpt):
+        net.train()
+        net.zero_grad()
+        torch.manual_seed(1)
+        out = net(x, t, y, context=context)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    assert torch.allclose(outs[0], outs[1], rtol=1e-6, atol=1e-7)
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], rtol=1e-5, atol=1e-7), name
+    ckpt.eval()  # not training: no recomputation, the plain forward
+    with torch.no_grad():
+        assert torch.equal(ckpt(x, t, y, context=context), plain.eval()(x, t, y, context=context))

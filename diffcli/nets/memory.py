@@ -3,9 +3,13 @@
 The network is built on PyTorch's ``meta`` device (shapes only: no memory, no compute) and one
 forward is traced under a dispatch mode that adds up the bytes of every tensor an operation
 allocates and subtracts them when the tensor is freed: the peak is what that forward keeps
-alive at once (activations, and under autograd what backward will need). It is linear in the
-batch size, so two traces give ``bytes(B) = fixed + B * per_sample`` and the largest batch
-that fits in the free memory of a device.
+alive at once (activations, and under autograd what backward will need). What is alive after
+each operation is linear in the batch size, so the peak is the largest of such lines, convex
+in B: a trace at a small batch and two at batches far larger (free on the meta device) give
+``bytes(B) = fixed + B * per_sample``, the per-sample slope where activations dominate and
+the line through the small batch's peak with it (never below the peak for larger batches).
+Tracing only small batches would miss the slope whenever a batch-independent peak wins there:
+the gradients of a large network trained with activation checkpointing (DiT-XL: per-sample 0).
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ class Footprint:
         return max(0, room // max(self.per_sample, 1))
 
 
-TRACE_BATCHES = (4, 8)  # two traces give fixed + per-sample bytes
+TRACE_BATCHES = (4, 8)  # the small batch whose peak anchors ``fixed``; the least large batch
+DOMINATE = 16  # the large batches' input bytes are >= DOMINATE x the small batch's whole peak
+MAX_TRACE_BATCH = 2**24  # bounds any batch-sized tensor made on the CPU while tracing (arange)
 MARGIN = 1.25  # measured peak RSS / traced peak of a U-Net forward on this CPU: 1.1 to 1.4
 SCREEN = 4096  # traced only when SCREEN float32 copies of the batch near half the free memory
 
@@ -106,8 +112,15 @@ def footprint(build: Callable[[], nn.Module], shape: tuple[int, ...], *, grad: b
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     params += sum(b.numel() * b.element_size() for b in net.buffers())
     small, large = TRACE_BATCHES
-    one, two = (_peak(net, shape, b, grad, call) for b in TRACE_BATCHES)
-    per = max(two - one, 0) // (large - small)
+    one = _peak(net, shape, small, grad, call)
+    # Batches whose inputs alone outweigh every batch-independent peak (weights' gradients):
+    # the slope between them is the per-sample cost of the activations, to within 1/DOMINATE
+    # of an input's bytes. They cost nothing on the meta device.
+    item = 4 * max(math.prod(shape), 1)
+    large = min(max(large, 2 ** math.ceil(math.log2(max(DOMINATE * one / item, 1)))),
+                MAX_TRACE_BATCH)
+    lo, hi = (_peak(net, shape, b, grad, call) for b in (large, 2 * large))
+    per = max(hi - lo, 0) // large
     return Footprint(params, max(one - small * per, 0), per)
 
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.layers import TimeEmbedding
 from diffcli.nets.unet_blocks import UNetBlocks
@@ -122,6 +123,13 @@ class UNet(nn.Module):
             reference code; diffusers' ``freq_shift=1``).
         time_sin_first: order the timestep features ``[sin, cos]`` (DDPM reference code;
             diffusers' ``flip_sin_to_cos=False``) instead of ``[cos, sin]`` (default, ADM).
+        grad_checkpointing: activation checkpointing: recompute each block of the down path,
+            the middle block and each block of the up path (every ``EmbedSequential``: a
+            ResBlock with its attention / spatial transformer, or a resampler) in the backward
+            pass (:func:`torch.utils.checkpoint.checkpoint`, ``use_reentrant=False``, which
+            replays dropout with the same random state) while training with gradients on:
+            only the blocks' inputs are kept, for about a third more compute. Same outputs
+            and gradients, no new parameters (state_dict keys unchanged).
 
     Raises:
         ValueError: transformer levels (or ``mid_transformer``) without ``context_dim``,
@@ -161,8 +169,10 @@ class UNet(nn.Module):
         norm_eps: float = 1e-5,
         time_freq_shift: float = 0.0,
         time_sin_first: bool = False,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = bool(grad_checkpointing)
         if data_shape is not None:  # the interface every diffcli network takes
             in_channels, image_size = image_channels_and_size(data_shape, image_size)
         self._set_sizes(in_channels, out_channels, learn_sigma, channel_mults, num_res_blocks,
@@ -316,9 +326,16 @@ class UNet(nn.Module):
         h = self.conv_in(self.pad(x))  # (B, base, H', W'), H' and W' multiples of size_multiple
         skips = [h]
         for block in self.down_blocks:
-            h = block(h, emb, context, context_mask)
+            h = self._run_block(block, h, emb, context, context_mask)
             skips.append(h)
-        return self.mid_block(h, emb, context, context_mask), skips, emb
+        return self._run_block(self.mid_block, h, emb, context, context_mask), skips, emb
+
+    def _run_block(self, block: nn.Module, h: Tensor, emb: Tensor, context: Tensor | None,
+                   context_mask: Tensor | None) -> Tensor:
+        """One EmbedSequential, recomputed in backward when checkpointing while training."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
+        return block(h, emb, context, context_mask)
 
     def check_context(self, batch: int, context: Tensor | None,
                       context_mask: Tensor | None) -> None:
@@ -360,7 +377,8 @@ class UNet(nn.Module):
             raise ValueError("this UNet was built without a decoder (decoder=false): use encode")
         h, skips, emb = self.encode(x, t, y, context=context, context_mask=context_mask)
         for block in self.up_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb, context,
+                                context_mask)
         return self.out(h)[..., : x.shape[-2], : x.shape[-1]]  # (B, out_channels, H, W)
 
     def pad(self, x: Tensor) -> Tensor:
