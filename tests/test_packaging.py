@@ -156,6 +156,6 @@ def test_ci_installs_and_tests_as_the_readme_says():
     install, test = _readme_blocks()
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert 'pip install ".[dev]" -c constraints.txt' in install and "-e" not in install.split()
-    assert 'pip install ".[dev]" -c constraints.txt' in ci
+    assert any(line.startswith('pip install ".[dev]" -c constraints.txt') for line in ci)
     assert any(line.startswith(test) for line in ci), test
     assert "-n 2" in test and "-m serial" in test  # both passes: nothing is left out
