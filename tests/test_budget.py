@@ -114,7 +114,8 @@ def test_a_timed_run_trains_until_its_budget_with_the_lr_decayed(tmp_path: Path)
     metrics = next(tmp_path.glob("outputs/*/*/logs/metrics.csv"))
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("train/lr")]
     lrs = [float(r["train/lr"]) for r in rows]
-    assert len(lrs) > 5 and lrs[0] > 0.5 * 2e-3 and lrs[-1] < 0.1 * 2e-3
+    # >= 3 logged steps: under a loaded CPU the 4 seconds held only 4 (the decay still shows)
+    assert len(lrs) >= 3 and lrs[0] > 0.5 * 2e-3 and lrs[-1] < 0.1 * 2e-3
     ckpt = torch.load(next(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")),
                       map_location="cpu", weights_only=True)
     assert ckpt["diffcli"]["config"]["trainer"]["max_steps"] == -1
