@@ -230,23 +230,8 @@ def _read_dit_folder(folder: Path, dit_dir: Path) -> dict[str, Any]:
                                                   learn_sigma=learned)
     except ValueError as e:
         raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
-    extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
-    num_classes = kwargs.pop("num_classes", None)
-    data = {**(extra.get("data") or {}), **_image_data(folder, shape)}
-    c, h, _ = data["shape"]
-    if num_classes is not None and "num_classes" not in data:
-        data = {**data, "num_classes": num_classes,
-                "class_names": [str(i) for i in range(num_classes)]}
-    dataset = extra.get("dataset") or {"_target_": "diffcli.data.registry.make_datamodule",
-                                       "name": "imagefolder", "root": None, "image_size": h,
-                                       "channels": c}
-    config = {"model": {"_target_": DIT_TARGET, **kwargs}, "schedule": schedule,
-              "module": {"prediction": prediction}, "dataset": dataset, "task": "diffusion",
-              "conditional": num_classes is not None}
-    if objective is not None:
-        config["objective"] = objective
-    return {"diffcli": {"config": config, "data": data},
-            "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
+    return _checkpoint(folder, DIT_TARGET, kwargs, shape, state,
+                       (schedule, objective, prediction))
 
 
 def _dit_folder(folder: Path) -> Path | None:
@@ -359,24 +344,36 @@ def read_diffusers_folder(folder: Path) -> dict[str, Any]:
         state = from_diffusers_state_dict(_weights(unet_dir), kwargs, shape)
     except ValueError as e:
         raise CheckpointError(f"{folder}: cannot be read as a diffcli model: {e}") from None
+    return _checkpoint(folder, UNET_TARGET, kwargs, shape, state,
+                       (schedule, objective, prediction))
+
+
+__all__ = ["autoencoder_kl", "diffusers_layout", "noise_model", "read_diffusers_folder",
+           "schedule_node", "scheduler_config", "vae_kwargs", "write_diffusers_folder"]
+
+
+def _checkpoint(folder: Path, target: str, kwargs: dict[str, Any], shape: tuple[int, int, int],
+                state: dict[str, torch.Tensor],
+                noise: tuple[dict[str, Any], dict[str, Any] | None, str]) -> dict[str, Any]:
+    """The diffcli checkpoint of a diffusers folder's network: ``target`` built with ``kwargs``
+    (its ``num_classes`` moves to the data), weights ``state``, ``noise`` = (schedule node,
+    objective node or None, prediction) from :func:`noise_model`; the run's dataset and classes
+    from the folder's ``diffcli.json`` when it has one."""
+    schedule, objective, prediction = noise
     extra = _json(folder / DIFFCLI_FILE) if (folder / DIFFCLI_FILE).is_file() else {}
     num_classes = kwargs.pop("num_classes", None)
     data = {**(extra.get("data") or {}), **_image_data(folder, shape)}
-    c, h, w = data["shape"]
+    c, h, _ = data["shape"]
     if num_classes is not None and "num_classes" not in data:
         data = {**data, "num_classes": num_classes,
                 "class_names": [str(i) for i in range(num_classes)]}
     dataset = extra.get("dataset") or {"_target_": "diffcli.data.registry.make_datamodule",
                                        "name": "imagefolder", "root": None, "image_size": h,
                                        "channels": c}
-    config = {"model": {"_target_": UNET_TARGET, **kwargs}, "schedule": schedule,
+    config = {"model": {"_target_": target, **kwargs}, "schedule": schedule,
               "module": {"prediction": prediction}, "dataset": dataset, "task": "diffusion",
               "conditional": num_classes is not None}
     if objective is not None:
         config["objective"] = objective
     return {"diffcli": {"config": config, "data": data},
             "state_dict": {f"net.{k}": v for k, v in state.items()}, "global_step": 0}
-
-
-__all__ = ["autoencoder_kl", "diffusers_layout", "noise_model", "read_diffusers_folder",
-           "schedule_node", "scheduler_config", "vae_kwargs", "write_diffusers_folder"]

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from diffcli.nets.layers import ContextBlock, norm, zero_module
 
-__all__ = ["CrossAttention", "FeedForward", "SpatialTransformer", "TransformerBlock"]
+__all__ = ["CrossAttention", "FeedForward", "SpatialTransformer", "TransformerBlock",
+           "check_token_context"]
 
 
 def _check_mask(mask: Tensor, batch: int, length: int) -> None:
@@ -36,6 +37,28 @@ def _check_mask(mask: Tensor, batch: int, length: int) -> None:
             f"attention mask must be a bool tensor of shape (B, L) = ({batch}, {length}) "
             f"(True = attend), got {mask.dtype} {tuple(mask.shape)}"
         )
+
+
+def check_token_context(net: str, context_dim: int | None, batch: int, context: Tensor | None,
+                        context_mask: Tensor | None, hint: str = "set context_dim") -> None:
+    """Raise ``ValueError`` (one line naming ``net``) unless ``context`` ``(batch, L,
+    context_dim)`` and ``context_mask`` ``(batch, L)`` bool (only with a context) suit a network
+    built with ``context_dim`` (None: no token conditioning; ``hint`` says how to add it)."""
+    if context is None:
+        if context_mask is not None:
+            raise ValueError(f"{net} got context_mask without context; pass both or neither")
+        return
+    if context_dim is None:
+        raise ValueError(f"{net} got a context but was built with context_dim=None; "
+                         f"{hint} to condition on tokens")
+    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != context_dim:
+        raise ValueError(f"{net} expects context of shape ({batch}, L, {context_dim}), "
+                         f"got {tuple(context.shape)}")
+    if context_mask is not None and (context_mask.dtype != torch.bool
+                                     or context_mask.shape != context.shape[:2]):
+        raise ValueError(f"{net} expects context_mask as bool ({batch}, {context.shape[1]}) "
+                         f"(True = attend), got {context_mask.dtype} "
+                         f"{tuple(context_mask.shape)}")
 
 
 class CrossAttention(nn.Module):

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from diffcli.nets.attention import CrossAttention
+from diffcli.nets.attention import CrossAttention, check_token_context
 from diffcli.nets.layers import TimeEmbedding
 
 __all__ = ["DiT", "DiTBlock", "patchify", "sincos_pos_embed_2d", "unpatchify"]
@@ -353,21 +353,8 @@ class DiT(nn.Module):
                       context_mask: Tensor | None) -> None:
         """Raise ``ValueError`` unless ``context`` ``(batch, L, context_dim)`` and
         ``context_mask`` ``(batch, L)`` bool (only with a context) suit this net."""
-        if context is None:
-            if context_mask is not None:
-                raise ValueError("DiT got context_mask without context; pass both or neither")
-            return
-        if self.context_dim is None:
-            raise ValueError("DiT got a context but was built with context_dim=None; set "
-                             "context_dim to condition on tokens")
-        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.context_dim:
-            raise ValueError(f"DiT expects context of shape ({batch}, L, {self.context_dim}), "
-                             f"got {tuple(context.shape)}")
-        if context_mask is not None and (context_mask.dtype != torch.bool
-                                         or context_mask.shape != context.shape[:2]):
-            raise ValueError(f"DiT expects context_mask as bool ({batch}, {context.shape[1]}) "
-                             f"(True = attend), got {context_mask.dtype} "
-                             f"{tuple(context_mask.shape)}")
+        check_token_context("DiT", self.context_dim, batch, context, context_mask,
+                            "set context_dim")
 
     def position_embedding(self, grid_h: int, grid_w: int, like: Tensor) -> Tensor:
         """``(1, grid_h * grid_w, D)`` position embeddings: the buffer for the built grid,

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from diffcli.nets.attention import check_token_context
 from diffcli.nets.layers import TimeEmbedding
 from diffcli.nets.unet_blocks import UNetBlocks
 from diffcli.nets.unet_options import (
@@ -344,21 +345,8 @@ class UNet(nn.Module):
         ``context`` must be ``(batch, L, context_dim)`` (only for nets built with
         ``context_dim``); ``context_mask``, only with a context, ``(batch, L)`` bool.
         """
-        if context is None:
-            if context_mask is not None:
-                raise ValueError("UNet got context_mask without context; pass both or neither")
-            return
-        if self.context_dim is None:
-            raise ValueError("UNet got a context but was built with context_dim=None; "
-                             "set context_dim and transformer_levels to condition on tokens")
-        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.context_dim:
-            raise ValueError(f"UNet expects context of shape ({batch}, L, {self.context_dim}), "
-                             f"got {tuple(context.shape)}")
-        if context_mask is not None and (context_mask.dtype != torch.bool
-                                         or context_mask.shape != context.shape[:2]):
-            raise ValueError(f"UNet expects context_mask as bool ({batch}, {context.shape[1]}) "
-                             f"(True = attend), got {context_mask.dtype} "
-                             f"{tuple(context_mask.shape)}")
+        check_token_context("UNet", self.context_dim, batch, context, context_mask,
+                            "set context_dim and transformer_levels")
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, *,
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
