@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import CrossAttention, check_token_context
-from diffcli.nets.layers import TimeEmbedding
+from diffcli.nets.layers import TimeEmbedding, add_label_embedding
 
 __all__ = ["DiT", "DiTBlock", "patchify", "sincos_pos_embed_2d", "unpatchify"]
 
@@ -337,17 +337,7 @@ class DiT(nn.Module):
         EDM's scaled ``c_noise``, flow matching's scaled time.
         """
         c = self.t_embedder(t)  # (B, D)
-        if self.y_embedder is None:
-            if y is not None:
-                raise ValueError("DiT got class labels y but was built with num_classes=None")
-            return c
-        if y is None:
-            y = torch.full((c.shape[0],), self.num_classes, dtype=torch.long, device=c.device)
-        elif y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(
-                f"DiT expects integer class labels of shape (B,), got {y.dtype} {tuple(y.shape)}"
-            )
-        return c + self.y_embedder(y).to(c.dtype)  # (B, D)
+        return add_label_embedding("DiT", c, self.y_embedder, self.num_classes, y)
 
     def check_context(self, batch: int, context: Tensor | None,
                       context_mask: Tensor | None) -> None:

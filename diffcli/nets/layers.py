@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AttentionBlock",
+    "add_label_embedding",
     "ContextBlock",
     "Downsample",
     "EmbedSequential",
@@ -421,3 +422,23 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Upsample ``x`` ``(B, C, H, W)``."""
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def add_label_embedding(net: str, emb: Tensor, table: nn.Embedding | None, num_classes: int | None,
+                        y: Tensor | None) -> Tensor:
+    """``emb`` ``(B, D)`` plus the class embedding of ``y`` ``(B,)`` from ``table`` (rows
+    ``0 .. num_classes``, row ``num_classes`` the null label of classifier-free guidance, Ho &
+    Salimans 2022; ``y=None``: the null label for every sample). ``table=None`` (an
+    unconditional net): ``emb`` as it is. ValueError (naming ``net``) for labels given to an
+    unconditional net or labels that are not integer ``(B,)``."""
+    if table is None:
+        if y is not None:
+            raise ValueError(f"{net} got class labels y but was built with num_classes=None")
+        return emb
+    if y is None:
+        y = torch.full((emb.shape[0],), num_classes, dtype=torch.long, device=emb.device)
+    elif y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(
+            f"{net} expects integer class labels of shape (B,), got {y.dtype} {tuple(y.shape)}"
+        )
+    return emb + table(y).to(emb.dtype)  # (B, D)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import check_token_context
-from diffcli.nets.layers import TimeEmbedding
+from diffcli.nets.layers import TimeEmbedding, add_label_embedding
 from diffcli.nets.unet_blocks import UNetBlocks
 from diffcli.nets.unet_options import (
     attention_level_set,
@@ -298,17 +298,7 @@ class UNet(nn.Module):
             ValueError: ``y`` given to an unconditional net, or ``y`` not integer ``(B,)``.
         """
         emb = self.time_embed(t)  # (B, emb_dim)
-        if self.label_embed is None:
-            if y is not None:
-                raise ValueError("UNet got class labels y but was built with num_classes=None")
-            return emb
-        if y is None:
-            y = torch.full((emb.shape[0],), self.num_classes, dtype=torch.long, device=emb.device)
-        elif y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(
-                f"UNet expects integer class labels of shape (B,), got {y.dtype} {tuple(y.shape)}"
-            )
-        return emb + self.label_embed(y).to(emb.dtype)  # (B, emb_dim)
+        return add_label_embedding("UNet", emb, self.label_embed, self.num_classes, y)
 
     def encode(self, x: Tensor, t: Tensor, y: Tensor | None = None, *,
                context: Tensor | None = None,
