@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import CrossAttention, check_token_context
-from diffcli.nets.layers import TimeEmbedding, add_label_embedding
+from diffcli.nets.layers import TimeEmbedding, add_label_embedding, pad_to_multiple
 
 __all__ = ["DiT", "DiTBlock", "patchify", "sincos_pos_embed_2d", "unpatchify"]
 
@@ -321,12 +321,7 @@ class DiT(nn.Module):
         """``x`` ``(B, C, H, W)`` padded at the bottom and right (reflected; replicated when
         too small to reflect) to the next multiple of ``patch_size``; returned as it is when
         it fits. :meth:`forward` crops its output back to ``H x W``."""
-        p = self.patch_size
-        below, right = -x.shape[-2] % p, -x.shape[-1] % p
-        if not below and not right:
-            return x
-        reflect = below < x.shape[-2] and right < x.shape[-1]
-        return F.pad(x, (0, right, 0, below), mode="reflect" if reflect else "replicate")
+        return pad_to_multiple(x, self.patch_size)
 
     def embed(self, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Conditioning ``c`` ``(B, hidden_size)``: the timestep embedding plus, for a

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 __all__ = [
     "AttentionBlock",
     "add_label_embedding",
+    "pad_to_multiple",
     "ContextBlock",
     "Downsample",
     "EmbedSequential",
@@ -442,3 +443,13 @@ def add_label_embedding(net: str, emb: Tensor, table: nn.Embedding | None, num_c
             f"{net} expects integer class labels of shape (B,), got {y.dtype} {tuple(y.shape)}"
         )
     return emb + table(y).to(emb.dtype)  # (B, D)
+
+
+def pad_to_multiple(x: Tensor, m: int) -> Tensor:
+    """``x`` ``(B, C, H, W)`` padded at the bottom and right to the next multiple of ``m``
+    (reflected; replicated when too small to reflect); returned as it is when it fits."""
+    below, right = -x.shape[-2] % m, -x.shape[-1] % m
+    if not below and not right:
+        return x
+    reflect = below < x.shape[-2] and right < x.shape[-1]
+    return F.pad(x, (0, right, 0, below), mode="reflect" if reflect else "replicate")

@@ -36,12 +36,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import check_token_context
-from diffcli.nets.layers import TimeEmbedding, add_label_embedding
+from diffcli.nets.layers import TimeEmbedding, add_label_embedding, pad_to_multiple
 from diffcli.nets.unet_blocks import UNetBlocks
 from diffcli.nets.unet_options import (
     attention_level_set,
@@ -364,9 +363,4 @@ class UNet(nn.Module):
         multiple of :attr:`size_multiple`, as latent diffusion pads 7x7 latents to 8x8; an
         input that already fits is returned as it is, so its outputs do not change.
         :meth:`forward` crops its output back to ``H x W``."""
-        m = self.size_multiple
-        below, right = -x.shape[-2] % m, -x.shape[-1] % m
-        if not below and not right:
-            return x
-        reflect = below < x.shape[-2] and right < x.shape[-1]
-        return F.pad(x, (0, right, 0, below), mode="reflect" if reflect else "replicate")
+        return pad_to_multiple(x, self.size_multiple)
