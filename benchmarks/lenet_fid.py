@@ -297,10 +297,10 @@ def recipes_table(result: Mapping[str, Any]) -> str:
                             f"{rows[0]['grid']} grid") + "\n".join(lines)
 
 
-def samplers_table(result: Mapping[str, Any]) -> str:
-    """One row per sampler configuration, one column per NFE; auto's row first, then how far
-    it is from the best configuration at each NFE."""
-    rows = result["tables"]["samplers"]
+def samplers_table(result: Mapping[str, Any], table: str = "samplers") -> str:
+    """One row per sampler configuration of ``table``, one column per NFE; auto's row first,
+    then how far it is from the best configuration at each NFE."""
+    rows = result["tables"][table]
     nfes = sorted({r["sampler_steps"] for r in rows})
 
     def label(r: Mapping[str, Any]) -> str:

@@ -49,7 +49,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import CrossAttention, check_token_context
-from diffcli.nets.layers import TimeEmbedding, add_label_embedding, pad_to_multiple
+from diffcli.nets.inputs import add_label_embedding, pad_to_multiple
+from diffcli.nets.layers import TimeEmbedding
 
 __all__ = ["DiT", "DiTBlock", "patchify", "sincos_pos_embed_2d", "unpatchify"]
 

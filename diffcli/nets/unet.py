@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import check_token_context
-from diffcli.nets.layers import TimeEmbedding, add_label_embedding, pad_to_multiple
+from diffcli.nets.inputs import add_label_embedding, pad_to_multiple
+from diffcli.nets.layers import TimeEmbedding
 from diffcli.nets.unet_blocks import UNetBlocks
 from diffcli.nets.unet_options import (
     attention_level_set,
