@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.auto_pick import config_key, current_picks
 from benchmarks.core import Benchmark, composed, finished_before, mark_finished, markdown_table
 from benchmarks.mnist_judge import (
     DATA,
@@ -297,9 +298,14 @@ def recipes_table(result: Mapping[str, Any]) -> str:
                             f"{rows[0]['grid']} grid") + "\n".join(lines)
 
 
+TABLE_OBJECTIVE = {"samplers": "ddpm", "samplers_edm": "edm", "samplers_flow": "flow"}
+
+
 def samplers_table(result: Mapping[str, Any], table: str = "samplers") -> str:
-    """One row per sampler configuration of ``table``, one column per NFE; auto's row first,
-    then how far it is from the best configuration at each NFE."""
+    """One row per sampler configuration of ``table``, one column per NFE; auto's row first
+    (the cells of the configurations auto's table picks today,
+    :func:`benchmarks.auto_pick.current_picks`), then how far it is from the best configuration
+    at each NFE."""
     rows = result["tables"][table]
     nfes = sorted({r["sampler_steps"] for r in rows})
 
@@ -311,6 +317,14 @@ def samplers_table(result: Mapping[str, Any], table: str = "samplers") -> str:
     cells: dict[str, dict[int, float]] = {}
     for r in rows:
         cells.setdefault(label(r), {})[r["sampler_steps"]] = r["lenet_fid"]
+    # auto runs exactly the configuration its table picks, with the same seeds: its cells are
+    # those of today's picks (the table may have changed since this result was measured)
+    picks = current_picks(TABLE_OBJECTIVE[table])
+    measured = {(r["sampler_steps"], config_key(r["sampler"], r["options"])): r["lenet_fid"]
+                for r in rows if r["sampler"] != "auto"}
+    for n, key in picks.items():
+        if (n, key) in measured and n in cells.get("auto", {}):
+            cells["auto"][n] = measured[n, key]
     body = [[name, *(f"{by[n]:.2f}" if n in by else "-" for n in nfes)]
             for name, by in cells.items()]
     auto = cells.get("auto", {})

@@ -45,7 +45,9 @@ timesteps. Each steps the same network over ``trained_betas`` = our betas; the l
 All rows run in float64 (diffusers' schedulers compute partly in float32 internally).
 
 **The auto table.** ``diffcli/diffusion/samplers/auto_table.yaml`` is rendered from the result
-(like the docs' tables): per objective and NFE, the candidate with the lowest MMD^2 + 2
+(like the docs' tables) with the trained-model yardstick's results (``benchmarks/auto_pick.py``):
+per objective and NFE, among the candidates within 5% of the best LeNet-FID where a trained
+MNIST model measured that NFE (all candidates elsewhere), the one with the lowest MMD^2 + 2
 standard errors (an upper bound: a noisy cell cannot win by its scatter).
 
 Run: ``python -m benchmarks run sampler_nfe`` (writes docs/results/sampler_nfe.json, the tables
@@ -69,9 +71,9 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from benchmarks.auto_pick import auto_table, best, pick, trained_scores  # noqa: E402
 from benchmarks.core import Benchmark, digest, markdown_table  # noqa: E402
 from diffcli.components import build  # noqa: E402
 from diffcli.diffusion.gaussian import (  # noqa: E402
@@ -358,15 +360,6 @@ def text(c: Mapping[str, Any] | None, with_se: bool = False) -> str:
     return out
 
 
-def value(c: Mapping[str, Any] | None) -> float:
-    """A cell's score for ranking: its MMD^2 plus two standard errors, an upper bound, so that
-    a noisy cell (a stochastic sampler's, uncoupled) cannot win by its scatter; inf where the
-    row cannot run or gave non-finite samples."""
-    if c is None or not math.isfinite(c["mmd"]):
-        return math.inf
-    return c["mmd"] + 2 * c["se"]
-
-
 def _cells_text(row: Mapping[str, Any], nfes: list[int]) -> list[str]:
     return [text(c) + (f" ({c['nfe']})" if c is not None and c["nfe"] != nfe else "")
             for c, nfe in zip(row["cells"], nfes, strict=True)]
@@ -387,53 +380,28 @@ def nfe_table(objective: str) -> Callable[[Mapping[str, Any]], str]:
     return render
 
 
-def best(rows: list[Mapping[str, Any]], i: int) -> Mapping[str, Any] | None:
-    """The row with the lowest cell in column i (by :func:`value`: MMD^2 + 2 standard
-    errors)."""
-    ranked = [r for r in rows if math.isfinite(value(r["cells"][i]))]
-    return min(ranked, key=lambda r: value(r["cells"][i])) if ranked else None
-
-
 def best_table(result: Mapping[str, Any]) -> str:
     """Per objective and NFE: the best diffcli row (the lowest MMD^2 + 2 standard errors; its
     MMD^2 ± standard error, and whether it is ranked: at least 5 standard errors above zero),
-    auto's pick against it (ratio of MMD^2), and the best diffusers row."""
+    auto's pick against it (ratio of MMD^2; the pick weighs the trained-model yardstick too,
+    :mod:`benchmarks.auto_pick`), and the best diffusers row."""
     body = []
     for objective, part in result["objectives"].items():
         ours = [r for r in part["rows"] if not r["peer"]]
-        picks = [r for r in ours if r["candidate"]]
+        candidates = [r for r in ours if r["candidate"]]
         peers = [r for r in part["rows"] if r["peer"]]
+        trained = trained_scores(objective)
         for i, nfe in enumerate(result["nfes"]):
-            top, pick, peer = best(ours, i), best(picks, i), best(peers, i)
+            top, peer = best(ours, i), best(peers, i)
+            chosen = pick(candidates, i, nfe, trained)
             c = top["cells"][i]
             ranked = "yes" if c["mmd"] >= 5 * c["se"] else "no"
-            ratio = pick["cells"][i]["mmd"] / c["mmd"] if c["mmd"] > 0 else math.nan
+            ratio = chosen["cells"][i]["mmd"] / c["mmd"] if c["mmd"] > 0 else math.nan
             body.append([objective, str(nfe), top["sampler"], text(c, True), ranked,
                          f"{ratio:.2f}", "-" if peer is None else peer["sampler"],
                          "-" if peer is None else text(peer["cells"][i])])
     return markdown_table(["objective", "NFE", "best diffcli row", "MMD^2", "ranked",
                            "auto / best", "best diffusers row", "MMD^2"], "lrlrrrlr", body)
-
-
-def auto_table(result: Mapping[str, Any]) -> str:
-    """The YAML ``sampler=auto`` reads: per objective and NFE, the candidate with the lowest
-    cell (:mod:`diffcli.diffusion.samplers.auto`)."""
-    table = {}
-    for objective, part in result["objectives"].items():
-        picks = [r for r in part["rows"] if r["candidate"]]
-        table[objective] = []
-        for i, nfe in enumerate(result["nfes"]):
-            top = best(picks, i)
-            if top is not None:
-                name, options = top["config"]
-                table[objective].append({"nfe": nfe, "sampler": name, "options": options,
-                                         "mmd": float(f"{top['cells'][i]['mmd']:.3g}")})
-    head = ("# sampler=auto's choices: per objective and NFE, the configuration with the lowest\n"
-            "# MMD^2 to the exact ODE solution on the 2-D mixture (benchmarks/sampler_nfe.py).\n"
-            "# Written from docs/results/sampler_nfe.json; regenerate with\n"
-            "#   python -m benchmarks run sampler_nfe\n")
-    dumper = type("NoAliases", (yaml.SafeDumper,), {"ignore_aliases": lambda *_: True})
-    return head + yaml.dump({"objectives": table}, Dumper=dumper, sort_keys=False)
 
 
 def plain(value: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORK = {"__init__", "__main__", "core"}
+FRAMEWORK = {"__init__", "__main__", "core", "auto_pick"}  # auto_pick: sampler=auto's rule
 
 
 def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

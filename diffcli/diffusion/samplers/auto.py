@@ -2,11 +2,14 @@
 
 The choice is data, not code: :data:`TABLE` (``auto_table.yaml`` beside this module) lists, for
 each objective (``ddpm``: the DDPM chain, ``edm``, ``flow``) and each number of network
-evaluations the benchmark ranked (NFE 5, 8, 10, 15, 20, 30, 50), the configuration with the
-lowest error there: a sampler of this package with one network evaluation per step and its
-options (grid, order, ``lower_order_final``, variant). ``python -m benchmarks run sampler_nfe``
-measures every configuration against the exact ODE solution of a known 2-D mixture and writes
-the table (``benchmarks/sampler_nfe.py``).
+evaluations the benchmarks ranked (NFE 5, 8, 10, 15, 20, 30, 50), the configuration to run: a
+sampler of this package with one network evaluation per step and its options (grid, order,
+``lower_order_final``, variant). ``benchmarks/auto_pick.py`` writes it from two yardsticks:
+MMD^2 to the exact ODE solution of a known 2-D mixture (``benchmarks/sampler_nfe.py``) and, at
+NFE 5, 10 and 20, LeNet-FID of MNIST models trained with each objective
+(``benchmarks/lenet_fid.py``, ``benchmarks/objectives_mnist.py``): where the trained model
+measured an NFE, the lowest MMD^2 among the configurations within 5% of its best LeNet-FID,
+elsewhere the lowest MMD^2.
 
 For ``steps`` = N the row of the largest ranked NFE <= N is taken (the smallest ranked one below
 it), with ``steps`` = N: every candidate spends one evaluation per step, so ``steps`` is the NFE.
