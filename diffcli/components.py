@@ -46,7 +46,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
         "diffcli.data.datamodule.make_datamodule",  # its former path, named by older checkpoints
     }),
     "model": frozenset({"diffcli.nets.unet.UNet", "diffcli.nets.mlp.MLP", "diffcli.nets.dit.DiT",
-                        "diffcli.nets.classifier.EncoderClassifier",
+                        "diffcli.nets.uvit.UViT", "diffcli.nets.classifier.EncoderClassifier",
                         "diffcli.nets.classifier.MLPClassifier"}),
     "autoencoder": frozenset({"diffcli.nets.autoencoder.KLAutoencoder",
                               "diffcli.nets.autoencoder.VQAutoencoder"}),
@@ -401,7 +401,7 @@ def build_net(model_cfg: Any, data_shape: Sequence[int], num_classes: int | None
 
     encoder = build("text_encoder", text_encoder_cfg)
     node["context_dim"] = int(encoder.width)
-    unet = str(node.get("_target_", "")).endswith(".UNet")  # a DiT cross-attends in every block
+    unet = str(node.get("_target_", "")).endswith(".UNet")  # DiT / U-ViT: in every block
     if unet and not node.get("transformer_levels") and not node.get("transformer_resolutions") \
             and not node.get("mid_transformer"):
         # the default: cross-attention at the lowest resolution and in the middle block

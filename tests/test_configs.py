@@ -31,8 +31,9 @@ from diffcli.restore import make_sampler
 
 SHAPES = {"mlp": (2,), "unet": (1, 16, 16), "unet_attn": (3, 32, 32), "classifier": (1, 16, 16),
           "mlp_classifier": (2,), "dit": (3, 16, 16), "dit_s": (4, 32, 32), "dit_b": (4, 32, 32),
-          "dit_l": (4, 32, 32), "dit_xl": (4, 32, 32)}
-ON_META = ("dit_s", "dit_b", "dit_l", "dit_xl")  # the paper's sizes: shapes only, no memory
+          "dit_l": (4, 32, 32), "dit_xl": (4, 32, 32), "uvit": (3, 16, 16), "uvit_s": (3, 32, 32)}
+# the papers' sizes: shapes only, no memory
+ON_META = ("dit_s", "dit_b", "dit_l", "dit_xl", "uvit_s")
 CLASSIFIERS = ("classifier", "mlp_classifier")
 
 

@@ -36,6 +36,7 @@ SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler",
               "dpmpp_2m": "DPMSolverMultistepScheduler"}
 DIFFCLI_FILE = "diffcli.json"  # the run's dataset and classes, for reading the folder back
 DIT_TARGET = "diffcli.nets.dit.DiT"
+UVIT_TARGET = "diffcli.nets.uvit.UViT"
 LINEAR = "diffcli.diffusion.schedules.linear_schedule"
 COSINE = "diffcli.diffusion.schedules.cosine_schedule"
 
@@ -129,6 +130,8 @@ def diffusers_layout(config: dict[str, Any], data_shape: tuple[int, ...], *,
     model = config.get("model") or {}
     if model.get("_target_") == DIT_TARGET:
         return _dit_layout(model, data_shape, num_classes=num_classes, text=text)[0]
+    if model.get("_target_") == UVIT_TARGET:
+        raise ValueError("model=UViT: diffusers has no U-ViT model; export format=safetensors")
     _refuse_kind(text)
     if model.get("_target_") != UNET_TARGET:
         raise ValueError(f"model={str(model.get('_target_')).rsplit('.', 1)[-1]}: diffusers' "
