@@ -1,4 +1,4 @@
-"""Training throughput (images/s) and peak memory of diffusion U-Nets: ours vs diffusers'.
+"""Training throughput (images/s) and peak memory of diffusion networks: ours vs diffusers'.
 
 One training step = noising + forward + L_simple (MSE to the noise) + backward + Adam step
 (the preset's ``lr``), on random 32x32x3 images with uniform integer t in [0, 1000) of the
@@ -6,7 +6,12 @@ preset's linear schedule.
 
 Rows: ``ddpm_cifar10`` (the 35.7M DDPM CIFAR-10 net) and ``small``, each as our
 ``diffcli.nets.unet.UNet`` and as diffusers' ``UNet2DModel`` built from a config of the same
-layout and parameter count (both pinned in the preset's ``networks``; no download; the
+layout and parameter count; ``dit_s2`` (DiT-S/2, Peebles & Xie 2023, class-conditional over 10
+labels: 256 tokens of 32x32x3) as our ``diffcli.nets.dit.DiT`` and diffusers'
+``DiTTransformer2DModel`` of the same configuration (the one ``diffcli export format=diffusers``
+writes, :func:`diffcli.interop.dit_diffusers.diffusers_dit_config`; diffusers keeps one copy of
+the time and label embedding per block, so it has more parameters for the same function). All
+are pinned in the preset's ``networks``; no download; the
 diffusers rows are skipped, and the result says so, when diffusers is not installed: ``pip
 install -e '.[bench]'``). Every row runs in a fresh subprocess so memory figures are isolated;
 the memory baseline is taken after imports and one step of a tiny net (see ``run_one``).
@@ -41,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.core import Benchmark  # noqa: E402
 from diffcli.diffusion.schedules import linear_schedule  # noqa: E402
+from diffcli.nets.dit import DiT  # noqa: E402
 from diffcli.nets.unet import UNet  # noqa: E402
 
 NETS = {  # name -> implementation -> kwargs (our UNet, diffusers' UNet2DModel); all 32x32x3
@@ -64,6 +70,24 @@ NETS = {  # name -> implementation -> kwargs (our UNet, diffusers' UNet2DModel);
                           up_block_types=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
                           norm_num_groups=8, attention_head_dim=None),
     },
+    "dit_s2": {
+        "diffcli": dict(in_channels=3, image_size=32, patch_size=2, hidden_size=384, depth=12,
+                        num_heads=6, num_classes=10),
+        "diffusers": dict(sample_size=32, in_channels=3, out_channels=3, patch_size=2,
+                          num_layers=12, num_attention_heads=6, attention_head_dim=64,
+                          num_embeds_ada_norm=10, norm_type="ada_norm_zero",
+                          norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True,
+                          activation_fn="gelu-approximate"),
+    },
+    "tiny_dit": {  # primes the transformers' code paths (not a row)
+        "diffcli": dict(in_channels=3, image_size=32, patch_size=2, hidden_size=32, depth=1,
+                        num_heads=2, num_classes=10),
+        "diffusers": dict(sample_size=32, in_channels=3, out_channels=3, patch_size=2,
+                          num_layers=1, num_attention_heads=2, attention_head_dim=16,
+                          num_embeds_ada_norm=10, norm_type="ada_norm_zero",
+                          norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True,
+                          activation_fn="gelu-approximate"),
+    },
     "tiny": {  # primes each implementation's code paths before the memory baseline (not a row)
         "diffcli": dict(in_channels=3, base_channels=8, channel_mults=[1, 2],
                         attention_levels=[1], groups=8),
@@ -75,17 +99,38 @@ NETS = {  # name -> implementation -> kwargs (our UNet, diffusers' UNet2DModel);
     },
 }
 IMPLS = ("diffcli", "diffusers")
-NAMES = {"ddpm_cifar10": "DDPM CIFAR-10 (32x32x3)", "small": "small (32x32x3)"}
+NAMES = {"ddpm_cifar10": "DDPM CIFAR-10 (32x32x3)", "small": "small (32x32x3)",
+         "dit_s2": "DiT-S/2, 10 classes (32x32x3)"}
 IMPL_NAMES = {"diffcli": "diffcli `UNet`", "diffusers": "diffusers `UNet2DModel`"}
+DIT_NAMES = {"diffcli": "diffcli `DiT`", "diffusers": "diffusers `DiTTransformer2DModel`"}
 
 
-def build(kwargs: Mapping[str, Any], impl: str) -> torch.nn.Module:
-    """Our UNet or diffusers' UNet2DModel from ``kwargs``, random init."""
+def is_dit(net: str) -> bool:
+    return net.startswith(("dit", "tiny_dit"))
+
+
+def prime(net: str) -> str:
+    """The tiny net that primes ``net``'s code paths before the memory baseline."""
+    return "tiny_dit" if is_dit(net) else "tiny"
+
+
+def build(kwargs: Mapping[str, Any], impl: str, dit: bool = False) -> torch.nn.Module:
+    """Our UNet / DiT or diffusers' UNet2DModel / DiTTransformer2DModel from ``kwargs``, random
+    init."""
     if impl == "diffcli":
-        return UNet(**kwargs)
-    from diffusers import UNet2DModel
+        return DiT(**kwargs) if dit else UNet(**kwargs)
+    from diffusers import DiTTransformer2DModel, UNet2DModel
 
-    return UNet2DModel(**kwargs)
+    return DiTTransformer2DModel(**kwargs) if dit else UNet2DModel(**kwargs)
+
+
+def caller(model: torch.nn.Module, impl: str, dit: bool, y: torch.Tensor) -> Any:
+    """``f(x, t) -> prediction`` for either implementation (class labels ``y`` for DiTs)."""
+    if impl == "diffcli":
+        return (lambda x, s: model(x, s, y)) if dit else model
+    if dit:
+        return lambda x, s: model(x, timestep=s, class_labels=y).sample
+    return lambda x, s: model(x, s).sample
 
 
 def trainer(spec: dict, net: str, batch: int):
@@ -97,11 +142,12 @@ def trainer(spec: dict, net: str, batch: int):
     t = torch.randint(0, spec["schedule"]["num_timesteps"], (batch,), device=device)
     abar = linear_schedule(**spec["schedule"]).alphas_cumprod.to(device, torch.float32)
     abar = abar[t][:, None, None, None]
-    module = build(spec["networks"][net][spec["impl"]], spec["impl"])
+    y = torch.randint(0, 10, (batch,), device=device)
+    module = build(spec["networks"][net][spec["impl"]], spec["impl"], is_dit(net))
     module = module.to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(module.parameters(), lr=spec["lr"])
-    model = torch.compile(module) if spec["compile"] and net != "tiny" else module
-    call = (lambda x, s: model(x, s).sample) if spec["impl"] == "diffusers" else model
+    model = torch.compile(module) if spec["compile"] and not net.startswith("tiny") else module
+    call = caller(model, spec["impl"], is_dit(net), y)
 
     def step() -> None:
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
@@ -125,7 +171,7 @@ def run_one(spec: dict) -> dict:
     """
     cuda = spec["device"] == "cuda"
     torch.manual_seed(spec["seed"])
-    trainer(spec, "tiny", 2)[1]()
+    trainer(spec, prime(spec["net"]), 2)[1]()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -202,7 +248,7 @@ def measure(settings: Mapping[str, Any], workdir: Path) -> dict[str, Any]:
                     steps=settings["steps"], warmup=settings["warmup"], precision=prec,
                     channels_last=cl, compile=comp, flops=bool(peak), seed=settings["seed"],
                     lr=settings["lr"], schedule=settings["schedule"],
-                    networks={k: settings["networks"][k] for k in (net, "tiny")})
+                    networks={k: settings["networks"][k] for k in (net, prime(net))})
         rows.append(one_row(spec))
         print(json.dumps(rows[-1]), flush=True)
     return {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
@@ -221,7 +267,8 @@ def table(result: Mapping[str, Any]) -> str:
     for r in rows:
         flags = [("yes" if r[k] else "no") if isinstance(r[k], bool) else str(r[k])
                  for k in varied]
-        cells = [NAMES.get(r["net"], r["net"]), IMPL_NAMES[r["impl"]]]
+        impl_names = DIT_NAMES if is_dit(r["net"]) else IMPL_NAMES
+        cells = [NAMES.get(r["net"], r["net"]), impl_names[r["impl"]]]
         if "error" in r:
             cells += ["?", *flags, f"failed: {r['error'].replace('|', '/')}", "", "",
                       *(["", ""] if peak else [])]
@@ -239,7 +286,7 @@ def table(result: Mapping[str, Any]) -> str:
 
 
 PRESET = {  # the CPU table: fp32 eager (bf16 is emulated and very slow on CPUs without it)
-    "device": "cpu", "nets": ["ddpm_cifar10", "small"], "impls": list(IMPLS), "batch": 16,
+    "device": "cpu", "nets": ["ddpm_cifar10", "small", "dit_s2"], "impls": list(IMPLS), "batch": 16,
     "steps": 3, "warmup": 1, "precisions": ["fp32"], "channels_last": [False],
     "compile": [False], "peak_tflops": None, "lr": 2e-4, "seed": 0, "seeds": [0],
     "schedule": {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
@@ -251,7 +298,8 @@ CUDA = {"device": "cuda", "batch": 128, "steps": 20, "warmup": 5, "precisions": 
 BENCHMARK = Benchmark(
     name="train_throughput", title="training images/s and peak memory, diffcli vs diffusers",
     preset=PRESET,
-    smoke={"nets": ["small"], "batch": 2, "steps": 1, "warmup": 0, "peak_tflops": 1.0},
+    smoke={"nets": ["small", "tiny_dit"], "batch": 2, "steps": 1, "warmup": 0,
+           "peak_tflops": 1.0},
     run=measure, tables={"cpu": table})
 
 
