@@ -270,6 +270,9 @@ _ADDED_SINCE = {  # issue 27: the DDPM chain, no reflow (its settings apply only
     "reconstruct.sampler": {"lower_order_final": True},
     # issue 28: the U-Net's activation checkpointing, off (the same numbers, recomputed or not)
     "model": {"grad_checkpointing": False},
+    # issue 29: post-hoc EMA snapshots, off (they only write files beside the run)
+    "callbacks": {"phema._target_": "diffcli.lit.phema.power_ema_snapshots",
+                  "phema.every_n_steps": None, "phema.sigma_rels": [0.05, 0.10]},
 }
 UNCHANGED_BY_DEFAULT: dict[str, Any] = {
     f"{group}.{key}": value for group, node in _ADDED_SINCE.items() for key, value in node.items()}

@@ -91,6 +91,7 @@ COMPONENTS: dict[str, frozenset[str]] = {
     "callbacks": frozenset({
         "diffcli.lit.callbacks.last_checkpoint",
         "diffcli.lit.callbacks.snapshots",
+        "diffcli.lit.phema.power_ema_snapshots",
         "diffcli.lit.callbacks.EMASampleGrid",
         "diffcli.lit.fid_callback.fid_proxy",
         "diffcli.lit.autoencoder_module.ReconstructionGrid",

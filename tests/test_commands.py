@@ -74,7 +74,7 @@ def test_every_shipped_command_has_a_config_help_and_example():
 
     commands = registry()
     assert list(commands) == ["train", "sample", "eval-fid", "eval-nll", "noise-viz", "export",
-                              "sweep-summary"]
+                              "ema", "sweep-summary"]
     for command in commands.values():
         assert command.help and command.example.startswith(f"diffcli {command.name}")
         assert command.typer is not None or (conf_dir() / f"{command.config}.yaml").is_file()

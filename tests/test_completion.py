@@ -95,6 +95,7 @@ CASES = [
     ("zsh", "eval-nll ", {"ckpt=", "method="}),
     ("zsh", "noise-viz ", {"dataset=", "schedules="}),
     ("zsh", "export ", {"ckpt=", "format="}),
+    ("bash", "ema ", {"ckpt=", "sigma_rel=", "step="}),
     ("zsh", "train dataset=m", ["dataset=mnist", "dataset=moons"]),
     ("bash", "sweep-summary --", ["--metric", "--sort", "--descending", "--csv", "--help"]),
     ("zsh", "sweep-summary ", ["_files"]),  # a folder: zsh's own file-name completion

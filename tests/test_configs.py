@@ -198,8 +198,9 @@ def test_every_callbacks_option_builds(name: str, tmp_path: Path):
     from diffcli.workflows.training import build_callbacks
 
     fid = ["callbacks.fid_proxy.every_n_steps=10", "callbacks.fid_proxy.extractor=standin"]
+    on = ["callbacks.phema.every_n_steps=10"] if name == "default" else []
     cfg = compose_with("train", f"callbacks={name}", "callbacks.snapshot.every_n_steps=10",
-                       *(fid if name == "default" else []), "dataset=digits")
+                       *(fid if name == "default" else []), *on, "dataset=digits")
     context = {"run_dir": tmp_path, "console": None, "seed": 0, "dataset": plain(cfg.dataset)}
     built = build_callbacks(cfg.callbacks, context)
     assert len(built) == len(cfg.callbacks)  # every entry on

@@ -75,17 +75,18 @@ def test_reconstruction_matches_the_ema_trained_with_that_width():
         assert abs(rebuilt - direct) < nearest / 50, (width, nearest)
 
 
-def test_reconstruct_sums_tensors_and_keeps_counters():
-    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
-    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
-    out = reconstruct([a, b], torch.tensor([0.25, 0.75], dtype=torch.float64))
-    assert torch.equal(out["w"], torch.tensor([2.5, 5.0]))
-    assert out["n"] == 5 and out["w"].dtype == torch.float32
+def test_reconstruct_sums_tensors_one_at_a_time():
+    a = {"w": torch.tensor([1.0, 2.0])}
+    b = {"w": torch.tensor([3.0, 6.0])}
+    out = reconstruct(iter([a, b]), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert torch.equal(out["w"], torch.tensor([2.5, 5.0])) and out["w"].dtype == torch.float32
 
 
 def test_snapshots_that_do_not_fit_are_refused_in_one_line():
     with pytest.raises(ValueError, match="not of one run"):
         reconstruct([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}], torch.ones(2))
+    with pytest.raises(ValueError, match="1 snapshots for 2 weights"):
+        reconstruct([{"w": torch.zeros(2)}], torch.ones(2))
     with pytest.raises(ValueError, match="after step 100"):
         solve_weights([100.0, 200.0], [6.94, 6.94], 100.0, 0.1)
     with pytest.raises(ValueError, match="out of range"):

@@ -23,7 +23,7 @@ numbers and tensors: no files, no Lightning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -76,24 +76,24 @@ def solve_weights(times: Sequence[float], gammas: Sequence[float], t_target: flo
     return torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]
 
 
-def reconstruct(snapshots: Sequence[Mapping[str, Tensor]],
+def reconstruct(snapshots: Iterable[Mapping[str, Tensor]],
                 weights: Tensor) -> dict[str, Tensor]:
-    """``sum_i weights[i] snapshots[i]`` per tensor (accumulated in float64, returned in each
-    tensor's dtype); integer tensors (e.g. counters) are taken from the last snapshot.
-    ValueError (one line) when the snapshots' keys or shapes differ."""
-    if len(snapshots) != len(weights) or not snapshots:
-        raise ValueError(f"{len(snapshots)} snapshots for {len(weights)} weights")
-    keys = list(snapshots[-1])
-    out: dict[str, Tensor] = {}
-    for key in keys:
-        last = snapshots[-1][key]
-        if any(key not in s or s[key].shape != last.shape for s in snapshots):
-            raise ValueError(f"snapshots differ at {key!r}: they are not of one run")
-        if not last.is_floating_point():
-            out[key] = last.clone()
-            continue
-        acc = torch.zeros(last.shape, dtype=torch.float64)
-        for w, snap in zip(weights.tolist(), snapshots, strict=True):
-            acc += w * snap[key].double()
-        out[key] = acc.to(last.dtype)
-    return out
+    """``sum_i weights[i] snapshots[i]`` per tensor, accumulated in float64 and returned in the
+    dtype of the first snapshot's tensor; the snapshots may be a lazy iterable (one held at a
+    time). ValueError (one line) when their number, keys or shapes differ."""
+    acc: dict[str, Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    count = 0
+    for w, snap in zip(weights.tolist(), snapshots, strict=False):
+        if count and (snap.keys() != acc.keys()
+                      or any(snap[k].shape != acc[k].shape for k in acc)):
+            raise ValueError("the snapshots differ in their tensors: they are not of one run")
+        for key, value in snap.items():
+            if key not in acc:
+                acc[key] = torch.zeros(value.shape, dtype=torch.float64)
+                dtypes[key] = value.dtype
+            acc[key] += w * value.double()
+        count += 1
+    if count != len(weights) or not count:
+        raise ValueError(f"{count} snapshots for {len(weights)} weights")
+    return {k: v.to(dtypes[k]) for k, v in acc.items()}

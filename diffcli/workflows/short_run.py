@@ -26,6 +26,7 @@ NEVER_FIRES: dict[str, str | None] = {
     "diffcli.lit.callbacks.last_checkpoint": None,
     "diffcli.lit.callbacks.snapshots": "no checkpoints/step-N.ckpt will be kept",
     "diffcli.lit.callbacks.EMASampleGrid": "no preview will be written",
+    "diffcli.lit.phema.power_ema_snapshots": "only the end's EMA snapshot will be written",
     "diffcli.lit.fid_callback.fid_proxy": "no val/fid_proxy will be computed",
     "diffcli.lit.autoencoder_module.ReconstructionGrid": "no reconstruction grid will be written",
 }
