@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import copy_points_run
-from test_cli import run, run_here
+from test_cli import run_here
 
 from diffcli.diffusion.gaussian import IdealNetwork, two_d_mixture
 from diffcli.diffusion.process import Parameterization
@@ -76,7 +76,7 @@ def test_diffcli_sample_says_what_auto_picked(points_checkpoint: Path, tmp_path:
     """The default sampler of `diffcli sample` is auto: one line names the pick, meta.json
     keeps it, and the folder is auto-<steps>."""
     ckpt = copy_points_run(points_checkpoint, tmp_path)
-    proc = run(tmp_path, "sample", f"ckpt={ckpt}", "steps=5", "n=8")
+    proc = run_here(tmp_path, "sample", f"ckpt={ckpt}", "steps=5", "n=8")
     pick = choose(read_table(TABLE), "ddpm", 5)
     line = f"auto -> {pick.describe(5)}"
     assert line in proc.stderr

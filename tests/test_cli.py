@@ -140,11 +140,12 @@ def test_checkpoint_is_self_describing_and_safe(points_run: Path):
     data["diffcli"]["config"]["model"]["_target_"] = "os.system"
     evil = points_run / "evil.ckpt"
     torch.save(data, evil)
-    assert_one_line_error(run(points_run, "sample", f"ckpt={evil}", ok=False), "refusing")
+    # in this process (as real processes: tests/test_crafted_checkpoints.py)
+    assert_one_line_error(run_here(points_run, "sample", f"ckpt={evil}", ok=False), "refusing")
 
 
 def test_train_and_sample_images(tmp_path: Path):
-    proc = run(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    proc = run_here(tmp_path, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
     # a run shorter than the defaults' LR warm-up and preview interval says so, once, up front
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("note: ")]
     assert notes == [
@@ -182,13 +183,14 @@ def test_train_and_sample_images(tmp_path: Path):
 
 
 def test_multirun_sweeps(tmp_path: Path):
-    run(tmp_path, "train", "-m", "dataset=moons", "model=mlp", "trainer.max_steps=2",
-        "seed=0,1", "logger=none")
+    """In this process (a sweep as a real process: tests/test_sweeps.py)."""
+    run_here(tmp_path, "train", "-m", "dataset=moons", "model=mlp", "trainer.max_steps=2",
+             "seed=0,1", "logger=none")
     assert len(list(tmp_path.glob("multirun/*/*/*/checkpoints/last.ckpt"))) == 2
 
 
 def test_cfg_job_prints_the_config(tmp_path: Path):
-    proc = run(tmp_path, "train", "schedule=cosine", "--cfg", "job")
+    proc = run_here(tmp_path, "train", "schedule=cosine", "--cfg", "job")
     assert "cosine_schedule" in proc.stdout and not (tmp_path / "outputs").exists()
 
 

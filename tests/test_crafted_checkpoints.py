@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import EXE, assert_one_line_error, run
+from test_cli import EXE, assert_one_line_error, run_here
 
 from diffcli.components import check_config
 from diffcli.errors import DiffcliError
@@ -202,8 +202,9 @@ def test_every_command_refuses_end_to_end(variant: str, clean_checkpoint: Path, 
     ckpt, root, target = _craft(clean_checkpoint, variant, tmp_path / "attack")
     before = _files(tmp_path)
     env = {**os.environ, "HOME": str(home), "COLUMNS": "200", "MPLCONFIGDIR": str(mpl_dir)}
-    # one train process (resume=auto): ckpt_path reaches the same check, in-process above
-    for command in [c for c in COMMANDS if c != "train-ckpt_path"]:
+    # one process a command, each way of naming the checkpoint (ckpt=, the newest run under
+    # runs_root) in at least one: every command with each, in-process above
+    for command in ["sample", "eval-fid", "noise-viz-reverse", "train-resume"]:
         proc = subprocess.run([*EXE, *_args(command, ckpt, root)], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=300)
         assert_one_line_error(proc, str(ckpt), VARIANTS[variant][1])
@@ -218,8 +219,8 @@ def test_config_files_follow_the_same_rules(clean_checkpoint: Path, tmp_path: Pa
     target = tmp_path / "PWNED"
     (extra / "evil.yaml").write_text(
         f"_target_: diffcli.workflows.draw_samples.np.savetxt\nfname: {target}\nX: [1.0]\n")
-    proc = run(tmp_path, "sample", "--config-dir", str(tmp_path / "extra"), "sampler=evil",
-               f"ckpt={clean_checkpoint}", ok=False)
+    proc = run_here(tmp_path, "sample", "--config-dir", str(tmp_path / "extra"),
+                    "sampler=evil", f"ckpt={clean_checkpoint}", ok=False)
     assert_one_line_error(proc, "sampler names 'diffcli.workflows.draw_samples.np.savetxt'")
     assert not target.exists()
 

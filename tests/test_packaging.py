@@ -107,7 +107,7 @@ def test_the_installed_wheel_trains_exports_and_samples(installed: dict[str, str
     where = subprocess.run([sys.executable, "-c", "import diffcli; print(diffcli.__file__)"],
                            cwd=tmp_path, env=installed, capture_output=True, text=True)
     assert where.stdout.strip().startswith(target), where.stdout + where.stderr
-    _diffcli(installed, tmp_path, "train", "dataset=digits", "trainer.max_steps=20", "logger=csv")
+    _diffcli(installed, tmp_path, "train", "dataset=digits", "trainer.max_steps=2", "logger=csv")
     (run,) = (p.parent for p in tmp_path.glob("outputs/*/*/checkpoints"))
     common = ["sampler=ddim", "steps=4", "n=6"]
     for fmt in ("safetensors", "diffusers"):  # onnx: tests/test_export.py, on this install in CI

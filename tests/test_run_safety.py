@@ -132,17 +132,6 @@ def _step(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_two_runs_started_together_get_two_folders(tmp_path: Path):
-    same = ["hydra.run.dir=${diffcli.fresh_dir:outputs/together}", *POINTS,
-            "trainer.max_steps=3"]
-    procs = [subprocess.Popen([*EXE, "train", *same], cwd=tmp_path, stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL) for _ in range(2)]
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
-    assert [p.parent.parent.name for p in _ckpts(tmp_path)] == ["together", "together_2"]
-
-
-@pytest.mark.slow
 def test_an_existing_run_folder_is_refused_unless_resumed_in_place(tmp_path: Path):
     run_here(tmp_path, "train", *POINTS, "trainer.max_steps=6", "hydra.run.dir=outputs/mine")
     run_dir = tmp_path / "outputs" / "mine"
@@ -215,50 +204,54 @@ def test_a_smoke_run_saves_nothing_and_the_newest_real_run_is_picked_and_named(
                                                   among, "ckpt_path")
 
 
-def _train_until_checkpoint(cwd: Path) -> subprocess.Popen:
-    args = [*POINTS, "callbacks.last.every_n_steps=5", "trainer.max_steps=1000000"]
-    proc = subprocess.Popen([*EXE, "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ,
-                                                                     "COLUMNS": "200"})
+def _train_until_checkpoints(cwd: Path, count: int, *extra: str) -> list[subprocess.Popen]:
+    """``count`` training processes started at once, once each has written a checkpoint."""
+    args = [*POINTS, "callbacks.last.every_n_steps=5", "trainer.max_steps=1000000", *extra]
+    procs = [subprocess.Popen([*EXE, "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "200"}) for _ in range(count)]
     deadline = time.time() + 300
-    while not _ckpts(cwd):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+    while len(_ckpts(cwd)) < count:
+        for proc in procs:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
         time.sleep(0.1)
-    return proc
+    return procs
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_saves_the_checkpoint_and_exits_non_zero(tmp_path: Path, signum: int,
-                                                          code: int):
-    proc = _train_until_checkpoint(tmp_path)
-    try:
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err[-2000:]
-    (ckpt,) = _ckpts(tmp_path)
-    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
-    step = _step(ckpt)
-    assert lines == [f"interrupted: {signal.Signals(signum).name} at step {step}: saved "
-                     f"{ckpt.resolve()}; continue with `diffcli train resume=auto` (or "
-                     f"ckpt_path={ckpt.resolve()})"], err[-2000:]
-    assert "Traceback" not in err and not (ckpt.parent.parent / LOCK).exists()
-
-
-@pytest.mark.slow
-def test_a_second_ctrl_c_exits_at_once_and_keeps_the_previous_checkpoint(tmp_path: Path):
-    proc = _train_until_checkpoint(tmp_path)
-    try:
-        proc.send_signal(signal.SIGINT)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err
-    (ckpt,) = _ckpts(tmp_path)
-    assert _step(ckpt) >= 5  # whichever file is there is whole
+def test_runs_started_together_get_a_folder_each_and_signals_save_or_exit_at_once(
+        tmp_path: Path):
+    """Three runs started at once with the same fresh_dir get a folder each (one set of
+    processes for all of this: each start pays the imports). Then SIGTERM to the first and
+    SIGINT to the second: each saves its checkpoint, says so in one line and exits 143 / 130;
+    a second Ctrl-C right after the first makes the third exit 130 at once, and the checkpoint
+    it keeps is whole."""
+    procs = _train_until_checkpoints(
+        tmp_path, 3, "hydra.run.dir=${diffcli.fresh_dir:outputs/together}")
+    ckpts = _ckpts(tmp_path)
+    assert [p.parent.parent.name for p in ckpts] == ["together", "together_2", "together_3"]
+    errs = []
+    for proc, signals in zip(procs, ([signal.SIGTERM], [signal.SIGINT],
+                                     [signal.SIGINT, signal.SIGINT]), strict=True):
+        try:
+            for signum in signals:
+                proc.send_signal(signum)
+            errs.append(proc.communicate(timeout=60 if len(signals) > 1 else 120)[1])
+        finally:
+            proc.kill()
+        assert proc.returncode == 128 + signals[0], errs[-1][-2000:]
+        assert "Traceback" not in errs[-1]
+    for err, signum in zip(errs[:2], (signal.SIGTERM, signal.SIGINT), strict=True):
+        lines = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
+        [ckpt] = [c for c in ckpts if f"saved {c.resolve()};" in "".join(lines)]
+        ckpts.remove(ckpt)
+        step = _step(ckpt)
+        assert lines == [f"interrupted: {signal.Signals(signum).name} at step {step}: saved "
+                         f"{ckpt.resolve()}; continue with `diffcli train resume=auto` (or "
+                         f"ckpt_path={ckpt.resolve()})"], err[-2000:]
+        assert not (ckpt.parent.parent / LOCK).exists()
+    (ckpt,) = ckpts  # the third run's: whichever file is there is whole
+    assert _step(ckpt) >= 5
 
 
 @pytest.mark.slow

@@ -81,13 +81,13 @@ def test_sbatch_job_logs_while_running_and_requeues_into_the_same_folder(tmp_pat
     env = {**os.environ, **fake_slurm.install(tmp_path / "bin", tmp_path / "slurm"),
            "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "diffcli", "SLURM_NTASKS": "1",
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
-    args = [*EXE, "train", *POINTS, "logger=csv", "trainer.max_steps=400",
+    args = [*EXE, "train", *POINTS, "logger=csv", "trainer.max_steps=200",
             "trainer.log_every_n_steps=1", "progress_every_n_steps=10"]
     log = tmp_path / "log"
     with open(log, "w") as f:
         proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while "step 20/400" not in log.read_text() and time.monotonic() < deadline:
+    while "step 20/200" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, log.read_text()  # the log grew while training ran
     proc.send_signal(signal.SIGUSR1)
@@ -95,12 +95,12 @@ def test_sbatch_job_logs_while_running_and_requeues_into_the_same_folder(tmp_pat
     assert (tmp_path / "slurm" / "scontrol.log").read_text() == "requeue 77\n"
     run_dir = next(tmp_path.glob("outputs/20*/*"))
     stopped = _result(run_dir)
-    assert stopped["status"] == "requeued" and 20 <= stopped["step"] < 400
-    assert "step 10/400" in (run_dir / "cli.log").read_text()
+    assert stopped["status"] == "requeued" and 20 <= stopped["step"] < 200
+    assert "step 10/200" in (run_dir / "cli.log").read_text()
     subprocess.run(args, cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"}, check=True,
                    capture_output=True, timeout=300)
     assert list(tmp_path.glob("outputs/20*/*")) == [run_dir]
-    assert _csv_steps(run_dir) == list(range(400))
+    assert _csv_steps(run_dir) == list(range(200))
     assert f"resuming from step {stopped['step']}" in (run_dir / "cli.log").read_text()
     assert (_result(run_dir)["status"], _result(run_dir)["attempts"]) == ("done", 2)
 
@@ -149,7 +149,7 @@ def test_a_bad_last_sweep_point_refuses_the_sweep_before_any_job(tmp_path: Path,
     bad last point refuses the whole sweep in one line naming it (exit 2) and nothing is
     created. hydra/launcher=slurm (the fake cluster) goes through the same check before its
     launcher acts: sbatch is never called. glob() sweeps a group's options (3 schedules)."""
-    proc = run(tmp_path, "train", "-m", *TINY, "optimizer.lr=1e-3,2e-3,abc", ok=False)
+    proc = run_here(tmp_path, "train", "-m", *TINY, "optimizer.lr=1e-3,2e-3,abc", ok=False)
     assert_one_line_error(proc, "sweep point 3 of 3 (optimizer.lr=abc): optimizer.lr: 'abc' is "
                                 "not a valid value")
     assert proc.returncode == 2 and not (tmp_path / "multirun").exists()
