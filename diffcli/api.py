@@ -173,13 +173,14 @@ class Pipeline:
                batch_size: int = 64, guidance: float | None = None, classes: Any = None,
                prompt: str | Sequence[str] | None = None, classifier: str | None = None,
                classifier_scale: float | None = None, clip_denoised: bool | None = None,
-               output: str = "uint8", progress: bool = False) -> Any:
+               output: str = "uint8", progress: bool = False, guide: str | None = None) -> Any:
         """Draw samples: one per seed (``seeds``, default ``seed .. seed + n - 1``; each
         sample depends on its seed only), with ``sampler`` (a name of ``conf/sampler/``:
         dpmpp_3m (default, as ``diffcli sample``), ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, unipc,
         euler, heun, restart; or a sampler config dict) and ``steps``.
 
-        ``guidance``/``classes``/``prompt``/``classifier`` guide as ``diffcli sample`` does.
+        ``guidance``/``classes``/``prompt``/``classifier``/``guide`` (autoguidance by a weaker
+        run, scale ``guidance``) guide as ``diffcli sample`` does.
         ``output``: "uint8" images (N, C, H, W) (points: float (N, 2)), "float" in [-1, 1],
         or "pil" (a list of PIL images). Memory holds the result and one batch; for more
         samples than fit at once, iterate :meth:`sample_batches`.
@@ -188,7 +189,7 @@ class Pipeline:
         ``n`` is rounded up to a multiple of the number of classes so that each gets as many
         (said in one line on stderr), while ``seeds`` given one by one are kept as they are."""
         g = Guidance(scale=guidance, classes=classes, classifier=classifier,
-                     classifier_scale=classifier_scale, prompt=prompt)
+                     classifier_scale=classifier_scale, prompt=prompt, guide=guide)
         smp, guided, seeds = self._plan(n, seeds, seed, batch_size, output, sampler, steps,
                                         clip_denoised, g)
         parts = self._draw(smp, guided, seeds, batch_size, output, progress)
@@ -209,12 +210,12 @@ class Pipeline:
                        classes: Any = None, prompt: str | Sequence[str] | None = None,
                        classifier: str | None = None, classifier_scale: float | None = None,
                        clip_denoised: bool | None = None, output: str = "uint8",
-                       progress: bool = False) -> Iterator[Any]:
+                       progress: bool = False, guide: str | None = None) -> Iterator[Any]:
         """:meth:`sample` one batch at a time (same arguments): yields the samples of
         ``batch_size`` seeds after another, in seed order, as ``output`` asks; memory holds
         one batch, so any number of samples can be streamed to disk."""
         g = Guidance(scale=guidance, classes=classes, classifier=classifier,
-                     classifier_scale=classifier_scale, prompt=prompt)
+                     classifier_scale=classifier_scale, prompt=prompt, guide=guide)
         plan = self._plan(n, seeds, seed, batch_size, output, sampler, steps, clip_denoised, g)
         yield from self._draw(*plan, batch_size, output, progress)
 

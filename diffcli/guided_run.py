@@ -25,11 +25,13 @@ from torch import Tensor, nn
 
 from diffcli.checkpoint import LoadedRun, load_checkpoint
 from diffcli.components import build_net
+from diffcli.diffusion.autoguidance import Autoguidance
 from diffcli.diffusion.denoiser import Denoiser
 from diffcli.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from diffcli.diffusion.schedules import NoiseSchedule
 from diffcli.errors import DiffcliError, number_text, user_errors
-from diffcli.restore import OpenedRun
+from diffcli.restore import OpenedRun, open_run
+from diffcli.runs import checkpoint_of
 
 __all__ = ["Guidance", "GuidedRun", "check_guidance", "class_labels", "even_count", "guide",
            "open_classifier", "parse_classes", "read_classifier"]
@@ -93,13 +95,14 @@ class Guidance:
     interval: Sequence[float] | None = None  # guidance_interval=[sigma_lo, sigma_hi]
     rescale: float = 0.0  # guidance_rescale= phi
     prompt: Any = None  # prompt=: a caption (or a list of them) for a text-to-image model
+    guide: str | None = None  # guide=: autoguidance by this run or checkpoint (scale: guidance=)
 
     @property
     def used(self) -> bool:
         """Whether any guidance key was given."""
         return any(v is not None for v in (self.scale, self.classes, self.classifier,
                                            self.classifier_scale, self.interval,
-                                           self.prompt)) or bool(self.rescale)
+                                           self.prompt, self.guide)) or bool(self.rescale)
 
     @property
     def prompts(self) -> list[str] | None:
@@ -161,7 +164,8 @@ class GuidedRun:
         """A folder-name suffix: "-w3" / "-cls2" / "" (unguided)."""
         parts = []
         if "guidance" in self.meta:
-            parts.append(f"w{number_text(self.meta['guidance'])}")
+            auto = "ag" if "guide" in self.meta else "w"
+            parts.append(f"{auto}{number_text(self.meta['guidance'])}")
         if "classifier_scale" in self.meta:
             parts.append(f"cls{number_text(self.meta['classifier_scale'])}")
         return "".join(f"-{p}" for p in parts)
@@ -222,6 +226,8 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
     """Check the guidance keys ``g`` against the model (and its classifier): the number of
     classes and their names to draw from, or None for plain unconditional sampling. Every
     misuse is one line naming the key and the fix."""
+    if g.guide is not None:
+        _check_guide_keys(model, g)
     if model.text_encoder is not None:
         _check_text_keys(model, g)
         return None
@@ -229,7 +235,7 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
         raise DiffcliError(f"prompt= needs a text-to-image model (train with text_encoder=small "
                            f"or clip), but {model.path} is not text-conditional")
     k = model.num_classes
-    if g.scale is not None and g.scale != 0 and k is None:
+    if g.scale is not None and g.scale != 0 and k is None and g.guide is None:
         raise DiffcliError(f"guidance={number_text(g.scale)} needs a class-conditional model "
                            f"(train with conditional=true), but {model.path} is unconditional; for "
                            "an unconditional model use classifier=<ckpt of diffcli train "
@@ -249,6 +255,65 @@ def check_guidance(model: LoadedRun, g: Guidance) -> tuple[int, tuple[str, ...] 
         names = model.data_info().class_names
     parse_classes(g.classes, int(k or 0), names)
     return int(k or 0), names
+
+
+def _check_guide_keys(model: LoadedRun, g: Guidance) -> None:
+    """guide= takes guidance= as its scale, and a guide that fits (:func:`read_guide`)."""
+    if g.scale is None:
+        raise DiffcliError(f"guide={g.guide} needs guidance=w, the autoguidance scale (1: the "
+                           "model alone; e.g. guidance=2)")
+    read_guide(g.guide, model)
+
+
+def read_guide(path: str | Path, model: LoadedRun) -> LoadedRun:
+    """The guide of autoguidance (Karras et al. 2024) at ``path`` (a run folder or checkpoint),
+    loaded safely, refused in one line unless it is a diffusion model of the same data, classes,
+    objective and noise levels as ``model``; text-to-image models are not supported yet."""
+    run = load_checkpoint(checkpoint_of(str(path)))
+    if run.task != "diffusion":
+        raise DiffcliError(f"guide={path} is {run.kind.noun} checkpoint, not a diffusion model: "
+                           "guide with an earlier or smaller diffusion run of the same data")
+    if model.text_encoder is not None or run.text_encoder is not None:
+        raise DiffcliError("guide= (autoguidance) does not take text-to-image models yet: use "
+                           "guidance= (classifier-free guidance) with prompt=")
+    a, b = run.data_info(), model.data_info()
+    if _data_name(run) != _data_name(model) or a.shape != b.shape:
+        raise DiffcliError(f"guide={path} was trained on other data (dataset={_data_name(run)}, "
+                           f"samples {tuple(a.shape)}) than the model (dataset="
+                           f"{_data_name(model)}, samples {tuple(b.shape)})")
+    if run.num_classes != model.num_classes:
+        raise DiffcliError(f"guide={path} has num_classes={run.num_classes}, the model "
+                           f"{model.num_classes}: the guide needs the model's conditioning")
+    same = (run.config.get("objective") or {}).get("_target_") == \
+        (model.config.get("objective") or {}).get("_target_")
+    if not same or (model.continuous is None
+                    and run.config.get("schedule") != model.config.get("schedule")):
+        raise DiffcliError(f"guide={path} was trained with another objective or noise schedule "
+                           "than the model: autoguidance needs the same noise levels")
+    if (run.latent is None) != (model.latent is None) or run.latent != model.latent:
+        raise DiffcliError(f"guide={path} and the model work in different spaces (pixels or "
+                           "another autoencoder's latents)")
+    return run
+
+
+def _autoguide(opened: OpenedRun, g: Guidance, device: torch.device) -> Denoiser:
+    """The model guided by ``g.guide`` with scale ``g.scale`` (both conditional on the labels
+    when the model is class-conditional)."""
+    run, base = opened.run, opened.denoiser
+    other = open_run(read_guide(str(g.guide), run), use_ema=True, device=device).denoiser
+    if not torch.allclose(other.schedule.alphas_cumprod.double(),
+                          base.schedule.alphas_cumprod.double()):
+        raise DiffcliError(f"guide={g.guide} samples on other noise levels than the model "
+                           "(its objective's sigma range differs): train it with the model's")
+    pair = [base, other]
+    if run.num_classes is not None:
+        pair = [ClassifierFreeGuidance(net=d.net, schedule=d.schedule, prediction=d.prediction,
+                                       num_classes=run.num_classes, scale=1.0,
+                                       learned_variance=d.learned_variance,
+                                       objective=d.objective) for d in pair]
+    with user_errors("guidance"):
+        return Autoguidance.around(pair[0], pair[1], float(g.scale or 0.0),
+                                   interval=tuple(g.interval) if g.interval is not None else None)
 
 
 def _check_text_keys(model: LoadedRun, g: Guidance) -> None:
@@ -319,14 +384,19 @@ def guide(opened: OpenedRun, g: Guidance, device: torch.device) -> GuidedRun:
     :func:`check_guidance`)."""
     run, base = opened.run, opened.denoiser
     if run.text_encoder is not None:
+        if g.guide is not None:
+            _check_guide_keys(run, g)  # refused in one line
         return guide_text(opened, g)
     checked = check_guidance(run, g)
+    auto = {} if g.guide is None else {"guide": str(g.guide), "guidance": float(g.scale or 0.0)}
     if checked is None:
-        return GuidedRun(base, None, None, {})
+        return GuidedRun(_autoguide(opened, g, device) if auto else base, None, None, auto)
     k, names = checked
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = dict(auto)
     denoiser: Denoiser = base
-    if run.num_classes is not None:
+    if auto:
+        denoiser = _autoguide(opened, g, device)
+    elif run.num_classes is not None:
         w = 1.0 if g.scale is None else float(g.scale)
         with user_errors("guidance"):
             denoiser = ClassifierFreeGuidance(

@@ -88,7 +88,7 @@ def guidance_keys(cfg: DictConfig) -> Guidance:
                     classifier=cfg.get("classifier"), classifier_scale=cfg.get("classifier_scale"),
                     interval=None if interval is None else [float(v) for v in interval],
                     rescale=float(cfg.get("guidance_rescale") or 0.0),
-                    prompt=plain(cfg.get("prompt")))
+                    prompt=plain(cfg.get("prompt")), guide=cfg.get("guide"))
 
 
 @dataclass

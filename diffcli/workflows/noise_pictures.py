@@ -215,7 +215,7 @@ def prepare_reverse(cfg: DictConfig, run: LoadedRun | None = None) -> Reverse | 
         rev.guided = guide(opened, keys, device)
         rev.guided.classes = rev.guided.classes[:1]  # one class, next to the unguided process
         unguided = dataclasses.replace(keys, scale=0.0, classifier=None, classifier_scale=None,
-                                       classes=None)
+                                       classes=None, guide=None)
         unguided = dataclasses.replace(unguided, prompt=None)
         rev.unguided = guide(opened, unguided, device).denoiser
     return rev

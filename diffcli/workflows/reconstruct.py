@@ -27,7 +27,7 @@ from diffcli.restore import restore_autoencoder
 from diffcli.runs import run_dir_of
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
-GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt")
+GUIDANCE_KEYS = ("guidance", "classes", "classifier", "classifier_scale", "prompt", "guide")
 
 
 def reconstruct(cfg: DictConfig, run: LoadedRun, device: torch.device) -> Path:

@@ -109,6 +109,8 @@ GUIDANCE: dict[str, Key] = {
     "guidance_rescale": Key(float | int, "phi of Lin et al. 2024's rescaled guidance", ge=0,
                             le=1),
     "prompt": Key(str | list | None, "a text-to-image model's caption(s): one grid row each"),
+    "guide": Key(str | None, "autoguidance: a weaker run or checkpoint of the same data, "
+                 "objective and classes; guidance= is its scale", nonempty=True),
 }
 
 def nearest(name: str, candidates: list[str]) -> str:
