@@ -270,12 +270,15 @@ _ADDED_SINCE = {  # issue 27: the DDPM chain, no reflow (its settings apply only
     "reconstruct.sampler": {"lower_order_final": True},
     # issue 28: the U-Net's activation checkpointing, off (the same numbers, recomputed or not)
     "model": {"grad_checkpointing": False},
+    # issue 29: no autoguidance (guide=null samples as before)
+    "guide": {"": None},
     # issue 29: post-hoc EMA snapshots, off (they only write files beside the run)
     "callbacks": {"phema._target_": "diffcli.lit.phema.power_ema_snapshots",
                   "phema.every_n_steps": None, "phema.sigma_rels": [0.05, 0.10]},
 }
 UNCHANGED_BY_DEFAULT: dict[str, Any] = {
-    f"{group}.{key}": value for group, node in _ADDED_SINCE.items() for key, value in node.items()}
+    f"{group}.{key}" if key else group: value  # "": the key itself (guide, of every command)
+    for group, node in _ADDED_SINCE.items() for key, value in node.items()}
 
 
 def flat(value: Any, prefix: str = "") -> dict[str, Any]:
