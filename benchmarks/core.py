@@ -64,7 +64,7 @@ class Benchmark:
 
 MODULES = ("sample_throughput", "train_throughput", "latent_throughput", "memory",
            "sampler_nfe", "objective_nfe", "lenet_fid", "objectives_mnist", "mnist_judge",
-           "guidance_mnist", "likelihood_mnist", "latent_mnist", "reflow_moons")
+           "guidance_mnist", "likelihood_mnist", "latent_mnist", "reflow_moons", "backbones_mnist")
 
 
 def registry() -> dict[str, Benchmark]:
