@@ -270,7 +270,7 @@ def read_guide(path: str | Path, model: LoadedRun) -> LoadedRun:
     loaded safely, refused in one line unless it is a diffusion model of the same data, classes,
     objective and noise levels as ``model``; text-to-image models are not supported yet."""
     run = load_checkpoint(checkpoint_of(str(path)))
-    if run.task != "diffusion":
+    if not run.kind.generates:
         raise DiffcliError(f"guide={path} is {run.kind.noun} checkpoint, not a diffusion model: "
                            "guide with an earlier or smaller diffusion run of the same data")
     if model.text_encoder is not None or run.text_encoder is not None:

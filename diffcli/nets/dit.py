@@ -49,7 +49,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import CrossAttention, check_token_context
-from diffcli.nets.inputs import add_label_embedding, pad_to_multiple
+from diffcli.nets.inputs import (
+    add_label_embedding,
+    check_token_sizes,
+    image_shape,
+    output_channels,
+    pad_to_multiple,
+)
 from diffcli.nets.layers import TimeEmbedding
 
 __all__ = ["DiT", "DiTBlock", "patchify", "sincos_pos_embed_2d", "unpatchify"]
@@ -241,8 +247,9 @@ class DiT(nn.Module):
         super().__init__()
         image_width = image_size
         if data_shape is not None:
-            in_channels, image_size, image_width = _image_shape(data_shape)
-        _check_sizes(patch_size, hidden_size, depth, num_heads, num_classes, context_dim)
+            in_channels, image_size, image_width = image_shape("DiT", data_shape)
+        check_token_sizes("DiT", patch_size, hidden_size, depth, num_heads, num_classes,
+                          context_dim)
         self._set_sizes(in_channels, image_size, patch_size, hidden_size, num_classes,
                         learn_sigma, out_channels, context_dim)
         self.grad_checkpointing = bool(grad_checkpointing)
@@ -272,12 +279,8 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.learn_sigma = bool(learn_sigma)
         self.context_dim = context_dim
-        if out_channels is None:
-            out_channels = 2 * self.in_channels if self.learn_sigma else self.in_channels
-        elif self.learn_sigma and out_channels % 2:
-            raise ValueError(f"DiT with learn_sigma=true needs an even out_channels (prediction "
-                             f"and variance halves), got {out_channels}")
-        self.out_channels = int(out_channels)
+        self.out_channels = output_channels("DiT", self.in_channels, self.learn_sigma,
+                                            out_channels)
 
     def initialize_weights(self) -> None:
         """Peebles & Xie 2023, Sec. 3.2 and their released setup: Xavier-uniform linear layers
@@ -384,32 +387,3 @@ class DiT(nn.Module):
             h = self._run_block(block, h, c, context, context_mask)
         out = unpatchify(self.final_layer(h, c), self.patch_size, hp, wp)  # (B, out, H', W')
         return out[..., : x.shape[-2], : x.shape[-1]]  # (B, out_channels, H, W)
-
-
-def _image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
-    """(C, H, W) of an image sample shape; points are refused."""
-    if len(data_shape) != 3:
-        raise ValueError(f"the DiT takes images (C, H, W), but the data are "
-                         f"{'points of shape' if len(data_shape) == 1 else 'of shape'} "
-                         f"{tuple(data_shape)}; use the MLP (model=mlp) for points")
-    return int(data_shape[0]), int(data_shape[1]), int(data_shape[2])
-
-
-def _check_sizes(patch_size: int, hidden_size: int, depth: int, num_heads: int,
-                 num_classes: int | None, context_dim: int | None) -> None:
-    """One-line ``ValueError`` naming the option for sizes a DiT cannot be built with."""
-    if patch_size < 1:
-        raise ValueError(f"DiT patch_size must be >= 1, got {patch_size}")
-    if depth < 1:
-        raise ValueError(f"DiT depth must be >= 1, got {depth}")
-    if hidden_size < 4 or hidden_size % 4:
-        raise ValueError(f"DiT hidden_size must be a positive multiple of 4 (2-D sin-cos "
-                         f"position embedding), got {hidden_size}")
-    if num_heads < 1 or hidden_size % num_heads:
-        raise ValueError(f"DiT num_heads={num_heads} must be a positive divisor of "
-                         f"hidden_size={hidden_size}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"DiT num_classes must be >= 1 or None, got {num_classes}")
-    if context_dim is not None and context_dim < 1:
-        raise ValueError(f"DiT context_dim must be >= 1 or None, got {context_dim}")
-

@@ -49,7 +49,13 @@ from torch.utils.checkpoint import checkpoint
 
 from diffcli.nets.attention import CrossAttention, check_token_context
 from diffcli.nets.dit import SelfAttention, patchify, sincos_pos_embed_2d, unpatchify
-from diffcli.nets.inputs import add_label_embedding, pad_to_multiple
+from diffcli.nets.inputs import (
+    add_label_embedding,
+    check_token_sizes,
+    image_shape,
+    output_channels,
+    pad_to_multiple,
+)
 from diffcli.nets.layers import TimeEmbedding
 
 __all__ = ["UViT", "UViTBlock"]
@@ -145,13 +151,18 @@ class UViT(nn.Module):
         super().__init__()
         image_width = image_size
         if data_shape is not None:
-            in_channels, image_size, image_width = _image_shape(data_shape)
-        _check_sizes(patch_size, hidden_size, depth, num_heads, num_classes, context_dim)
+            in_channels, image_size, image_width = image_shape(NAME, data_shape)
+        check_token_sizes(NAME, patch_size, hidden_size, depth, num_heads, num_classes,
+                          context_dim)
+        if depth % 2 == 0:
+            raise ValueError(f"{NAME} depth must be odd (in-blocks, a mid-block, as many "
+                             f"out-blocks with long skips), got {depth}")
         self.in_channels, self.image_size = int(in_channels), image_size
         self.patch_size, self.hidden_size = int(patch_size), int(hidden_size)
         self.num_classes, self.context_dim = num_classes, context_dim
         self.learn_sigma = bool(learn_sigma)
-        self.out_channels = _out_channels(self.in_channels, self.learn_sigma, out_channels)
+        self.out_channels = output_channels(NAME, self.in_channels, self.learn_sigma,
+                                            out_channels)
         self.grad_checkpointing = bool(grad_checkpointing)
         d, p = self.hidden_size, self.patch_size
         self.patch_embed = nn.Linear(p * p * self.in_channels, d)
@@ -290,43 +301,3 @@ class UViT(nn.Module):
         out = unpatchify(self.decoder_pred(h), p, hp, wp)  # (B, out, H', W')
         out = self.final_conv(out)
         return out[..., : x.shape[-2], : x.shape[-1]]  # (B, out_channels, H, W)
-
-
-def _image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
-    """(C, H, W) of an image sample shape; other data are refused in one line."""
-    if len(data_shape) != 3:
-        raise ValueError(f"the {NAME} takes images (C, H, W), but the data are of shape "
-                         f"{tuple(data_shape)}; use the MLP (model=mlp) for points")
-    return int(data_shape[0]), int(data_shape[1]), int(data_shape[2])
-
-
-def _out_channels(in_channels: int, learn_sigma: bool, out_channels: int | None) -> int:
-    """The output channels: ``in_channels`` (twice with ``learn_sigma``) unless given."""
-    if out_channels is None:
-        return 2 * in_channels if learn_sigma else in_channels
-    if learn_sigma and out_channels % 2:
-        raise ValueError(f"{NAME} with learn_sigma=true needs an even out_channels "
-                         f"(prediction and variance halves), got {out_channels}")
-    return int(out_channels)
-
-
-def _check_sizes(patch_size: int, hidden_size: int, depth: int, num_heads: int,
-                 num_classes: int | None, context_dim: int | None) -> None:
-    """One-line ``ValueError`` naming the option for sizes a U-ViT cannot be built with."""
-    problems = [
-        (patch_size < 1, f"patch_size must be >= 1, got {patch_size}"),
-        (depth < 1 or depth % 2 == 0, f"depth must be odd (in-blocks, a mid-block, as many "
-                                      f"out-blocks with long skips), got {depth}"),
-        (hidden_size < 4 or hidden_size % 4, f"hidden_size must be a positive multiple of 4 "
-                                             f"(2-D sin-cos position embedding), got "
-                                             f"{hidden_size}"),
-        (num_heads < 1 or hidden_size % num_heads, f"num_heads={num_heads} must be a positive "
-                                                   f"divisor of hidden_size={hidden_size}"),
-        (num_classes is not None and num_classes < 1,
-         f"num_classes must be >= 1 or None, got {num_classes}"),
-        (context_dim is not None and context_dim < 1,
-         f"context_dim must be >= 1 or None, got {context_dim}"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise ValueError(f"{NAME} {message}")
