@@ -85,3 +85,41 @@ def test_a_resumed_run_continues_its_profiles(tmp_path: Path):
             want = four.ema(width)[name].lerp(net[name].float(), 1 - decay)
             assert torch.allclose(value, want, atol=1e-6), (width, name)
             assert not torch.allclose(value, net[name].float(), atol=1e-6), (width, name)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path: Path):
+    """Stopped at step 4 (mid-epoch: 3 batches an epoch) and resumed to 9: the weights, the EMA,
+    the optimizer state, both post-hoc EMA profiles and every logged loss equal those of one
+    9-step run (one process, CPU; the data order and each step's noise are functions of
+    (seed, step))."""
+    import csv
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    common = [a for a in POINTS_RUN if "max_steps" not in a and "n_points" not in a and
+              "logger" not in a] + ["dataset.n_points=400", "dataset.batch_size=128",
+                                    "logger=csv", "trainer.log_every_n_steps=1",
+                                    "callbacks.phema.every_n_steps=3"]
+    run_here(whole, "train", *common, "trainer.max_steps=9")
+    run_here(parts, "train", *common, "trainer.max_steps=4", "callbacks.last.every_n_steps=2")
+    run_here(parts, "train", *common, "trainer.max_steps=9", "resume=auto")
+    a = sorted(whole.glob("outputs/*/*/checkpoints/last.ckpt"))[-1]
+    b = sorted(parts.glob("outputs/*/*/checkpoints/last.ckpt"))[-1]
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    for key, value in ca["state_dict"].items():
+        assert torch.equal(value, cb["state_dict"][key]), key
+    for sa, sb in zip(ca["optimizer_states"][0]["state"].values(),
+                      cb["optimizer_states"][0]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    last_a, last_b = read_snapshots(a.parent.parent)[-1], read_snapshots(b.parent.parent)[-1]
+    for width in (0.05, 0.1):
+        for name, value in last_a.ema(width).items():
+            assert torch.equal(value, last_b.ema(width)[name]), (width, name)
+
+    def losses(ckpt: Path) -> dict[int, str]:
+        with open(ckpt.parent.parent / "logs" / "metrics.csv") as f:
+            return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f)
+                    if r.get("train/loss")}
+
+    tail = losses(b)
+    assert tail and all(losses(a)[step] == value for step, value in tail.items())

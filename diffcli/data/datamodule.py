@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from diffcli.data.labels import LabelledDataset, class_info, collate, numbered_names, unlabelled
+from diffcli.data.order import EpochOrder
 from diffcli.data.vision import RandomHorizontalFlip, TensorSamples, sample_shape
 from diffcli.errors import DiffcliError
 
@@ -88,6 +89,10 @@ class DiffusionDataModule(L.LightningDataModule):
         self.random_flip = bool(random_flip)
         self.shuffle = shuffle
         self.drop_last = drop_last
+        # (seed, batches already trained): the sample order as a function of (seed, epoch) and
+        # the resumed point, for a resume that continues exactly (diffcli.data.order); None:
+        # the DataLoader's own shuffle
+        self.order: tuple[int, int] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -134,10 +139,19 @@ class DiffusionDataModule(L.LightningDataModule):
         """Batches of shape (batch_size, *data_shape), float32 in [-1, 1] for images; for
         labelled data pairs (x, y) of such an x and its labels y, int64 (batch_size,)."""
         dataset = RandomHorizontalFlip(self.dataset) if self.random_flip else self.dataset
+        sampler = None
+        if self.order is not None:
+            seed, done = self.order
+            per_epoch = max(1, len(dataset) // self.batch_size if self.drop_last else
+                            -(-len(dataset) // self.batch_size))
+            sampler = EpochOrder(len(dataset), seed, self.shuffle,
+                                 skip=(done % per_epoch) * self.batch_size,
+                                 epoch=done // per_epoch)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=self.shuffle,
+            shuffle=self.shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=self.drop_last,
             collate_fn=collate,
             num_workers=self.num_workers,

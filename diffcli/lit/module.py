@@ -229,6 +229,13 @@ class DiffusionModule(EMAMixin, L.LightningModule):
         self.__dict__["latent"] = latent
         self.latent_cached = bool(latent_cached)
         self._ema_step = -1
+        # a seed: every step's noise, timesteps and dropout are drawn from torch's stream seeded
+        # by (seed, step), so a resumed run continues exactly (single process; None: one stream)
+        self.step_seed: int | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed * 1_000_003 + self.global_step)
 
     def training_step(self, batch: Tensor | tuple | list, batch_idx: int) -> Tensor:
         x0 = self.to_latents(batch_data(batch))  # (B, ...)

@@ -303,6 +303,11 @@ def _fit(cfg: DictConfig, run_dir: Path, resume: Path | None, stop: GracefulStop
         dm = space.datamodule
     dm = reflow.reflow_data(cfg, dm, module, reads.load, resumed=resume is not None)
     trainer = _trainer(cfg, run_dir, stop, reads, manual=not module.automatic_optimization)
+    if trainer.world_size == 1 and hasattr(dm, "order") and hasattr(module, "step_seed"):
+        # one process: the data order and each step's randomness are functions of (seed,
+        # step), so a resume continues exactly (DDP keeps its DistributedSampler and streams)
+        dm.order = (int(cfg.seed), start * trainer.accumulate_grad_batches)
+        module.step_seed = int(cfg.seed)
     if trainer.is_global_zero:
         _announce(cfg, dm, module, trainer, run_dir, resume, start)
         for lg in trainer.loggers:
