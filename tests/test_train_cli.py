@@ -51,7 +51,10 @@ def test_experiment_presets(name: str, params: float | None) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_path: Path):
-    args = [*TINY, "logger=csv", "callbacks.last.every_n_steps=4", "trainer.max_steps=100000"]
+    """... and every post-hoc EMA snapshot written before the kill reads back whole, and the
+    resumed run's folder starts with them."""
+    args = [*TINY, "logger=csv", "callbacks.last.every_n_steps=4",
+            "callbacks.phema.every_n_steps=2", "trainer.max_steps=100000"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen([*EXE, "train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -74,12 +77,19 @@ def test_sigkill_then_resume_loses_only_the_steps_since_the_last_checkpoint(tmp_
     killed = last_checkpoints(tmp_path)[0]
     saved = checkpoint_step(killed)  # loads cleanly: the kill never leaves a torn file
     assert saved >= 8 and saved % 4 == 0
+    from diffcli.lit.phema import read_snapshots
+
+    snaps = read_snapshots(killed.parent.parent)  # each file whole (atomic writes)
+    assert [s.step for s in snaps][:saved // 2] == list(range(2, saved + 1, 2))
+    assert all(s.ema(0.1) for s in snaps)
     out = run_here(tmp_path, "train", *args[:-1], "resume=auto", f"trainer.max_steps={saved + 3}",
               "trainer.log_every_n_steps=1")
     assert f"resuming from step {saved} of {killed.relative_to(tmp_path)}" in out.stderr.replace(
         "\n", "")
     resumed = [p for p in last_checkpoints(tmp_path) if p != killed]
     assert len(resumed) == 1 and checkpoint_step(resumed[0]) == saved + 3
+    steps = [s.step for s in read_snapshots(resumed[0].parent.parent)]
+    assert steps[: saved // 2] == list(range(2, saved + 1, 2)) and steps[-1] == saved + 3
     metrics = (resumed[0].parent.parent / "logs" / "metrics.csv").read_text()
     assert "train/grad_norm" in metrics and "train/images_per_s" in metrics
 
