@@ -89,7 +89,7 @@ CASES = [
     ("bash", "train trainer.max_", ["trainer.max_epochs=", "trainer.max_steps=",
                                     "trainer.max_time="]),
     ("zsh", "train trainer.m", sorted(f"trainer.{k}=" for k in trainer_keys() if k[0] == "m")),
-    ("bash", "sample gui", ["guidance=", "guidance_interval=", "guidance_rescale="]),
+    ("bash", "sample gui", ["guidance=", "guidance_interval=", "guidance_rescale=", "guide="]),
     ("bash", "sample ", {"sampler=", "sampler.", "seeds=", "ckpt="}),
     ("bash", "eval-fid ", {"ckpt=", "metrics=", "sampler."}),
     ("zsh", "eval-nll ", {"ckpt=", "method="}),

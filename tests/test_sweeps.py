@@ -149,13 +149,15 @@ def test_a_bad_last_sweep_point_refuses_the_sweep_before_any_job(tmp_path: Path,
     bad last point refuses the whole sweep in one line naming it (exit 2) and nothing is
     created. hydra/launcher=slurm (the fake cluster) goes through the same check before its
     launcher acts: sbatch is never called. glob() sweeps a group's options (3 schedules)."""
-    proc = run_here(tmp_path, "train", "-m", *TINY, "optimizer.lr=1e-3,2e-3,abc", ok=False)
+    proc = run(tmp_path, "train", "-m", *TINY, "optimizer.lr=1e-3,2e-3,abc", ok=False)
     assert_one_line_error(proc, "sweep point 3 of 3 (optimizer.lr=abc): optimizer.lr: 'abc' is "
                                 "not a valid value")
     assert proc.returncode == 2 and not (tmp_path / "multirun").exists()
     env = fake_slurm.install(tmp_path / "bin", tmp_path / "slurm")
     for name in ("PATH", "FAKE_SLURM_DIR"):
         monkeypatch.setenv(name, env[name])
+    # no "checking 6 sweep points ..." line, which a loaded machine prints (slow checks)
+    monkeypatch.setattr("diffcli.cli.sweep_points.SLOW_CHECK_S", float("inf"))
     proc = run_here(tmp_path, "train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition="
                     "debug", "hydra.launcher.gpus_per_node=null", *TINY, "seed=0,-1",
                     "schedule=glob(*)", ok=False)  # Hydra's job order: seed=0 with each first
