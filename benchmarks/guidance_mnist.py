@@ -1,20 +1,14 @@
-"""Guidance and EMA on MNIST, measured: does a guided sample show the digit it was asked for,
-and which EMA width is best after the fact?
+"""Guidance on MNIST, measured: does a guided sample show the digit it was asked for?
 
 1. ``diffcli train`` a class-conditional U-Net on the offline MNIST test split with
-   classifier-free guidance training (``conditional=true``, 10% null labels) and post-hoc EMA
-   snapshots (``callbacks.phema``), a noise-aware classifier (``task=classifier``) with the same
-   schedule, and autoguidance's guide (Karras et al. 2024): the same recipe on a smaller
-   network (base width 16) for a quarter of the steps - all through the real CLI, each
+   classifier-free guidance training (``conditional=true``, 10% null labels), and a noise-aware
+   classifier (``task=classifier``) with the same schedule - both through the real CLI, each
    with the full list of overrides of the preset (every setting the model depends on, written
    out, so a change of diffcli's defaults does not change the recipe);
 2. sample ``n`` images (classes 0-9 in equal numbers, DDIM ``steps``, EMA weights) at each
    guidance setting of the preset: classifier-free guidance scales w, and classifier guidance
    of scale s on the same network's unconditional branch (w = 0: the network trained with null
-   labels is an unconditional model) or on the conditional model (w = 1), and autoguidance of
-   scale w by the guide (at the NFE of classifier-free guidance: two evaluations a step);
-   then rebuild the EMA of each width of ``sigma_rels`` after training (``diffcli ema``) and
-   sample the conditional model (w = 1) with each;
+   labels is an unconditional model) or on the conditional model (w = 1);
 3. judge them with the MNIST classifier of ``benchmarks/mnist_judge.py``: accuracy = fraction
    labelled as the requested class, and FD-judge = Frechet distance of the judge's features to
    those of the whole real test split (lower is closer to real digits; comparable only within
@@ -65,7 +59,6 @@ MODEL = [*COMMON,  # the class-conditional U-Net (1.05M parameters)
          "module.ema_decay=0.995", "module.ema_warmup=true", "module.cond_drop_prob=0.1",
          "loss=simple", "optimizer=adam", "optimizer.lr=0.002", "optimizer.betas=[0.9,0.999]",
          "optimizer.eps=1e-8", "optimizer.weight_decay=0.0", "callbacks.preview=null",
-         "callbacks.phema.every_n_steps=50", "callbacks.phema.sigma_rels=[0.05,0.10]",
          "trainer.max_steps=1500"]
 CLASSIFIER = [*COMMON,  # the noise-aware classifier of x_t
               "task=classifier", "model.base_channels=32", "model.channel_mults=[1,2,2]",
@@ -73,21 +66,12 @@ CLASSIFIER = [*COMMON,  # the noise-aware classifier of x_t
               "model.use_scale_shift_norm=true", "optimizer=adamw", "optimizer.lr=0.002",
               "optimizer.betas=[0.9,0.999]", "optimizer.eps=1e-8", "optimizer.weight_decay=0.01",
               "trainer.max_steps=800"]
-# autoguidance's guide (Karras et al. 2024, Sec. 3): the model's recipe, a smaller network
-# (base width 16: about a quarter of the parameters) trained a quarter as long, no snapshots
-GUIDE = [o for o in MODEL if not o.startswith("callbacks.phema.")
-         and o.split("=", 1)[0] not in ("model.base_channels", "trainer.max_steps")] + [
-    "model.base_channels=16", "trainer.max_steps=375"]
-SIGMA_RELS = (0.03, 0.05, 0.08, 0.12, 0.16, 0.22)  # the post-hoc EMA sweep
 SAMPLER = {"_target_": "diffcli.diffusion.samplers.ddim.DDIM", "eta": 0.0, "grid": "trailing"}
 ROWS = [  # name, classifier-free w, classifier scale s (None: no classifier)
     *[(f"classifier-free, w = {w:g}" + {0: " (unconditional)", 1: " (conditional)"}.get(w, ""),
        float(w), None) for w in (0, 1, 2, 3)],
     *[(f"classifier guidance, s = {s:g} (on w = 0)", 0.0, float(s)) for s in (1, 3, 10, 30, 100)],
     ("classifier guidance, s = 3 on the conditional model (w = 1)", 1.0, 3.0)]
-AUTO_ROWS = [(f"autoguidance, w = {w:g} (guide: the small, short-trained model)", float(w))
-             for w in (1.5, 2, 3)]
-STAGES = ("model", "classifier", "guide")  # trained side by side
 PER_MACHINE = ("dataset.root", "hydra.run.dir")  # added at run time, not part of the recipe
 
 
@@ -102,34 +86,29 @@ PRESET = {
     "model": MODEL, "classifier": CLASSIFIER, "n": 500, "steps": 25, "batch": 250,
     "sampler": SAMPLER, "use_ema": True, "clip_denoised": True,
     "reference": None,  # real digits FD-judge compares with: the first N (None: all 10,000)
-    "rows": [*({"setting": name, "w": w, "s": s, "guide": False} for name, w, s in ROWS),
-             *({"setting": name, "w": w, "s": None, "guide": True} for name, w in AUTO_ROWS)],
-    "guide": GUIDE, "sigma_rels": list(SIGMA_RELS),
+    "rows": [{"setting": name, "w": w, "s": s} for name, w, s in ROWS],
     "judge": mnist_judge.training(mnist_judge.PRESET)}
 SMOKE = {
     "model": changed(MODEL, trainer__max_steps=2, model__base_channels=8,
                      model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
-                     dataset__batch_size=8, callbacks__phema__every_n_steps=1),
+                     dataset__batch_size=8),
     "classifier": changed(CLASSIFIER, trainer__max_steps=2, model__base_channels=8,
                           model__channel_mults="[1,2]", lr_scheduler__warmup_steps=0,
                           dataset__batch_size=8, module__eval_images=20),
-    "guide": changed(GUIDE, trainer__max_steps=2, model__base_channels=4,
-                     model__channel_mults="[1,2]", model__groups=4, lr_scheduler__warmup_steps=0,
-                     dataset__batch_size=8),
-    "sigma_rels": [0.05, 0.2],
     "n": 10, "steps": 2, "batch": 10, "reference": 1000,
     "judge": {**mnist_judge.training(mnist_judge.PRESET), "epochs": 1, "train_images": 300}}
 
 
 def resolve(settings: Settings) -> dict[str, Any]:
     """The settings with each stage's overrides replaced by the config they compose to."""
-    return {**settings, **{stage: composed("train", settings[stage]) for stage in STAGES}}
+    return {**settings, "model": composed("train", settings["model"]),
+            "classifier": composed("train", settings["classifier"])}
 
 
 def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
     """Train the conditional diffusion run and the classifier run in ``workdir``, side by side
     (each ``diffcli train``'s output goes to ``<stage>.log`` there); their checkpoints."""
-    procs, stages = {}, STAGES
+    procs, stages = {}, ("model", "classifier")
     argv = {stage: ["train", *settings[stage], f"dataset.root={DATA}",
                     f"hydra.run.dir={workdir / stage}"] for stage in stages}
     for stage in [s for s in stages if not finished_before(workdir / s, argv[s])]:
@@ -154,12 +133,10 @@ def train_runs(settings: Settings, workdir: Path) -> dict[str, Path]:
     return {stage: workdir / stage / "checkpoints" / "last.ckpt" for stage in stages}
 
 
-def sample_row(model: Path, ckpts: Mapping[str, Path], row: Mapping[str, Any],
+def sample_row(model: Path, classifier: Path, row: Mapping[str, Any],
                settings: Settings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
                                                                    int, float]:
-    """(uint8 images, requested labels, NFE per sample, seconds) of one guidance setting of
-    the checkpoint ``model`` (the classifier and the guide: ``ckpts``). Autoguidance's NFE
-    counts the guide's evaluations too (one per evaluation of the model)."""
+    """(uint8 images, requested labels, NFE per sample, seconds) of one guidance setting."""
     from diffcli.diffusion.generate import generate, to_uint8
     from diffcli.guided_run import Guidance, guide
     from diffcli.restore import make_sampler, open_run
@@ -168,34 +145,14 @@ def sample_row(model: Path, ckpts: Mapping[str, Path], row: Mapping[str, Any],
     opened = open_run(model, use_ema=settings["use_ema"], device=device)
     sampler, _ = make_sampler(dict(settings["sampler"]), opened.schedule, steps=settings["steps"],
                               clip_denoised=settings["clip_denoised"])
-    g = (Guidance(scale=row["w"], guide=str(ckpts["guide"])) if row.get("guide") else
-         Guidance(scale=row["w"]) if row["s"] is None else
-         Guidance(scale=row["w"], classifier=str(ckpts["classifier"]), classifier_scale=row["s"]))
+    g = (Guidance(scale=row["w"]) if row["s"] is None else
+         Guidance(scale=row["w"], classifier=str(classifier), classifier_scale=row["s"]))
     guided = guide(opened, g, device)
     labels = guided.labels(n)
     start = time.perf_counter()
     x = generate(sampler, guided.denoiser, opened.info.shape, list(range(n)), settings["batch"],
                  device, labels=labels)
-    nfe = opened.counter.rows // n * (2 if row.get("guide") else 1)
-    return to_uint8(x), labels.cpu(), nfe, time.perf_counter() - start
-
-
-def ema_checkpoints(model: Path, sigma_rels: Sequence[float]) -> dict[float, Path]:
-    """``diffcli ema`` (the real command) of each width from the model run's snapshots:
-    width -> its checkpoint."""
-    mnist_judge.run_diffcli("ema", f"ckpt={model}",
-                            "sigma_rel=[" + ",".join(f"{w:g}" for w in sigma_rels) + "]")
-    folder = model.parent
-    return {w: next(folder.glob(f"ema-{w:.3f}-step*.ckpt")) for w in sigma_rels}
-
-
-def judged(net: torch.nn.Module, real: torch.Tensor, row: Mapping[str, Any],
-           sampled: tuple[torch.Tensor, torch.Tensor, int, float], n: int) -> dict[str, Any]:
-    """``row`` with the judge's accuracy and FD-judge of the samples, NFE and images/s."""
-    images, labels, nfe, seconds = sampled
-    pred, feats = predict(net, to_input(images))
-    return {**row, "accuracy": float((pred == labels).float().mean()),
-            "fd_judge": feature_distance(feats, real), "nfe": nfe, "images_per_s": n / seconds}
+    return to_uint8(x), labels.cpu(), opened.counter.rows // n, time.perf_counter() - start
 
 
 def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
@@ -206,17 +163,16 @@ def measure(settings: Settings, workdir: Path) -> dict[str, Any]:
     net, judge_acc = judge(settings["judge"], judge_folder(settings["judge"], workdir))
     _, real = predict(net, to_input(read_mnist_test()[0][:settings["reference"]]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows, widths = [], []
+    rows = []
     for row in settings["rows"]:
-        rows.append(judged(net, real, row, sample_row(ckpts["model"], ckpts, row, settings,
-                                                      device), settings["n"]))
+        images, labels, nfe, seconds = sample_row(ckpts["model"], ckpts["classifier"], row,
+                                                  settings, device)
+        pred, feats = predict(net, to_input(images))
+        rows.append({**row, "accuracy": float((pred == labels).float().mean()),
+                     "fd_judge": feature_distance(feats, real), "nfe": nfe,
+                     "images_per_s": settings["n"] / seconds})
         print(json.dumps(rows[-1]), flush=True)
-    conditional = {"w": 1.0, "s": None}  # conditional sampling, no guidance
-    for width, ckpt in ema_checkpoints(ckpts["model"], settings["sigma_rels"]).items():
-        widths.append(judged(net, real, {"sigma_rel": width}, sample_row(
-            ckpt, ckpts, conditional, settings, device), settings["n"]))
-        print(json.dumps(widths[-1]), flush=True)
-    return {"rows": rows, "ema": widths, "n": settings["n"], "steps": settings["steps"],
+    return {"rows": rows, "n": settings["n"], "steps": settings["steps"],
             "judge_accuracy": judge_acc, "train_s": round(train_s, 1), "device": device.type}
 
 
@@ -232,21 +188,7 @@ def table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ema_table(result: Mapping[str, Any]) -> str:
-    """Judge accuracy and FD-judge of the conditional model (w = 1) with the EMA of each width
-    rebuilt after training (``diffcli ema``); the best FD-judge in bold."""
-    best = min(r["fd_judge"] for r in result["ema"])
-    lines = ["| EMA width sigma_rel | judge accuracy | FD-judge |", "| ---: | ---: | ---: |"]
-    for r in result["ema"]:
-        fd = f"{r['fd_judge']:.1f}"
-        lines.append(f"| {r['sigma_rel']:g} | {100 * r['accuracy']:.1f}% | "
-                     f"{f'**{fd}**' if r['fd_judge'] == best else fd} |")
-    return "\n".join(lines)
-
-
 BENCHMARK = Benchmark(
     name="guidance_mnist",
-    title="classifier-free, classifier and autoguidance, and post-hoc EMA widths on MNIST: "
-          "judge accuracy, FD-judge, NFE",
-    preset=PRESET, smoke=SMOKE, run=measure, tables={"table": table, "ema": ema_table},
-    resolve=resolve)
+    title="classifier-free and classifier guidance on MNIST: judge accuracy, FD-judge, NFE",
+    preset=PRESET, smoke=SMOKE, run=measure, tables={"table": table}, resolve=resolve)

@@ -67,7 +67,7 @@ def test_smoke(tmp_path: Path, name: str, benchmarks_importable: None):
     provenance) to the scratch folder, never to docs/results. In this process (the import of
     torch is paid once a worker), the diffcli commands a benchmark runs through
     ``run_diffcli`` too (BENCHMARKS_IN_PROCESS); the ones whose process is the point (memory,
-    train_throughput's isolated rows, guidance's three trainings side by side) stay processes."""
+    train_throughput's isolated rows, guidance's two trainings side by side) stay processes."""
     from benchmarks.__main__ import main
 
     before = sorted((ROOT / "docs" / "results").glob("*.json"))
