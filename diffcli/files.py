@@ -233,6 +233,25 @@ def sweep_stale(parent: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs and delivered when it ends (in the
+    main thread; elsewhere, or without ``pthread_sigmask``, nothing is held): for a few file
+    operations whose results must exist together or not at all."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class OutputFolder:
     """A results folder that appears complete or not at all.
 
@@ -257,14 +276,23 @@ class OutputFolder:
         self._made_parent = not self.final.parent.exists()
         self.final.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(self.final.parent)
-        if not self.overwrite:
-            self.path = claim_dir(self.final)
-            self._claimed = True
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                         dir=self.path.parent))
-        os.chmod(self.tmp, 0o777 & ~_umask())
-        owner = {"kind": self.kind, "pid": os.getpid(), "host": socket.gethostname()}
-        (self.tmp / MARKER).write_text(json.dumps(owner) + "\n")
+        try:  # a Ctrl-C in here (no __exit__ follows) leaves no claimed or temporary folder
+            with deferred_signals():  # the folders and what says they exist: made together
+                if not self.overwrite:
+                    self.path = claim_dir(self.final)
+                    self._claimed = True
+                self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                                 dir=self.path.parent))
+                os.chmod(self.tmp, 0o777 & ~_umask())
+                owner = {"kind": self.kind, "pid": os.getpid(), "host": socket.gethostname()}
+                (self.tmp / MARKER).write_text(json.dumps(owner) + "\n")
+        except BaseException as e:
+            if self.tmp is not None:
+                self.__exit__(type(e), e, e.__traceback__)
+            elif self._claimed:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
         return self.tmp
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,

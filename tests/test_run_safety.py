@@ -62,6 +62,30 @@ def test_output_folder_appears_whole_or_not_at_all(tmp_path: Path):
     assert sorted(p.name for p in final.parent.iterdir()) == ["ddim-5", "ddim-5_2"]
 
 
+def test_a_ctrl_c_while_the_folder_is_made_leaves_nothing(tmp_path: Path, monkeypatch):
+    """A real SIGINT raised as the temporary folder's marker is written (inside
+    ``__enter__``, which no ``__exit__`` follows): held back until the folders and the marker
+    exist, then cleaned up as any Ctrl-C is; nothing stays behind."""
+    import signal
+
+    import diffcli.files as files
+
+    final = tmp_path / "samples" / "ddim-5"
+    final.parent.mkdir()
+    real_chmod = files.os.chmod
+    sent = []
+
+    def chmod_then_ctrl_c(path, mode):  # noqa: ANN001, ANN202
+        real_chmod(path, mode)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the signal is held back
+        sent.append(path)
+
+    monkeypatch.setattr(files.os, "chmod", chmod_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), OutputFolder(final):
+        raise AssertionError("the block must not run")
+    assert sent and list(final.parent.iterdir()) == []
+
+
 def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path: Path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
