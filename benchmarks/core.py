@@ -90,9 +90,10 @@ def composed(command: str, overrides: Sequence[str]) -> dict[str, Any]:
     eval_nll, ...)."""
     from omegaconf import OmegaConf
 
+    from diffcli.cli.objective_choice import implied_objective
     from diffcli.cli.overrides import validate
 
-    cfg = validate(command, list(overrides))
+    cfg = validate(command, implied_objective(command, list(overrides))[0])  # as the CLI does
     out: dict[str, Any] = {}
     for key in cfg:
         if key in VARYING and VARYING[key] is None:
@@ -310,6 +311,24 @@ def differences(published: Any, today: Any,
     return lines
 
 
+# Nodes a training config holds but its task does not read: an autoencoder's or a noise-aware
+# classifier's run composes an objective (the default, flow since issue 27; the DDPM chain
+# before) that nothing builds.
+NOT_READ_BY_TASK = {"autoencoder": ("objective",), "classifier": ("objective",)}
+
+
+def unread(value: Any) -> Any:
+    """``value`` (resolved settings) with every training config's :data:`NOT_READ_BY_TASK`
+    nodes left out, so that a default they follow cannot make a result stale."""
+    if isinstance(value, list):
+        return [unread(v) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    skip = NOT_READ_BY_TASK.get(value.get("task"), ()) if isinstance(value.get("task"), str) \
+        else ()
+    return {k: unread(v) for k, v in value.items() if k not in skip}
+
+
 def stale(benches: Mapping[str, Benchmark], folder: Path = RESULTS) -> list[str]:
     """Results whose resolved settings differ from what their preset resolves to today (keys
     added since at their neutral value aside, :data:`UNCHANGED_BY_DEFAULT`), and smoke results
@@ -326,8 +345,8 @@ def stale(benches: Mapping[str, Benchmark], folder: Path = RESULTS) -> list[str]
             continue
         if record.get("resolved_sha256") == digest(today):
             continue
-        diff = differences(json.loads(json.dumps(record.get("resolved"), default=str)),
-                           json.loads(json.dumps(today, default=str)))
+        diff = differences(unread(json.loads(json.dumps(record.get("resolved"), default=str))),
+                           unread(json.loads(json.dumps(today, default=str))))
         if diff:
             more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
             out.append(f"{name}: its settings differ from what the preset resolves to today "

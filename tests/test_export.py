@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny trained image run (8x8 digits, 3 steps)."""
     root = tmp_path_factory.mktemp("export")
-    run_here(root, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none")
+    run_here(root, "train", *TINY_UNET, "trainer.max_steps=3", "logger=none", "objective=ddpm")
     return root
 
 
@@ -158,7 +158,7 @@ def test_onnx_export_samples_as_torch(tiny_run: Path):
 
 def test_what_cannot_be_exported_is_one_line(tmp_path: Path):
     run_here(tmp_path, "train", "dataset=swiss_roll", "model=mlp", "trainer.max_steps=2",
-             "logger=none")
+             "logger=none", "objective=ddpm")
     assert_one_line_error(run_here(tmp_path, "export", "format=diffusers", ok=False),
                           "format=diffusers", "UNet2DModel takes images")
     assert_one_line_error(run_here(tmp_path, "export", "format=keras", ok=False), "format")
@@ -216,7 +216,7 @@ def test_a_class_conditional_model_exports_its_unet_and_reads_back(tmp_path: Pat
     """No DDPMPipeline (it passes no labels): unet/ + scheduler/; diffcli reads the classes
     back and samples each class as the original."""
     run_here(tmp_path, "train", *TINY_UNET, "conditional=true", "trainer.max_steps=2",
-             "logger=none")
+             "logger=none", "objective=ddpm")
     run = _run_dir(tmp_path)
     run_here(tmp_path, "export", "format=diffusers", "sampler=dpmpp_2m")
     folder = run / "export" / "diffusers"

@@ -34,10 +34,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = train_runs(cwd, {"ae": AE, "ae2": [*AE, "seed=1"],
                            "pixel": ["train", *DIGITS, "model.base_channels=8", "model.groups=4",
                                      "model.channel_mults=[1]", "trainer.max_steps=1",
-                                     "callbacks.preview=null"]})
+                                     "callbacks.preview=null", "objective=ddpm"]})
     moved = cwd / "ae-copy.ckpt"  # the LDM is trained on this file, later replaced
     shutil.copy(out["ae"], moved)
-    out |= train_runs(cwd, {"ldm": ["train", f"latent={moved}", *LDM],
+    out |= train_runs(cwd, {"ldm": ["train", f"latent={moved}", *LDM, "objective=ddpm"],
                             "flow": ["train", "experiment=flow_t2i_mnist", f"latent={moved}",
                                      *LDM, "dataset.image_size=8", "model.transformer_levels=[0]"]})
     out["ae_copy"] = moved
@@ -111,7 +111,7 @@ def test_evaluations_and_pictures_of_latent_and_autoencoder_runs(runs, monkeypat
 def test_a_changed_or_other_autoencoder_is_refused(runs, monkeypatch, capsys):
     cwd = runs["cwd"]
     other = [(["train", f"latent={runs['ae2']}", *LDM, "trainer.max_steps=3",
-               f"ckpt_path={runs['ldm']}"], "another autoencoder", 1)]
+               f"ckpt_path={runs['ldm']}", "objective=ddpm"], "another autoencoder", 1)]
     assert_refused(other, cwd, monkeypatch, capsys)
     saved = runs["ae_copy"].read_bytes()
     try:
@@ -222,7 +222,8 @@ READS = {  # command line -> the runs whose checkpoint it reads ({name}: a copy 
                   "metrics=[fid]", "cache=false", "batch_size=4"], ["pixel"]),
     "train-resume": (["train", "ckpt_path={pixel}", *DIGITS, "model.base_channels=8",
                       "model.groups=4", "model.channel_mults=[1]", "trainer.max_steps=2",
-                      "callbacks.preview=null", "hydra.run.dir={here}/resumed"], ["pixel"]),
+                      "callbacks.preview=null", "objective=ddpm", "hydra.run.dir={here}/resumed"],
+                     ["pixel"]),
 }
 
 

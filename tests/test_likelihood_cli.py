@@ -21,7 +21,7 @@ MOONS = ["dataset=moons", "dataset.n_points=256", "logger=none", "trainer.max_st
 RUNS = {
     "hybrid": ["train", *MOONS, "model.learn_sigma=true", "loss=hybrid"],
     "vlb": ["train", *MOONS, "model.learn_sigma=true", "loss=vlb"],
-    "simple": ["train", *MOONS],
+    "simple": ["train", *MOONS, "objective=ddpm"],
     "digits": ["train", *TINY_UNET, "model.channel_mults=[1]", "model.learn_sigma=true",
                "loss=hybrid", "logger=none", "trainer.max_steps=2", "callbacks.preview=null"],
 }

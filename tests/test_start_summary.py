@@ -121,7 +121,8 @@ def test_start_summary_names_each_group_and_its_main_keys(tmp_path: Path):
         cfg = compose("train", overrides=["dataset=moons", "model=mlp", "logger=none",
                                           "optimizer=adamw", "optimizer.lr=2e-4",
                                           "module.ema_sigma_rel=null", "module.ema_decay=0.9999",
-                                          "module.prediction=eps", "trainer.max_steps=3000"])
+                                          "module.prediction=eps", "trainer.max_steps=3000",
+                                          "objective=ddpm"])
     net = build_net(cfg.model, (2,))
     choices = {"dataset": "moons", "model": "mlp", "schedule": "linear", "module": "diffusion",
                "optimizer": "adamw", "lr_scheduler": "cosine", "trainer": "default",
@@ -192,6 +193,8 @@ def test_train_says_its_precision_and_prints_the_summary_once(tmp_path: Path):
         [f"note: {note}", *([trainer_line] if "bf16" in precision else [])]
     assert proc.stderr.count("diffcli train: a diffusion model, run dir") == 1
     summary = [ln for ln in proc.stderr.splitlines() if ln.startswith(("├", "│", "└"))]
-    assert "│   └── total          191,106" in summary and len(summary) == 16
+    assert "│   └── total          191,106" in summary and len(summary) == 15
+    assert any(ln.startswith("├── objective: flow  Flow, interpolant linear") for ln in summary)
+    assert not any(ln.startswith("├── schedule:") for ln in summary)  # flow has none
     log = next(tmp_path.glob("outputs/*/*/cli.log")).read_text()
     assert all(line in log for line in summary) and f"note: {note}" in log

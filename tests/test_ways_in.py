@@ -200,7 +200,7 @@ def test_eval_fid_and_eval_nll_do_not_replace_a_users_file(tmp_path: Path):
              "callbacks.preview=null")
     notes = tmp_path / "notes.txt"
     for command, extra in [("eval-fid", ["extractor=standin", "n=16", "steps=2"]),
-                           ("eval-nll", ["n=4", "steps=4", "method=vlb"])]:
+                           ("eval-nll", ["n=4", "method=ode"])]:
         notes.write_text("mine")
         proc = run_here(tmp_path, command, *extra, f"out={notes}")
         assert notes.read_text() == "mine" and "notes_2.txt" in proc.stderr.replace("\n", "")

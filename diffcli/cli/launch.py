@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from diffcli.cli.objective_choice import implied_objective
 from diffcli.cli.overrides import (
     CONF_DIR,
     as_hydra_needs,
     check_hydra_config,
     config_dirs,
     expand_aliases,
+    flags_first,
     group_names,
     override_message,
     split_args,
@@ -90,7 +92,10 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
 
     debug = debug or os.environ.get("DIFFCLI_DEBUG", "") not in ("", "0")
     args = as_hydra_needs(command.config, expand_aliases(command.aliases, list(args)))
+    args, note = implied_objective(command.config, args)
     cfg, checked = check_before_hydra(command, args, debug, multirun)
+    if note is not None:  # once the command line is known to be good
+        typer.echo(note, err=True)
     if multirun and cfg is not None and any(a in DRY_RUN_FLAGS for a in args):
         typer.echo(f"{len(checked.points)} sweep points, each passes the check (to see one "
                    "point's config, drop -m and give that point's values)")
@@ -102,7 +107,7 @@ def run_hydra(command: Command, args: list[str], multirun: bool, debug: bool) ->
     relaunch = str(Path(__file__).resolve().parent.parent / "relaunch.py")
     if not any(a.lstrip("+").startswith("hydra.job.name=") for a in args):
         args = ["hydra.job.name=cli", *args]  # the job's log: <run dir>/cli.log
-    sys.argv = [relaunch] + (["-m"] if multirun else []) + list(args)
+    sys.argv = [relaunch] + (["-m"] if multirun else []) + flags_first(list(args))
     task = job(command, None if multirun else checked, debug)  # a sweep job reads for itself
     try:
         with sweep_end(cfg, checked if multirun else None):

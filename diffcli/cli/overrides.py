@@ -48,6 +48,17 @@ def split_args(args: list[str]) -> list[str]:
     return overrides
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """``args`` with Hydra's flags (and their values) before every override: Hydra's argument
+    parser takes the overrides as one run of positionals, so ``--cfg job`` between two
+    overrides (one of them added by diffcli) would leave the later ones unparsed."""
+    flags, overrides, value = [], [], False
+    for a in args:
+        (flags if value or a.startswith("-") else overrides).append(a)
+        value = not value and a in VALUE_FLAGS
+    return flags + overrides
+
+
 def expand_aliases(aliases: Mapping[str, str], args: list[str]) -> list[str]:
     """``latent=<path>`` -> ``latent.ckpt=<path>`` (a key that is also a node, given a plain
     value); ``latent=null`` and ``latent={...}`` are left as they are."""

@@ -52,11 +52,7 @@ from diffcli.runs import (
 from diffcli.slurm import SlurmJob, requeue, signal_name, slurm_job
 from diffcli.tasks import task_named
 from diffcli.workflows import reflow
-from diffcli.workflows.latent_space import (
-    autoencoder_sha256,
-    latent_source,
-    latent_space,
-)
+from diffcli.workflows.latent_space import autoencoder_sha256, latent_source, latent_space
 from diffcli.workflows.short_run import note_short_run
 from diffcli.workflows.start_summary import StartFacts, start_lines
 from diffcli.workflows.train_modules import build_module, report_accuracy
@@ -64,6 +60,7 @@ from diffcli.workflows.trainer_args import lightning_arguments
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
+DDPM = "diffcli.diffusion.objectives.discrete.DDPM"  # the chain's objective node
 MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "objective", "text_encoder",
                         "autoencoder", "reflow")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
@@ -109,8 +106,14 @@ def _comparable(key: str, value: object) -> object:
     if key == "reflow":
         return reflow.comparable(value)
     if key == "objective" and value is None:  # a checkpoint from before objectives
-        return {"_target_": "diffcli.diffusion.objectives.discrete.DDPM"}
+        return {"_target_": DDPM}
     return value
+
+
+def _chain_hint(key: str, old: object) -> str:
+    """The override that continues a DDPM-chain checkpoint (flow is the default since 27)."""
+    chain = key == "objective" and isinstance(old, dict) and str(old.get("_target_")) == DDPM
+    return " (objective=ddpm continues the DDPM chain)" if chain else ""
 
 
 def check_resumable(path: Path, cfg: DictConfig,
@@ -133,7 +136,7 @@ def check_resumable(path: Path, cfg: DictConfig,
         if old != new:
             diffs = ", ".join(f"{k}: {a} -> {b}" for k, a, b in _differences(key, old, new))
             raise CheckpointError(f"cannot resume {path}: {diffs} (the checkpoint's value first); "
-                                  f"resume with the same {key} settings")
+                                  f"resume with the same {key} settings{_chain_hint(key, old)}")
     check_same_latents(run, cfg)
     if run.global_step >= cfg.trainer.max_steps > 0:
         raise CheckpointError(f"{path} is already at step {run.global_step} >= "
