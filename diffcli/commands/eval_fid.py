@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffcli.commands import Command
+from diffcli.errors import CheckpointError
 from diffcli.workflows.schemas import COMMON_SAMPLING, GUIDANCE, Key
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ KEYS: dict[str, Key] = {
                     "to sweep: [0,1,2,4]", ge=0),
     "classifier_scale": Key(float | int | list | None, "classifier guidance scale s, or a "
                             "list to sweep", ge=0),
+    "ckpt": Key(str | list | None, "a .ckpt (or run folder), or a list of them to evaluate "
+                "each (e.g. the EMA widths of `diffcli ema`); default: the newest run's"),
+    "guide": Key(str | list | None, "autoguidance: a weaker run or checkpoint of the same "
+                 "data (scale: guidance=), or a list of them (null: no guide) to evaluate each"),
     "samples": Key(str | None, "evaluate these images (folder or .npz)", nonempty=True),
     "n": Key(int | None, "generated images per seed set (default 50000)", ge=2),
     "repeats": Key(int, "seed sets", ge=1),
@@ -46,10 +51,27 @@ KEYS: dict[str, Key] = {
 }
 
 
-def check(cfg: DictConfig) -> LoadedRun | None:
+def check(cfg: DictConfig) -> LoadedRun | dict[str | None, LoadedRun] | None:
     """Unless ``samples=`` are evaluated: the run's checkpoint read once, and the sampler and
     every scale of a guidance sweep checked against it (an autoencoder's reconstructions
-    check their own keys when they run)."""
+    check their own keys when they run). A grid (``ckpt=[...]`` or ``guide=[...]``): each
+    checkpoint read once and every point checked, by checkpoint."""
+    from diffcli.workflows.fid_grid import grid_axes, point
+
+    axes = grid_axes(cfg)
+    if axes is None:
+        return _check_point(cfg)
+    runs: dict[str | None, LoadedRun] = {}
+    for ckpt in axes[0]:
+        for guide in axes[1]:
+            read = _check_point(point(cfg, ckpt, guide))
+            if read is None:
+                raise CheckpointError(f"no run to evaluate for ckpt={ckpt}")
+            runs[ckpt] = read
+    return runs
+
+
+def _check_point(cfg: DictConfig) -> LoadedRun | None:
     from diffcli.checks import check_sampling, run_to_check
     from diffcli.workflows.fid_eval import guidance_sweep
 
@@ -59,11 +81,14 @@ def check(cfg: DictConfig) -> LoadedRun | None:
     return run
 
 
-def run(cfg: DictConfig, checked: LoadedRun | None) -> Path:
+def run(cfg: DictConfig, checked: LoadedRun | dict[str | None, LoadedRun] | None) -> Path:
     """Evaluate (:func:`diffcli.workflows.fid_eval.eval_fid`) with the checkpoint ``check``
-    read."""
+    read; a grid point by point (:func:`diffcli.workflows.fid_grid.eval_grid`)."""
     from diffcli.workflows.fid_eval import eval_fid
+    from diffcli.workflows.fid_grid import eval_grid
 
+    if isinstance(checked, dict):
+        return eval_grid(cfg, checked, eval_fid)
     return eval_fid(cfg, checked)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +255,21 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     fig.savefig(path, facecolor="white")
     pyplot().close(fig)
     return path
+
+
+
+def plot_lines(lines: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str,
+               path: str | Path) -> Path:
+    """Named lines of (x, y) points on one panel (each sorted by x; a legend unless there is
+    one line), e.g. an eval-fid grid's metric against the guidance scale or the EMA width."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=DPI, layout="constrained")
+    for name, points in lines.items():
+        xy = sorted(points)
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", lw=1.6, label=name)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)

@@ -102,5 +102,9 @@ def rebuild(run: LoadedRun, sigma_rels: Sequence[float], step: int | None = None
         console.print(f"[green]wrote[/] {path} (sigma_rel {float(width):g} at step {target}, "
                       f"from {len(snaps)} snapshot files; largest weight "
                       f"{done[-1].max_weight:.2f})")
-    console.print(f"next: diffcli sample ckpt={done[-1].path}")
+    if len(done) > 1:  # compare the widths: one eval-fid grid (a table, a plot)
+        console.print("next: diffcli eval-fid ckpt=[" + ",".join(str(d.path) for d in done)
+                      + "]", markup=False, highlight=False)
+    else:
+        console.print(f"next: diffcli sample ckpt={done[-1].path}")
     return done
