@@ -235,21 +235,31 @@ def sweep_stale(parent: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM held back while the block runs and delivered when it ends (in the
-    main thread; elsewhere, or without ``pthread_sigmask``, nothing is held): for a few file
-    operations whose results must exist together or not at all."""
+    """SIGINT and SIGTERM held back while the block runs and acted on when it ends (their
+    handlers are swapped for ones that only note the signal; in the main thread only, where
+    Python runs handlers): for a few file operations whose results must exist together or not
+    at all. A signal mask would not do: another thread (torch's) takes a masked signal and the
+    main thread still runs the handler."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or \
-            not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:  # as it would have been handled: Ctrl-C raises, SIGTERM ends the command
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 class OutputFolder:
