@@ -63,19 +63,21 @@ def check(cfg: DictConfig) -> LoadedRun | dict[str | None, LoadedRun] | None:
         return _check_point(cfg)
     runs: dict[str | None, LoadedRun] = {}
     for ckpt in axes[0]:
+        read = None
         for guide in axes[1]:
-            read = _check_point(point(cfg, ckpt, guide))
+            read = _check_point(point(cfg, ckpt, guide), read)
             if read is None:
                 raise CheckpointError(f"no run to evaluate for ckpt={ckpt}")
-            runs[ckpt] = read
+        runs[ckpt] = read
     return runs
 
 
-def _check_point(cfg: DictConfig) -> LoadedRun | None:
+def _check_point(cfg: DictConfig, run: LoadedRun | None = None) -> LoadedRun | None:
+    """``cfg``'s checkpoint (``run``: already read) and its sampling keys checked."""
     from diffcli.checks import check_sampling, run_to_check
     from diffcli.workflows.fid_eval import guidance_sweep
 
-    run = run_to_check(cfg, wanted=not cfg.get("samples"))
+    run = run or run_to_check(cfg, wanted=not cfg.get("samples"))
     if run is not None and not run.kind.encodes:
         check_sampling(cfg, run, guidance_sweep(cfg)[1])
     return run

@@ -257,7 +257,6 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-
 def plot_lines(lines: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str,
                path: str | Path) -> Path:
     """Named lines of (x, y) points on one panel (each sorted by x; a legend unless there is

@@ -17,6 +17,7 @@ from typing import Any
 from rich.markup import escape
 from torch import nn
 
+from diffcli.diffusion.objectives import is_chain
 from diffcli.tasks import Task
 
 Section = Mapping[str, Any]
@@ -115,8 +116,7 @@ def _schedule(section: Section, config: Section, f: StartFacts) -> str:
 def continuous(config: Section) -> bool:
     """Whether the run trains a continuous objective (EDM, flow): its own noise levels, target
     and weighting replace the schedule, prediction and loss."""
-    objective = config.get("objective") or {}
-    return bool(objective) and not str(objective.get("_target_", "")).endswith(".DDPM")
+    return not is_chain(config.get("objective"))
 
 
 def _objective(section: Section, config: Section, f: StartFacts) -> str:

@@ -25,6 +25,7 @@ from diffcli.components import (
     plain,
     resolve_target,
 )
+from diffcli.diffusion.objectives import CHAIN_TARGET, is_chain
 from diffcli.errors import CheckpointError, DiffcliError, Interrupted
 from diffcli.lit.autoencoder_module import AutoencoderModule
 from diffcli.lit.callbacks import (
@@ -60,7 +61,6 @@ from diffcli.workflows.trainer_args import lightning_arguments
 
 console = Console(stderr=True, soft_wrap=True)  # a log line stays one line
 PEER_EXIT_WAIT_S = 5.0  # how long rank 0 waits for a failed child to exit and report
-DDPM = "diffcli.diffusion.objectives.discrete.DDPM"  # the chain's objective node
 MUST_MATCH_ON_RESUME = ("dataset", "model", "schedule", "loss", "objective", "text_encoder",
                         "autoencoder", "reflow")  # and what the network predicts
 # dataset keys that may change on resume: how the data is fed, not what it is
@@ -106,13 +106,13 @@ def _comparable(key: str, value: object) -> object:
     if key == "reflow":
         return reflow.comparable(value)
     if key == "objective" and value is None:  # a checkpoint from before objectives
-        return {"_target_": DDPM}
+        return {"_target_": CHAIN_TARGET}
     return value
 
 
 def _chain_hint(key: str, old: object) -> str:
     """The override that continues a DDPM-chain checkpoint (flow is the default since 27)."""
-    chain = key == "objective" and isinstance(old, dict) and str(old.get("_target_")) == DDPM
+    chain = key == "objective" and isinstance(old, dict) and is_chain(old)
     return " (objective=ddpm continues the DDPM chain)" if chain else ""
 
 

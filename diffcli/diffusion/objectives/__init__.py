@@ -14,6 +14,9 @@ network onto one denoiser D(x; sigma) of the variance-exploding noise level, so 
 guidance and likelihood of :mod:`diffcli.diffusion` runs on them unchanged.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 from diffcli.diffusion.objectives.continuous import (
     Continuous,
     check_combination,
@@ -25,6 +28,13 @@ from diffcli.diffusion.objectives.edm import EDM
 from diffcli.diffusion.objectives.flow import Flow
 
 Objective = DDPM | EDM | Flow
+CHAIN_TARGET = f"{DDPM.__module__}.{DDPM.__qualname__}"  # the chain's config node's _target_
 
-__all__ = ["DDPM", "EDM", "Continuous", "Flow", "Objective", "check_combination", "for_data",
-           "objective_loss"]
+
+def is_chain(node: Mapping[str, Any] | None) -> bool:
+    """Whether a config's ``objective`` node is the discrete DDPM chain (None or empty: a run
+    from before objectives, which trained the chain)."""
+    return not node or str(node.get("_target_", "")) == CHAIN_TARGET
+
+__all__ = ["CHAIN_TARGET", "DDPM", "EDM", "Continuous", "Flow", "Objective", "check_combination",
+           "for_data", "is_chain", "objective_loss"]

@@ -1,4 +1,4 @@
-"""The discrete DDPM chain as an objective (``objective=ddpm``, the default)."""
+"""The discrete DDPM chain as an objective (``objective=ddpm``; the default is ``flow``)."""
 
 from __future__ import annotations
 
